@@ -1,0 +1,590 @@
+//! [`VmiCore`]: memory, translation and registers over a driver, with caches.
+
+use std::sync::{Arc, RwLock};
+
+use zerocopy::{FromBytes, IntoBytes};
+
+use crate::cache::{CacheStats, CountingCache};
+use crate::{
+    AccessContext, AddressContext, Architecture, EventMonitor, Gfn, Pa, PageTableReader,
+    RegistersOf, Translation, TranslationMechanism, Va, VcpuId, VmState, VmiDriver, VmiError,
+    VmiEventControl, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+};
+
+/// Sizes of the core's caches.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VmiCoreConfig {
+    /// Entries of the virtual-to-physical translation cache (0 disables it).
+    pub translation_cache: usize,
+    /// Whole pages kept by the page cache (0 disables it). `None` follows the driver's
+    /// advice ([`VmiInfo::cache_pages`]): on for slow targets with
+    /// [`DEFAULT_PAGE_CACHE`] pages, off for mmap-backed ones.
+    pub page_cache: Option<usize>,
+}
+
+/// Default number of cached translations.
+pub const DEFAULT_TRANSLATION_CACHE: usize = 8192;
+/// Default number of cached pages when the driver asks for caching (8 MiB of 4 KiB pages).
+pub const DEFAULT_PAGE_CACHE: usize = 2048;
+
+impl Default for VmiCoreConfig {
+    fn default() -> Self {
+        Self {
+            translation_cache: DEFAULT_TRANSLATION_CACHE,
+            page_cache: None,
+        }
+    }
+}
+
+type ArchOf<D> = <D as VmiDriver>::Architecture;
+type PagingModeOf<D> = <ArchOf<D> as Architecture>::PagingMode;
+
+/// The core of an introspection session: a driver plus translation and page caches.
+///
+/// `VmiCore<D>` is `Send + Sync` whenever the driver is, so a dump can be scanned from
+/// several threads at once; the caches are sharded concurrent maps with atomic counters.
+///
+/// ```
+/// use vmi_core::{AccessContext, Pa, Va, VmiCore};
+/// use vmi_driver_mock::{MockDriver, PageSize, PageTableBuilder};
+///
+/// let driver = MockDriver::new(16 * 1024 * 1024);
+/// let mut tables = PageTableBuilder::new(&driver, Pa(0x10_0000), Pa(0x20_0000));
+/// tables.map(Va(0xffff_8000_0000_0000), Pa(0x5000), PageSize::Size4K);
+/// driver.write_physical(Pa(0x5008), &0x1122_3344_5566_7788u64.to_le_bytes());
+/// let root = tables.root();
+///
+/// let core = VmiCore::new(driver)?;
+/// let ctx = AccessContext::paging(Va(0xffff_8000_0000_0008), root);
+/// assert_eq!(core.read_u64(ctx)?, 0x1122_3344_5566_7788);
+/// assert_eq!(core.translate_address((Va(0xffff_8000_0000_0008), root).into())?, Pa(0x5008));
+/// # Ok::<(), vmi_core::VmiError>(())
+/// ```
+pub struct VmiCore<D: VmiDriver> {
+    driver: D,
+    info: VmiInfo,
+    paging_mode: RwLock<PagingModeOf<D>>,
+    translations: CountingCache<(Pa, u64), Pa>,
+    pages: CountingCache<Gfn, Arc<[u8]>>,
+}
+
+impl<D: VmiDriver> VmiCore<D> {
+    /// A core over `driver` with default cache sizes.
+    pub fn new(driver: D) -> Result<Self, VmiError> {
+        Self::with_config(driver, VmiCoreConfig::default())
+    }
+
+    /// A core over `driver` with the given cache sizes.
+    pub fn with_config(driver: D, config: VmiCoreConfig) -> Result<Self, VmiError> {
+        let info = driver.info()?;
+        if info.page_size != ArchOf::<D>::PAGE_SIZE {
+            return Err(VmiError::driver(
+                info.kind,
+                format!(
+                    "page size {} does not match the architecture's {}",
+                    info.page_size,
+                    ArchOf::<D>::PAGE_SIZE
+                ),
+            ));
+        }
+        let page_cache = config.page_cache.unwrap_or(if info.cache_pages {
+            DEFAULT_PAGE_CACHE
+        } else {
+            0
+        });
+        Ok(Self {
+            driver,
+            info,
+            paging_mode: RwLock::new(PagingModeOf::<D>::default()),
+            translations: CountingCache::new(config.translation_cache),
+            pages: CountingCache::new(page_cache),
+        })
+    }
+
+    /// The driver.
+    pub fn driver(&self) -> &D {
+        &self.driver
+    }
+
+    /// Basic information the driver gave when the core was made.
+    pub fn info(&self) -> &VmiInfo {
+        &self.info
+    }
+
+    /// The paging mode used for translations.
+    pub fn paging_mode(&self) -> PagingModeOf<D> {
+        *self.paging_mode.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Sets the paging mode (from registers, or from what an OS layer found) and drops
+    /// cached translations made under the old one.
+    pub fn set_paging_mode(&self, mode: PagingModeOf<D>) {
+        let mut guard = self.paging_mode.write().unwrap_or_else(|e| e.into_inner());
+        if *guard != mode {
+            *guard = mode;
+            drop(guard);
+            self.translations.clear();
+        }
+    }
+
+    /// Translation-cache statistics.
+    pub fn translation_cache_stats(&self) -> CacheStats {
+        self.translations.stats()
+    }
+
+    /// Page-cache statistics.
+    pub fn page_cache_stats(&self) -> CacheStats {
+        self.pages.stats()
+    }
+
+    /// Forgets every cached translation.
+    pub fn invalidate_translations(&self) {
+        self.translations.clear();
+    }
+
+    /// Forgets the cached translation of one page.
+    pub fn invalidate_translation(&self, ctx: AddressContext) {
+        self.translations
+            .remove(&(ctx.root, ctx.va.0 >> ArchOf::<D>::PAGE_SHIFT));
+    }
+
+    /// Forgets every cached page.
+    pub fn invalidate_pages(&self) {
+        self.pages.clear();
+    }
+
+    /// Forgets one cached page.
+    pub fn invalidate_page(&self, gfn: Gfn) {
+        self.pages.remove(&gfn);
+    }
+
+    /// Forgets everything cached (call after the guest ran).
+    pub fn invalidate_caches(&self) {
+        self.invalidate_translations();
+        self.invalidate_pages();
+    }
+}
+
+/// Reads page-table entries through the core's page cache.
+struct CoreReader<'a, D: VmiDriver>(&'a VmiCore<D>);
+
+impl<D: VmiRead> PageTableReader for CoreReader<'_, D> {
+    fn read_entry(&self, pa: Pa) -> Result<u64, VmiError> {
+        let mut buf = [0u8; 8];
+        self.0.read_physical(pa, &mut buf)?;
+        Ok(u64::from_le_bytes(buf))
+    }
+}
+
+/// Splits `[address, address + len)` into chunks that do not cross a page boundary:
+/// yields (address of the chunk, offset into the buffer, chunk length).
+fn page_chunks(
+    address: u64,
+    len: usize,
+    page_size: u64,
+) -> impl Iterator<Item = (u64, usize, usize)> {
+    let mut done = 0usize;
+    std::iter::from_fn(move || {
+        if done >= len {
+            return None;
+        }
+        let at = address.wrapping_add(done as u64);
+        let room = page_size - (at & (page_size - 1));
+        let n = (len - done).min(usize::try_from(room).unwrap_or(usize::MAX));
+        let item = (at, done, n);
+        done += n;
+        Some(item)
+    })
+}
+
+impl<D: VmiRead> VmiCore<D> {
+    fn read_page_chunk(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
+        let gfn = ArchOf::<D>::gfn_from_pa(pa);
+        let offset = ArchOf::<D>::page_offset(pa.0) as usize;
+        if !self.pages.enabled() {
+            return self.driver.read_page(gfn, offset, buf);
+        }
+        let page = match self.pages.get(&gfn) {
+            Some(page) => page,
+            None => {
+                let mut whole = vec![0u8; ArchOf::<D>::PAGE_SIZE as usize];
+                self.driver.read_page(gfn, 0, &mut whole)?;
+                let page: Arc<[u8]> = whole.into();
+                self.pages.insert(gfn, Arc::clone(&page));
+                page
+            }
+        };
+        let src = page.get(offset..offset + buf.len()).ok_or_else(|| {
+            VmiError::InvalidArgument(format!(
+                "read of {} bytes at {pa} crosses a page",
+                buf.len()
+            ))
+        })?;
+        buf.copy_from_slice(src);
+        Ok(())
+    }
+
+    /// Reads guest-physical memory (any length, across pages).
+    pub fn read_physical(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
+        self.read(AccessContext::direct(pa), buf)
+    }
+
+    /// Walks the page tables for `ctx` (not cached) and returns every step.
+    pub fn translate(&self, ctx: AddressContext) -> Result<Translation, VmiError> {
+        ArchOf::<D>::translate(&CoreReader(self), ctx, self.paging_mode())
+    }
+
+    /// Translates a virtual address to a physical one, through the translation cache.
+    pub fn translate_address(&self, ctx: AddressContext) -> Result<Pa, VmiError> {
+        let shift = ArchOf::<D>::PAGE_SHIFT;
+        let key = (ctx.root, ctx.va.0 >> shift);
+        let offset = ArchOf::<D>::page_offset(ctx.va.0);
+        if let Some(page) = self.translations.get(&key) {
+            return Ok(page + offset);
+        }
+        let t = self.translate(ctx)?;
+        let page = t.pa.align_down(ArchOf::<D>::PAGE_SIZE);
+        self.translations.insert(key, page);
+        Ok(page + offset)
+    }
+
+    fn resolve(&self, at: u64, mechanism: TranslationMechanism) -> Result<Pa, VmiError> {
+        match mechanism {
+            TranslationMechanism::Direct => Ok(Pa(at)),
+            TranslationMechanism::Paging { root } => {
+                self.translate_address(AddressContext { va: Va(at), root })
+            }
+        }
+    }
+
+    /// Reads `buf.len()` bytes at `ctx`, across page boundaries.
+    ///
+    /// A failure on the first page returns that page's error; a failure later returns
+    /// [`VmiError::PartialAccess`] with the number of bytes read.
+    pub fn read(&self, ctx: impl Into<AccessContext>, buf: &mut [u8]) -> Result<(), VmiError> {
+        let ctx = ctx.into();
+        let len = buf.len();
+        for (at, start, n) in page_chunks(ctx.address, len, ArchOf::<D>::PAGE_SIZE) {
+            let result = self
+                .resolve(at, ctx.mechanism)
+                .and_then(|pa| self.read_page_chunk(pa, &mut buf[start..start + n]));
+            if let Err(e) = result {
+                return Err(if start == 0 {
+                    e
+                } else {
+                    VmiError::PartialAccess {
+                        ctx,
+                        expected: len,
+                        completed: start,
+                        source: Box::new(e),
+                    }
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads as much of `buf` as is readable from the start; returns the number of bytes
+    /// read (stops at the first unreadable page).
+    pub fn read_available(&self, ctx: impl Into<AccessContext>, buf: &mut [u8]) -> usize {
+        let ctx = ctx.into();
+        for (at, start, n) in page_chunks(ctx.address, buf.len(), ArchOf::<D>::PAGE_SIZE) {
+            let ok = self
+                .resolve(at, ctx.mechanism)
+                .and_then(|pa| self.read_page_chunk(pa, &mut buf[start..start + n]))
+                .is_ok();
+            if !ok {
+                return start;
+            }
+        }
+        buf.len()
+    }
+
+    /// Reads `len` bytes into a new vector. `len` is the caller's bound.
+    pub fn read_vec(&self, ctx: impl Into<AccessContext>, len: usize) -> Result<Vec<u8>, VmiError> {
+        let mut buf = vec![0u8; len];
+        self.read(ctx, &mut buf)?;
+        Ok(buf)
+    }
+
+    /// Reads one byte.
+    pub fn read_u8(&self, ctx: impl Into<AccessContext>) -> Result<u8, VmiError> {
+        let mut b = [0u8; 1];
+        self.read(ctx, &mut b)?;
+        Ok(b[0])
+    }
+
+    /// Reads a little-endian `u16`.
+    pub fn read_u16(&self, ctx: impl Into<AccessContext>) -> Result<u16, VmiError> {
+        let mut b = [0u8; 2];
+        self.read(ctx, &mut b)?;
+        Ok(u16::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian `u32`.
+    pub fn read_u32(&self, ctx: impl Into<AccessContext>) -> Result<u32, VmiError> {
+        let mut b = [0u8; 4];
+        self.read(ctx, &mut b)?;
+        Ok(u32::from_le_bytes(b))
+    }
+
+    /// Reads a little-endian `u64`.
+    pub fn read_u64(&self, ctx: impl Into<AccessContext>) -> Result<u64, VmiError> {
+        let mut b = [0u8; 8];
+        self.read(ctx, &mut b)?;
+        Ok(u64::from_le_bytes(b))
+    }
+
+    /// Reads an integer of `width` bytes (1, 2, 4 or 8).
+    pub fn read_address_width(
+        &self,
+        ctx: impl Into<AccessContext>,
+        width: usize,
+    ) -> Result<u64, VmiError> {
+        match width {
+            1 => self.read_u8(ctx).map(u64::from),
+            2 => self.read_u16(ctx).map(u64::from),
+            4 => self.read_u32(ctx).map(u64::from),
+            8 => self.read_u64(ctx),
+            _ => Err(VmiError::InvalidArgument(format!("address width {width}"))),
+        }
+    }
+
+    /// Reads a pointer of the architecture's width.
+    pub fn read_address(&self, ctx: impl Into<AccessContext>) -> Result<u64, VmiError> {
+        self.read_address_width(ctx, ArchOf::<D>::ADDRESS_WIDTH)
+    }
+
+    /// Reads a pointer of the architecture's width as a [`Va`].
+    pub fn read_va(&self, ctx: impl Into<AccessContext>) -> Result<Va, VmiError> {
+        self.read_address(ctx).map(Va)
+    }
+
+    /// Reads a plain-data structure (any `zerocopy` type: every bit pattern valid).
+    pub fn read_struct<T: FromBytes + IntoBytes>(
+        &self,
+        ctx: impl Into<AccessContext>,
+    ) -> Result<T, VmiError> {
+        let mut value = T::new_zeroed();
+        self.read(ctx, value.as_mut_bytes())?;
+        Ok(value)
+    }
+
+    /// Reads bytes up to a NUL or `max_len` bytes, page by page, so that a string ending
+    /// before an unmapped page reads fine. The NUL is not included.
+    pub fn read_bytes_until_nul(
+        &self,
+        ctx: impl Into<AccessContext>,
+        max_len: usize,
+    ) -> Result<Vec<u8>, VmiError> {
+        let ctx = ctx.into();
+        let mut out = Vec::new();
+        let mut page = vec![0u8; ArchOf::<D>::PAGE_SIZE as usize];
+        for (at, start, n) in page_chunks(ctx.address, max_len, ArchOf::<D>::PAGE_SIZE) {
+            let result = self
+                .resolve(at, ctx.mechanism)
+                .and_then(|pa| self.read_page_chunk(pa, &mut page[..n]));
+            if let Err(e) = result {
+                return Err(if start == 0 {
+                    e
+                } else {
+                    VmiError::PartialAccess {
+                        ctx,
+                        expected: max_len,
+                        completed: start,
+                        source: Box::new(e),
+                    }
+                });
+            }
+            if let Some(end) = page[..n].iter().position(|&b| b == 0) {
+                out.extend_from_slice(&page[..end]);
+                return Ok(out);
+            }
+            out.extend_from_slice(&page[..n]);
+        }
+        Ok(out)
+    }
+
+    /// Reads a NUL-terminated UTF-8 string of at most `max_len` bytes. Invalid UTF-8 is
+    /// replaced by U+FFFD (guest strings are untrusted).
+    pub fn read_string(
+        &self,
+        ctx: impl Into<AccessContext>,
+        max_len: usize,
+    ) -> Result<String, VmiError> {
+        let bytes = self.read_bytes_until_nul(ctx, max_len)?;
+        Ok(String::from_utf8_lossy(&bytes).into_owned())
+    }
+
+    /// Reads exactly `len_bytes` bytes of UTF-16LE text (such as a Windows
+    /// `UNICODE_STRING` buffer), bounded by `max_len_bytes`. Unpaired surrogates are
+    /// replaced by U+FFFD.
+    pub fn read_string_utf16(
+        &self,
+        ctx: impl Into<AccessContext>,
+        len_bytes: usize,
+        max_len_bytes: usize,
+    ) -> Result<String, VmiError> {
+        let len = len_bytes.min(max_len_bytes) & !1;
+        let bytes = self.read_vec(ctx, len)?;
+        let units: Vec<u16> = bytes
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        Ok(String::from_utf16_lossy(&units))
+    }
+}
+
+impl<D: VmiWrite> VmiCore<D> {
+    /// Writes `data` at `ctx`, across page boundaries.
+    pub fn write(&self, ctx: impl Into<AccessContext>, data: &[u8]) -> Result<(), VmiError> {
+        let ctx = ctx.into();
+        for (at, start, n) in page_chunks(ctx.address, data.len(), ArchOf::<D>::PAGE_SIZE) {
+            let result = self.resolve(at, ctx.mechanism).and_then(|pa| {
+                let gfn = ArchOf::<D>::gfn_from_pa(pa);
+                let offset = ArchOf::<D>::page_offset(pa.0) as usize;
+                self.pages.remove(&gfn);
+                self.driver.write_page(gfn, offset, &data[start..start + n])
+            });
+            if let Err(e) = result {
+                return Err(if start == 0 {
+                    e
+                } else {
+                    VmiError::PartialAccess {
+                        ctx,
+                        expected: data.len(),
+                        completed: start,
+                        source: Box::new(e),
+                    }
+                });
+            }
+        }
+        // Page tables may have changed.
+        self.translations.clear();
+        Ok(())
+    }
+
+    /// Writes one byte.
+    pub fn write_u8(&self, ctx: impl Into<AccessContext>, value: u8) -> Result<(), VmiError> {
+        self.write(ctx, &[value])
+    }
+
+    /// Writes a little-endian `u16`.
+    pub fn write_u16(&self, ctx: impl Into<AccessContext>, value: u16) -> Result<(), VmiError> {
+        self.write(ctx, &value.to_le_bytes())
+    }
+
+    /// Writes a little-endian `u32`.
+    pub fn write_u32(&self, ctx: impl Into<AccessContext>, value: u32) -> Result<(), VmiError> {
+        self.write(ctx, &value.to_le_bytes())
+    }
+
+    /// Writes a little-endian `u64`.
+    pub fn write_u64(&self, ctx: impl Into<AccessContext>, value: u64) -> Result<(), VmiError> {
+        self.write(ctx, &value.to_le_bytes())
+    }
+}
+
+impl<D: VmiQueryRegisters> VmiCore<D> {
+    /// The registers of `vcpu`.
+    pub fn registers(&self, vcpu: VcpuId) -> Result<RegistersOf<D>, VmiError> {
+        self.driver.registers(vcpu)
+    }
+
+    /// Sets the paging mode from `vcpu`'s registers.
+    pub fn detect_paging_mode(&self, vcpu: VcpuId) -> Result<PagingModeOf<D>, VmiError> {
+        let regs = self.registers(vcpu)?;
+        let mode = ArchOf::<D>::paging_mode(&regs);
+        self.set_paging_mode(mode);
+        Ok(mode)
+    }
+}
+
+impl<D: VmiSetRegisters> VmiCore<D> {
+    /// Sets the registers of `vcpu`.
+    pub fn set_registers(&self, vcpu: VcpuId, registers: &RegistersOf<D>) -> Result<(), VmiError> {
+        self.driver.set_registers(vcpu, registers)
+    }
+}
+
+impl<D: VmiVmControl> VmiCore<D> {
+    /// Pauses the VM.
+    pub fn pause(&self) -> Result<(), VmiError> {
+        self.driver.pause()
+    }
+
+    /// Resumes the VM and forgets cached memory (the guest will change it).
+    pub fn resume(&self) -> Result<(), VmiError> {
+        self.invalidate_caches();
+        self.driver.resume()
+    }
+
+    /// The VM's run state.
+    pub fn vm_state(&self) -> Result<VmState, VmiError> {
+        self.driver.state()
+    }
+
+    /// Pauses the VM until the guard is dropped. If the VM was already paused, the guard
+    /// leaves it paused: the guest is left as it was found.
+    pub fn pause_guard(&self) -> Result<PauseGuard<'_, D>, VmiError> {
+        let was_running = self.driver.state()? == VmState::Running;
+        if was_running {
+            self.driver.pause()?;
+            self.invalidate_caches();
+        }
+        Ok(PauseGuard {
+            core: self,
+            resume: was_running,
+        })
+    }
+}
+
+impl<D: VmiEventControl> VmiCore<D> {
+    /// Starts reporting what `monitor` describes.
+    pub fn monitor_enable(&self, monitor: EventMonitor) -> Result<(), VmiError> {
+        self.driver.monitor_enable(monitor)
+    }
+
+    /// Stops reporting it.
+    pub fn monitor_disable(&self, monitor: EventMonitor) -> Result<(), VmiError> {
+        self.driver.monitor_disable(monitor)
+    }
+}
+
+/// Keeps the VM paused; resumes it on drop if it was running when the guard was made.
+#[must_use = "the VM resumes when the guard is dropped"]
+pub struct PauseGuard<'a, D: VmiVmControl> {
+    core: &'a VmiCore<D>,
+    resume: bool,
+}
+
+impl<D: VmiVmControl> PauseGuard<'_, D> {
+    /// Whether dropping the guard resumes the VM.
+    pub fn will_resume(&self) -> bool {
+        self.resume
+    }
+}
+
+impl<D: VmiVmControl> Drop for PauseGuard<'_, D> {
+    fn drop(&mut self) {
+        if self.resume {
+            // Nothing sensible can be done with an error in drop; the driver reports it
+            // on the next call.
+            let _ = self.core.resume();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::page_chunks;
+
+    #[test]
+    fn chunks_split_at_page_boundaries() {
+        let v: Vec<_> = page_chunks(0xff8, 0x10, 0x1000).collect();
+        assert_eq!(v, vec![(0xff8, 0, 8), (0x1000, 8, 8)]);
+        let v: Vec<_> = page_chunks(u64::MAX - 3, 8, 0x1000).collect();
+        assert_eq!(v, vec![(u64::MAX - 3, 0, 4), (0, 4, 4)]);
+        assert_eq!(page_chunks(0, 0, 0x1000).count(), 0);
+    }
+}

@@ -1,0 +1,195 @@
+//! Driver capability traits.
+//!
+//! A driver is split by capability, not one god trait: [`VmiDriver`] carries the
+//! architecture and basic information, and each capability is its own trait. A memory
+//! dump implements [`VmiRead`] (and [`VmiQueryRegisters`] when the format stores CPU
+//! state); a live hypervisor adds writes, register writes, VM control and events. The
+//! core's methods are gated by the capability they need, so asking a dump to pause does
+//! not compile:
+//!
+//! ```compile_fail
+//! # use vmi_core::*;
+//! fn pause_a_dump<D: VmiRead>(core: &VmiCore<D>) {
+//!     let _guard = core.pause_guard(); // no VmiVmControl: does not compile
+//! }
+//! ```
+
+use std::ops::Range;
+use std::time::Duration;
+
+use crate::{Architecture, Gfn, Pa, VcpuId, VmiError, VmiEvent, VmiEventResponse};
+
+/// Basic facts about a target.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct VmiInfo {
+    /// Size of a guest page in bytes.
+    pub page_size: u64,
+    /// The highest guest frame number that may hold memory.
+    pub max_gfn: Gfn,
+    /// Number of vCPUs (0 when the target has no CPU state, like a raw dump).
+    pub vcpus: u16,
+    /// Whether guest memory can change while we look (a running VM).
+    pub live: bool,
+    /// Whether reads are slow enough that the core should cache whole pages
+    /// (hypervisor mappings, monitor commands); `false` for mmap-backed targets.
+    pub cache_pages: bool,
+    /// A short name of the target kind (`"raw"`, `"elf"`, `"qemu"`...).
+    pub kind: &'static str,
+}
+
+/// Base trait of every driver: the architecture and basic information.
+pub trait VmiDriver: Send + Sync {
+    /// The guest's CPU architecture.
+    type Architecture: Architecture;
+
+    /// Basic information about the target.
+    fn info(&self) -> Result<VmiInfo, VmiError>;
+}
+
+/// Registers type of a driver's architecture.
+pub type RegistersOf<D> = <<D as VmiDriver>::Architecture as Architecture>::Registers;
+
+/// Reading guest-physical memory.
+pub trait VmiRead: VmiDriver {
+    /// Copies `buf.len()` bytes of frame `gfn`, starting `offset` bytes into it.
+    ///
+    /// Callers keep `offset + buf.len()` within the page; implementations check it and
+    /// return [`VmiError::InvalidArgument`] otherwise. A page that the target does not
+    /// have is [`VmiError::PageUnavailable`], never zeros.
+    fn read_page(&self, gfn: Gfn, offset: usize, buf: &mut [u8]) -> Result<(), VmiError>;
+
+    /// The ranges of guest-physical memory the target holds, sorted and disjoint.
+    /// Scanners use them to skip holes.
+    fn physical_ranges(&self) -> Result<Vec<Range<Pa>>, VmiError>;
+}
+
+/// Writing guest-physical memory.
+pub trait VmiWrite: VmiRead {
+    /// Writes `data` into frame `gfn` at `offset` (within the page).
+    fn write_page(&self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), VmiError>;
+}
+
+/// Reading vCPU registers.
+pub trait VmiQueryRegisters: VmiDriver {
+    /// The registers of `vcpu`.
+    fn registers(&self, vcpu: VcpuId) -> Result<RegistersOf<Self>, VmiError>;
+}
+
+/// Writing vCPU registers.
+pub trait VmiSetRegisters: VmiQueryRegisters {
+    /// Sets the registers of `vcpu`.
+    fn set_registers(&self, vcpu: VcpuId, registers: &RegistersOf<Self>) -> Result<(), VmiError>;
+}
+
+/// Run state of a VM.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum VmState {
+    /// Executing guest code.
+    Running,
+    /// Paused (by us or by someone else).
+    Paused,
+    /// Stopped in a debugger or by an event.
+    Debug,
+    /// Stopped for another reason (internal error, shutdown...), with the hypervisor's word.
+    Other(&'static str),
+}
+
+/// Pausing and resuming the whole VM.
+pub trait VmiVmControl: VmiDriver {
+    /// Pauses every vCPU.
+    fn pause(&self) -> Result<(), VmiError>;
+    /// Resumes every vCPU.
+    fn resume(&self) -> Result<(), VmiError>;
+    /// The current run state.
+    fn state(&self) -> Result<VmState, VmiError>;
+}
+
+/// Where a breakpoint sits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BreakpointAddress {
+    /// A guest-virtual address (in whatever address space the vCPU runs).
+    Virtual(crate::Va),
+    /// A guest-physical address.
+    Physical(Pa),
+}
+
+/// How a breakpoint is implemented.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BreakpointKind {
+    /// Software (the hypervisor or driver patches or emulates an `int3`).
+    Software,
+    /// Hardware (debug registers).
+    Hardware,
+}
+
+/// Which accesses a watchpoint or memory-access monitor reports.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MemoryAccess {
+    /// Reads.
+    Read,
+    /// Writes.
+    Write,
+    /// Reads and writes.
+    ReadWrite,
+    /// Instruction fetches.
+    Execute,
+}
+
+/// Something a driver can report as events.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum EventMonitor {
+    /// Stop when execution reaches an address.
+    Breakpoint {
+        /// Where.
+        address: BreakpointAddress,
+        /// How.
+        kind: BreakpointKind,
+    },
+    /// Stop when memory is accessed.
+    Watchpoint {
+        /// Where.
+        address: BreakpointAddress,
+        /// How many bytes (1, 2, 4 or 8 for hardware watchpoints).
+        len: u64,
+        /// Which accesses.
+        access: MemoryAccess,
+    },
+    /// Report accesses to a whole guest frame (second-level paging permissions).
+    PageAccess {
+        /// The frame.
+        gfn: Gfn,
+        /// Which accesses.
+        access: MemoryAccess,
+    },
+    /// Report writes to a control register (index 0, 3, 4...).
+    ControlRegisterWrite(u8),
+    /// Report writes to a model-specific register.
+    MsrWrite(u32),
+    /// Report CPUID instructions.
+    Cpuid,
+    /// Report guest requests (hypercalls made for the monitor).
+    GuestRequest,
+}
+
+/// Receiving events.
+pub trait VmiEventControl: VmiDriver {
+    /// Starts reporting what `monitor` describes.
+    fn monitor_enable(&self, monitor: EventMonitor) -> Result<(), VmiError>;
+
+    /// Stops reporting it.
+    fn monitor_disable(&self, monitor: EventMonitor) -> Result<(), VmiError>;
+
+    /// Waits up to `timeout` for events and hands each to `handler`, then applies the
+    /// response and lets the vCPU go on. Returns how many events were handled (0 on
+    /// timeout). The VM runs while waiting.
+    fn wait_for_events(
+        &self,
+        timeout: Duration,
+        handler: &mut EventCallback<'_, Self::Architecture>,
+    ) -> Result<usize, VmiError>;
+}
+
+/// The callback a driver calls for each event in [`VmiEventControl::wait_for_events`].
+pub type EventCallback<'a, A> = dyn FnMut(&VmiEvent<A>) -> VmiEventResponse<A> + 'a;

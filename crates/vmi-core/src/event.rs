@@ -1,0 +1,81 @@
+//! Events delivered by a driver and the handler's answer.
+
+use crate::{Architecture, VcpuId};
+
+/// One event: which vCPU, why, and its registers at that moment.
+#[derive(Clone, Debug)]
+pub struct VmiEvent<A: Architecture> {
+    /// The vCPU that stopped.
+    pub vcpu: VcpuId,
+    /// Why it stopped.
+    pub reason: A::EventReason,
+    /// Its registers.
+    pub registers: A::Registers,
+}
+
+/// What the vCPU does after the handler returns.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[non_exhaustive]
+pub enum EventAction {
+    /// Run on.
+    #[default]
+    Continue,
+    /// Execute one instruction and report a single-step event.
+    SingleStep,
+}
+
+/// The handler's answer to an event.
+///
+/// ```
+/// # use vmi_core::{VmiEventResponse, EventAction};
+/// # type A = vmi_arch_amd64::Amd64;
+/// let r: VmiEventResponse<A> = VmiEventResponse::continue_().and_remove_monitor();
+/// assert_eq!(r.action, EventAction::Continue);
+/// assert!(r.remove_monitor);
+/// ```
+#[derive(Clone, Debug)]
+pub struct VmiEventResponse<A: Architecture> {
+    /// Continue or single-step.
+    pub action: EventAction,
+    /// Registers to set on the vCPU before it goes on.
+    pub set_registers: Option<Box<A::Registers>>,
+    /// Remove the breakpoint/watchpoint that caused the event.
+    pub remove_monitor: bool,
+}
+
+impl<A: Architecture> Default for VmiEventResponse<A> {
+    fn default() -> Self {
+        Self {
+            action: EventAction::Continue,
+            set_registers: None,
+            remove_monitor: false,
+        }
+    }
+}
+
+impl<A: Architecture> VmiEventResponse<A> {
+    /// Let the vCPU run on.
+    pub fn continue_() -> Self {
+        Self::default()
+    }
+
+    /// Execute one instruction, then report a single-step event.
+    pub fn single_step() -> Self {
+        Self {
+            action: EventAction::SingleStep,
+            ..Self::default()
+        }
+    }
+
+    /// Also set these registers.
+    pub fn with_registers(mut self, registers: A::Registers) -> Self {
+        self.set_registers = Some(Box::new(registers));
+        self
+    }
+
+    /// Also remove the monitor that caused the event.
+    pub fn and_remove_monitor(mut self) -> Self {
+        self.remove_monitor = true;
+        self
+    }
+}

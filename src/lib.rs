@@ -1,0 +1,44 @@
+//! Virtual machine introspection: look into running VMs and memory dumps from the
+//! outside, safely and fast.
+//!
+//! This facade re-exports the layers of the framework behind opt-in features, so a user
+//! depends on one crate and picks what they need:
+//!
+//! | feature        | brings                                                        |
+//! |----------------|---------------------------------------------------------------|
+//! | (always)       | [`core`]: addresses, driver traits, `VmiCore`, sessions, events |
+//! | `arch-amd64`   | [`arch::amd64`]: AMD64 registers and 4/5-level paging          |
+//! | `driver-mock`  | [`driver::mock`]: the in-memory test driver                    |
+//!
+//! Later features add the dump, QEMU and Xen drivers, the profile layer and the Linux
+//! and Windows OS layers; see `DESIGN.md` for the layering.
+//!
+//! ```
+//! # #[cfg(feature = "driver-mock")] {
+//! use vmi::core::{Pa, VmiCore};
+//! use vmi::driver::mock::MockDriver;
+//!
+//! let driver = MockDriver::new(1 << 20);
+//! driver.write_physical(Pa(0x1000), b"Linux version 6.1\0");
+//! let core = VmiCore::new(driver).unwrap();
+//! assert_eq!(core.read_string(Pa(0x1000), 64).unwrap(), "Linux version 6.1");
+//! # }
+//! ```
+
+#![forbid(unsafe_code)]
+
+pub use vmi_core as core;
+
+/// CPU architectures.
+pub mod arch {
+    /// AMD64 (x86-64).
+    #[cfg(feature = "arch-amd64")]
+    pub use vmi_arch_amd64 as amd64;
+}
+
+/// Drivers: where memory, registers and events come from.
+pub mod driver {
+    /// The in-memory test driver.
+    #[cfg(feature = "driver-mock")]
+    pub use vmi_driver_mock as mock;
+}
