@@ -1,0 +1,214 @@
+//! Extract the `vmlinux` ELF (with its `.BTF` section) from an x86 bzImage (`vmlinuz`).
+//!
+//! Layout (Linux x86 boot protocol ≥ 2.08): the real-mode setup is `setup_sects + 1`
+//! sectors of 512 bytes (`setup_sects` at 0x1f1, 0 meaning 4); the protected-mode part
+//! follows. Its header fields `payload_offset` (0x248) and `payload_length` (0x24c) locate
+//! the compressed kernel relative to the start of the protected-mode part. Every kernel
+//! compressor except gzip appends the uncompressed size as a little-endian `u32`.
+//!
+//! This is the harness's own small extractor; it is bounded (output ≤ [`MAX_VMLINUX`]).
+
+use std::io::Read;
+
+use crate::error::{Error, Result};
+
+/// Largest accepted decompressed kernel (the 6.x cloud kernels are ~60 MiB).
+pub const MAX_VMLINUX: usize = 512 << 20;
+
+/// The compression of a bzImage payload.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Compression {
+    /// gzip (`1f 8b`).
+    Gzip,
+    /// XZ (`fd 37 7a 58 5a 00`), usually with the x86 BCJ filter.
+    Xz,
+    /// LZ4 legacy frame (`02 21 4c 18`).
+    Lz4Legacy,
+    /// Zstandard (`28 b5 2f fd`).
+    Zstd,
+}
+
+impl std::fmt::Display for Compression {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Compression::Gzip => "gzip",
+            Compression::Xz => "xz",
+            Compression::Lz4Legacy => "lz4-legacy",
+            Compression::Zstd => "zstd",
+        })
+    }
+}
+
+const LZ4_LEGACY_MAGIC: u32 = 0x184C_2102;
+const LZ4_LEGACY_BLOCK: usize = 8 << 20;
+
+fn u32_at(data: &[u8], off: usize) -> Option<u32> {
+    let b = data.get(off..off.checked_add(4)?)?;
+    Some(u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+}
+
+/// Locate the compressed payload inside a bzImage and name its compression.
+pub fn payload(vmlinuz: &[u8]) -> Result<(Compression, &[u8])> {
+    if vmlinuz.get(0x202..0x206) != Some(b"HdrS") {
+        return Err(Error::Vmlinuz(
+            "no `HdrS` boot-protocol signature at 0x202".into(),
+        ));
+    }
+    let setup_sects = match vmlinuz.get(0x1f1).copied() {
+        Some(0) => 4,
+        Some(n) => usize::from(n),
+        None => return Err(Error::Vmlinuz("truncated before setup_sects".into())),
+    };
+    let pm = (setup_sects + 1) * 512;
+    let off = u32_at(vmlinuz, 0x248).ok_or_else(|| Error::Vmlinuz("truncated header".into()))?;
+    let len = u32_at(vmlinuz, 0x24c).ok_or_else(|| Error::Vmlinuz("truncated header".into()))?;
+    let start = pm
+        .checked_add(off as usize)
+        .ok_or_else(|| Error::Vmlinuz("payload_offset overflows".into()))?;
+    let end = start
+        .checked_add(len as usize)
+        .ok_or_else(|| Error::Vmlinuz("payload_length overflows".into()))?;
+    let p = vmlinuz.get(start..end).ok_or_else(|| {
+        Error::Vmlinuz(format!(
+            "payload {start:#x}..{end:#x} outside the file ({:#x} bytes)",
+            vmlinuz.len()
+        ))
+    })?;
+    let kind = if p.starts_with(&[0x1f, 0x8b]) {
+        Compression::Gzip
+    } else if p.starts_with(b"\xfd7zXZ\x00") {
+        Compression::Xz
+    } else if p.starts_with(&LZ4_LEGACY_MAGIC.to_le_bytes()) {
+        Compression::Lz4Legacy
+    } else if p.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Compression::Zstd
+    } else {
+        return Err(Error::Vmlinuz(format!(
+            "unsupported payload compression (magic {:02x?})",
+            &p[..p.len().min(6)]
+        )));
+    };
+    Ok((kind, p))
+}
+
+/// Decompress a legacy-frame LZ4 stream (as made by `lz4 -l`): the magic, then blocks of
+/// `[u32 LE compressed size][data]`, each inflating to at most 8 MiB. A repeated magic
+/// starts a new frame; a trailing partial header ends the stream.
+pub fn lz4_legacy_decompress(input: &[u8], limit: usize) -> Result<Vec<u8>> {
+    if u32_at(input, 0) != Some(LZ4_LEGACY_MAGIC) {
+        return Err(Error::Vmlinuz("lz4: missing legacy frame magic".into()));
+    }
+    let mut pos = 4usize;
+    let mut out = Vec::new();
+    let mut block = vec![0u8; LZ4_LEGACY_BLOCK];
+    while let Some(size) = u32_at(input, pos) {
+        pos += 4;
+        if size == LZ4_LEGACY_MAGIC {
+            continue;
+        }
+        let size = size as usize;
+        let Some(data) = pos.checked_add(size).and_then(|end| input.get(pos..end)) else {
+            return Err(Error::Vmlinuz(format!(
+                "lz4: block of {size} bytes at {:#x} runs past the end",
+                pos - 4
+            )));
+        };
+        let n = lz4_flex::block::decompress_into(data, &mut block)
+            .map_err(|e| Error::Vmlinuz(format!("lz4: block at {:#x}: {e}", pos - 4)))?;
+        if out.len() + n > limit {
+            return Err(Error::Vmlinuz(format!("lz4: output exceeds {limit} bytes")));
+        }
+        out.extend_from_slice(&block[..n]);
+        pos += size;
+    }
+    Ok(out)
+}
+
+fn read_bounded(mut r: impl Read, limit: usize, what: &str) -> Result<Vec<u8>> {
+    let mut out = Vec::new();
+    (&mut r)
+        .take(limit as u64 + 1)
+        .read_to_end(&mut out)
+        .map_err(|e| Error::Vmlinuz(format!("{what}: {e}")))?;
+    if out.len() > limit {
+        return Err(Error::Vmlinuz(format!(
+            "{what}: output exceeds {limit} bytes"
+        )));
+    }
+    Ok(out)
+}
+
+/// Decompress an XZ stream (any filter chain lzma-rust2 supports, e.g. x86 BCJ + LZMA2).
+pub fn xz_decompress(input: &[u8], limit: usize) -> Result<Vec<u8>> {
+    read_bounded(lzma_rust2::XzReader::new(input, true), limit, "xz")
+}
+
+/// Decompress a bzImage payload into the `vmlinux` ELF image (the relocation table that
+/// follows the ELF inside the payload is kept; ELF readers ignore it).
+pub fn decompress_payload(kind: Compression, p: &[u8]) -> Result<Vec<u8>> {
+    // All but gzip end with the appended uncompressed size.
+    let body = match kind {
+        Compression::Gzip => p,
+        _ => &p[..p.len().saturating_sub(4)],
+    };
+    let out = match kind {
+        Compression::Gzip => read_bounded(flate2::read::GzDecoder::new(body), MAX_VMLINUX, "gzip")?,
+        Compression::Xz => xz_decompress(body, MAX_VMLINUX)?,
+        Compression::Lz4Legacy => lz4_legacy_decompress(body, MAX_VMLINUX)?,
+        Compression::Zstd => {
+            let dec = ruzstd::decoding::StreamingDecoder::new(body)
+                .map_err(|e| Error::Vmlinuz(format!("zstd: {e}")))?;
+            read_bounded(dec, MAX_VMLINUX, "zstd")?
+        }
+    };
+    if !out.starts_with(b"\x7fELF") {
+        return Err(Error::Vmlinuz(format!(
+            "decompressed {kind} payload is not an ELF file"
+        )));
+    }
+    if let Some(size) = u32_at(p, p.len().saturating_sub(4)) {
+        if kind != Compression::Gzip && size as usize != out.len() {
+            return Err(Error::Vmlinuz(format!(
+                "{kind}: decompressed {} bytes, trailer says {size}",
+                out.len()
+            )));
+        }
+    }
+    Ok(out)
+}
+
+/// Extract `vmlinux` from a bzImage.
+pub fn vmlinux_from_vmlinuz(vmlinuz: &[u8]) -> Result<(Compression, Vec<u8>)> {
+    let (kind, p) = payload(vmlinuz)?;
+    Ok((kind, decompress_payload(kind, p)?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn lz4_legacy_roundtrip_with_size_trailer() {
+        let data: Vec<u8> = (0..100_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
+        let block = lz4_flex::block::compress(&data);
+        let mut framed = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
+        framed.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        framed.extend_from_slice(&block);
+        framed.extend_from_slice(&(data.len() as u32).to_le_bytes());
+        // Unstripped, the size trailer reads as a block with no data behind it.
+        let err = lz4_legacy_decompress(&framed, 1 << 30).unwrap_err();
+        assert!(err.to_string().contains("runs past the end"), "{err}");
+        let out = lz4_legacy_decompress(&framed[..framed.len() - 4], 1 << 30).unwrap();
+        assert_eq!(out, data);
+        assert!(lz4_legacy_decompress(&framed[..framed.len() - 4], 10).is_err());
+    }
+
+    #[test]
+    fn rejects_non_bzimage() {
+        assert!(payload(&[0u8; 4096]).is_err());
+        assert!(payload(&[]).is_err());
+    }
+}

@@ -1,0 +1,198 @@
+//! `cargo xtask`: developer tasks for this workspace.
+//!
+//! ```text
+//! cargo xtask guest build [--kernel SPEC]
+//! cargo xtask guest up    --dir DIR [--kernel SPEC] [--cpu MODEL] [--smp N] [--mem MB]
+//!                         [--no-kaslr] [--kallsyms] [--append WORD]... [--accel auto|tcg|kvm]
+//! cargo xtask guest dump  --dir DIR --format elf|kdump-zlib OUT
+//! cargo xtask guest qmp   --dir DIR '<json>'|'hmp:<command>'...
+//! cargo xtask guest down  --dir DIR
+//! ```
+//! All logic lives in the `vmi-test-guest` crate; this is a thin CLI over it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use vmi_test_guest::{Accel, DumpFormat, GuestConfig, GuestEnv, KernelSpec, TestGuest};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Developer tasks for the VMI workspace")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Top,
+}
+
+#[derive(Subcommand)]
+enum Top {
+    /// Build, boot, inspect and stop the real Linux test guest.
+    #[command(subcommand)]
+    Guest(GuestCmd),
+}
+
+#[derive(Subcommand)]
+enum GuestCmd {
+    /// Download/unpack the kernel and build the initramfs (cached); print the paths.
+    Build {
+        /// Kernel: `[suite:]package` (default bookworm:linux-image-cloud-amd64).
+        #[arg(long, default_value = vmi_test_guest::DEFAULT_KERNEL)]
+        kernel: String,
+    },
+    /// Build what is missing, boot, wait for the ready marker, write DIR/guest.env.
+    Up {
+        /// Guest directory (sockets, logs, guest.env, truth.json).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Kernel: `[suite:]package`, e.g. `trixie:linux-image-cloud-amd64`.
+        #[arg(long, default_value = vmi_test_guest::DEFAULT_KERNEL)]
+        kernel: String,
+        /// QEMU CPU model (`max`: 5-level paging; `qemu64,vendor=GenuineIntel`: KPTI).
+        #[arg(long, default_value = "qemu64")]
+        cpu: String,
+        /// Number of vCPUs.
+        #[arg(long, default_value_t = 1)]
+        smp: u32,
+        /// RAM in MiB.
+        #[arg(long, default_value_t = 256)]
+        mem: u64,
+        /// Boot with `nokaslr`.
+        #[arg(long)]
+        no_kaslr: bool,
+        /// Dump the full /proc/kallsyms into DIR/kallsyms.txt.
+        #[arg(long)]
+        kallsyms: bool,
+        /// Extra kernel command-line word (repeatable).
+        #[arg(long)]
+        append: Vec<String>,
+        /// Accelerator: auto (KVM only with kvm_intel/kvm_amd), tcg or kvm.
+        #[arg(long, default_value = "auto")]
+        accel: String,
+        /// Seconds to wait for the ready marker.
+        #[arg(long, default_value_t = 240)]
+        timeout: u64,
+    },
+    /// Dump guest memory through QMP (`dump-guest-memory`, paging=false).
+    Dump {
+        /// Guest directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// `elf` or `kdump-zlib` (flattened format).
+        #[arg(long, default_value = "elf")]
+        format: String,
+        /// Output file.
+        out: PathBuf,
+    },
+    /// Send QMP commands (JSON) or HMP commands (`hmp:info registers`) on the aux socket.
+    Qmp {
+        /// Guest directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Commands, run in order.
+        #[arg(required = true)]
+        commands: Vec<String>,
+    },
+    /// Quit QEMU (QMP, then by PID) and delete the RAM file.
+    Down {
+        /// Guest directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+}
+
+fn main() -> Result<()> {
+    match Cli::parse().cmd {
+        Top::Guest(cmd) => guest(cmd),
+    }
+}
+
+fn guest(cmd: GuestCmd) -> Result<()> {
+    match cmd {
+        GuestCmd::Build { kernel } => {
+            let spec: KernelSpec = kernel.parse()?;
+            let k = vmi_test_guest::kernel::prepare(&spec)?;
+            println!("KERNEL_PACKAGE={}", k.package);
+            println!("KERNEL_VERSION={}", k.version);
+            println!("KERNEL_RELEASE={}", k.release);
+            println!("VMLINUZ={}", k.vmlinuz.display());
+            println!("VMLINUZ_COMPRESSION={}", k.compression);
+            println!("VMLINUX={}", k.vmlinux.display());
+            println!("INITRD={}", k.initrd.display());
+        }
+        GuestCmd::Up {
+            dir,
+            kernel,
+            cpu,
+            smp,
+            mem,
+            no_kaslr,
+            kallsyms,
+            append,
+            accel,
+            timeout,
+        } => {
+            let accel = match accel.as_str() {
+                "auto" => Accel::Auto,
+                "tcg" => Accel::Tcg,
+                "kvm" => Accel::Kvm,
+                other => bail!("--accel must be auto|tcg|kvm, not `{other}`"),
+            };
+            let mut cfg = GuestConfig::default()
+                .dir(&dir)
+                .kernel(kernel.parse()?)
+                .cpu(&cpu)
+                .smp(smp)
+                .mem_mb(mem)
+                .kaslr(!no_kaslr)
+                .kallsyms(kallsyms)
+                .accel(accel)
+                .boot_timeout(Duration::from_secs(timeout));
+            for w in &append {
+                cfg = cfg.append(w);
+            }
+            let guest = TestGuest::boot(cfg).context("guest up")?;
+            let env = guest.detach();
+            eprintln!(
+                "guest ready after {:.1} s ({} {}, {}); {}",
+                env.boot_seconds,
+                env.kernel_release,
+                env.accel,
+                env.cpu,
+                env.dir.join("guest.env").display()
+            );
+            print!("{}", env.render());
+        }
+        GuestCmd::Dump { dir, format, out } => {
+            let env = GuestEnv::load(&dir)?;
+            let format: DumpFormat = format.parse()?;
+            env.dump(format, &out)?;
+            let size = std::fs::metadata(&out).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "dumped {size} bytes to {} ({})",
+                out.display(),
+                format.qmp_name()
+            );
+        }
+        GuestCmd::Qmp { dir, commands } => {
+            let env = GuestEnv::load(&dir)?;
+            for c in commands {
+                if let Some(h) = c.strip_prefix("hmp:") {
+                    print!("{}", env.hmp(h)?);
+                } else {
+                    let v: serde_json::Value =
+                        serde_json::from_str(&c).with_context(|| format!("bad JSON `{c}`"))?;
+                    println!("{}", env.qmp(&v)?);
+                }
+            }
+        }
+        GuestCmd::Down { dir } => {
+            let env = vmi_test_guest::stop_dir(&dir)?;
+            eprintln!(
+                "stopped QEMU pid {} and removed {}",
+                env.qemu_pid,
+                env.mem_file.display()
+            );
+        }
+    }
+    Ok(())
+}
