@@ -844,14 +844,12 @@ fn wait_ready(guest: &mut TestGuest, timeout: Duration) -> Result<String> {
         {
             return Ok(text.into_owned());
         }
-        if let Some(child) = guest.child.as_mut() {
-            if let Ok(Some(status)) = child.try_wait() {
-                return Err(Error::QemuExited {
-                    status: status.to_string(),
-                    serial_tail: tail_file(&guest.env.serial_log, 30),
-                    qemu_log: tail_file(&guest.env.qemu_log, 30),
-                });
-            }
+        if let Some(Ok(Some(status))) = guest.child.as_mut().map(Child::try_wait) {
+            return Err(Error::QemuExited {
+                status: status.to_string(),
+                serial_tail: tail_file(&guest.env.serial_log, 30),
+                qemu_log: tail_file(&guest.env.qemu_log, 30),
+            });
         }
         if Instant::now() >= deadline {
             return Err(Error::BootTimeout {

@@ -167,13 +167,12 @@ pub fn decompress_payload(kind: Compression, p: &[u8]) -> Result<Vec<u8>> {
             "decompressed {kind} payload is not an ELF file"
         )));
     }
-    if let Some(size) = u32_at(p, p.len().saturating_sub(4)) {
-        if kind != Compression::Gzip && size as usize != out.len() {
-            return Err(Error::Vmlinuz(format!(
-                "{kind}: decompressed {} bytes, trailer says {size}",
-                out.len()
-            )));
-        }
+    let trailer = u32_at(p, p.len().saturating_sub(4));
+    if let Some(size) = trailer.filter(|&s| kind != Compression::Gzip && s as usize != out.len()) {
+        return Err(Error::Vmlinuz(format!(
+            "{kind}: decompressed {} bytes, trailer says {size}",
+            out.len()
+        )));
     }
     Ok(out)
 }

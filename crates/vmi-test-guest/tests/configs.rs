@@ -1,0 +1,297 @@
+//! Boots every guest configuration the OS-level tests need and checks that its truth
+//! parses and is sane. Skips (visibly) without QEMU unless `VMI_REQUIRE_GUEST=1`.
+
+use std::path::Path;
+
+use serde_json::json;
+use vmi_test_guest::{DumpFormat, ENV_MARKER, GuestConfig, TestGuest, Truth};
+
+const FOUR_G: u64 = 1 << 32;
+
+/// Checks every configuration must pass.
+fn sanity(g: &TestGuest) {
+    let t = g.truth();
+    let env = g.env();
+    eprintln!(
+        "booted {} ({}, cpu {}, smp {}, {} MiB) in {:.1} s",
+        t.release,
+        env.accel,
+        env.cpu,
+        env.smp,
+        env.mem_size >> 20,
+        env.boot_seconds
+    );
+    assert_eq!(t.release, env.kernel_release);
+    assert!(
+        t.version
+            .starts_with(&format!("Linux version {}", t.release)),
+        "{}",
+        t.version
+    );
+    assert_eq!(t.hostname, "vmiguest");
+    assert_eq!(t.cmdline, env.cmdline);
+    assert!(t.uptime_seconds > 0.0);
+    assert_eq!(t.ncpus, env.smp);
+    assert!(
+        t.unknown_lines.is_empty(),
+        "unknown truth lines: {:?}",
+        t.unknown_lines
+    );
+
+    // tasks: init, kernel threads, and the marked processes with the right tree
+    let init = t.tasks.iter().find(|x| x.pid == 1).expect("pid 1");
+    assert_eq!((init.ppid, init.tgid, init.uid), (0, 1, 0));
+    assert!(t.task("kthreadd").is_some_and(|k| k.pid == 2));
+    assert!(t.tasks.len() > 20, "only {} tasks", t.tasks.len());
+    for x in &t.tasks {
+        assert!(!x.comm.is_empty() && !x.state.is_empty(), "{x:?}");
+    }
+    let sleeper = t.process("vmi_sleeper").expect("vmi_sleeper");
+    assert!(sleeper.environ.iter().any(|e| e == ENV_MARKER));
+    assert_eq!(sleeper.argv, ["sleep", "100000"]);
+    assert!(sleeper.arg_start < sleeper.arg_end && sleeper.arg_end <= sleeper.env_start);
+    assert!(sleeper.env_start < sleeper.env_end);
+    // argv strings are NUL-terminated in memory: the length matches exactly
+    let argv_len: usize = sleeper.argv.iter().map(|a| a.len() + 1).sum();
+    assert_eq!(sleeper.arg_end - sleeper.arg_start, argv_len as u64);
+    let mapper = t.process("vmi_mapper").expect("vmi_mapper");
+    assert!(
+        mapper
+            .maps
+            .iter()
+            .any(|m| m.path.as_deref() == Some("/bin/vmi_mapper") && m.perms.contains('x'))
+    );
+    assert!(
+        mapper
+            .maps
+            .iter()
+            .any(|m| m.path.as_deref() == Some("[stack]"))
+    );
+    assert!(
+        mapper
+            .fds
+            .iter()
+            .any(|f| f.fd == 3 && f.target == "/etc/vmi-fd-target")
+    );
+    let parent = t.task("vmi_parent").expect("vmi_parent");
+    let kids: Vec<_> = t
+        .children_of(parent.pid)
+        .into_iter()
+        .filter(|c| c.comm == "vmi_child")
+        .collect();
+    assert_eq!(kids.len(), 2, "children of vmi_parent: {kids:?}");
+    assert!(t.task("vmi_loop").is_some());
+
+    // modules, symbols, memory map
+    assert!(
+        t.modules
+            .iter()
+            .any(|m| m.name == "qemu_fw_cfg" && m.state == "Live" && m.address >> 48 == 0xffff)
+    );
+    for s in [
+        "_text",
+        "_stext",
+        "init_task",
+        "linux_banner",
+        "init_top_pgt",
+        "page_offset_base",
+    ] {
+        let a = t.ksym(s).unwrap_or_else(|| panic!("ksym {s}"));
+        assert!(a >= 0xffff_ffff_8000_0000, "{s} {a:#x}");
+    }
+    assert_eq!(
+        t.ksym("_text").unwrap_or(1) % (2 << 20),
+        0,
+        "_text 2 MiB aligned"
+    );
+    let ram_bytes: u64 = t.system_ram().iter().map(|(a, b)| b - a + 1).sum();
+    assert!(
+        ram_bytes > env.mem_size / 2 && ram_bytes <= env.mem_size,
+        "{ram_bytes:#x}"
+    );
+    assert!(
+        t.iomem
+            .iter()
+            .any(|r| r.name == "Kernel code" && r.depth == 1)
+    );
+
+    // VMCOREINFO read back from the RAM file at the note the guest reported
+    let vi = t.vmcoreinfo.as_deref().expect("vmcoreinfo text");
+    assert_eq!(
+        t.vmcoreinfo_value("OSRELEASE"),
+        Some(t.release.as_str()),
+        "{vi}"
+    );
+    let stext = t
+        .vmcoreinfo_value("SYMBOL(_stext)")
+        .expect("SYMBOL(_stext)");
+    assert_eq!(u64::from_str_radix(stext, 16).ok(), t.ksym("_stext"));
+    assert!(!t.dmesg_tail.is_empty());
+
+    // host access paths
+    let mem = std::fs::metadata(g.mem_file()).expect("RAM file");
+    assert_eq!(mem.len(), env.mem_size);
+    assert!(g.vmlinux().is_file() && g.vmlinuz().is_file());
+    assert!(std::fs::read(g.vmlinux()).unwrap().starts_with(b"\x7fELF"));
+    let st = g
+        .qmp(json!({"execute": "query-status"}))
+        .expect("query-status");
+    assert_eq!(st["status"], "running");
+    let from_json: Truth =
+        serde_json::from_slice(&std::fs::read(&env.truth_json).expect("truth.json"))
+            .expect("truth.json parses");
+    assert_eq!(&from_json, t);
+}
+
+fn boot(cfg: GuestConfig) -> Option<TestGuest> {
+    TestGuest::boot_or_skip(cfg)
+}
+
+#[test]
+fn default_config_is_4_level_with_kaslr() {
+    let Some(g) = boot(GuestConfig::default()) else {
+        return;
+    };
+    sanity(&g);
+    let t = g.truth();
+    assert!(!t.nokaslr());
+    assert!(!t.five_level_paging());
+    assert!(!t.kpti());
+    assert!(t.vmcoreinfo_value("KERNELOFFSET").is_some());
+    // The banner is in guest RAM (the kernel image is identity-mapped into the file).
+    let ram = std::fs::read(g.mem_file()).expect("read RAM");
+    let banner = t.version.as_bytes();
+    assert!(
+        ram.windows(banner.len()).any(|w| w == banner),
+        "linux_banner not in RAM"
+    );
+    drop(ram);
+    // pause/resume, HMP, and a dump
+    g.pause().expect("stop");
+    assert_eq!(
+        g.qmp(json!({"execute": "query-status"})).unwrap()["status"],
+        "paused"
+    );
+    let regs = g.hmp("info registers").expect("info registers");
+    assert!(regs.contains("CR3="), "{regs}");
+    g.resume().expect("cont");
+    let out = g.dir().join("dump.elf");
+    g.dump(DumpFormat::Elf, &out).expect("dump");
+    let head = std::fs::read(&out)
+        .map(|b| b[..4].to_vec())
+        .unwrap_or_default();
+    assert_eq!(head, b"\x7fELF");
+    std::fs::remove_file(&out).ok();
+}
+
+#[test]
+fn cpu_max_uses_5_level_paging() {
+    let Some(g) = boot(GuestConfig::default().cpu("max")) else {
+        return;
+    };
+    sanity(&g);
+    let t = g.truth();
+    assert!(t.cpu_flags.iter().any(|f| f == "la57"), "{:?}", t.cpu_flags);
+    assert_eq!(t.vmcoreinfo_value("NUMBER(pgtable_l5_enabled)"), Some("1"));
+    assert!(t.five_level_paging());
+}
+
+#[test]
+fn intel_vendor_enables_kpti() {
+    let Some(g) = boot(GuestConfig::default().cpu("qemu64,vendor=GenuineIntel")) else {
+        return;
+    };
+    sanity(&g);
+    let t = g.truth();
+    assert!(
+        t.kpti(),
+        "meltdown: {:?}; boot: {:?}",
+        t.cpu_vulnerabilities.get("meltdown"),
+        t.boot_messages
+    );
+    assert!(!t.five_level_paging());
+}
+
+#[test]
+fn nokaslr_loads_at_link_address_and_dumps_kallsyms() {
+    let Some(g) = boot(GuestConfig::default().kaslr(false).kallsyms(true)) else {
+        return;
+    };
+    sanity(&g);
+    let t = g.truth();
+    assert!(t.nokaslr());
+    assert_eq!(t.ksym("_text"), Some(0xffff_ffff_8100_0000));
+    assert_eq!(t.ksym("page_offset_base").map(|_| ()), Some(()));
+    let path = t.kallsyms_path.as_deref().expect("kallsyms file");
+    let text = std::fs::read_to_string(path).expect("kallsyms.txt");
+    assert!(
+        text.lines().count() > 50_000,
+        "{} lines",
+        text.lines().count()
+    );
+    let init_task = format!("{:016x} D init_task", t.ksym("init_task").unwrap_or(0));
+    assert!(text.lines().any(|l| l == init_task), "{init_task}");
+}
+
+#[test]
+fn smp2_and_cleanup_after_panic() {
+    let mut seen = None;
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let Some(g) = boot(GuestConfig::default().smp(2)) else {
+            return;
+        };
+        sanity(&g);
+        assert_eq!(g.truth().ncpus, 2);
+        seen = Some(g.env().clone());
+        panic!("deliberate panic: the guest must still be stopped");
+    }));
+    let Some(env) = seen else { return };
+    assert!(r.is_err());
+    assert!(
+        !env.qemu_running(),
+        "QEMU {} still running after panic",
+        env.qemu_pid
+    );
+    assert!(
+        !env.mem_file.exists(),
+        "{} left behind",
+        env.mem_file.display()
+    );
+    // Drop keeps a panicking guest's directory for inspection; this panic was deliberate.
+    std::fs::remove_dir_all(&env.dir).ok();
+}
+
+#[test]
+fn mem_3072_splits_ram_around_the_pci_hole() {
+    let Some(g) = boot(GuestConfig::default().mem_mb(3072)) else {
+        return;
+    };
+    sanity(&g);
+    let t = g.truth();
+    let ram = t.system_ram();
+    assert!(ram.iter().any(|&(a, _)| a >= FOUR_G), "{ram:x?}");
+    assert!(
+        ram.iter().all(|&(a, b)| b < 0x8000_0000 || a >= FOUR_G),
+        "{ram:x?}"
+    );
+    // the file offset of the first byte above 4 GiB is 2 GiB
+    assert_eq!(
+        vmi_test_guest::gpa_to_file_offset(g.env().mem_size, FOUR_G),
+        Some(0x8000_0000)
+    );
+}
+
+#[test]
+fn trixie_6_12_cloud_kernel_boots() {
+    let spec = "trixie:linux-image-cloud-amd64".parse().expect("spec");
+    let Some(g) = boot(GuestConfig::default().kernel(spec)) else {
+        return;
+    };
+    sanity(&g);
+    assert!(
+        g.truth().release.starts_with("6.12."),
+        "{}",
+        g.truth().release
+    );
+    assert!(Path::new(&g.env().vmlinux).is_file());
+}
