@@ -205,6 +205,59 @@ mod tests {
         assert!(lz4_legacy_decompress(&framed[..framed.len() - 4], 10).is_err());
     }
 
+    /// A synthetic bzImage: 1 setup sector + boot sector, LZ4-legacy payload of a fake ELF.
+    fn synthetic_bzimage() -> (Vec<u8>, Vec<u8>) {
+        let elf: Vec<u8> = b"\x7fELF"
+            .iter()
+            .copied()
+            .chain((0..5000u32).map(|i| (i % 13) as u8))
+            .collect();
+        let block = lz4_flex::block::compress(&elf);
+        let mut payload = LZ4_LEGACY_MAGIC.to_le_bytes().to_vec();
+        payload.extend_from_slice(&(block.len() as u32).to_le_bytes());
+        payload.extend_from_slice(&block);
+        payload.extend_from_slice(&(elf.len() as u32).to_le_bytes());
+        let mut img = vec![0u8; 1024 + 0x40];
+        img[0x1f1] = 1; // setup_sects: protected-mode part at (1 + 1) * 512
+        img[0x202..0x206].copy_from_slice(b"HdrS");
+        img[0x248..0x24c].copy_from_slice(&0x40u32.to_le_bytes());
+        img[0x24c..0x250].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+        img.extend_from_slice(&payload);
+        (img, elf)
+    }
+
+    #[test]
+    fn synthetic_bzimage_roundtrip() {
+        let (img, elf) = synthetic_bzimage();
+        let (kind, out) = vmlinux_from_vmlinuz(&img).unwrap();
+        assert_eq!(kind, Compression::Lz4Legacy);
+        assert_eq!(out, elf);
+    }
+
+    /// Seeded, bounded fuzz: mutated headers and payloads never panic.
+    #[test]
+    fn fuzz_vmlinuz_extraction() {
+        use rand::{Rng, SeedableRng};
+        let (img, _) = synthetic_bzimage();
+        let mut rng = rand::rngs::SmallRng::seed_from_u64(0xb2_1a6e);
+        for _ in 0..3000 {
+            let mut m = img.clone();
+            for _ in 0..rng.gen_range(1..6) {
+                // bias mutations towards the header fields and the payload
+                let i = match rng.gen_range(0..3) {
+                    0 => rng.gen_range(0x1f0..0x250),
+                    _ => rng.gen_range(1024..m.len()),
+                };
+                m[i] = rng.r#gen();
+            }
+            if rng.gen_bool(0.2) {
+                let n = rng.gen_range(0..m.len());
+                m.truncate(n);
+            }
+            let _ = vmlinux_from_vmlinuz(&m);
+        }
+    }
+
     #[test]
     fn rejects_non_bzimage() {
         assert!(payload(&[0u8; 4096]).is_err());

@@ -143,6 +143,15 @@ fn sanity(g: &TestGuest) {
     assert_eq!(&from_json, t);
 }
 
+/// The extracted vmlinux names a `.BTF` section (types for the OS layer).
+fn assert_vmlinux_has_btf(g: &TestGuest) {
+    let elf = std::fs::read(g.vmlinux()).expect("vmlinux");
+    assert!(
+        elf.windows(6).any(|w| w == b"\0.BTF\0"),
+        "no .BTF section name in vmlinux"
+    );
+}
+
 fn boot(cfg: GuestConfig) -> Option<TestGuest> {
     TestGuest::boot_or_skip(cfg)
 }
@@ -153,6 +162,7 @@ fn default_config_is_4_level_with_kaslr() {
         return;
     };
     sanity(&g);
+    assert_vmlinux_has_btf(&g);
     let t = g.truth();
     assert!(!t.nokaslr());
     assert!(!t.five_level_paging());
