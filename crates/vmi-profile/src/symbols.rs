@@ -1,0 +1,132 @@
+//! The symbol half of a profile: names to addresses, and addresses back to the nearest symbol.
+
+use std::collections::HashMap;
+
+use serde::{Deserialize, Serialize};
+
+/// One symbol.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Symbol {
+    /// Symbol name.
+    pub name: String,
+    /// Address: a virtual address for Linux (link-time or already relocated, see
+    /// [`Metadata::sources`](crate::Metadata::sources)), an RVA for Windows.
+    pub address: u64,
+    /// `nm`-style type letter (`T`, `D`, `b`, ...) where the source has one.
+    pub kind: Option<char>,
+}
+
+/// Symbols sorted by address, with a name index.
+///
+/// When a name occurs more than once (static functions in different files), [`get`]
+/// returns the one with the lowest address; [`all_named`] returns every one.
+///
+/// [`get`]: SymbolTable::get
+/// [`all_named`]: SymbolTable::all_named
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+pub struct SymbolTable {
+    sorted: Vec<Symbol>,
+    #[serde(skip)]
+    by_name: HashMap<Box<str>, u32>,
+}
+
+impl PartialEq for SymbolTable {
+    fn eq(&self, other: &Self) -> bool {
+        self.sorted == other.sorted
+    }
+}
+
+impl FromIterator<Symbol> for SymbolTable {
+    fn from_iter<I: IntoIterator<Item = Symbol>>(iter: I) -> Self {
+        Self::new(iter.into_iter().collect())
+    }
+}
+
+impl SymbolTable {
+    /// Builds a table (sorts by address, stable for equal addresses).
+    pub fn new(mut symbols: Vec<Symbol>) -> Self {
+        symbols.sort_by_key(|s| s.address);
+        let mut t = Self {
+            sorted: symbols,
+            by_name: HashMap::new(),
+        };
+        t.rebuild_index();
+        t
+    }
+
+    pub(crate) fn rebuild_index(&mut self) {
+        let mut by_name = HashMap::with_capacity(self.sorted.len());
+        for (i, s) in self.sorted.iter().enumerate() {
+            by_name.entry(s.name.as_str().into()).or_insert(i as u32);
+        }
+        self.by_name = by_name;
+    }
+
+    /// Number of symbols.
+    pub fn len(&self) -> usize {
+        self.sorted.len()
+    }
+
+    /// True when there is no symbol.
+    pub fn is_empty(&self) -> bool {
+        self.sorted.is_empty()
+    }
+
+    /// The symbol named `name` (lowest address if repeated).
+    pub fn get(&self, name: &str) -> Option<&Symbol> {
+        self.sorted.get(*self.by_name.get(name)? as usize)
+    }
+
+    /// The address of `name`.
+    pub fn address(&self, name: &str) -> Option<u64> {
+        self.get(name).map(|s| s.address)
+    }
+
+    /// Every symbol named `name`.
+    pub fn all_named<'a>(&'a self, name: &'a str) -> impl Iterator<Item = &'a Symbol> + 'a {
+        self.sorted.iter().filter(move |s| s.name == name)
+    }
+
+    /// The symbol at or below `address` closest to it, and the distance.
+    pub fn nearest(&self, address: u64) -> Option<(&Symbol, u64)> {
+        let idx = self.sorted.partition_point(|s| s.address <= address);
+        let s = self.sorted.get(idx.checked_sub(1)?)?;
+        Some((s, address - s.address))
+    }
+
+    /// Symbols sorted by address.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &Symbol> {
+        self.sorted.iter()
+    }
+
+    /// A copy with every address moved by `delta` (wrapping, as KASLR slides are applied
+    /// modulo 2^64). Absolute symbols (`A`/`a`) stay where they are.
+    pub fn relocated(&self, delta: u64) -> SymbolTable {
+        SymbolTable::new(
+            self.sorted
+                .iter()
+                .map(|s| Symbol {
+                    address: if matches!(s.kind, Some('A' | 'a')) {
+                        s.address
+                    } else {
+                        s.address.wrapping_add(delta)
+                    },
+                    ..s.clone()
+                })
+                .collect(),
+        )
+    }
+
+    /// Adds symbols from `other` whose names are not present yet.
+    pub fn merge(&mut self, other: &SymbolTable) {
+        let mut all = std::mem::take(&mut self.sorted);
+        all.extend(
+            other
+                .sorted
+                .iter()
+                .filter(|s| !self.by_name.contains_key(s.name.as_str()))
+                .cloned(),
+        );
+        *self = SymbolTable::new(all);
+    }
+}
