@@ -78,12 +78,15 @@ pub struct Task {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct MapEntry {
     /// Start address (inclusive).
+    #[serde(with = "hex")]
     pub start: u64,
     /// End address (exclusive).
+    #[serde(with = "hex")]
     pub end: u64,
     /// Permissions, e.g. `r-xp`.
     pub perms: String,
     /// File offset.
+    #[serde(with = "hex")]
     pub offset: u64,
     /// Device `major:minor` (hex).
     pub dev: String,
@@ -110,12 +113,16 @@ pub struct Process {
     /// `comm`.
     pub comm: String,
     /// `mm->arg_start` (user virtual address of argv strings).
+    #[serde(with = "hex")]
     pub arg_start: u64,
     /// `mm->arg_end`.
+    #[serde(with = "hex")]
     pub arg_end: u64,
     /// `mm->env_start` (user virtual address of the environment strings).
+    #[serde(with = "hex")]
     pub env_start: u64,
     /// `mm->env_end`.
+    #[serde(with = "hex")]
     pub env_end: u64,
     /// `/proc/<pid>/cmdline`, split at NULs.
     pub argv: Vec<String>,
@@ -141,6 +148,7 @@ pub struct Module {
     /// `Live`, `Loading` or `Unloading`.
     pub state: String,
     /// Base address of the module's core (as shown to root).
+    #[serde(with = "hex")]
     pub address: u64,
 }
 
@@ -148,8 +156,10 @@ pub struct Module {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct IomemRange {
     /// First byte.
+    #[serde(with = "hex")]
     pub start: u64,
     /// Last byte (inclusive, as printed).
+    #[serde(with = "hex")]
     pub end: u64,
     /// Name, e.g. `System RAM`, `Kernel code`.
     pub name: String,
@@ -161,6 +171,7 @@ pub struct IomemRange {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VmcoreinfoNote {
     /// Guest physical address of the note.
+    #[serde(with = "hex")]
     pub paddr: u64,
     /// Size of the note in bytes.
     pub size: u64,
@@ -192,6 +203,7 @@ pub struct Truth {
     /// `/proc/modules`.
     pub modules: Vec<Module>,
     /// Runtime (KASLR-shifted) addresses of selected kernel symbols, by name.
+    #[serde(with = "hex_map")]
     pub ksyms: BTreeMap<String, u64>,
     /// `/proc/iomem` (all ranges).
     pub iomem: Vec<IomemRange>,
@@ -271,6 +283,62 @@ impl Truth {
     /// Whether the command line disabled KASLR.
     pub fn nokaslr(&self) -> bool {
         self.cmdline.split_whitespace().any(|w| w == "nokaslr")
+    }
+}
+
+/// Addresses are written as `"0x..."` strings in JSON: 64-bit values do not survive tools
+/// that read numbers as doubles (jq, JavaScript). Plain numbers are accepted on input.
+mod hex {
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    pub(super) enum HexOrNum {
+        Num(u64),
+        Str(String),
+    }
+
+    impl HexOrNum {
+        pub(super) fn value(self) -> Result<u64, String> {
+            match self {
+                HexOrNum::Num(n) => Ok(n),
+                HexOrNum::Str(s) => {
+                    let t = s.strip_prefix("0x").unwrap_or(&s);
+                    u64::from_str_radix(t, 16).map_err(|_| format!("`{s}` is not a hex address"))
+                }
+            }
+        }
+    }
+
+    pub(super) fn serialize<S: Serializer>(v: &u64, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&format!("{v:#x}"))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<u64, D::Error> {
+        HexOrNum::deserialize(d)?.value().map_err(D::Error::custom)
+    }
+}
+
+/// [`hex`] for the values of a name → address map.
+mod hex_map {
+    use std::collections::BTreeMap;
+
+    use serde::{Deserialize, Deserializer, Serializer, de::Error as _};
+
+    pub(super) fn serialize<S: Serializer>(
+        m: &BTreeMap<String, u64>,
+        s: S,
+    ) -> Result<S::Ok, S::Error> {
+        s.collect_map(m.iter().map(|(k, v)| (k, format!("{v:#x}"))))
+    }
+
+    pub(super) fn deserialize<'de, D: Deserializer<'de>>(
+        d: D,
+    ) -> Result<BTreeMap<String, u64>, D::Error> {
+        let raw = BTreeMap::<String, super::hex::HexOrNum>::deserialize(d)?;
+        raw.into_iter()
+            .map(|(k, v)| Ok((k, v.value().map_err(D::Error::custom)?)))
+            .collect()
     }
 }
 
