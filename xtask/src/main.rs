@@ -7,6 +7,7 @@
 //! cargo xtask guest dump  --dir DIR --format elf|kdump-zlib OUT
 //! cargo xtask guest qmp   --dir DIR '<json>'|'hmp:<command>'...
 //! cargo xtask guest down  --dir DIR
+//! cargo xtask guest reap
 //! ```
 //! All logic lives in the `vmi-test-guest` crate; this is a thin CLI over it.
 
@@ -98,6 +99,8 @@ enum GuestCmd {
         #[arg(long)]
         dir: PathBuf,
     },
+    /// Stop guests of test processes that died without cleaning up (killed by a signal).
+    Reap,
 }
 
 fn main() -> Result<()> {
@@ -184,6 +187,11 @@ fn guest(cmd: GuestCmd) -> Result<()> {
                     println!("{}", env.qmp(&v)?);
                 }
             }
+        }
+        GuestCmd::Reap => {
+            let base = vmi_test_guest::cache::guests_base_dir();
+            vmi_test_guest::reap_orphans(&base);
+            eprintln!("reaped orphaned guests under {}", base.display());
         }
         GuestCmd::Down { dir } => {
             let env = vmi_test_guest::stop_dir(&dir)?;
