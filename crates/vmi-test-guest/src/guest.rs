@@ -568,9 +568,10 @@ impl TestGuest {
         launch(&qemu, &cfg, &kernel, dir, remove_dir)
     }
 
-    /// Like [`TestGuest::boot`], but when QEMU is not installed print a visible
-    /// `SKIPPED: ...` line to stderr and return `None` — unless `VMI_REQUIRE_GUEST=1`, in
-    /// which case it panics. Any other boot failure panics (it is a real test failure).
+    /// Like [`TestGuest::boot`], but when QEMU (or another required host tool such as
+    /// busybox-static) is not installed print a visible `SKIPPED: ...` line to stderr and
+    /// return `None` — unless `VMI_REQUIRE_GUEST=1`, in which case it panics. Any other
+    /// boot failure panics (it is a real test failure).
     pub fn boot_or_skip(cfg: GuestConfig) -> Option<TestGuest> {
         let required = std::env::var("VMI_REQUIRE_GUEST").is_ok_and(|v| v == "1");
         if cache::which("qemu-system-x86_64").is_none() {
@@ -583,6 +584,10 @@ impl TestGuest {
         }
         match TestGuest::boot(cfg) {
             Ok(g) => Some(g),
+            Err(e @ Error::MissingTool { .. }) if !required => {
+                eprintln!("SKIPPED: live-guest test: {e}");
+                None
+            }
             Err(e) => panic!("booting the test guest failed: {e}"),
         }
     }
@@ -804,7 +809,9 @@ fn launch(
         },
         truth: Truth::default(),
         child: Some(child),
-        remove_dir,
+        // Removed on drop only once the boot succeeded: a failed boot keeps its serial and
+        // QEMU logs for inspection.
+        remove_dir: false,
     };
     // From here on, any error drops `guest`, which stops QEMU and removes the RAM file.
     std::fs::write(guest.env.dir.join("guest.env"), guest.env.render())
@@ -827,6 +834,7 @@ fn launch(
     }
     cache::write_atomic(&guest.env.truth_json, &serde_json::to_vec_pretty(&truth)?)?;
     guest.truth = truth;
+    guest.remove_dir = remove_dir;
     std::fs::write(guest.env.dir.join("guest.env"), guest.env.render())
         .map_err(Error::io("write", guest.env.dir.join("guest.env")))?;
     Ok(guest)

@@ -305,3 +305,28 @@ fn trixie_6_12_cloud_kernel_boots() {
     );
     assert!(Path::new(&g.env().vmlinux).is_file());
 }
+
+#[test]
+fn qemu_failure_is_reported_and_cleaned_up() {
+    if vmi_test_guest::cache::which("qemu-system-x86_64").is_none() {
+        eprintln!("SKIPPED: qemu-system-x86_64 not found");
+        return;
+    }
+    let dir =
+        vmi_test_guest::cache::guests_base_dir().join(format!("bad-cpu-{}", std::process::id()));
+    let err = TestGuest::boot(GuestConfig::default().cpu("no-such-cpu").dir(&dir))
+        .expect_err("must fail");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("qemu exited during boot") && msg.contains("no-such-cpu"),
+        "{msg}"
+    );
+    let env = vmi_test_guest::GuestEnv::load(&dir).expect("guest.env of the failed boot is kept");
+    assert!(!env.qemu_running());
+    assert!(
+        !env.mem_file.exists(),
+        "{} left behind",
+        env.mem_file.display()
+    );
+    std::fs::remove_dir_all(&dir).ok();
+}
