@@ -183,6 +183,20 @@ impl Apt {
     /// `apt-get update` (for the host configuration: the host's lists).
     pub fn update(&self) -> Result<()> {
         let _lock = CacheLock::acquire("apt")?;
+        self.update_locked()
+    }
+
+    /// `apt-get update` unless the lists exist, checked under the lock (so parallel test
+    /// processes that all found no lists update once).
+    fn update_if_missing(&self) -> Result<()> {
+        let _lock = CacheLock::acquire("apt")?;
+        if self.has_lists() {
+            return Ok(());
+        }
+        self.update_locked()
+    }
+
+    fn update_locked(&self) -> Result<()> {
         if let Some(root) = &self.private {
             self.setup_private(root, &self.label)?;
         }
@@ -242,7 +256,7 @@ impl Apt {
     /// package.
     pub fn resolve(&self, package: &str) -> Result<Resolved> {
         if !self.has_lists() {
-            self.update()?;
+            self.update_if_missing()?;
         }
         match self.resolve_cached_lists(package) {
             Ok(r) => Ok(r),
