@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Installs what the project needs on a fresh Debian 12 machine (idempotent):
+# QEMU and busybox for the test guest, makedumpfile for the dump tests, and a Python
+# venv with Volatility 3 (the independent oracle of the OS-layer tests).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+need=()
+command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
+[ -x /bin/busybox ] && /bin/busybox --list >/dev/null 2>&1 && ldd /bin/busybox 2>&1 | grep -q 'not a dynamic' || need+=(busybox-static)
+command -v makedumpfile >/dev/null || need+=(makedumpfile)
+command -v bpftool >/dev/null || need+=(bpftool)
+python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+if [ ${#need[@]} -gt 0 ]; then
+  log "apt-get install ${need[*]}"
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO apt-get update -q >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# Volatility 3 in a project-local venv (tests find it at target/venv/bin/vol).
+VENV=target/venv
+if [ ! -x "$VENV/bin/vol" ]; then
+  log "creating $VENV with volatility3"
+  mkdir -p target
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'volatility3==2.28.2' || log "warning: volatility3 could not be installed"
+fi
+
+command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest >/dev/null 2>&1 || log "cargo-nextest unavailable: tests will run with cargo test"
+log "ready"

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# The whole test suite, as CI runs it: formatting, lints, docs, and every test,
+# including the ones that boot the real Linux test guest (VMI_REQUIRE_GUEST=1 makes a
+# guest test fail instead of skipping when it cannot boot).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+bash scripts/setup.sh
+
+export VMI_REQUIRE_GUEST=${VMI_REQUIRE_GUEST:-1}
+export VMI_VOLATILITY=${VMI_VOLATILITY:-$PWD/target/venv/bin/vol}
+
+step() { printf '\n== %s\n' "$*" >&2; }
+step "cargo fmt --check"
+cargo fmt --all --check
+step "cargo clippy"
+cargo clippy --workspace --all-targets --all-features -- -D warnings
+step "cargo doc"
+RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
+step "facade feature combinations"
+for f in "" arch-amd64 driver-mock; do cargo check -q -p vmi --no-default-features ${f:+--features $f}; done
+step "tests"
+if command -v cargo-nextest >/dev/null; then
+  cargo nextest run --workspace --all-features --no-fail-fast
+else
+  cargo test --workspace --all-features --no-fail-fast
+fi
+step "doc tests"
+cargo test --workspace --all-features --doc
+# Nothing may be left behind by the tests.
+if ls /dev/shm 2>/dev/null | grep -q '^vmi-guest-'; then
+  echo "error: tests left guest RAM files in /dev/shm" >&2; ls /dev/shm >&2; exit 1
+fi
+echo "all tests passed" >&2
