@@ -823,7 +823,7 @@ fn names_and_addresses(
     let no = || ProfileError::kallsyms("no kallsyms_num_syms before the names");
     // kallsyms_num_syms sits right before the names; the last group of up to 256 names
     // follows the last marker. Scan back a bounded window for a count that fits the markers.
-    let window_end = m0.checked_sub(last_mark).ok_or_else(no)?;
+    let window_end = m0.checked_sub(last_mark).ok_or_else(no)? & !3;
     let window = (256 * 256u64).min(window_end.saturating_sub(range.start));
     let mut raw = vec![0u8; window as usize];
     read_mem(mem, window_end - window, &mut raw)?;

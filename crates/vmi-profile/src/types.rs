@@ -761,11 +761,9 @@ impl Types {
         for (i, t) in self.types.iter().enumerate() {
             let id = TypeId(i as u32);
             let (map, name, complete) = match *t {
-                Type::Struct(c) | Type::Union(c) => (
-                    &mut index.composites,
-                    c.name,
-                    c.size > 0 || !c.members.is_empty(),
-                ),
+                Type::Struct(c) | Type::Union(c) => {
+                    (&mut index.composites, c.name, !c.members.is_empty())
+                }
                 Type::Enum { name, values, .. } => (&mut index.enums, name, !values.is_empty()),
                 Type::Typedef { name, .. } => (&mut index.typedefs, name, true),
                 Type::Int { name, .. } | Type::Float { name, .. } => (&mut index.base, name, true),
@@ -785,9 +783,7 @@ impl Types {
                 }
                 Some(prev) if complete => {
                     let prev_complete = match self.types.get(prev.0 as usize) {
-                        Some(Type::Struct(c) | Type::Union(c)) => {
-                            c.size > 0 || !c.members.is_empty()
-                        }
+                        Some(Type::Struct(c) | Type::Union(c)) => !c.members.is_empty(),
                         Some(Type::Enum { values, .. }) => !values.is_empty(),
                         _ => true,
                     };
