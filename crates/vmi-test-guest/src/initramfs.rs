@@ -10,7 +10,8 @@
 //! | `vmi_mapper` | busybox `sleep 100001`, fd 3 open on `/etc/vmi-fd-target`, fd 4 on `/tmp/vmi-fd-out` | file-backed mappings (its executable `/bin/vmi_mapper`) and open files |
 //! | `vmi_parent` | shell script, parent of two `vmi_child` | a small process tree |
 //! | `vmi_child` (x2) | busybox `sleep 100002` / `sleep 100003` | children of `vmi_parent` |
-//! | `vmi_loop` | shell script looping `sleep 1` | a process that regularly runs |
+//! | `vmi_loop` | shell script looping `sleep 1` (its `sleep` child is transient) | a process that regularly runs |
+//! | `vmi_user` | busybox `sleep 100004` as uid/gid 1000 (user `vmi`, via `su`) | non-root credentials |
 
 use std::io::Write;
 
@@ -18,7 +19,7 @@ use crate::cpio::CpioBuilder;
 use crate::error::{Error, Result};
 
 /// Names of the busybox hard links in `/bin` (besides `busybox` itself).
-pub const BUSYBOX_LINKS: &[&str] = &["vmi_sleeper", "vmi_mapper", "vmi_child"];
+pub const BUSYBOX_LINKS: &[&str] = &["vmi_sleeper", "vmi_mapper", "vmi_child", "vmi_user"];
 
 /// Contents of the file `vmi_mapper` holds open on fd 3.
 pub const FD_TARGET_CONTENT: &str = "VMI-FD-TARGET-1c3b9e07\n";
@@ -110,10 +111,11 @@ for m in $(cat /lib/modules/load-order 2>/dev/null); do insmod /lib/modules/$m.k
 ( exec 3</etc/vmi-fd-target 4>/tmp/vmi-fd-out; exec -a sleep /bin/vmi_mapper 100001 ) &
 /bin/vmi_parent &
 /bin/vmi_loop &
+su -s /bin/sh vmi -c 'exec -a sleep /bin/vmi_user 100004' &
 # let them exec before the snapshot
 i=0
 while [ $i -lt 50 ]; do
-  [ "$(pidof vmi_child | wc -w)" = 2 ] && pidof vmi_sleeper vmi_mapper vmi_loop >/dev/null && break
+  [ "$(pidof vmi_child | wc -w)" = 2 ] && [ "$(pidof vmi_sleeper vmi_mapper vmi_loop vmi_user | wc -w)" = 4 ] && break
   sleep 0.1; i=$((i+1))
 done
 
@@ -209,6 +211,12 @@ pub fn build(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     c.file("bin/vmi_parent", 0o755, VMI_PARENT);
     c.file("etc/vmi-fd-target", 0o644, FD_TARGET_CONTENT);
     c.file("etc/hostname", 0o644, "vmiguest\n");
+    c.file(
+        "etc/passwd",
+        0o644,
+        "root:x:0:0:root:/:/bin/sh\nvmi:x:1000:1000:vmi:/tmp:/bin/sh\n",
+    );
+    c.file("etc/group", 0o644, "root:x:0:\nvmi:x:1000:\n");
     let mut order = String::new();
     for (name, ko) in modules {
         if name.is_empty()

@@ -81,6 +81,12 @@ fn sanity(g: &TestGuest) {
         .collect();
     assert_eq!(kids.len(), 2, "children of vmi_parent: {kids:?}");
     assert!(t.task("vmi_loop").is_some());
+    let user = t.task("vmi_user").expect("vmi_user");
+    assert_eq!(user.uid, 1000);
+    assert_eq!(
+        t.process("vmi_user").map(|p| p.argv.clone()),
+        Some(vec!["sleep".into(), "100004".into()])
+    );
 
     // modules, symbols, memory map
     assert!(
