@@ -330,7 +330,7 @@ fn typedef_cycles_do_not_hang() {
 #[test]
 fn fuzz_btf_parser() {
     let seed = sample();
-    let mut rng = SmallRng::seed_from_u64(0x5eed_b7f);
+    let mut rng = SmallRng::seed_from_u64(0x05ee_db7f);
     for _ in 0..4000 {
         let mut v = seed.clone();
         for _ in 0..rng.gen_range(1..8) {

@@ -60,7 +60,7 @@ fn compress(s: &[u8], toks: &[Vec<u8>]) -> Vec<u8> {
 }
 
 fn align(v: &mut Vec<u8>) {
-    while v.len() % 8 != 0 {
+    while !v.len().is_multiple_of(8) {
         v.push(0);
     }
 }
@@ -135,7 +135,7 @@ fn build(layout: Layout, syms: &[(char, String, u64)]) -> Built {
     let mut img = vec![0u8; 0x40]; // some unrelated bytes first
     let mut t = KallsymsTables::default();
     let at = |img: &Vec<u8>| RODATA + img.len() as u64;
-    let mut markers_bytes = |width: usize| -> Vec<u8> {
+    let markers_bytes = |width: usize| -> Vec<u8> {
         markers
             .iter()
             .flat_map(|m| m.to_le_bytes()[..width].to_vec())
