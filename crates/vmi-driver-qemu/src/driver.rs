@@ -1,0 +1,1271 @@
+//! [`QemuDriver`]: attach, memory, registers, control, events and clean-up.
+
+use std::collections::VecDeque;
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vmi_arch_amd64::{Amd64, EventReason, Registers};
+use vmi_core::{
+    BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor, Gfn, MemoryAccess,
+    Pa, PageAbsence, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent, VmiEventControl, VmiInfo,
+    VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+};
+
+use crate::error::QemuError;
+use crate::gdb::{GdbAddress, GdbConn, RegMap, StopReply, decode_hex, encode_le, parse_stop_reply};
+use crate::memory::{Access, AccessPath, Layout, Memory};
+use crate::qmp::QmpClient;
+use crate::regs;
+
+const PAGE: u64 = 4096;
+
+/// Which gdbstub the driver uses for registers and events.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum GdbMode {
+    /// Use the gdbstub QEMU already has (found with `query-chardev`, label `gdb`); when
+    /// there is none, start one on a private unix socket with HMP `gdbserver` and stop it
+    /// again when the driver is dropped.
+    #[default]
+    Auto,
+    /// Use this gdbstub.
+    Address(GdbAddress),
+    /// Never touch the gdbstub: registers come from HMP `info registers`, events are
+    /// not supported.
+    Disabled,
+}
+
+/// Options of [`QemuDriver::attach_with`].
+#[derive(Clone, Debug)]
+#[non_exhaustive]
+pub struct AttachOptions {
+    /// Force a memory access path (default: the fastest that works).
+    pub access_path: Option<AccessPath>,
+    /// Which gdbstub to use.
+    pub gdb: GdbMode,
+    /// How long to wait for QEMU's greeting before calling a socket busy.
+    pub greeting_timeout: Duration,
+    /// How long to wait for the answer to one command.
+    pub command_timeout: Duration,
+    /// Also read segment descriptors, GDTR/IDTR and debug registers through HMP for each
+    /// event (slower; by default event registers carry what the gdbstub has).
+    pub full_event_registers: bool,
+    /// When the VM is found in the `debug` state (stopped by a gdb client that went away,
+    /// e.g. a killed VMI session), remove all gdbstub breakpoints and resume it.
+    pub recover_debug_state: bool,
+}
+
+impl Default for AttachOptions {
+    fn default() -> Self {
+        Self {
+            access_path: None,
+            gdb: GdbMode::Auto,
+            greeting_timeout: Duration::from_millis(500),
+            command_timeout: Duration::from_secs(1),
+            full_event_registers: false,
+            recover_debug_state: true,
+        }
+    }
+}
+
+impl AttachOptions {
+    /// Forces a memory access path.
+    pub fn access_path(mut self, path: AccessPath) -> Self {
+        self.access_path = Some(path);
+        self
+    }
+
+    /// Uses the gdbstub at `socket` (a unix socket path).
+    pub fn gdb_socket(mut self, socket: impl Into<PathBuf>) -> Self {
+        self.gdb = GdbMode::Address(GdbAddress::Unix(socket.into()));
+        self
+    }
+
+    /// Chooses the gdbstub mode.
+    pub fn gdb(mut self, mode: GdbMode) -> Self {
+        self.gdb = mode;
+        self
+    }
+
+    /// Sets the per-command timeout.
+    pub fn command_timeout(mut self, t: Duration) -> Self {
+        self.command_timeout = t;
+        self
+    }
+
+    /// Sets how long a silent socket may take before it counts as busy.
+    pub fn greeting_timeout(mut self, t: Duration) -> Self {
+        self.greeting_timeout = t;
+        self
+    }
+
+    /// Reads full registers (HMP too) for each event.
+    pub fn full_event_registers(mut self, on: bool) -> Self {
+        self.full_event_registers = on;
+        self
+    }
+}
+
+/// A gdbstub breakpoint or watchpoint we inserted (`Z<type>,<addr>,<kind>`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Installed {
+    ztype: u8,
+    addr: u64,
+    len: u64,
+}
+
+impl Installed {
+    fn packet(&self, insert: bool) -> String {
+        format!(
+            "{}{},{:x},{:x}",
+            if insert { 'Z' } else { 'z' },
+            self.ztype,
+            self.addr,
+            self.len
+        )
+    }
+
+    fn is_exec(&self) -> bool {
+        self.ztype <= 1
+    }
+}
+
+/// State of a connected gdbstub.
+#[derive(Debug)]
+struct GdbSession {
+    conn: GdbConn,
+    regmap: RegMap,
+    /// Thread ids as the stub names them; index = vCPU.
+    threads: Vec<String>,
+    /// The thread selected with `Hg`.
+    current_g: Option<usize>,
+    /// A resume was sent and no stop reply has been seen since.
+    running: bool,
+    /// Stops received but not yet handed to a handler.
+    pending: VecDeque<StopReply>,
+    /// vCPU stopped on one of our execution breakpoints: step it over before continuing.
+    step_over: Option<(usize, u64)>,
+    /// vCPU single-stepped at a handler's request.
+    stepping: Option<usize>,
+    /// A breakpoint removed for a step (KVM), to insert again after it.
+    reinsert: Option<Installed>,
+    installed: Vec<Installed>,
+    /// The gdbstub was started by us (private socket): stop it on drop.
+    started: Option<PathBuf>,
+    /// The VM was paused by someone else (a `T02` we did not ask for).
+    external_pause: bool,
+    /// Unknown stops already reported on stderr.
+    warned_unknown: bool,
+}
+
+#[derive(Debug)]
+enum GdbState {
+    NotConnected,
+    Connected(Box<GdbSession>),
+    Unavailable(String),
+}
+
+#[derive(Debug)]
+struct Inner {
+    gdb: GdbState,
+    /// The user asked for the VM to be paused (or it was found paused).
+    user_paused: bool,
+}
+
+/// A live QEMU guest, attached through its QMP socket. See the crate docs.
+#[derive(Debug)]
+pub struct QemuDriver {
+    qmp: Mutex<QmpClient>,
+    memory: Memory,
+    inner: Mutex<Inner>,
+    options: AttachOptions,
+    vcpus: u16,
+    pid: Option<u32>,
+    kvm: bool,
+    found_running: bool,
+    qemu_version: String,
+}
+
+static PRIVATE_SOCKETS: AtomicU32 = AtomicU32::new(0);
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic in another thread while holding the lock leaves plain data behind; keep going
+    // (clean-up in Drop must still run).
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// QEMU's run state name as a [`VmState`].
+pub(crate) fn vm_state(status: &str) -> VmState {
+    match status {
+        "running" => VmState::Running,
+        "paused" => VmState::Paused,
+        "debug" => VmState::Debug,
+        other => VmState::Other(match other {
+            "inmigrate" => "inmigrate",
+            "internal-error" => "internal-error",
+            "io-error" => "io-error",
+            "postmigrate" => "postmigrate",
+            "prelaunch" => "prelaunch",
+            "finish-migrate" => "finish-migrate",
+            "restore-vm" => "restore-vm",
+            "save-vm" => "save-vm",
+            "shutdown" => "shutdown",
+            "suspended" => "suspended",
+            "watchdog" => "watchdog",
+            "guest-panicked" => "guest-panicked",
+            "colo" => "colo",
+            _ => "unknown",
+        }),
+    }
+}
+
+fn query_status(qmp: &mut QmpClient) -> Result<String, QemuError> {
+    let v = qmp.execute("query-status", None)?;
+    v.get("status")
+        .and_then(Value::as_str)
+        .map(str::to_owned)
+        .ok_or_else(|| QemuError::protocol("query-status", v.to_string()))
+}
+
+/// The QEMU pid: the QMP socket's peer credentials, else a vCPU thread's thread group.
+fn qemu_pid(qmp: &mut QmpClient) -> Option<u32> {
+    if let Some(pid) = crate::sys::peer_pid(qmp.stream()) {
+        return Some(pid);
+    }
+    let cpus = qmp.execute("query-cpus-fast", None).ok()?;
+    let tid = cpus.as_array()?.first()?.get("thread-id")?.as_u64()?;
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}
+
+/// Finds the address of QEMU's existing gdbstub (`query-chardev`, label `gdb`).
+fn find_gdbstub(qmp: &mut QmpClient) -> Result<Option<GdbAddress>, QemuError> {
+    let v = qmp.execute("query-chardev", None)?;
+    Ok(v.as_array().into_iter().flatten().find_map(|c| {
+        (c.get("label")?.as_str()? == "gdb")
+            .then(|| GdbAddress::from_chardev_filename(c.get("filename")?.as_str()?))
+            .flatten()
+    }))
+}
+
+/// Connects to a gdbstub and does the handshake; the VM is stopped afterwards.
+fn gdb_handshake(
+    addr: &GdbAddress,
+    greeting: Duration,
+    timeout: Duration,
+) -> Result<(GdbConn, RegMap, Vec<String>), QemuError> {
+    let mut conn = GdbConn::connect(addr, greeting)?;
+    let sup = match conn.request("qSupported:multiprocess+;swbreak+;hwbreak+;vContSupported+") {
+        Ok(s) => s,
+        Err(QemuError::Timeout { .. }) => {
+            return Err(QemuError::GdbUnavailable(format!(
+                "busy: another client holds the gdbstub socket {addr}"
+            )));
+        }
+        Err(e) => return Err(e),
+    };
+    conn.set_timeout(timeout);
+    if !sup.contains("qXfer:features:read+") {
+        return Err(QemuError::GdbUnavailable(format!(
+            "the gdbstub at {addr} offers no target description ({sup})"
+        )));
+    }
+    let regmap = RegMap::load(&mut conn)?;
+    let mut threads = Vec::new();
+    let mut r = conn.request("qfThreadInfo")?;
+    for _ in 0..4096 {
+        let Some(list) = r.strip_prefix('m') else {
+            break;
+        };
+        threads.extend(list.split(',').filter(|t| !t.is_empty()).map(str::to_owned));
+        r = conn.request("qsThreadInfo")?;
+    }
+    if threads.is_empty() {
+        return Err(QemuError::protocol("qfThreadInfo", r));
+    }
+    Ok((conn, regmap, threads))
+}
+
+/// Parses a thread id `p01.02` / `02` into its thread number.
+fn thread_number(t: &str) -> Option<u64> {
+    let t = t
+        .strip_prefix('p')
+        .map_or(t, |x| x.split('.').nth(1).unwrap_or(x));
+    u64::from_str_radix(t, 16).ok()
+}
+
+impl GdbSession {
+    fn vcpu_of(&self, thread: Option<&str>) -> usize {
+        thread
+            .and_then(thread_number)
+            .and_then(|n| {
+                self.threads
+                    .iter()
+                    .position(|t| thread_number(t) == Some(n))
+            })
+            .unwrap_or(0)
+    }
+
+    fn select(&mut self, vcpu: usize) -> Result<(), QemuError> {
+        if self.current_g != Some(vcpu) {
+            let t = self
+                .threads
+                .get(vcpu)
+                .ok_or_else(|| QemuError::protocol("vCPU", format!("no vCPU {vcpu}")))?
+                .clone();
+            self.conn.request_ok(&format!("Hg{t}"))?;
+            self.current_g = Some(vcpu);
+        }
+        Ok(())
+    }
+
+    fn read_registers(&mut self, vcpu: usize) -> Result<Registers, QemuError> {
+        self.select(vcpu)?;
+        let g = self.conn.request("g")?;
+        let bytes = decode_hex(&g).ok_or_else(|| QemuError::protocol("g reply", g.clone()))?;
+        let mut r = Registers::default();
+        let missing = regs::from_gdb(&self.regmap, &bytes, &mut r);
+        // Registers beyond the `g` packet are fetched one by one.
+        for name in missing {
+            if let Some(d) = self.regmap.get(name).cloned() {
+                let p = self.conn.request(&format!("p{:x}", d.regnum))?;
+                if let Some(b) = decode_hex(&p).filter(|b| !b.is_empty()) {
+                    let mut one = vec![0u8; d.offset];
+                    one.extend_from_slice(&b);
+                    let mut tmp = Registers::default();
+                    regs::from_gdb(&self.regmap, &one, &mut tmp);
+                    copy_named(&mut r, &tmp, name);
+                }
+            }
+        }
+        Ok(r)
+    }
+
+    fn write_registers(
+        &mut self,
+        vcpu: usize,
+        old: &Registers,
+        new: &Registers,
+    ) -> Result<(), QemuError> {
+        let diff = regs::gdb_diff(old, new);
+        if diff.is_empty() {
+            return Ok(());
+        }
+        self.select(vcpu)?;
+        for (name, value) in diff {
+            let d = self.regmap.get(name).cloned().ok_or_else(|| {
+                QemuError::GdbUnavailable(format!("register {name} is not in the description"))
+            })?;
+            self.conn
+                .request_ok(&format!("P{:x}={}", d.regnum, encode_le(value, d.size)))?;
+        }
+        Ok(())
+    }
+
+    /// Stops the VM if it runs under us; a real event that raced the interrupt is queued.
+    fn ensure_stopped(&mut self) -> Result<(), QemuError> {
+        if !self.running {
+            return Ok(());
+        }
+        self.conn.interrupt()?;
+        let deadline = Instant::now() + self.conn.timeout();
+        let Some(p) = self.conn.wait_stop(deadline)? else {
+            return Err(QemuError::Timeout {
+                what: "gdbstub",
+                request: "interrupt".into(),
+                millis: self.conn.timeout().as_millis(),
+            });
+        };
+        self.running = false;
+        let stop = parse_stop_reply(&p)?;
+        if stop.signal != 2 {
+            self.pending.push_back(stop);
+        }
+        Ok(())
+    }
+
+    /// Lets the VM run (stepping over a breakpoint we reported first), unless events wait.
+    fn resume(&mut self, kvm: bool) -> Result<(), QemuError> {
+        if self.running || !self.pending.is_empty() {
+            return Ok(());
+        }
+        if let Some((vcpu, addr)) = self.step_over.take() {
+            let bps: Vec<Installed> = self
+                .installed
+                .iter()
+                .filter(|i| i.is_exec() && i.addr == addr)
+                .copied()
+                .collect();
+            if kvm {
+                for b in &bps {
+                    self.conn.request_ok(&b.packet(false))?;
+                }
+            }
+            let t = self.threads[vcpu].clone();
+            self.conn.send(&format!("vCont;s:{t}"))?;
+            let deadline = Instant::now() + self.conn.timeout();
+            let p = self.conn.wait_stop(deadline)?;
+            if kvm {
+                for b in &bps {
+                    self.conn.request_ok(&b.packet(true))?;
+                }
+            }
+            let Some(p) = p else {
+                // The step did not finish (e.g. the instruction blocks): stop everything.
+                self.running = true;
+                return self.ensure_stopped();
+            };
+            let stop = parse_stop_reply(&p)?;
+            if stop.watch.is_some() || self.vcpu_of(stop.thread.as_deref()) != vcpu {
+                self.pending.push_back(stop);
+                return Ok(());
+            }
+        }
+        self.conn.send("vCont;c")?;
+        self.running = true;
+        Ok(())
+    }
+
+    fn exec_bp_at(&self, rip: u64) -> Option<Installed> {
+        self.installed
+            .iter()
+            .find(|i| i.is_exec() && i.addr == rip)
+            .copied()
+    }
+
+    fn install(&mut self, bp: Installed) -> Result<(), QemuError> {
+        if self.installed.contains(&bp) {
+            return Ok(());
+        }
+        let r = self.conn.request(&bp.packet(true))?;
+        if r != "OK" {
+            return Err(QemuError::GdbRefused {
+                request: bp.packet(true),
+                reply: if r.starts_with('E') && bp.ztype != 0 {
+                    format!("{r} (hardware debug registers exhausted? KVM has 4)")
+                } else {
+                    r
+                },
+            });
+        }
+        self.installed.push(bp);
+        Ok(())
+    }
+
+    fn uninstall(&mut self, bp: Installed) -> Result<(), QemuError> {
+        let Some(i) = self.installed.iter().position(|x| *x == bp) else {
+            return Ok(());
+        };
+        self.installed.remove(i);
+        if self.reinsert == Some(bp) {
+            self.reinsert = None;
+            return Ok(());
+        }
+        self.conn.request_ok(&bp.packet(false))
+    }
+}
+
+fn copy_named(dst: &mut Registers, src: &Registers, name: &str) {
+    for (n, f) in regs::GDB_FIELDS {
+        if *n == name {
+            let mut s = src.clone();
+            *f(dst) = *f(&mut s);
+        }
+    }
+}
+
+impl QemuDriver {
+    /// Attaches to the QEMU whose QMP socket is `qmp_socket`, with default options.
+    pub fn attach(qmp_socket: impl AsRef<Path>) -> Result<Self, VmiError> {
+        Self::attach_with(qmp_socket, AttachOptions::default())
+    }
+
+    /// Attaches with `options`.
+    pub fn attach_with(
+        qmp_socket: impl AsRef<Path>,
+        options: AttachOptions,
+    ) -> Result<Self, VmiError> {
+        let path = qmp_socket.as_ref();
+        let mut qmp = QmpClient::connect(path, options.greeting_timeout, options.command_timeout)?;
+        let target = qmp.execute("query-target", None)?;
+        let arch = target
+            .get("arch")
+            .and_then(Value::as_str)
+            .unwrap_or("?")
+            .to_string();
+        if arch != "x86_64" {
+            return Err(QemuError::WrongArchitecture { arch }.into());
+        }
+        let version = qmp
+            .execute("query-version", None)
+            .ok()
+            .and_then(|v| {
+                let q = v.get("qemu")?;
+                Some(format!(
+                    "{}.{}.{}",
+                    q.get("major")?,
+                    q.get("minor")?,
+                    q.get("micro")?
+                ))
+            })
+            .unwrap_or_default();
+        let kvm = qmp
+            .execute("query-kvm", None)
+            .ok()
+            .and_then(|v| v.get("enabled").and_then(Value::as_bool))
+            .unwrap_or(false);
+        let vcpus = qmp
+            .execute("query-cpus-fast", None)?
+            .as_array()
+            .map_or(0, |a| a.len());
+        let vcpus = u16::try_from(vcpus).unwrap_or(u16::MAX);
+        let mut status = query_status(&mut qmp)?;
+        if status == "debug" && options.recover_debug_state && options.gdb != GdbMode::Disabled {
+            let addr = match &options.gdb {
+                GdbMode::Address(a) => Some(a.clone()),
+                _ => find_gdbstub(&mut qmp)?,
+            };
+            if let Some(addr) = addr {
+                eprintln!(
+                    "vmi-driver-qemu: VM found in `debug` state with a free gdbstub \
+                     (a debugger went away): removing its breakpoints and resuming"
+                );
+                detach_gdbstub(&addr, &options)?;
+                status = query_status(&mut qmp)?;
+            }
+        }
+        let layout = Layout::discover(&mut qmp)?;
+        let pid = qemu_pid(&mut qmp);
+        let access = open_access(&layout, &mut qmp, pid, options.access_path)?;
+        let found_running = status == "running";
+        Ok(QemuDriver {
+            qmp: Mutex::new(qmp),
+            memory: Memory {
+                layout,
+                access,
+                warned_xp: AtomicBool::new(false),
+            },
+            inner: Mutex::new(Inner {
+                gdb: GdbState::NotConnected,
+                user_paused: !found_running,
+            }),
+            options,
+            vcpus,
+            pid,
+            kvm,
+            found_running,
+            qemu_version: version,
+        })
+    }
+
+    /// Removes every gdbstub breakpoint and watchpoint of the QEMU behind `qmp_socket`
+    /// and resumes it: what to run after a VMI process died without cleaning up (e.g.
+    /// `SIGKILL`). QEMU keeps the breakpoints of a gdb client that vanished, and the VM
+    /// stops at the first hit. A VM that was paused (not `debug`) stays paused.
+    pub fn recover(qmp_socket: impl AsRef<Path>) -> Result<VmState, VmiError> {
+        let options = AttachOptions::default();
+        let mut qmp = QmpClient::connect(
+            qmp_socket.as_ref(),
+            options.greeting_timeout,
+            options.command_timeout,
+        )?;
+        let before = query_status(&mut qmp)?;
+        if let Some(addr) = find_gdbstub(&mut qmp)? {
+            detach_gdbstub(&addr, &options)?;
+            if before == "paused" {
+                qmp.execute("stop", None)?;
+            }
+        }
+        Ok(vm_state(&query_status(&mut qmp)?))
+    }
+
+    /// The memory access path in use.
+    pub fn access_path(&self) -> AccessPath {
+        self.memory.access.path()
+    }
+
+    /// Whether QEMU runs the guest with KVM (else TCG).
+    pub fn is_kvm(&self) -> bool {
+        self.kvm
+    }
+
+    /// QEMU's process id, when known.
+    pub fn qemu_pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    /// QEMU's version (`major.minor.micro`).
+    pub fn qemu_version(&self) -> &str {
+        &self.qemu_version
+    }
+
+    /// Guest-physical ranges of RAM and where they live in the RAM backends:
+    /// `(guest-physical range, backend id, offset in the backend)`.
+    pub fn ram_layout(&self) -> Vec<(Range<u64>, String, u64)> {
+        let l = &self.memory.layout;
+        l.ranges
+            .iter()
+            .map(|r| {
+                (
+                    r.gpa..r.gpa + r.len,
+                    l.backends[r.backend].id.clone(),
+                    r.offset,
+                )
+            })
+            .collect()
+    }
+
+    /// Runs an HMP command line (through our QMP connection).
+    pub fn hmp(&self, command_line: &str) -> Result<String, VmiError> {
+        Ok(lock(&self.qmp).hmp(command_line, None)?)
+    }
+
+    /// Runs a QMP command.
+    pub fn qmp(&self, command: &str, arguments: Option<Value>) -> Result<Value, VmiError> {
+        Ok(lock(&self.qmp).execute(command, arguments)?)
+    }
+
+    /// Registers of `vcpu` from HMP `info registers` alone (no gdbstub: no
+    /// KERNEL_GS_BASE, CR8).
+    pub fn monitor_registers(&self, vcpu: VcpuId) -> Result<Registers, VmiError> {
+        self.check_vcpu(vcpu)?;
+        let text = lock(&self.qmp).hmp("info registers", Some(vcpu.0))?;
+        regs::parse_info_registers(&text)
+            .ok_or_else(|| QemuError::protocol("info registers", text).into())
+    }
+
+    /// Whether the gdbstub is in use, and if not, why.
+    pub fn gdbstub_status(&self) -> Result<(), String> {
+        match &lock(&self.inner).gdb {
+            GdbState::Connected(_) | GdbState::NotConnected => Ok(()),
+            GdbState::Unavailable(why) => Err(why.clone()),
+        }
+    }
+
+    fn check_vcpu(&self, vcpu: VcpuId) -> Result<usize, VmiError> {
+        if vcpu.0 >= self.vcpus {
+            return Err(VmiError::NotFound {
+                kind: "vCPU",
+                name: vcpu.0.to_string(),
+            });
+        }
+        Ok(usize::from(vcpu.0))
+    }
+
+    /// Connects the gdbstub if needed; `Err` with the reason when unavailable.
+    fn session<'a>(&self, inner: &'a mut Inner) -> Result<&'a mut GdbSession, QemuError> {
+        if let GdbState::NotConnected = inner.gdb {
+            inner.gdb = match self.connect_gdb(inner.user_paused) {
+                Ok(s) => GdbState::Connected(Box::new(s)),
+                Err(e) => GdbState::Unavailable(e.to_string()),
+            };
+        }
+        match &mut inner.gdb {
+            GdbState::Connected(s) => Ok(s),
+            GdbState::Unavailable(why) => Err(QemuError::GdbUnavailable(why.clone())),
+            GdbState::NotConnected => Err(QemuError::GdbUnavailable("not connected".into())),
+        }
+    }
+
+    fn connect_gdb(&self, user_paused: bool) -> Result<GdbSession, QemuError> {
+        let (addr, started) = match &self.options.gdb {
+            GdbMode::Disabled => {
+                return Err(QemuError::GdbUnavailable(
+                    "disabled by AttachOptions::gdb".into(),
+                ));
+            }
+            GdbMode::Address(a) => (a.clone(), None),
+            GdbMode::Auto => {
+                let mut qmp = lock(&self.qmp);
+                match find_gdbstub(&mut qmp)? {
+                    Some(a) => (a, None),
+                    None => {
+                        let n = PRIVATE_SOCKETS.fetch_add(1, Ordering::Relaxed);
+                        let path = std::env::temp_dir()
+                            .join(format!("vmi-qemu-gdb-{}-{n}.sock", std::process::id()));
+                        let _ = std::fs::remove_file(&path);
+                        let spec = format!(
+                            "unix:{},server=on,wait=off",
+                            path.display().to_string().replace(',', ",,")
+                        );
+                        let out = qmp.hmp(&format!("gdbserver {spec}"), None)?;
+                        if !path.exists() {
+                            return Err(QemuError::GdbUnavailable(format!(
+                                "HMP gdbserver {spec} failed: {}",
+                                out.trim()
+                            )));
+                        }
+                        (GdbAddress::Unix(path.clone()), Some(path))
+                    }
+                }
+            }
+        };
+        let handshake = gdb_handshake(
+            &addr,
+            self.options.greeting_timeout,
+            self.options.command_timeout,
+        );
+        let (mut conn, regmap, threads) = match handshake {
+            Ok(x) => x,
+            Err(e) => {
+                let mut qmp = lock(&self.qmp);
+                if started.is_some() {
+                    let _ = qmp.hmp("gdbserver none", None);
+                }
+                // Accepting us stopped the VM: let it run again if it ran.
+                if !user_paused && query_status(&mut qmp).is_ok_and(|s| s != "running") {
+                    let _ = qmp.execute("cont", None);
+                }
+                return Err(e);
+            }
+        };
+        // The stub stopped the VM when it accepted us and may have said so (`T02`).
+        conn.stops.clear();
+        let mut s = GdbSession {
+            conn,
+            regmap,
+            threads,
+            current_g: None,
+            running: false,
+            pending: VecDeque::new(),
+            step_over: None,
+            stepping: None,
+            reinsert: None,
+            installed: Vec::new(),
+            started,
+            external_pause: false,
+            warned_unknown: false,
+        };
+        if !user_paused {
+            s.resume(self.kvm)?;
+        }
+        Ok(s)
+    }
+
+    /// Runs `f` with the VM stopped under the gdbstub, then lets it run again if it ran.
+    fn with_stopped<T>(
+        &self,
+        f: impl FnOnce(&mut GdbSession) -> Result<T, QemuError>,
+    ) -> Result<T, QemuError> {
+        let mut inner = lock(&self.inner);
+        let s = self.session(&mut inner)?;
+        let was_running = s.running;
+        s.ensure_stopped()?;
+        let r = f(s);
+        if was_running {
+            s.resume(self.kvm)?;
+        }
+        r
+    }
+
+    fn event_registers(&self, s: &mut GdbSession, vcpu: usize) -> Result<Registers, QemuError> {
+        let mut r = s.read_registers(vcpu)?;
+        if self.options.full_event_registers
+            && let Ok(text) = lock(&self.qmp).hmp("info registers", Some(vcpu as u16))
+            && let Some(m) = regs::parse_info_registers(&text)
+        {
+            regs::merge_monitor(&mut r, &m);
+        }
+        Ok(r)
+    }
+
+    /// Hands one stop to the handler and applies its answer. Returns whether the handler
+    /// ran.
+    fn deliver(
+        &self,
+        s: &mut GdbSession,
+        stop: StopReply,
+        handler: &mut EventCallback<'_, Amd64>,
+    ) -> Result<bool, QemuError> {
+        let vcpu = s.vcpu_of(stop.thread.as_deref());
+        if let Some(b) = s.reinsert.take() {
+            s.conn.request_ok(&b.packet(true))?;
+        }
+        let registers = self.event_registers(s, vcpu)?;
+        let stepped = s.stepping.take() == Some(vcpu);
+        let mut hit_bp = None;
+        let reason = if let Some((kind, addr)) = &stop.watch {
+            EventReason::MemoryAccess {
+                va: Some(Va(*addr)),
+                pa: None,
+                access: match kind.as_str() {
+                    "watch" => MemoryAccess::Write,
+                    "rwatch" => MemoryAccess::Read,
+                    _ => MemoryAccess::ReadWrite,
+                },
+            }
+        } else if stepped {
+            EventReason::SingleStep
+        } else if let Some(bp) = s.exec_bp_at(registers.rip) {
+            hit_bp = Some(bp);
+            EventReason::Breakpoint {
+                va: Va(registers.rip),
+                pa: None,
+                kind: if bp.ztype == 0 {
+                    BreakpointKind::Software
+                } else {
+                    BreakpointKind::Hardware
+                },
+            }
+        } else if stop.signal == 5 {
+            // Not ours: a breakpoint left behind by an earlier client. Remove it and go on.
+            let _ = s.conn.request(&format!("z0,{:x},1", registers.rip));
+            let _ = s.conn.request(&format!("z1,{:x},1", registers.rip));
+            if !s.warned_unknown {
+                s.warned_unknown = true;
+                eprintln!(
+                    "vmi-driver-qemu: stop not caused by this driver ({}) at {:#x}: \
+                     removed a stale breakpoint there and continued",
+                    stop.raw, registers.rip
+                );
+            }
+            s.resume(self.kvm)?;
+            return Ok(false);
+        } else {
+            EventReason::Other(format!("gdbstub stop {}", stop.raw))
+        };
+        let event = VmiEvent {
+            vcpu: VcpuId(vcpu as u16),
+            reason,
+            registers,
+        };
+        let response = handler(&event);
+        let mut rip = event.registers.rip;
+        if let Some(new) = &response.set_registers {
+            s.write_registers(vcpu, &event.registers, new)?;
+            rip = new.rip;
+        }
+        if response.remove_monitor {
+            if let Some(bp) = hit_bp {
+                s.uninstall(bp)?;
+            } else if let Some((_, addr)) = &stop.watch {
+                let w: Vec<Installed> = s
+                    .installed
+                    .iter()
+                    .filter(|i| i.ztype >= 2 && i.addr <= *addr && *addr < i.addr + i.len)
+                    .copied()
+                    .collect();
+                for i in w {
+                    s.uninstall(i)?;
+                }
+            }
+        }
+        let at_bp = hit_bp
+            .filter(|b| b.addr == rip)
+            .and_then(|_| s.exec_bp_at(rip));
+        match response.action {
+            EventAction::SingleStep => {
+                if let (true, Some(b)) = (self.kvm, at_bp) {
+                    s.conn.request_ok(&b.packet(false))?;
+                    s.reinsert = Some(b);
+                }
+                let t = s.threads[vcpu].clone();
+                s.conn.send(&format!("vCont;s:{t}"))?;
+                s.stepping = Some(vcpu);
+                s.running = true;
+            }
+            _ => {
+                if let Some(b) = at_bp {
+                    s.step_over = Some((vcpu, b.addr));
+                }
+                s.resume(self.kvm)?;
+            }
+        }
+        Ok(true)
+    }
+
+    fn monitor_to_bp(monitor: EventMonitor) -> Result<Installed, VmiError> {
+        const BY: &str = "the QEMU gdbstub driver";
+        match monitor {
+            EventMonitor::Breakpoint {
+                address: BreakpointAddress::Virtual(va),
+                kind,
+            } => Ok(Installed {
+                ztype: match kind {
+                    BreakpointKind::Software => 0,
+                    BreakpointKind::Hardware => 1,
+                },
+                addr: va.0,
+                len: 1,
+            }),
+            EventMonitor::Watchpoint {
+                address: BreakpointAddress::Virtual(va),
+                len,
+                access,
+            } => {
+                if access == MemoryAccess::Execute {
+                    return Ok(Installed {
+                        ztype: 1,
+                        addr: va.0,
+                        len: 1,
+                    });
+                }
+                if !matches!(len, 1 | 2 | 4 | 8) {
+                    return Err(VmiError::InvalidArgument(format!(
+                        "watchpoint length {len} (1, 2, 4 or 8)"
+                    )));
+                }
+                Ok(Installed {
+                    ztype: match access {
+                        MemoryAccess::Write => 2,
+                        MemoryAccess::Read => 3,
+                        _ => 4,
+                    },
+                    addr: va.0,
+                    len,
+                })
+            }
+            EventMonitor::Breakpoint {
+                address: BreakpointAddress::Physical(_),
+                ..
+            }
+            | EventMonitor::Watchpoint {
+                address: BreakpointAddress::Physical(_),
+                ..
+            } => Err(VmiError::not_supported(
+                "breakpoints and watchpoints at guest-physical addresses \
+                 (QEMU's gdbstub matches virtual addresses only)",
+                BY,
+            )),
+            EventMonitor::PageAccess { .. } => Err(VmiError::not_supported(
+                "page-access monitoring (needs second-level paging control)",
+                BY,
+            )),
+            EventMonitor::ControlRegisterWrite(_) => {
+                Err(VmiError::not_supported("control-register write events", BY))
+            }
+            EventMonitor::MsrWrite(_) => Err(VmiError::not_supported("MSR write events", BY)),
+            EventMonitor::Cpuid => Err(VmiError::not_supported("CPUID events", BY)),
+            EventMonitor::GuestRequest => Err(VmiError::not_supported("guest requests", BY)),
+            _ => Err(VmiError::not_supported("this event monitor", BY)),
+        }
+    }
+
+    /// The clean-up of `Drop`, reporting errors.
+    fn cleanup(&mut self) -> Result<(), QemuError> {
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        let gdb = std::mem::replace(&mut inner.gdb, GdbState::NotConnected);
+        let mut first_err = None;
+        let mut note = |r: Result<(), QemuError>| {
+            if let Err(e) = r {
+                first_err.get_or_insert(e);
+            }
+        };
+        if let GdbState::Connected(mut s) = gdb {
+            note(s.ensure_stopped());
+            if let Some(b) = s.reinsert.take() {
+                s.installed.retain(|i| *i != b);
+            }
+            for b in std::mem::take(&mut s.installed) {
+                note(s.conn.request_ok(&b.packet(false)));
+            }
+            if self.found_running {
+                // Detach: QEMU removes anything left and resumes the VM.
+                note(s.conn.request_ok("D;1"));
+            }
+            drop(s.conn);
+            if s.started.is_some() {
+                note(lock(&self.qmp).hmp("gdbserver none", None).map(drop));
+                if let Some(p) = &s.started {
+                    let _ = std::fs::remove_file(p);
+                }
+            }
+        }
+        // Whatever happened, leave the run state as found.
+        let qmp = self.qmp.get_mut().unwrap_or_else(|p| p.into_inner());
+        match query_status(qmp) {
+            Ok(status) => {
+                if self.found_running && status != "running" {
+                    note(qmp.execute("cont", None).map(drop));
+                } else if !self.found_running && status == "running" {
+                    note(qmp.execute("stop", None).map(drop));
+                }
+            }
+            Err(e) => note(Err(e)),
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+}
+
+/// Connects to the gdbstub at `addr`, detaches (`D`: QEMU removes every gdb breakpoint
+/// and watchpoint and resumes the VM) and disconnects.
+fn detach_gdbstub(addr: &GdbAddress, options: &AttachOptions) -> Result<(), QemuError> {
+    let mut conn = GdbConn::connect(addr, options.greeting_timeout)?;
+    match conn.request("qSupported:multiprocess+") {
+        Ok(_) => {}
+        Err(QemuError::Timeout { .. }) => {
+            return Err(QemuError::GdbUnavailable(format!(
+                "busy: another client holds the gdbstub socket {addr}"
+            )));
+        }
+        Err(e) => return Err(e),
+    }
+    conn.set_timeout(options.command_timeout);
+    conn.request_ok("D;1")
+}
+
+fn open_access(
+    layout: &Layout,
+    qmp: &mut QmpClient,
+    pid: Option<u32>,
+    force: Option<AccessPath>,
+) -> Result<Access, QemuError> {
+    let mut why = Vec::new();
+    let order: &[AccessPath] = match &force {
+        Some(p) => std::slice::from_ref(p),
+        None => &[
+            AccessPath::Mmap,
+            AccessPath::ProcessMemory,
+            AccessPath::MonitorXp,
+        ],
+    };
+    for p in order {
+        let r = match p {
+            AccessPath::Mmap => Access::open_mmap(layout),
+            AccessPath::ProcessMemory => match pid {
+                Some(pid) => Access::open_process(layout, qmp, pid),
+                None => Err("QEMU's pid is unknown".to_string()),
+            },
+            AccessPath::MonitorXp => Ok(Access::Xp),
+        };
+        match r {
+            Ok(a) => return Ok(a),
+            Err(e) => why.push(format!("{p:?}: {e}")),
+        }
+    }
+    Err(QemuError::NoRam(format!(
+        "no memory access path works: {}",
+        why.join("; ")
+    )))
+}
+
+impl Drop for QemuDriver {
+    fn drop(&mut self) {
+        if let Err(e) = self.cleanup() {
+            eprintln!("vmi-driver-qemu: clean-up on detach: {e}");
+        }
+    }
+}
+
+impl VmiDriver for QemuDriver {
+    type Architecture = Amd64;
+
+    fn info(&self) -> Result<VmiInfo, VmiError> {
+        let end = self.memory.layout.end();
+        Ok(VmiInfo {
+            page_size: PAGE,
+            max_gfn: Gfn(end.div_ceil(PAGE).saturating_sub(1)),
+            vcpus: self.vcpus,
+            live: true,
+            cache_pages: self.memory.access.path() != AccessPath::Mmap,
+            kind: "qemu",
+        })
+    }
+}
+
+impl QemuDriver {
+    fn page_args(gfn: Gfn, offset: usize, len: usize) -> Result<u64, VmiError> {
+        if offset.checked_add(len).is_none_or(|e| e as u64 > PAGE) {
+            return Err(VmiError::InvalidArgument(format!(
+                "offset {offset} + length {len} exceeds the page"
+            )));
+        }
+        gfn.0
+            .checked_mul(PAGE)
+            .and_then(|b| b.checked_add(offset as u64))
+            .ok_or(VmiError::PageUnavailable {
+                gfn,
+                reason: PageAbsence::BeyondMemory,
+            })
+    }
+
+    fn absent(&self, gfn: Gfn) -> VmiError {
+        let beyond = gfn.0.saturating_mul(PAGE) >= self.memory.layout.end();
+        VmiError::PageUnavailable {
+            gfn,
+            reason: if beyond {
+                PageAbsence::BeyondMemory
+            } else {
+                PageAbsence::NotRam
+            },
+        }
+    }
+}
+
+impl VmiRead for QemuDriver {
+    fn read_page(&self, gfn: Gfn, offset: usize, buf: &mut [u8]) -> Result<(), VmiError> {
+        let gpa = Self::page_args(gfn, offset, buf.len())?;
+        if self.memory.read(gpa, buf, &self.qmp)? {
+            Ok(())
+        } else {
+            Err(self.absent(gfn))
+        }
+    }
+
+    fn physical_ranges(&self) -> Result<Vec<Range<Pa>>, VmiError> {
+        Ok(self
+            .memory
+            .layout
+            .merged()
+            .into_iter()
+            .map(|(s, e)| Pa(s)..Pa(e))
+            .collect())
+    }
+}
+
+impl VmiWrite for QemuDriver {
+    fn write_page(&self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), VmiError> {
+        let gpa = Self::page_args(gfn, offset, data.len())?;
+        if !self.memory.access.writable() {
+            return Err(VmiError::not_supported(
+                "writing guest memory on this access path",
+                "the QEMU driver (read-only mapping or HMP xp)",
+            ));
+        }
+        if self.memory.write(gpa, data)? {
+            Ok(())
+        } else {
+            Err(self.absent(gfn))
+        }
+    }
+}
+
+impl VmiQueryRegisters for QemuDriver {
+    fn registers(&self, vcpu: VcpuId) -> Result<Registers, VmiError> {
+        let v = self.check_vcpu(vcpu)?;
+        let r = self.with_stopped(|s| {
+            let mut r = s.read_registers(v)?;
+            let text = lock(&self.qmp).hmp("info registers", Some(vcpu.0))?;
+            if let Some(m) = regs::parse_info_registers(&text) {
+                regs::merge_monitor(&mut r, &m);
+            }
+            Ok(r)
+        });
+        match r {
+            Ok(r) => Ok(r),
+            Err(QemuError::GdbUnavailable(_)) => self.monitor_registers(vcpu),
+            Err(e) => Err(e.into()),
+        }
+    }
+}
+
+impl VmiSetRegisters for QemuDriver {
+    fn set_registers(&self, vcpu: VcpuId, registers: &Registers) -> Result<(), VmiError> {
+        let v = self.check_vcpu(vcpu)?;
+        self.with_stopped(|s| {
+            let old = s.read_registers(v)?;
+            s.write_registers(v, &old, registers)
+        })
+        .map_err(|e| match e {
+            QemuError::GdbUnavailable(_) => {
+                VmiError::not_supported("setting registers without the gdbstub", "the QEMU driver")
+            }
+            e => e.into(),
+        })
+    }
+}
+
+impl VmiVmControl for QemuDriver {
+    fn pause(&self) -> Result<(), VmiError> {
+        let mut inner = lock(&self.inner);
+        inner.user_paused = true;
+        if let GdbState::Connected(s) = &mut inner.gdb {
+            s.ensure_stopped()?;
+            return Ok(());
+        }
+        lock(&self.qmp).execute("stop", None)?;
+        Ok(())
+    }
+
+    fn resume(&self) -> Result<(), VmiError> {
+        let mut inner = lock(&self.inner);
+        inner.user_paused = false;
+        if let GdbState::Connected(s) = &mut inner.gdb {
+            s.external_pause = false;
+            s.resume(self.kvm)?;
+            return Ok(());
+        }
+        lock(&self.qmp).execute("cont", None)?;
+        Ok(())
+    }
+
+    fn state(&self) -> Result<VmState, VmiError> {
+        Ok(vm_state(&query_status(&mut lock(&self.qmp))?))
+    }
+}
+
+impl VmiEventControl for QemuDriver {
+    fn monitor_enable(&self, monitor: EventMonitor) -> Result<(), VmiError> {
+        let bp = Self::monitor_to_bp(monitor)?;
+        Ok(self.with_stopped(|s| s.install(bp))?)
+    }
+
+    fn monitor_disable(&self, monitor: EventMonitor) -> Result<(), VmiError> {
+        let bp = Self::monitor_to_bp(monitor)?;
+        Ok(self.with_stopped(|s| s.uninstall(bp))?)
+    }
+
+    fn wait_for_events(
+        &self,
+        timeout: Duration,
+        handler: &mut EventCallback<'_, Amd64>,
+    ) -> Result<usize, VmiError> {
+        let deadline = Instant::now() + timeout;
+        let mut inner = lock(&self.inner);
+        if matches!(inner.gdb, GdbState::NotConnected) {
+            // Nothing was ever monitored: there is nothing to wait for.
+            drop(inner);
+            std::thread::sleep(timeout);
+            return Ok(0);
+        }
+        // The VM runs while we wait for events.
+        inner.user_paused = false;
+        let s = self.session(&mut inner)?;
+        loop {
+            if let Some(stop) = s.pending.pop_front() {
+                if self.deliver(s, stop, handler)? {
+                    return Ok(1);
+                }
+                continue;
+            }
+            if s.external_pause {
+                // Paused by another QMP client: wait until someone resumes it.
+                let status = query_status(&mut lock(&self.qmp))?;
+                if status == "running" {
+                    s.external_pause = false;
+                    s.running = true;
+                } else {
+                    let now = Instant::now();
+                    if now >= deadline {
+                        return Ok(0);
+                    }
+                    std::thread::sleep((deadline - now).min(Duration::from_millis(20)));
+                    continue;
+                }
+            }
+            if !s.running {
+                s.resume(self.kvm)?;
+                continue;
+            }
+            match s.conn.wait_stop(deadline)? {
+                None => return Ok(0),
+                Some(p) => {
+                    s.running = false;
+                    let stop = parse_stop_reply(&p)?;
+                    if stop.signal == 2 && s.stepping.is_none() {
+                        s.external_pause = true;
+                        continue;
+                    }
+                    s.pending.push_back(stop);
+                }
+            }
+        }
+    }
+}

@@ -1,0 +1,96 @@
+//! Live VMI of an **unpatched, running QEMU** (TCG or KVM), attached by nothing but its
+//! QMP socket path: guest memory, vCPU registers, pause/resume, and events
+//! (breakpoints, watchpoints, single-step) through QEMU's own gdbstub.
+//!
+//! ```no_run
+//! use vmi_core::{VmiCore, VmiVmControl, VcpuId, Registers as _};
+//! use vmi_driver_qemu::QemuDriver;
+//! # fn main() -> Result<(), vmi_core::VmiError> {
+//! let core = VmiCore::new(QemuDriver::attach("/run/vm/qmp.sock")?)?;
+//! let regs = core.registers(VcpuId(0))?;
+//! println!("vCPU 0 at {}", regs.instruction_pointer());
+//! # Ok(()) }
+//! ```
+//! (`no_run`: needs a running QEMU; the crate's integration tests boot one.)
+//!
+//! # How it reaches the guest
+//!
+//! | what | how | notes |
+//! |---|---|---|
+//! | RAM layout | `query-memdev`, `qom-get …/mem-path`, HMP `info mtree -f` | guest-physical → backend offset, incl. the q35 split (RAM ≥ 2.75 GiB: 2 GiB below the PCI hole, the rest at 4 GiB = backend offset 2 GiB) |
+//! | memory, fastest | `mmap` (`MAP_SHARED`, read-write) of a `memory-backend-file,share=on` | memory speed; [`vmi_core::VmiInfo::cache_pages`] is `false` |
+//! | memory, fallback | HMP `gpa2hva` per RAM block + `/proc/<pid>/mem` (pid from `SO_PEERCRED` of the QMP socket) | needs ptrace rights on QEMU |
+//! | memory, last resort | HMP `xp /Ngx` | slow, read-only, warned once on stderr |
+//! | registers | gdbstub `g`/`p` with the register map built from the target description XML, plus HMP `info registers` for segment descriptors, GDTR/IDTR, DR0–7 | without a gdbstub: `info registers` only (no KERNEL_GS_BASE/CR8) |
+//! | control | QMP `stop`/`cont`/`query-status`, or the gdbstub when it holds the VM | |
+//! | events | gdbstub `Z0`/`Z1` (breakpoints), `Z2`/`Z3`/`Z4` (write/read/access watchpoints), `vCont;s` (single-step), stop replies `T05thread:…;watch:…` | events name their vCPU (QEMU exposes vCPUs as threads) |
+//!
+//! The gdbstub: the driver uses QEMU's existing one (found with `query-chardev`, label
+//! `gdb`), or the one given in [`AttachOptions::gdb`]; when QEMU has none it starts one on
+//! a private unix socket (HMP `gdbserver unix:…,server=on,wait=off`) and stops it on
+//! drop. It connects lazily, at the first register read or event request: accepting a
+//! client stops the VM, and the driver resumes it when it was running.
+//!
+//! # Leaving the guest as found
+//!
+//! On drop — also while a panic unwinds, or after an error — the driver removes its
+//! breakpoints and watchpoints (`z`), detaches from the gdbstub (`D`, which makes QEMU
+//! resume the VM) when the VM was running at attach time, stops a gdbstub it started,
+//! and finally restores the run state it found (`cont`/`stop`).
+//!
+//! **Ctrl-C**: a signal handler cannot talk to QEMU safely. Install a handler that only
+//! sets a flag (e.g. with the `ctrlc` crate) and run the event loop with
+//! [`vmi_core::VmiSession::handle_until`]; it returns within 100 ms of the flag being
+//! set, and dropping the driver then cleans up (see `examples/breakpoint.rs`).
+//!
+//! **`SIGKILL`** (or any death without unwinding): QEMU does *not* clean up after a gdb
+//! client that vanishes. The gdbstub keeps its breakpoints, and the VM stops at the next
+//! hit (state `debug`) and waits forever for the dead client. Recovery: the next
+//! [`QemuDriver::attach`] finds the VM in `debug` with a free gdbstub and detaches it
+//! (QEMU removes all gdb breakpoints and resumes), or call [`QemuDriver::recover`]
+//! explicitly. Under TCG, guest RAM was never modified; under KVM, QEMU's detach removes
+//! the `0xCC` bytes it wrote.
+//!
+//! # TCG vs KVM
+//!
+//! The driver asks `query-kvm` and adapts ([`QemuDriver::is_kvm`]):
+//!
+//! | | TCG | KVM |
+//! |---|---|---|
+//! | software breakpoint (`Z0`) | checked at translation time: guest RAM is **not** modified, the guest cannot see it | QEMU writes `0xCC` into guest RAM: visible to the guest and to memory reads (also through this driver's mmap) while inserted |
+//! | hardware breakpoint (`Z1`) | emulated, no limit on their number | the 4 debug registers (DR0–3), shared with watchpoints: the fifth is refused |
+//! | watchpoints | emulated, any number, reported after the access | debug registers (max 4, lengths 1/2/4/8, aligned) |
+//! | continuing from a breakpoint | the driver single-steps the vCPU over it first (QEMU would stop again) | the driver removes the breakpoint, single-steps, inserts it again |
+//! | single-step | interrupts and timers masked during the step (QEMU's default `sstep` flags) | same |
+//!
+//! Under TCG a guest-virtual breakpoint is a property of the vCPU, not of guest memory,
+//! so the guest cannot detect it. Breakpoints and watchpoints at *guest-physical*
+//! addresses are [`vmi_core::VmiError::NotSupported`]: QEMU's gdbstub matches virtual
+//! addresses only.
+//!
+//! # Limits
+//!
+//! * Event registers carry what the gdbstub exposes (general-purpose registers, RIP,
+//!   RFLAGS, segment selectors, FS/GS/KERNEL_GS base, CR0/2/3/4/8, EFER); segment
+//!   descriptors, GDTR/IDTR and DR0–7 are read through HMP only when
+//!   [`AttachOptions::full_event_registers`] is set (slower). The syscall MSRs
+//!   (STAR/LSTAR/…) are not exposed by QEMU and stay 0.
+//! * QMP and the gdbstub serve one client per socket: give the driver its own QMP
+//!   socket. Pausing the VM through another QMP client while the driver waits for events
+//!   is respected (the event loop waits until the VM runs again).
+//! * Every request has a timeout ([`AttachOptions::command_timeout`], default 1 s): a
+//!   QEMU that exits or hangs gives an error, never a hang.
+
+mod driver;
+mod error;
+mod gdb;
+mod memory;
+mod mtree;
+mod qmp;
+mod regs;
+mod sys;
+
+pub use driver::{AttachOptions, GdbMode, QemuDriver};
+pub use error::QemuError;
+pub use gdb::GdbAddress;
+pub use memory::AccessPath;

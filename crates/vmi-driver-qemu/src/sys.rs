@@ -1,0 +1,121 @@
+//! The only `unsafe` of the crate: a shared mapping of the guest RAM file and the peer
+//! credentials of the QMP socket.
+#![allow(unsafe_code)]
+
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+
+use memmap2::{MmapOptions, MmapRaw};
+
+/// A `MAP_SHARED` mapping of (a prefix of) a guest RAM file.
+///
+/// Guest vCPUs (in another process) write this memory at any time, so the type never
+/// hands out references into it: bytes are copied into or out of caller buffers.
+#[derive(Debug)]
+pub(crate) struct SharedMap {
+    map: MmapRaw,
+    len: usize,
+    writable: bool,
+}
+
+impl SharedMap {
+    /// Maps the first `len` bytes of `file` shared; read-write when `writable`.
+    pub(crate) fn new(file: &File, len: usize, writable: bool) -> std::io::Result<Self> {
+        let mut opts = MmapOptions::new();
+        opts.len(len);
+        let map = if writable {
+            opts.map_raw(file)?
+        } else {
+            opts.map_raw_read_only(file)?
+        };
+        Ok(Self { map, len, writable })
+    }
+
+    /// Whether writes are possible.
+    pub(crate) fn writable(&self) -> bool {
+        self.writable
+    }
+
+    /// Copies `buf.len()` bytes at `offset` into `buf`. `false` when out of bounds.
+    pub(crate) fn read(&self, offset: usize, buf: &mut [u8]) -> bool {
+        let Some(end) = offset.checked_add(buf.len()) else {
+            return false;
+        };
+        if end > self.len {
+            return false;
+        }
+        // SAFETY:
+        // - source: `self.map` is a live mapping of `self.len` bytes (it is unmapped only
+        //   when `self` drops, and `&self` keeps it alive for this call), and
+        //   `offset + buf.len() <= self.len` was checked above, so the whole source range
+        //   lies inside the mapping; the file was at least `self.len` bytes long when it
+        //   was mapped and QEMU never shrinks a RAM backend while the VM exists.
+        // - destination: `buf` is an exclusive Rust slice of exactly `buf.len()` bytes.
+        // - no overlap: `buf` is Rust-owned memory, the source is the file mapping.
+        // - the source is never a Rust object: no `&`/`&mut` into the mapping exists, so
+        //   concurrent writes by guest vCPUs (another process) can at worst make the copy
+        //   see a mix of old and new bytes, which is what a live-memory read means; `u8`
+        //   has no invalid bit patterns.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                self.map.as_ptr().add(offset),
+                buf.as_mut_ptr(),
+                buf.len(),
+            );
+        }
+        true
+    }
+
+    /// Copies `data` into the mapping at `offset`. `false` when out of bounds or read-only.
+    pub(crate) fn write(&self, offset: usize, data: &[u8]) -> bool {
+        if !self.writable {
+            return false;
+        }
+        let Some(end) = offset.checked_add(data.len()) else {
+            return false;
+        };
+        if end > self.len {
+            return false;
+        }
+        // SAFETY:
+        // - destination: inside the live, writable (`PROT_WRITE`, `self.writable`) mapping
+        //   of `self.len` bytes, bounds checked above; writing guest RAM is the point of
+        //   this call and no Rust reference into the mapping exists that could observe it.
+        // - source: `data` is a valid Rust slice of `data.len()` bytes.
+        // - no overlap: `data` is Rust memory, the destination is the file mapping.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                self.map.as_mut_ptr().add(offset),
+                data.len(),
+            );
+        }
+        true
+    }
+}
+
+/// The process id of the peer of a connected unix socket (`SO_PEERCRED`).
+pub(crate) fn peer_pid(stream: &UnixStream) -> Option<u32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY:
+    // - `stream.as_raw_fd()` is an open socket for the duration of the call (borrowed).
+    // - `optval` points to a live, writable `ucred` and `optlen` holds its exact size, so
+    //   the kernel writes at most `size_of::<ucred>()` bytes into it and updates `len`.
+    // - both pointers are to distinct stack locals that outlive the call.
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&raw mut cred).cast::<libc::c_void>(),
+            &raw mut len,
+        )
+    };
+    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+}
