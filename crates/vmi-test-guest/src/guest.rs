@@ -526,6 +526,35 @@ pub fn reap_orphans(base: &Path) {
     }
 }
 
+/// Is `VMI_REQUIRE_GUEST=1` set (CI: a guest test that cannot boot must fail)?
+pub fn guest_required() -> bool {
+    std::env::var("VMI_REQUIRE_GUEST").is_ok_and(|v| v == "1")
+}
+
+/// `true` if `qemu-system-x86_64` is installed. Otherwise print a visible `SKIPPED: ...`
+/// line and return `false` — or panic when [`guest_required`]. For tests that drive QEMU
+/// without [`TestGuest::boot_or_skip`].
+pub fn qemu_available_or_skip() -> bool {
+    if cache::which("qemu-system-x86_64").is_some() {
+        return true;
+    }
+    let why = "qemu-system-x86_64 not found (apt-get install qemu-system-x86)";
+    if guest_required() {
+        panic!("VMI_REQUIRE_GUEST=1 but {why}");
+    }
+    skipped(why);
+    false
+}
+
+/// Print `SKIPPED: ...` straight to the process's stderr: libtest captures `eprintln!` of
+/// passing tests, and a skip must stay visible.
+fn skipped(why: &str) {
+    use std::io::Write as _;
+    // one write, so parallel tests' lines do not interleave
+    let line = format!("SKIPPED: live-guest test: {why}\n");
+    let _ = std::io::stderr().lock().write_all(line.as_bytes());
+}
+
 /// A running guest, stopped (QEMU quit, RAM file removed) when dropped — also during a
 /// panic's unwinding.
 #[derive(Debug)]
@@ -573,19 +602,14 @@ impl TestGuest {
     /// return `None` — unless `VMI_REQUIRE_GUEST=1`, in which case it panics. Any other
     /// boot failure panics (it is a real test failure).
     pub fn boot_or_skip(cfg: GuestConfig) -> Option<TestGuest> {
-        let required = std::env::var("VMI_REQUIRE_GUEST").is_ok_and(|v| v == "1");
-        if cache::which("qemu-system-x86_64").is_none() {
-            let why = "qemu-system-x86_64 not found (apt-get install qemu-system-x86)";
-            if required {
-                panic!("VMI_REQUIRE_GUEST=1 but {why}");
-            }
-            eprintln!("SKIPPED: live-guest test: {why}");
+        if !qemu_available_or_skip() {
             return None;
         }
+        let required = guest_required();
         match TestGuest::boot(cfg) {
             Ok(g) => Some(g),
             Err(e @ Error::MissingTool { .. }) if !required => {
-                eprintln!("SKIPPED: live-guest test: {e}");
+                skipped(&e.to_string());
                 None
             }
             Err(e) => panic!("booting the test guest failed: {e}"),

@@ -48,7 +48,7 @@ pub use apt::{DEFAULT_KERNEL, KernelSpec};
 pub use error::{Error, Result};
 pub use guest::{
     Accel, DEFAULT_BOOT_TIMEOUT, DumpFormat, GuestConfig, GuestEnv, TestGuest, gpa_to_file_offset,
-    reap_orphans, stop_dir,
+    guest_required, qemu_available_or_skip, reap_orphans, stop_dir,
 };
 pub use truth::{
     ENV_MARKER, Fd, IomemRange, MapEntry, Module, Process, Task, Truth, VmcoreinfoNote,

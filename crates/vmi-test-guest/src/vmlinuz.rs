@@ -95,6 +95,10 @@ pub fn payload(vmlinuz: &[u8]) -> Result<(Compression, &[u8])> {
 /// Decompress a legacy-frame LZ4 stream (as made by `lz4 -l`): the magic, then blocks of
 /// `[u32 LE compressed size][data]`, each inflating to at most 8 MiB. A repeated magic
 /// starts a new frame; a trailing partial header ends the stream.
+///
+/// The framing is done here around `lz4_flex::block` (lz4_flex's frame decoder also knows
+/// the legacy magic, but needs its `frame` feature and an extra hash dependency; the
+/// kernel's size trailer is stripped by the caller either way).
 pub fn lz4_legacy_decompress(input: &[u8], limit: usize) -> Result<Vec<u8>> {
     if u32_at(input, 0) != Some(LZ4_LEGACY_MAGIC) {
         return Err(Error::Vmlinuz("lz4: missing legacy frame magic".into()));

@@ -251,18 +251,21 @@ fn nokaslr_loads_at_link_address_and_dumps_kallsyms() {
 
 #[test]
 fn smp2_and_cleanup_after_panic() {
-    let mut seen = None;
-    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let Some(g) = boot(GuestConfig::default().smp(2)) else {
-            return;
-        };
+    let Some(g) = boot(GuestConfig::default().smp(2)) else {
+        return;
+    };
+    let env = g.env().clone();
+    let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || {
         sanity(&g);
         assert_eq!(g.truth().ncpus, 2);
-        seen = Some(g.env().clone());
         panic!("deliberate panic: the guest must still be stopped");
     }));
-    let Some(env) = seen else { return };
-    assert!(r.is_err());
+    let msg = r.expect_err("the closure panics");
+    assert_eq!(
+        msg.downcast_ref::<&str>().copied(),
+        Some("deliberate panic: the guest must still be stopped"),
+        "sanity checks failed instead"
+    );
     assert!(
         !env.qemu_running(),
         "QEMU {} still running after panic",
@@ -314,8 +317,7 @@ fn trixie_6_12_cloud_kernel_boots() {
 
 #[test]
 fn qemu_failure_is_reported_and_cleaned_up() {
-    if vmi_test_guest::cache::which("qemu-system-x86_64").is_none() {
-        eprintln!("SKIPPED: qemu-system-x86_64 not found");
+    if !vmi_test_guest::qemu_available_or_skip() {
         return;
     }
     let dir =
