@@ -75,7 +75,7 @@ fn vmcoreinfo_errors_name_the_line_and_find_locates_the_block() {
 
 #[test]
 fn fuzz_vmcoreinfo() {
-    let mut rng = SmallRng::seed_from_u64(0x0c0e_1f0);
+    let mut rng = SmallRng::seed_from_u64(0x00c0_e1f0);
     let seed = VMCOREINFO.as_bytes();
     for _ in 0..3000 {
         let v = mutate(&mut rng, seed);
