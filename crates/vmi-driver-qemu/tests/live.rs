@@ -1,0 +1,501 @@
+//! Against the real Linux test guest (skipped visibly without QEMU; failing when
+//! `VMI_REQUIRE_GUEST=1`): memory, layout, access paths, registers, control, events,
+//! clean-up after `SIGKILL`.
+
+use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::json;
+use vmi_arch_amd64::EventReason;
+use vmi_core::{
+    AccessContext, BreakpointAddress, BreakpointKind, EventMonitor, MemoryAccess, OsProcess, Pa,
+    Registers as _, Va, VcpuId, VmState, VmiContext, VmiCore, VmiDriver, VmiError, VmiEventControl,
+    VmiEventResponse, VmiHandler, VmiOs, VmiQueryRegisters, VmiRead, VmiSession, VmiVmControl,
+};
+use vmi_driver_qemu::{AccessPath, AttachOptions, GdbMode, QemuDriver};
+use vmi_test_guest::{GuestConfig, TestGuest, gpa_to_file_offset};
+
+fn status(g: &TestGuest) -> String {
+    g.qmp(json!({"execute": "query-status"}))
+        .expect("query-status")["status"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string()
+}
+
+fn ram_file_bytes(g: &TestGuest, gpa: u64, len: usize) -> Vec<u8> {
+    let off = gpa_to_file_offset(g.env().mem_size, gpa).expect("gpa is RAM");
+    let mut f = std::fs::File::open(g.mem_file()).unwrap();
+    f.seek(SeekFrom::Start(off)).unwrap();
+    let mut b = vec![0u8; len];
+    f.read_exact(&mut b).unwrap();
+    b
+}
+
+fn ksym(g: &TestGuest, name: &str) -> u64 {
+    g.truth()
+        .ksym(name)
+        .unwrap_or_else(|| panic!("{name} in truth"))
+}
+
+/// An OS layer that knows nothing (the driver test needs only a `VmiContext`).
+struct NoOs;
+impl<D: VmiRead> VmiOs<D> for NoOs {
+    fn name(&self) -> &'static str {
+        "none"
+    }
+    fn kernel_image_base(&self, _: &VmiCore<D>) -> Result<Va, VmiError> {
+        Err(VmiError::not_supported("kernel_image_base", "NoOs"))
+    }
+    fn kernel_information_string(&self, _: &VmiCore<D>) -> Result<String, VmiError> {
+        Err(VmiError::not_supported("kernel_information_string", "NoOs"))
+    }
+    fn processes(&self, _: &VmiCore<D>) -> Result<Vec<OsProcess>, VmiError> {
+        Err(VmiError::not_supported("processes", "NoOs"))
+    }
+}
+
+#[test]
+fn memory_layout_registers_control() {
+    let Some(g) = TestGuest::boot_or_skip(GuestConfig::default().smp(2).mem_mb(3072)) else {
+        return;
+    };
+    // Missing socket: a clear error.
+    let e = QemuDriver::attach(g.dir().join("nope.sock")).unwrap_err();
+    assert!(e.to_string().contains("does not exist"), "{e}");
+
+    let d = QemuDriver::attach(g.qmp_socket()).expect("attach");
+    assert_eq!(d.access_path(), AccessPath::Mmap);
+    let info = d.info().unwrap();
+    assert!(info.live && !info.cache_pages);
+    assert_eq!(info.vcpus, 2);
+    assert_eq!(d.state().unwrap(), VmState::Running);
+
+    // Busy: QMP serves one client per socket.
+    let t0 = Instant::now();
+    let e = QemuDriver::attach(g.qmp_socket()).unwrap_err();
+    assert!(e.to_string().contains("busy"), "{e}");
+    assert!(t0.elapsed() < Duration::from_secs(2));
+
+    // The 3 GiB split: GPA 4 GiB+ is backend offset 2 GiB+.
+    let ranges = d.physical_ranges().unwrap();
+    assert_eq!(ranges[0], Pa(0)..Pa(0x8000_0000));
+    assert_eq!(ranges[1], Pa(1 << 32)..Pa((1 << 32) + (1 << 30)));
+    let hi = (1u64 << 32) + 0x1234_5000;
+    let mut a = vec![0u8; 4096];
+    d.read_page(vmi_core::Gfn(hi >> 12), 0, &mut a).unwrap();
+    assert_eq!(a, ram_file_bytes(&g, hi, 4096));
+    assert!(d.read_page(vmi_core::Gfn(0xb0000), 0, &mut a).is_err());
+
+    // Registers through the gdbstub vs `info registers` (aux socket), VM paused.
+    let core = VmiCore::new(d).unwrap();
+    {
+        let _pause = core.pause_guard().unwrap();
+        assert_ne!(status(&g), "running");
+        for v in 0..2u16 {
+            let r = core.registers(VcpuId(v)).unwrap();
+            let text = g
+                .qmp(json!({"execute": "human-monitor-command",
+                    "arguments": {"command-line": "info registers", "cpu-index": v}}))
+                .unwrap();
+            let text = text.as_str().unwrap();
+            let field = |k: &str| -> u64 {
+                let p = text.find(&format!("{k}=")).unwrap() + k.len() + 1;
+                u64::from_str_radix(&text[p..p + 16].split_whitespace().next().unwrap(), 16)
+                    .unwrap()
+            };
+            assert_eq!(r.rip, field("RIP"), "vCPU {v} rip");
+            assert_eq!(r.rsp, field("RSP"), "vCPU {v} rsp");
+            assert_eq!(r.cr3.0, field("CR3"), "vCPU {v} cr3");
+            assert_eq!(r.efer, field("EFER"), "vCPU {v} efer");
+            assert_eq!(r.idtr.base, 0xfffffe0000000000);
+            assert!(r.long_mode());
+            assert_ne!(r.kernel_gs(), 0, "per-CPU GS base");
+            let m = core.driver().monitor_registers(VcpuId(v)).unwrap();
+            assert_eq!((m.rip, m.cr3, m.rsp), (r.rip, r.cr3, r.rsp));
+        }
+    }
+    assert_eq!(core.vm_state().unwrap(), VmState::Running);
+    assert_eq!(status(&g), "running");
+
+    // The kernel banner at the physical address of `linux_banner` equals the RAM file.
+    let regs = core.registers(VcpuId(0)).unwrap();
+    let banner_va = Va(ksym(&g, "linux_banner"));
+    let pa = core
+        .translate_address(regs.address_context(banner_va))
+        .unwrap();
+    let s = core.read_string(AccessContext::direct(pa), 200).unwrap();
+    assert!(s.starts_with("Linux version 6"), "{s}");
+    assert_eq!(s.as_bytes(), &ram_file_bytes(&g, pa.0, s.len())[..]);
+
+    // All three access paths give identical bytes (low, kernel, above 4 GiB).
+    let mut reference = Vec::new();
+    let spots = [pa.0 & !0xfff, 0x9f000, hi];
+    for &gpa in &spots {
+        let mut b = vec![0u8; 4096];
+        core.driver()
+            .read_page(vmi_core::Gfn(gpa >> 12), 0, &mut b)
+            .unwrap();
+        reference.push(b);
+    }
+    drop(core); // releases QMP socket and gdbstub
+    assert_eq!(status(&g), "running");
+    let _pause = g.pause();
+    for path in [
+        AccessPath::Mmap,
+        AccessPath::ProcessMemory,
+        AccessPath::MonitorXp,
+    ] {
+        let d = QemuDriver::attach_with(g.qmp_socket(), AttachOptions::default().access_path(path))
+            .unwrap_or_else(|e| panic!("{path:?}: {e}"));
+        assert_eq!(d.access_path(), path);
+        for (i, &gpa) in spots.iter().enumerate() {
+            let mut b = vec![0u8; 4096];
+            d.read_page(vmi_core::Gfn(gpa >> 12), 0, &mut b).unwrap();
+            assert!(b == reference[i] || gpa == 0x9f000, "{path:?} at {gpa:#x}");
+            // The kernel's read-only banner page never changes.
+            if i == 0 {
+                assert_eq!(b, reference[0], "{path:?}");
+            }
+        }
+        assert_eq!(d.info().unwrap().cache_pages, path != AccessPath::Mmap);
+        drop(d);
+        assert_eq!(status(&g), "paused", "{path:?}: left as found");
+    }
+    g.resume().unwrap();
+
+    // Monitor-only mode (no gdbstub): registers still come.
+    let d = QemuDriver::attach_with(
+        g.qmp_socket(),
+        AttachOptions::default().gdb(GdbMode::Disabled),
+    )
+    .unwrap();
+    let r = d.registers(VcpuId(1)).unwrap();
+    assert!(r.long_mode());
+    assert!(matches!(
+        d.monitor_enable(EventMonitor::Breakpoint {
+            address: BreakpointAddress::Virtual(banner_va),
+            kind: BreakpointKind::Hardware
+        }),
+        Err(VmiError::Driver { .. })
+    ));
+    drop(d);
+
+    // QEMU gone mid-session: an error within a second, never a hang.
+    let d = QemuDriver::attach(g.qmp_socket()).unwrap();
+    g.qmp(json!({"execute": "quit"})).ok();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    assert!(d.state().is_err());
+    assert!(d.registers(VcpuId(0)).is_err());
+    assert!(t0.elapsed() < Duration::from_secs(2), "{:?}", t0.elapsed());
+}
+
+/// The handler of the breakpoint test: reads `comm` of the current task, single-steps
+/// once, continues; records what it saw.
+struct Nanosleep {
+    bp: Va,
+    current_task: u64,
+    comm_offset: u64,
+    comms: Vec<String>,
+    vcpus: std::collections::BTreeSet<u16>,
+    stepped: usize,
+    state: u8,
+}
+
+impl VmiHandler<QemuDriver, NoOs> for Nanosleep {
+    type Output = ();
+
+    fn handle_event(
+        &mut self,
+        ctx: VmiContext<'_, QemuDriver, NoOs>,
+    ) -> VmiEventResponse<vmi_arch_amd64::Amd64> {
+        match &ctx.event().reason {
+            EventReason::Breakpoint { va, kind, .. } => {
+                assert_eq!(*va, self.bp);
+                assert_eq!(*kind, BreakpointKind::Hardware);
+                assert_eq!(ctx.registers().rip, self.bp.0);
+                self.vcpus.insert(ctx.vcpu().0);
+                let gs = ctx.registers().kernel_gs();
+                let task = ctx.read_va(Va(gs + self.current_task)).unwrap();
+                let comm = ctx.read_string(Va(task.0 + self.comm_offset), 16).unwrap();
+                self.comms.push(comm);
+                if self.state == 0 {
+                    self.state = 1;
+                    return VmiEventResponse::single_step();
+                }
+                VmiEventResponse::continue_()
+            }
+            EventReason::SingleStep => {
+                assert_ne!(ctx.registers().rip, self.bp.0, "the step moved on");
+                self.stepped += 1;
+                VmiEventResponse::continue_()
+            }
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+
+    fn check_completion(&self) -> Option<()> {
+        (self.stepped >= 1 && self.vcpus.len() == 2 && self.comms.len() >= 4).then_some(())
+    }
+}
+
+#[test]
+fn breakpoints_single_step_watchpoints_two_vcpus() {
+    let Some(g) = TestGuest::boot_or_skip(GuestConfig::default().smp(2).mem_mb(512)) else {
+        return;
+    };
+    let profile = vmi_profile::linux::profile_from_kernel_image(g.vmlinux()).expect("BTF");
+    let comm_offset = profile.offset_of("task_struct", "comm").unwrap();
+    let bp = Va(ksym(&g, "hrtimer_nanosleep"));
+    let bp_pa_bytes;
+    let core = VmiCore::new(QemuDriver::attach(g.qmp_socket()).unwrap()).unwrap();
+    {
+        let regs = core.registers(VcpuId(0)).unwrap();
+        let pa = core.translate_address(regs.address_context(bp)).unwrap();
+        bp_pa_bytes = (pa, core.read_vec(AccessContext::direct(pa), 16).unwrap());
+    }
+    core.monitor_enable(EventMonitor::Breakpoint {
+        address: BreakpointAddress::Virtual(bp),
+        kind: BreakpointKind::Hardware,
+    })
+    .unwrap();
+    // Physical breakpoints are a typed NotSupported.
+    assert!(matches!(
+        core.monitor_enable(EventMonitor::Breakpoint {
+            address: BreakpointAddress::Physical(bp_pa_bytes.0),
+            kind: BreakpointKind::Software,
+        }),
+        Err(VmiError::NotSupported { .. })
+    ));
+    let os = NoOs;
+    let session = VmiSession::new(&core, &os);
+    let mut h = Nanosleep {
+        bp,
+        current_task: ksym(&g, "current_task"),
+        comm_offset,
+        comms: vec![],
+        vcpus: Default::default(),
+        stepped: 0,
+        state: 0,
+    };
+    let stop = std::sync::atomic::AtomicBool::new(false);
+    let t0 = Instant::now();
+    let mut done = false;
+    while t0.elapsed() < Duration::from_secs(60) {
+        if session.handle_until(&mut h, &stop).unwrap().is_some() {
+            done = true;
+            break;
+        }
+    }
+    // `handle_until` returns only on completion or stop; the loop guards the time.
+    assert!(
+        done,
+        "breakpoint test did not complete: {:?} {:?}",
+        h.vcpus, h.comms
+    );
+    eprintln!("hits on vCPUs {:?}, comms {:?}", h.vcpus, h.comms);
+    let known: Vec<&str> = g.truth().tasks.iter().map(|t| t.comm.as_str()).collect();
+    assert!(h.comms.iter().all(|c| !c.is_empty()));
+    assert!(
+        h.comms.iter().any(|c| known.contains(&c.as_str())),
+        "{:?} vs {known:?}",
+        h.comms
+    );
+    core.monitor_disable(EventMonitor::Breakpoint {
+        address: BreakpointAddress::Virtual(bp),
+        kind: BreakpointKind::Hardware,
+    })
+    .unwrap();
+
+    // A software breakpoint under TCG does not modify guest RAM.
+    if !core.driver().is_kvm() {
+        core.monitor_enable(EventMonitor::Breakpoint {
+            address: BreakpointAddress::Virtual(bp),
+            kind: BreakpointKind::Software,
+        })
+        .unwrap();
+        assert_eq!(
+            ram_file_bytes(&g, bp_pa_bytes.0.0, 16),
+            bp_pa_bytes.1,
+            "TCG software breakpoints leave RAM alone"
+        );
+        let mut hit = 0;
+        let t0 = Instant::now();
+        while hit == 0 && t0.elapsed() < Duration::from_secs(20) {
+            hit += core
+                .driver()
+                .wait_for_events(Duration::from_millis(200), &mut |e| {
+                    assert!(matches!(
+                        e.reason,
+                        EventReason::Breakpoint {
+                            kind: BreakpointKind::Software,
+                            ..
+                        }
+                    ));
+                    VmiEventResponse::continue_().and_remove_monitor()
+                })
+                .unwrap();
+        }
+        assert_eq!(hit, 1);
+    }
+
+    // A write watchpoint on jiffies fires, as a memory-access event.
+    let jiffies = Va(ksym(&g, "jiffies"));
+    core.monitor_enable(EventMonitor::Watchpoint {
+        address: BreakpointAddress::Virtual(jiffies),
+        len: 8,
+        access: MemoryAccess::Write,
+    })
+    .unwrap();
+    let mut seen = None;
+    let t0 = Instant::now();
+    while seen.is_none() && t0.elapsed() < Duration::from_secs(20) {
+        core.driver()
+            .wait_for_events(Duration::from_millis(200), &mut |e| {
+                seen = Some(e.reason.clone());
+                VmiEventResponse::continue_().and_remove_monitor()
+            })
+            .unwrap();
+    }
+    match seen {
+        Some(EventReason::MemoryAccess { va, access, .. }) => {
+            assert_eq!(va, Some(jiffies));
+            assert_eq!(access, MemoryAccess::Write);
+        }
+        other => panic!("watchpoint: {other:?}"),
+    }
+
+    // Nothing monitored: wait returns on time with 0 while the VM runs.
+    let t0 = Instant::now();
+    let n = core
+        .driver()
+        .wait_for_events(Duration::from_millis(300), &mut |_| {
+            VmiEventResponse::continue_()
+        })
+        .unwrap();
+    assert_eq!(n, 0);
+    assert!(t0.elapsed() < Duration::from_secs(1));
+    assert_eq!(status(&g), "running");
+    let _ = session;
+    drop(core);
+    assert_eq!(status(&g), "running");
+    assert_eq!(ram_file_bytes(&g, bp_pa_bytes.0.0, 16), bp_pa_bytes.1);
+}
+
+/// Child half of the kill test: attach, insert breakpoints, run the event loop; killed.
+#[test]
+fn kill_child_helper() {
+    let Ok(qmp) = std::env::var("VMI_QEMU_KILL_CHILD_QMP") else {
+        return; // only as the child of `killed_session_leaves_guest_recoverable`
+    };
+    let addrs: Vec<u64> = std::env::var("VMI_QEMU_KILL_CHILD_BPS")
+        .unwrap()
+        .split(',')
+        .map(|a| u64::from_str_radix(a, 16).unwrap())
+        .collect();
+    let d = QemuDriver::attach(&qmp).unwrap();
+    for (i, a) in addrs.iter().enumerate() {
+        d.monitor_enable(EventMonitor::Breakpoint {
+            address: BreakpointAddress::Virtual(Va(*a)),
+            kind: if i % 2 == 0 {
+                BreakpointKind::Software
+            } else {
+                BreakpointKind::Hardware
+            },
+        })
+        .unwrap();
+    }
+    println!("READY");
+    loop {
+        d.wait_for_events(Duration::from_millis(100), &mut |_| {
+            VmiEventResponse::continue_()
+        })
+        .unwrap();
+    }
+}
+
+#[test]
+fn killed_session_leaves_guest_recoverable() {
+    let Some(g) = TestGuest::boot_or_skip(GuestConfig::default().mem_mb(256)) else {
+        return;
+    };
+    let names = ["hrtimer_nanosleep", "do_nanosleep"];
+    let addrs: Vec<u64> = names.iter().map(|n| ksym(&g, n)).collect();
+    // Original bytes at the breakpoints (physical, through a short-lived driver).
+    let originals: Vec<(u64, Vec<u8>)> = {
+        let core = VmiCore::new(
+            QemuDriver::attach_with(
+                g.qmp_socket(),
+                AttachOptions::default().gdb(GdbMode::Disabled),
+            )
+            .unwrap(),
+        )
+        .unwrap();
+        let regs = core.registers(VcpuId(0)).unwrap();
+        addrs
+            .iter()
+            .map(|&a| {
+                let pa = core.translate_address(regs.address_context(Va(a))).unwrap();
+                (pa.0, core.read_vec(AccessContext::direct(pa), 16).unwrap())
+            })
+            .collect()
+    };
+    let exe = std::env::current_exe().unwrap();
+    let mut child = Command::new(exe)
+        .args([
+            "--exact",
+            "kill_child_helper",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("VMI_QEMU_KILL_CHILD_QMP", g.qmp_socket())
+        .env(
+            "VMI_QEMU_KILL_CHILD_BPS",
+            addrs
+                .iter()
+                .map(|a| format!("{a:x}"))
+                .collect::<Vec<_>>()
+                .join(","),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    let t0 = Instant::now();
+    while !line.contains("READY") {
+        line.clear();
+        assert!(out.read_line(&mut line).unwrap() > 0, "child exited early");
+        assert!(t0.elapsed() < Duration::from_secs(30));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    // What QEMU does on its own: the breakpoints stay, the VM stops at the next hit
+    // and waits for the dead client.
+    std::thread::sleep(Duration::from_secs(1));
+    let after_kill = status(&g);
+    eprintln!("state after SIGKILL: {after_kill}");
+    for (pa, bytes) in &originals {
+        assert_eq!(
+            &ram_file_bytes(&g, *pa, 16),
+            bytes,
+            "RAM at {pa:#x} after kill"
+        );
+    }
+    // Recovery: a new attach (or QemuDriver::recover) detaches the stale client state.
+    let state = QemuDriver::recover(g.qmp_socket()).unwrap();
+    assert_eq!(state, VmState::Running);
+    // The breakpoints are gone: the guest keeps running through nanosleep.
+    std::thread::sleep(Duration::from_secs(2));
+    assert_eq!(status(&g), "running");
+    for (pa, bytes) in &originals {
+        assert_eq!(&ram_file_bytes(&g, *pa, 16), bytes);
+    }
+    // And the QMP socket is free again.
+    drop(QemuDriver::attach(g.qmp_socket()).unwrap());
+    assert_eq!(status(&g), "running");
+}
