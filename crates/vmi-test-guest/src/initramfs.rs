@@ -134,7 +134,8 @@ done
 marked=
 for d in /proc/[0-9]*; do
   name= state= tgid= pid= ppid= uid=
-  while read -r k v rest; do
+  # tasks may exit while we look (e.g. vmi_loop's sleep): silence the failed redirection
+  {{ while read -r k v rest; do
     case "$k" in
       Name:) name="$v${{rest:+ $rest}}" ;;
       State:) state=$v ;;
@@ -143,7 +144,7 @@ for d in /proc/[0-9]*; do
       PPid:) ppid=$v ;;
       Uid:) uid=$v; break ;;
     esac
-  done < $d/status
+  done < $d/status; }} 2>/dev/null
   [ -n "$pid" ] || continue
   echo "task $pid $ppid $tgid $uid $state $name"
   case "$name" in vmi_*) marked="$marked $pid" ;; esac
