@@ -114,7 +114,7 @@ for m in $(cat /lib/modules/load-order 2>/dev/null); do insmod /lib/modules/$m.k
 su -s /bin/sh vmi -c 'exec -a sleep /bin/vmi_user 100004' &
 # let them exec before the snapshot
 i=0
-while [ $i -lt 50 ]; do
+while [ $i -lt 300 ]; do
   [ "$(pidof vmi_child | wc -w)" = 2 ] && [ "$(pidof vmi_sleeper vmi_mapper vmi_loop vmi_user | wc -w)" = 4 ] && break
   sleep 0.1; i=$((i+1))
 done
