@@ -34,6 +34,7 @@ pub mod btf;
 pub mod cache;
 mod error;
 pub mod image;
+mod index;
 pub mod isf;
 pub mod kallsyms;
 pub mod linux;

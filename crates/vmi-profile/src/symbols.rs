@@ -1,8 +1,8 @@
 //! The symbol half of a profile: names to addresses, and addresses back to the nearest symbol.
 
-use std::collections::HashMap;
-
 use serde::{Deserialize, Serialize};
+
+use crate::index::NameIndex;
 
 /// One symbol.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -27,7 +27,7 @@ pub struct Symbol {
 pub struct SymbolTable {
     sorted: Vec<Symbol>,
     #[serde(skip)]
-    by_name: HashMap<Box<str>, u32>,
+    by_name: NameIndex,
 }
 
 impl PartialEq for SymbolTable {
@@ -48,16 +48,18 @@ impl SymbolTable {
         symbols.sort_by_key(|s| s.address);
         let mut t = Self {
             sorted: symbols,
-            by_name: HashMap::new(),
+            by_name: NameIndex::default(),
         };
         t.rebuild_index();
         t
     }
 
     pub(crate) fn rebuild_index(&mut self) {
-        let mut by_name = HashMap::with_capacity(self.sorted.len());
-        for (i, s) in self.sorted.iter().enumerate() {
-            by_name.entry(s.name.as_str().into()).or_insert(i as u32);
+        let sorted = &self.sorted;
+        let name_of = |v: u32| sorted.get(v as usize).map(|s| s.name.as_str());
+        let mut by_name = NameIndex::with_capacity(sorted.len());
+        for (i, s) in sorted.iter().enumerate() {
+            by_name.insert(&s.name, i as u32, name_of, |_| false);
         }
         self.by_name = by_name;
     }
@@ -74,7 +76,10 @@ impl SymbolTable {
 
     /// The symbol named `name` (lowest address if repeated).
     pub fn get(&self, name: &str) -> Option<&Symbol> {
-        self.sorted.get(*self.by_name.get(name)? as usize)
+        let i = self.by_name.get(name, |v| {
+            self.sorted.get(v as usize).map(|s| s.name.as_str())
+        })?;
+        self.sorted.get(i as usize)
     }
 
     /// The address of `name`.
@@ -124,7 +129,7 @@ impl SymbolTable {
             other
                 .sorted
                 .iter()
-                .filter(|s| !self.by_name.contains_key(s.name.as_str()))
+                .filter(|s| self.get(&s.name).is_none())
                 .cloned(),
         );
         *self = SymbolTable::new(all);

@@ -11,6 +11,7 @@ use std::collections::HashMap;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ProfileError, Result};
+use crate::index::NameIndex;
 
 /// Bound on typedef/qualifier chains and anonymous-member nesting followed by lookups.
 /// Real kernels need fewer than 10; hostile inputs with cycles stop here.
@@ -339,10 +340,10 @@ impl FieldInfo {
 /// Name indexes, rebuilt after loading (never serialized).
 #[derive(Clone, Debug, Default)]
 struct TypeIndex {
-    composites: HashMap<Box<str>, TypeId>,
-    enums: HashMap<Box<str>, TypeId>,
-    typedefs: HashMap<Box<str>, TypeId>,
-    base: HashMap<Box<str>, TypeId>,
+    composites: NameIndex,
+    enums: NameIndex,
+    typedefs: NameIndex,
+    base: NameIndex,
 }
 
 /// All types of a profile.
@@ -475,31 +476,31 @@ impl Types {
 
     /// The struct or union named `name` (a typedef to one also works).
     pub fn find_composite(&self, name: &str) -> Option<TypeId> {
-        if let Some(id) = self.index.composites.get(name) {
-            return Some(*id);
+        if let Some(id) = self.index.composites.get(name, self.namer()) {
+            return Some(TypeId(id));
         }
-        let td = *self.index.typedefs.get(name)?;
+        let td = TypeId(self.index.typedefs.get(name, self.namer())?);
         let id = self.resolve(td)?;
         matches!(self.get(id)?, Type::Struct(_) | Type::Union(_)).then_some(id)
     }
 
     /// The enum named `name`.
     pub fn find_enum(&self, name: &str) -> Option<TypeId> {
-        if let Some(id) = self.index.enums.get(name) {
-            return Some(*id);
+        if let Some(id) = self.index.enums.get(name, self.namer()) {
+            return Some(TypeId(id));
         }
-        let id = self.resolve(*self.index.typedefs.get(name)?)?;
+        let id = self.resolve(TypeId(self.index.typedefs.get(name, self.namer())?))?;
         matches!(self.get(id)?, Type::Enum { .. }).then_some(id)
     }
 
     /// The typedef named `name`.
     pub fn find_typedef(&self, name: &str) -> Option<TypeId> {
-        self.index.typedefs.get(name).copied()
+        self.index.typedefs.get(name, self.namer()).map(TypeId)
     }
 
     /// The base (int or float) type named `name`.
     pub fn find_base(&self, name: &str) -> Option<TypeId> {
-        self.index.base.get(name).copied()
+        self.index.base.get(name, self.namer()).map(TypeId)
     }
 
     /// Any named type: struct/union, enum, typedef or base type, in that order.
@@ -756,45 +757,43 @@ impl Types {
         }
     }
 
+    fn namer<'a>(&'a self) -> impl Fn(u32) -> Option<&'a str> + 'a {
+        move |v| self.name_of(TypeId(v))
+    }
+
+    fn complete(&self, id: u32) -> bool {
+        match self.types.get(id as usize) {
+            Some(Type::Struct(c) | Type::Union(c)) => !c.members.is_empty(),
+            Some(Type::Enum { values, .. }) => !values.is_empty(),
+            _ => true,
+        }
+    }
+
     pub(crate) fn rebuild_index(&mut self) {
+        self.index = self.build_index();
+    }
+
+    fn build_index(&self) -> TypeIndex {
         let mut index = TypeIndex::default();
+        let namer = self.namer();
         for (i, t) in self.types.iter().enumerate() {
-            let id = TypeId(i as u32);
-            let (map, name, complete) = match *t {
-                Type::Struct(c) | Type::Union(c) => {
-                    (&mut index.composites, c.name, !c.members.is_empty())
-                }
-                Type::Enum { name, values, .. } => (&mut index.enums, name, !values.is_empty()),
-                Type::Typedef { name, .. } => (&mut index.typedefs, name, true),
-                Type::Int { name, .. } | Type::Float { name, .. } => (&mut index.base, name, true),
+            let map = match t {
+                Type::Struct(_) | Type::Union(_) => &mut index.composites,
+                Type::Enum { .. } => &mut index.enums,
+                Type::Typedef { .. } => &mut index.typedefs,
+                Type::Int { .. } | Type::Float { .. } => &mut index.base,
                 _ => continue,
             };
-            if name.is_anon() {
+            let Some(name) = namer(i as u32) else {
                 continue;
-            }
-            let key = self
-                .strings
-                .get(name.off as usize..(name.off + name.len) as usize);
-            let Some(key) = key else { continue };
+            };
             // The first complete definition wins; an empty one is replaced by a full one.
-            match map.get_mut(key) {
-                None => {
-                    map.insert(key.into(), id);
-                }
-                Some(prev) if complete => {
-                    let prev_complete = match self.types.get(prev.0 as usize) {
-                        Some(Type::Struct(c) | Type::Union(c)) => !c.members.is_empty(),
-                        Some(Type::Enum { values, .. }) => !values.is_empty(),
-                        _ => true,
-                    };
-                    if !prev_complete {
-                        *prev = id;
-                    }
-                }
-                Some(_) => {}
-            }
+            let complete = self.complete(i as u32);
+            map.insert(name, i as u32, &namer, |prev| {
+                complete && !self.complete(prev)
+            });
         }
-        self.index = index;
+        index
     }
 
     /// Checks that every reference, name and span is in range. Loaders call this so lookups

@@ -58,7 +58,9 @@ fn bpftool_dump(vmlinux: &Path) -> Option<RawDump> {
             }
         } else if let (Some(id), Some(m)) = (cur, l.strip_prefix("\t'")) {
             let name = m.split('\'').next()?.to_owned();
-            let field = |k: &str| -> Option<u64> { m.split(k).nth(1)?.split_whitespace().next()?.parse().ok() };
+            let field = |k: &str| -> Option<u64> {
+                m.split(k).nth(1)?.split_whitespace().next()?.parse().ok()
+            };
             let entry = (name, field("type_id=")?, field("bits_offset=")?);
             dump.get_mut(&id)?.1.push(entry);
         }
@@ -75,7 +77,10 @@ fn bpftool_offset(dump: &RawDump, s: &str, field: &str) -> Option<u64> {
             if n == field {
                 return Some(*bits);
             }
-            if n == "(anon)" && depth < 8 && let Some(b) = find(dump, *ty, field, depth + 1) {
+            if n == "(anon)"
+                && depth < 8
+                && let Some(b) = find(dump, *ty, field, depth + 1)
+            {
                 return Some(bits + b);
             }
         }
@@ -95,13 +100,26 @@ fn vmlinuz_profile_matches_bpftool_and_known_offsets() {
         return;
     };
     let p = profile_from_kernel_image(&path).expect("profile");
-    eprintln!("{:?} {:?}: {} types, {} symbols", p.metadata.kernel_release, p.metadata.sources, p.types.len(), p.symbols.len());
+    eprintln!(
+        "{:?} {:?}: {} types, {} symbols",
+        p.metadata.kernel_release,
+        p.metadata.sources,
+        p.types.len(),
+        p.symbols.len()
+    );
     let t = TaskOffsets::load(&p).expect("every entry");
-    assert_eq!(t.state.size, Some(4), "__state is an unsigned int since 5.14");
+    assert_eq!(
+        t.state.size,
+        Some(4),
+        "__state is an unsigned int since 5.14"
+    );
     assert!(t.old_state.is_none());
     assert_eq!(t.pidtype_tgid, 1);
     let banner = p.metadata.banner.as_deref().expect("banner");
-    assert!(banner.starts_with("Linux version ") && banner.contains("#1 "), "{banner}");
+    assert!(
+        banner.starts_with("Linux version ") && banner.contains("#1 "),
+        "{banner}"
+    );
 
     // Independent truth 1: bpftool on the vmlinux ELF (ours, decompressed; or the
     // test-guest crate's, next to the vmlinuz).
@@ -111,24 +129,51 @@ fn vmlinuz_profile_matches_bpftool_and_known_offsets() {
     std::fs::write(&vmlinux, &elf).unwrap();
     match bpftool_dump(&vmlinux) {
         Some(dump) => {
-            for name in ["tasks", "pid", "comm", "mm", "__state", "thread", "real_parent", "cred"] {
+            for name in [
+                "tasks",
+                "pid",
+                "comm",
+                "mm",
+                "__state",
+                "thread",
+                "real_parent",
+                "cred",
+            ] {
                 let want = bpftool_offset(&dump, "task_struct", name).unwrap();
-                assert_eq!(p.offset_of("task_struct", name).unwrap(), want, "task_struct.{name}");
+                assert_eq!(
+                    p.offset_of("task_struct", name).unwrap(),
+                    want,
+                    "task_struct.{name}"
+                );
             }
             for name in ["pgd", "start_code", "arg_start", "env_start"] {
                 let want = bpftool_offset(&dump, "mm_struct", name).unwrap();
-                assert_eq!(p.offset_of("mm_struct", name).unwrap(), want, "mm_struct.{name}");
+                assert_eq!(
+                    p.offset_of("mm_struct", name).unwrap(),
+                    want,
+                    "mm_struct.{name}"
+                );
             }
             eprintln!("offsets equal bpftool's");
         }
         None => eprintln!("bpftool not available: skipped the bpftool comparison"),
     }
     // Independent truth 2: the table measured on this kernel (docs/linux-guest.md, section 6).
-    if p.metadata.kernel_release.as_deref().is_some_and(|r| r.starts_with("6.1.") && r.ends_with("-cloud-amd64")) {
-        assert_eq!((t.tasks, t.comm, t.mm, t.pid, t.pgd), (0x890, 0xba0, 0x8e0, 0x970, 0x48));
+    if p.metadata
+        .kernel_release
+        .as_deref()
+        .is_some_and(|r| r.starts_with("6.1.") && r.ends_with("-cloud-amd64"))
+    {
+        assert_eq!(
+            (t.tasks, t.comm, t.mm, t.pid, t.pgd),
+            (0x890, 0xba0, 0x8e0, 0x970, 0x48)
+        );
         assert_eq!((t.size, t.thread_sp, t.state.offset), (9728, 0x14d8, 0x18));
         assert_eq!(p.symbols.address("_text"), Some(0xffff_ffff_8100_0000));
-        assert_eq!(p.symbols.address("linux_banner"), Some(0xffff_ffff_8211_ffe0));
+        assert_eq!(
+            p.symbols.address("linux_banner"),
+            Some(0xffff_ffff_8211_ffe0)
+        );
         assert_eq!(t.init_task, 0xffff_ffff_82a1_aa40);
         assert_eq!(p.symbols.len(), 87_347);
     }
@@ -136,7 +181,8 @@ fn vmlinuz_profile_matches_bpftool_and_known_offsets() {
 
 #[test]
 fn btf_from_vmlinuz_equals_btf_from_vmlinux() {
-    let Some(path) = common::kernel_image_or_skip("btf_from_vmlinuz_equals_btf_from_vmlinux") else {
+    let Some(path) = common::kernel_image_or_skip("btf_from_vmlinuz_equals_btf_from_vmlinux")
+    else {
         return;
     };
     let from_vmlinuz = profile_from_kernel_image(&path).unwrap().types;
@@ -145,7 +191,10 @@ fn btf_from_vmlinuz_equals_btf_from_vmlinux() {
     let elf = if sibling.is_file() {
         std::fs::read(&sibling).unwrap()
     } else {
-        eprintln!("no independently extracted vmlinux beside {}: skipped", path.display());
+        eprintln!(
+            "no independently extracted vmlinux beside {}: skipped",
+            path.display()
+        );
         return;
     };
     let parsed = Vmlinux::parse(&elf, "vmlinux").unwrap();
@@ -153,20 +202,30 @@ fn btf_from_vmlinuz_equals_btf_from_vmlinux() {
     assert_eq!(from_vmlinux.len(), from_vmlinuz.len());
     assert!(from_vmlinux == from_vmlinuz, "types differ");
     let v = profile_from_kernel_image(&sibling).unwrap();
-    assert_eq!(v.metadata.banner, profile_from_kernel_image(&path).unwrap().metadata.banner);
+    assert_eq!(
+        v.metadata.banner,
+        profile_from_kernel_image(&path).unwrap().metadata.banner
+    );
 }
 
 #[test]
 fn kallsyms_found_in_the_image_are_self_consistent() {
-    let Some(path) = common::kernel_image_or_skip("kallsyms_found_in_the_image_are_self_consistent") else {
+    let Some(path) =
+        common::kernel_image_or_skip("kallsyms_found_in_the_image_are_self_consistent")
+    else {
         return;
     };
     let bytes = std::fs::read(&path).unwrap();
     let elf_bytes = vmlinux_from_image(&bytes, "vmlinuz").unwrap();
     let elf = Vmlinux::parse(&elf_bytes, "vmlinux").unwrap();
     let k = kallsyms_from_vmlinux(&elf).unwrap();
-    assert_eq!(k.address("_text"), Some(0xffff_ffff_8100_0000), "link-time _text");
-    let release = vmi_profile::image::release_from_banner(elf.banner().as_deref().unwrap_or("")).map(str::to_owned);
+    assert_eq!(
+        k.address("_text"),
+        Some(0xffff_ffff_8100_0000),
+        "link-time _text"
+    );
+    let release = vmi_profile::image::release_from_banner(elf.banner().as_deref().unwrap_or(""))
+        .map(str::to_owned);
     if release.is_some_and(|r| r.starts_with("6.1.") && r.ends_with("-cloud-amd64")) {
         // The real System.map of this kernel (docs/linux-guest.md, section 6).
         assert_eq!(k.tables.num_syms, 0xffff_ffff_8217_5588);
@@ -181,14 +240,31 @@ fn kallsyms_found_in_the_image_are_self_consistent() {
         markers: None,
         ..k.tables
     };
-    let again = kallsyms::decode(&mem, &tables, None, &[("_stext", k.address("_stext").unwrap())]).unwrap();
-    assert_eq!(again, Kallsyms { tables, ..k.clone() });
-    assert!(k.symbols.iter().any(|s| s.name == "init_task" && s.kind == Some('D')));
+    let again = kallsyms::decode(
+        &mem,
+        &tables,
+        None,
+        &[("_stext", k.address("_stext").unwrap())],
+    )
+    .unwrap();
+    assert_eq!(
+        again,
+        Kallsyms {
+            tables,
+            ..k.clone()
+        }
+    );
+    assert!(
+        k.symbols
+            .iter()
+            .any(|s| s.name == "init_task" && s.kind == Some('D'))
+    );
 }
 
 #[test]
 fn real_profile_round_trips_through_the_cache() {
-    let Some(path) = common::kernel_image_or_skip("real_profile_round_trips_through_the_cache") else {
+    let Some(path) = common::kernel_image_or_skip("real_profile_round_trips_through_the_cache")
+    else {
         return;
     };
     let p = profile_from_kernel_image(&path).unwrap();
@@ -204,7 +280,10 @@ fn real_profile_round_trips_through_the_cache() {
         start.elapsed()
     );
     assert!(back == p);
-    assert_eq!(back.offset_of("task_struct", "thread.sp").unwrap(), p.offset_of("task_struct", "thread.sp").unwrap());
+    assert_eq!(
+        back.offset_of("task_struct", "thread.sp").unwrap(),
+        p.offset_of("task_struct", "thread.sp").unwrap()
+    );
 }
 
 #[test]
