@@ -1,0 +1,1 @@
+//! LZO1X decompression (work in progress in this commit).

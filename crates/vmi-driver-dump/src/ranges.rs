@@ -1,0 +1,216 @@
+//! The physical-range map shared by every format that stores pages uncompressed: sorted,
+//! disjoint ranges of guest-physical addresses, each backed by a run of file bytes.
+//! A lookup is one binary search, O(log n) in the number of ranges.
+
+use std::ops::Range;
+
+use vmi_core::{Pa, PageAbsence, VmiError};
+
+use crate::data::malformed;
+
+/// A run of guest-physical memory stored contiguously in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Segment {
+    /// First guest-physical address.
+    pub(crate) start: u64,
+    /// Length in bytes (> 0).
+    pub(crate) len: u64,
+    /// File offset of the byte at `start`.
+    pub(crate) file_offset: u64,
+}
+
+impl Segment {
+    #[inline]
+    fn end(&self) -> u64 {
+        self.start + self.len
+    }
+}
+
+/// Sorted, disjoint physical segments.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct RangeMap {
+    segments: Vec<Segment>,
+}
+
+impl RangeMap {
+    /// Builds the map. Every segment must lie inside a file of `file_len` bytes and must
+    /// not wrap the physical address space. Where segments overlap, the one listed first
+    /// wins (kdump-style ELF cores list the kernel text twice: once by its direct-map
+    /// address and once in the RAM range; both hold the same bytes).
+    pub(crate) fn new(mut segments: Vec<Segment>, file_len: u64) -> Result<Self, VmiError> {
+        for s in &segments {
+            let file_end = s.file_offset.checked_add(s.len);
+            if file_end.is_none_or(|e| e > file_len) {
+                return Err(malformed(
+                    "dump segment",
+                    s.file_offset,
+                    format!(
+                        "{:#x} bytes for physical {:#x} run past the end of the file ({file_len:#x} bytes)",
+                        s.len, s.start
+                    ),
+                ));
+            }
+            if s.start.checked_add(s.len).is_none() {
+                return Err(malformed(
+                    "dump segment",
+                    s.file_offset,
+                    format!("physical range {:#x}+{:#x} wraps", s.start, s.len),
+                ));
+            }
+        }
+        segments.retain(|s| s.len > 0);
+        // Stable sort keeps the listed order among equal starts: "first listed wins".
+        let order: Vec<usize> = {
+            let mut idx: Vec<usize> = (0..segments.len()).collect();
+            idx.sort_by_key(|&i| (segments[i].start, i));
+            idx
+        };
+        let mut out: Vec<Segment> = Vec::with_capacity(segments.len());
+        // Overlaps: resolve by priority (listed order), trimming later-listed segments.
+        // Sorting by start and trimming against the previous output is exact when the
+        // earlier-listed segment also starts earlier; otherwise the later one is trimmed
+        // where it overlaps the already-placed bytes, which is what "first wins" means for
+        // identical content and is always memory-safe.
+        for i in order {
+            let mut s = segments[i];
+            if let Some(last) = out.last() {
+                let last_end = last.end();
+                if s.start < last_end {
+                    let cut = last_end - s.start;
+                    if cut >= s.len {
+                        continue;
+                    }
+                    s.start += cut;
+                    s.file_offset += cut;
+                    s.len -= cut;
+                }
+            }
+            out.push(s);
+        }
+        Ok(Self { segments: out })
+    }
+
+    /// The segment holding `pa`.
+    #[inline]
+    pub(crate) fn find(&self, pa: u64) -> Option<&Segment> {
+        let i = self.segments.partition_point(|s| s.start <= pa);
+        let s = self.segments.get(i.checked_sub(1)?)?;
+        (pa < s.end()).then_some(s)
+    }
+
+    /// One past the highest physical address held (0 when empty).
+    pub(crate) fn end(&self) -> u64 {
+        self.segments.last().map_or(0, Segment::end)
+    }
+
+    /// Number of segments.
+    #[allow(dead_code)] // used by tests and debug output
+    pub(crate) fn len(&self) -> usize {
+        self.segments.len()
+    }
+
+    /// Why `pa` is not readable: beyond the last range, or in a hole.
+    pub(crate) fn absence(&self, pa: u64) -> PageAbsence {
+        if pa >= self.end() {
+            PageAbsence::BeyondMemory
+        } else {
+            PageAbsence::NotInDump
+        }
+    }
+
+    /// Copies `buf.len()` bytes of physical memory at `pa` out of `data`. The bytes may
+    /// span adjacent segments; any missing byte makes the read fail with the reason.
+    #[inline]
+    pub(crate) fn read(&self, data: &[u8], pa: u64, buf: &mut [u8]) -> Result<(), PageAbsence> {
+        // Fast path: one segment holds everything (the common case by far).
+        if let Some(s) = self.find(pa) {
+            let within = pa - s.start;
+            if within + buf.len() as u64 <= s.len {
+                let at = (s.file_offset + within) as usize;
+                // In bounds: `RangeMap::new` checked file_offset + len <= data.len().
+                buf.copy_from_slice(&data[at..at + buf.len()]);
+                return Ok(());
+            }
+        }
+        self.read_slow(data, pa, buf)
+    }
+
+    #[cold]
+    fn read_slow(&self, data: &[u8], pa: u64, buf: &mut [u8]) -> Result<(), PageAbsence> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = pa + done as u64;
+            let s = self.find(at).ok_or_else(|| self.absence(at))?;
+            let within = at - s.start;
+            let n = ((s.len - within) as usize).min(buf.len() - done);
+            let off = (s.file_offset + within) as usize;
+            buf[done..done + n].copy_from_slice(&data[off..off + n]);
+            done += n;
+        }
+        Ok(())
+    }
+
+    /// The physical ranges held, adjacent segments merged.
+    pub(crate) fn ranges(&self) -> Vec<Range<Pa>> {
+        let mut out: Vec<Range<Pa>> = Vec::new();
+        for s in &self.segments {
+            match out.last_mut() {
+                Some(last) if last.end.0 == s.start => last.end = Pa(s.end()),
+                _ => out.push(Pa(s.start)..Pa(s.end())),
+            }
+        }
+        out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn seg(start: u64, len: u64, file_offset: u64) -> Segment {
+        Segment {
+            start,
+            len,
+            file_offset,
+        }
+    }
+
+    #[test]
+    fn lookup_holes_and_overlaps() {
+        let data: Vec<u8> = (0..=255u8).cycle().take(0x4000).collect();
+        let map = RangeMap::new(
+            vec![
+                seg(0x10000, 0x1000, 0x1000),
+                seg(0x0, 0x1000, 0x0),
+                seg(0x10800, 0x1000, 0x2000), // overlaps the first: trimmed
+            ],
+            data.len() as u64,
+        )
+        .unwrap();
+        assert_eq!(map.len(), 3);
+        let mut b = [0u8; 4];
+        map.read(&data, 0x10, &mut b).unwrap();
+        assert_eq!(b, [0x10, 0x11, 0x12, 0x13]);
+        assert_eq!(map.read(&data, 0x1000, &mut b), Err(PageAbsence::NotInDump));
+        assert_eq!(
+            map.read(&data, 0x20000, &mut b),
+            Err(PageAbsence::BeyondMemory)
+        );
+        // Spanning the seam between the first segment and the trimmed one.
+        let mut b = [0u8; 2];
+        map.read(&data, 0x10fff, &mut b).unwrap();
+        assert_eq!(b[0], data[0x1fff]);
+        assert_eq!(b[1], data[0x2000 + 0x800]);
+        assert_eq!(
+            map.ranges(),
+            vec![Pa(0)..Pa(0x1000), Pa(0x10000)..Pa(0x11800)]
+        );
+    }
+
+    #[test]
+    fn rejects_segments_past_the_file() {
+        assert!(RangeMap::new(vec![seg(0, 0x2000, 0)], 0x1000).is_err());
+        assert!(RangeMap::new(vec![seg(u64::MAX, 2, 0)], 0x1000).is_err());
+        assert!(RangeMap::new(vec![seg(0, 1, u64::MAX)], 0x1000).is_err());
+    }
+}
