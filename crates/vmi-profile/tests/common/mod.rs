@@ -119,9 +119,11 @@ pub fn kernel_images() -> Vec<PathBuf> {
         debs.extend(apt_download());
     }
     for deb in debs {
+        // `<package>_<version>_amd64.deb` unpacks to the test-guest crate's
+        // `kernels/<package>_<version>`: the same kernel.
         let key = deb
             .file_stem()
-            .map(|s| s.to_string_lossy().into_owned())
+            .map(|s| s.to_string_lossy().trim_end_matches("_amd64").to_owned())
             .unwrap_or_default();
         if seen.insert(key)
             && let Some(p) = unpack_deb(&deb)
