@@ -102,8 +102,7 @@ fn memory_layout_registers_control() {
             let text = text.as_str().unwrap();
             let field = |k: &str| -> u64 {
                 let p = text.find(&format!("{k}=")).unwrap() + k.len() + 1;
-                u64::from_str_radix(&text[p..p + 16].split_whitespace().next().unwrap(), 16)
-                    .unwrap()
+                u64::from_str_radix(text[p..p + 16].split_whitespace().next().unwrap(), 16).unwrap()
             };
             assert_eq!(r.rip, field("RIP"), "vCPU {v} rip");
             assert_eq!(r.rsp, field("RSP"), "vCPU {v} rsp");
