@@ -1,0 +1,152 @@
+//! Hostname, uptime and system-call arguments.
+
+use std::time::Duration;
+
+use vmi_arch_amd64::{Amd64, Registers};
+use vmi_core::{Va, VmiCore, VmiError, VmiRead};
+use vmi_profile::Type;
+
+use crate::kmem::{fixed_cstr, malformed};
+use crate::{LinuxOs, LinuxTask};
+
+/// System-call number and arguments saved in a task's `pt_regs`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SyscallFrame {
+    /// `orig_ax`: the system-call number (-1 when not in a system call).
+    pub nr: u64,
+    /// `di, si, dx, r10, r8, r9`.
+    pub args: [u64; 6],
+    /// User instruction pointer.
+    pub ip: u64,
+    /// User stack pointer.
+    pub sp: u64,
+    /// User code segment (0x33 for 64-bit user code).
+    pub cs: u64,
+}
+
+/// The x86-64 Linux system-call arguments in registers: `rdi, rsi, rdx, r10, r8, r9`.
+pub(crate) fn syscall_args(regs: &Registers, count: usize) -> Result<Vec<u64>, VmiError> {
+    let all = [regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9];
+    all.get(..count).map(<[u64]>::to_vec).ok_or_else(|| {
+        VmiError::InvalidArgument(format!("{count} system-call arguments (x86-64 has 6)"))
+    })
+}
+
+impl LinuxOs {
+    /// The host name (`init_uts_ns.name.nodename`).
+    pub fn hostname<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+    ) -> Result<String, VmiError> {
+        let m = &self.offsets.misc;
+        let (Some(ns), Some(name), Some(node)) = (m.init_uts_ns, m.uts_name, m.nodename) else {
+            return Err(VmiError::NotFound {
+                kind: "profile entries",
+                name: "init_uts_ns, uts_namespace.name, new_utsname.nodename".into(),
+            });
+        };
+        let len = node.size.unwrap_or(65).min(256) as usize;
+        let bytes = self.kmem(core).vec(Va(ns) + name + node.offset, len)?;
+        Ok(fixed_cstr(&bytes))
+    }
+
+    /// Time since boot, counting suspend (what `/proc/uptime` shows), from the
+    /// timekeeper (`tk_core.timekeeper`: `tkr_mono.base + offs_boot`), as of its last
+    /// update (one tick).
+    pub fn uptime<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+    ) -> Result<Duration, VmiError> {
+        let m = &self.offsets.misc;
+        let missing = || VmiError::NotFound {
+            kind: "profile entries",
+            name: "tk_core, timekeeper.tkr_mono.base, timekeeper.offs_boot".into(),
+        };
+        let (Some(base), Some(boot)) = (m.tkr_mono_base, m.offs_boot) else {
+            return Err(missing());
+        };
+        let tk_core = self.symbol("tk_core")?;
+        let tk = tk_core + self.timekeeper_in_tk_core().ok_or_else(missing)?;
+        let k = self.kmem(core);
+        let mono = k.u64(tk + base)? as i64;
+        let offs = k.u64(tk + boot)? as i64;
+        let ns = mono.checked_add(offs).filter(|&n| n >= 0).ok_or_else(|| {
+            malformed(
+                "timekeeper",
+                tk.0,
+                format!("monotonic {mono} + boot offset {offs}"),
+            )
+        })?;
+        Ok(Duration::from_nanos(ns as u64))
+    }
+
+    /// Offset of the `timekeeper` member in `tk_core`'s anonymous struct type
+    /// (`{ seqcount_raw_spinlock_t seq; struct timekeeper timekeeper; }`), from BTF.
+    fn timekeeper_in_tk_core(&self) -> Option<u64> {
+        let types = &self.profile.types;
+        types.iter().find_map(|(_, t)| {
+            let Type::Struct(c) = t else { return None };
+            if !c.name.is_anon() {
+                return None;
+            }
+            let members = types.members(c);
+            if !members.iter().any(|m| types.str(m.name) == "seq") {
+                return None;
+            }
+            let tk = members.iter().find(|m| types.str(m.name) == "timekeeper")?;
+            let ty = types.resolve(tk.ty)?;
+            (types.name_of(ty) == Some("timekeeper")).then_some(tk.bit_offset / 8)
+        })
+    }
+
+    /// The user registers saved at the top of a task's kernel stack (`task_pt_regs`):
+    /// the system-call number and arguments of a task blocked in a system call.
+    ///
+    /// The stack is `THREAD_SIZE` = 16 KiB on x86-64 (32 KiB with KASAN, detected by the
+    /// `kasan_init` symbol); `pt_regs` sits at its top.
+    pub fn syscall_frame<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        task: &LinuxTask,
+    ) -> Result<SyscallFrame, VmiError> {
+        let m = &self.offsets.misc;
+        let (Some(size), Some(di), Some(si), Some(dx), Some(r10), Some(r8), Some(r9)) = (
+            m.pt_regs_size,
+            m.pt_di,
+            m.pt_si,
+            m.pt_dx,
+            m.pt_r10,
+            m.pt_r8,
+            m.pt_r9,
+        ) else {
+            return Err(VmiError::NotFound {
+                kind: "type",
+                name: "pt_regs".into(),
+            });
+        };
+        let thread_size: u64 = if self.profile.symbol("kasan_init").is_some() {
+            32 << 10
+        } else {
+            16 << 10
+        };
+        let k = self.kmem(core);
+        let stack = k.ptr(task.task + self.offsets.task.stack, "task_struct.stack")?;
+        let regs = stack + thread_size - size;
+        let w = k.window(regs, 0, size)?;
+        let opt = |o: Option<u64>| o.map_or(Ok(0), |o| w.u64(o));
+        Ok(SyscallFrame {
+            nr: opt(m.pt_orig_ax)?,
+            args: [
+                w.u64(di)?,
+                w.u64(si)?,
+                w.u64(dx)?,
+                w.u64(r10)?,
+                w.u64(r8)?,
+                w.u64(r9)?,
+            ],
+            ip: opt(m.pt_ip)?,
+            sp: opt(m.pt_sp)?,
+            cs: opt(m.pt_cs)?,
+        })
+    }
+}

@@ -1,0 +1,533 @@
+//! Tasks: processes (thread-group leaders on the `tasks` list), their threads, the
+//! current task of each vCPU, and what a process carries in user memory (command line,
+//! environment).
+
+use std::collections::HashSet;
+
+use vmi_arch_amd64::{Amd64, Registers};
+use vmi_core::{Pa, Va, VmiCore, VmiError, VmiRead};
+
+use crate::kmem::{Kmem, fixed_cstr, is_kernel_address, is_user_address, malformed};
+use crate::walk::walk_list;
+use crate::{LinuxOs, Skipped};
+
+/// The scheduler state of a task (`__state`/`state` and `exit_state`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct TaskState {
+    /// `task_struct.__state` (`state` before 5.14).
+    pub state: u32,
+    /// `task_struct.exit_state`.
+    pub exit_state: u32,
+}
+
+impl TaskState {
+    /// The letter `/proc/<pid>/status` shows (`R S D T t X Z P I`).
+    ///
+    /// Bit values are the kernel's `TASK_*` constants (`include/linux/sched.h`), stable
+    /// since 4.14: `TASK_REPORT` is 0x7f and `TASK_IDLE` is `TASK_UNINTERRUPTIBLE |
+    /// TASK_NOLOAD` (0x402).
+    pub fn letter(self) -> char {
+        const TASK_REPORT: u32 = 0x7f;
+        const TASK_IDLE: u32 = 0x402;
+        if self.state & TASK_IDLE == TASK_IDLE && self.state & 0x1 == 0 {
+            return 'I';
+        }
+        let report = (self.state | self.exit_state) & TASK_REPORT;
+        let index = 32 - report.leading_zeros();
+        b"RSDTtXZPI"
+            .get(index as usize)
+            .map_or('?', |&b| char::from(b))
+    }
+}
+
+/// One task (a thread; a process is its thread-group leader).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LinuxTask {
+    /// Address of the `task_struct`.
+    pub task: Va,
+    /// Thread id (`pid`).
+    pub pid: u32,
+    /// Process id (`tgid`).
+    pub tgid: u32,
+    /// Parent's process id (`real_parent->tgid`).
+    pub ppid: u32,
+    /// `comm`.
+    pub comm: String,
+    /// Scheduler state.
+    pub state: TaskState,
+    /// `flags` (`PF_*`).
+    pub flags: u32,
+    /// Real user and group ids, effective user and group ids (`real_cred`).
+    pub uid: u32,
+    /// Real group id.
+    pub gid: u32,
+    /// Effective user id.
+    pub euid: u32,
+    /// Effective group id.
+    pub egid: u32,
+    /// `start_time`: monotonic nanoseconds since boot at creation.
+    pub start_time_ns: u64,
+    /// `start_boottime` (`real_start_time` before 5.5): boot-time nanoseconds at creation,
+    /// counting suspend.
+    pub start_boottime_ns: Option<u64>,
+    /// The `mm_struct` (`None` for kernel threads).
+    pub mm: Option<Va>,
+    /// Physical root of the user address space: `mm->pgd` minus the direct-map base.
+    /// Under KPTI this is the kernel half of the PGD pair, which maps user space too.
+    pub user_root: Option<Pa>,
+}
+
+impl LinuxTask {
+    /// Whether it is a kernel thread (no user address space).
+    pub fn is_kernel_thread(&self) -> bool {
+        self.mm.is_none()
+    }
+
+    /// Whether it leads its thread group (is a process).
+    pub fn is_group_leader(&self) -> bool {
+        self.pid == self.tgid
+    }
+}
+
+/// Tasks found by a walk, and the objects that could not be read.
+#[derive(Debug, Default)]
+pub struct TaskList {
+    /// The tasks read, in list order.
+    pub tasks: Vec<LinuxTask>,
+    /// What was skipped: the address of the object (a `task_struct` or the list node
+    /// whose link broke) and why.
+    pub skipped: Skipped,
+}
+
+impl LinuxOs {
+    /// Kernel memory of `core` through the kernel page tables.
+    pub(crate) fn kmem<'a, D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &'a VmiCore<D>,
+    ) -> Kmem<'a, D> {
+        Kmem::new(core, self.kernel.kernel_root, self.kernel.paging_mode)
+    }
+
+    pub(crate) fn symbol(&self, name: &'static str) -> Result<Va, VmiError> {
+        self.profile
+            .symbol_address(name)
+            .map(Va)
+            .map_err(|_| VmiError::NotFound {
+                kind: "symbol",
+                name: name.into(),
+            })
+    }
+
+    /// Reads one `task_struct`.
+    pub fn task<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        task: Va,
+    ) -> Result<LinuxTask, VmiError> {
+        let k = self.kmem(core);
+        let o = &self.offsets.task;
+        if !is_kernel_address(task.0, k.mode) {
+            return Err(malformed("task_struct", task.0, "not a kernel address"));
+        }
+        let state_off = o.state_new.or(o.state_old).unwrap_or(0);
+        let comm_len = o.comm.size.unwrap_or(16).min(64) as usize;
+        let fields = [
+            o.pid,
+            o.tgid,
+            o.real_parent,
+            o.mm,
+            o.real_cred,
+            o.flags,
+            state_off,
+            o.exit_state,
+            o.start_time,
+            o.comm.offset,
+        ];
+        let lo = fields.iter().copied().min().unwrap_or(0);
+        let hi = fields
+            .iter()
+            .map(|f| f + 8)
+            .max()
+            .unwrap_or(8)
+            .max(o.comm.offset + comm_len as u64);
+        let w = k.window(task, lo, hi)?;
+        let pid = w.u32(o.pid)?;
+        let tgid = w.u32(o.tgid)?;
+        let comm = fixed_cstr(w.bytes(o.comm.offset, comm_len)?);
+        let parent = k.check_ptr(
+            w.u64(o.real_parent)?,
+            "task_struct.real_parent",
+            w.at(o.real_parent),
+        )?;
+        let ppid = k.u32(parent + o.tgid)?;
+        let cred = k.check_ptr(
+            w.u64(o.real_cred)?,
+            "task_struct.real_cred",
+            w.at(o.real_cred),
+        )?;
+        let cw = k.window(
+            cred,
+            o.cred_uid.min(o.cred_gid).min(o.cred_euid).min(o.cred_egid),
+            o.cred_uid.max(o.cred_gid).max(o.cred_euid).max(o.cred_egid) + 4,
+        )?;
+        let start_boottime_ns = match o.start_boottime.or(o.real_start_time) {
+            Some(off) => Some(k.u64(task + off)?),
+            None => None,
+        };
+        let mm = match w.u64(o.mm)? {
+            0 => None,
+            v => Some(k.check_ptr(v, "task_struct.mm", w.at(o.mm))?),
+        };
+        let user_root = match (mm, &self.offsets.mm) {
+            (Some(mm), Ok(mo)) => Some(self.user_root_of(&k, mm + mo.pgd)?),
+            _ => None,
+        };
+        Ok(LinuxTask {
+            task,
+            pid,
+            tgid,
+            ppid,
+            comm,
+            state: TaskState {
+                state: w.u32(state_off)?,
+                exit_state: w.u32(o.exit_state)?,
+            },
+            flags: w.u32(o.flags)?,
+            uid: cw.u32(o.cred_uid)?,
+            gid: cw.u32(o.cred_gid)?,
+            euid: cw.u32(o.cred_euid)?,
+            egid: cw.u32(o.cred_egid)?,
+            start_time_ns: w.u64(o.start_time)?,
+            start_boottime_ns,
+            mm,
+            user_root,
+        })
+    }
+
+    /// `mm->pgd` (read at `pgd_at`) as a physical page-table root.
+    fn user_root_of<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        pgd_at: Va,
+    ) -> Result<Pa, VmiError> {
+        let pgd = k.ptr(pgd_at, "mm_struct.pgd")?;
+        let off = pgd
+            .checked_offset_from(self.kernel.page_offset_base)
+            .filter(|_| pgd.is_aligned(4096))
+            .ok_or_else(|| {
+                malformed(
+                    "mm_struct.pgd",
+                    pgd_at.0,
+                    format!("{pgd} is not a page in the direct map"),
+                )
+            })?;
+        Ok(Pa(off))
+    }
+
+    /// `init_task` (pid 0, the boot CPU's idle task): the head of the task list.
+    pub fn init_task(&self) -> Result<Va, VmiError> {
+        self.symbol("init_task")
+    }
+
+    /// Every process (thread-group leader) on the `tasks` list, `init_task` (pid 0)
+    /// excluded. Tasks that cannot be read, and broken list links, are in `skipped`.
+    pub fn process_list<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+    ) -> Result<TaskList, VmiError> {
+        let k = self.kmem(core);
+        let head = self.init_task()? + self.offsets.task.tasks;
+        let walk = walk_list(&k, head, "task_struct.tasks", self.limits.max_list);
+        let mut out = TaskList {
+            tasks: Vec::with_capacity(walk.nodes.len()),
+            skipped: walk.errors,
+        };
+        for node in walk.nodes {
+            let task = node - self.offsets.task.tasks;
+            match self.task(core, task) {
+                Ok(t) => out.tasks.push(t),
+                Err(e) => out.skipped.push((task, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// The `task_struct`s of the threads of the process led by `leader`, leader first.
+    pub fn thread_tasks<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        leader: Va,
+    ) -> Result<(Vec<Va>, Skipped), VmiError> {
+        let k = self.kmem(core);
+        let o = &self.offsets.task;
+        if let (Some(node), Some(head)) = (o.thread_node, o.thread_head) {
+            // 6.7+: signal->thread_head lists every thread through task->thread_node.
+            let signal = k.ptr(leader + o.signal, "task_struct.signal")?;
+            let walk = walk_list(
+                &k,
+                signal + head,
+                "signal_struct.thread_head",
+                self.limits.max_list,
+            );
+            let tasks = walk.nodes.into_iter().map(|n| n - node).collect();
+            Ok((tasks, walk.errors))
+        } else if let Some(group) = o.thread_group {
+            // Before 6.7: a ring through task->thread_group that includes the leader.
+            let walk = walk_list(
+                &k,
+                leader + group,
+                "task_struct.thread_group",
+                self.limits.max_list,
+            );
+            let mut tasks = vec![leader];
+            tasks.extend(walk.nodes.into_iter().map(|n| n - group));
+            Ok((tasks, walk.errors))
+        } else {
+            Err(VmiError::not_supported(
+                "listing threads (no task_struct.thread_node or thread_group in the profile)",
+                "linux",
+            ))
+        }
+    }
+
+    /// The threads of the process led by the task at `leader`.
+    pub fn threads_of<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        leader: Va,
+    ) -> Result<TaskList, VmiError> {
+        let (tasks, skipped) = self.thread_tasks(core, leader)?;
+        let mut out = TaskList {
+            tasks: Vec::with_capacity(tasks.len()),
+            skipped,
+        };
+        let mut seen = HashSet::new();
+        for t in tasks {
+            if !seen.insert(t) {
+                continue;
+            }
+            match self.task(core, t) {
+                Ok(task) => out.tasks.push(task),
+                Err(e) => out.skipped.push((t, e)),
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every thread of every process.
+    pub fn all_threads<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+    ) -> Result<TaskList, VmiError> {
+        let procs = self.process_list(core)?;
+        let mut out = TaskList {
+            tasks: Vec::new(),
+            skipped: procs.skipped,
+        };
+        for p in procs.tasks {
+            match self.threads_of(core, p.task) {
+                Ok(mut t) => {
+                    out.tasks.append(&mut t.tasks);
+                    out.skipped.append(&mut t.skipped);
+                }
+                Err(e) => {
+                    out.skipped.push((p.task, e));
+                    out.tasks.push(p);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// The process with this pid (tgid).
+    pub fn find_process<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        pid: u32,
+    ) -> Result<LinuxTask, VmiError> {
+        self.process_list(core)?
+            .tasks
+            .into_iter()
+            .find(|t| t.tgid == pid)
+            .ok_or_else(|| VmiError::NotFound {
+                kind: "process",
+                name: pid.to_string(),
+            })
+    }
+
+    /// Reads `[start, end)` of a process's user memory, split at NULs: the argument or
+    /// environment strings. Bounded by [`Limits::max_args`](crate::Limits::max_args).
+    fn user_strings<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        task: &LinuxTask,
+        start_off: u64,
+        end_off: u64,
+        what: &'static str,
+    ) -> Result<Vec<String>, VmiError> {
+        let (Some(mm), Some(root)) = (task.mm, task.user_root) else {
+            return Err(VmiError::NotFound {
+                kind: "user address space",
+                name: format!("kernel thread {} ({})", task.pid, task.comm),
+            });
+        };
+        let k = self.kmem(core);
+        let start = k.u64(mm + start_off)?;
+        let end = k.u64(mm + end_off)?;
+        if end < start || !is_user_address(end, k.mode) {
+            return Err(malformed(what, mm.0, format!("range {start:#x}..{end:#x}")));
+        }
+        let len = usize::try_from(end - start)
+            .unwrap_or(usize::MAX)
+            .min(self.limits.max_args);
+        let mut buf = vec![0u8; len];
+        let n = core.read_available(k.with_root(root).ctx(Va(start)), &mut buf);
+        if n == 0 && len > 0 {
+            // Report why the first page is unreadable.
+            core.read(k.with_root(root).ctx(Va(start)), &mut buf[..1])?;
+        }
+        buf.truncate(n);
+        if buf.last() == Some(&0) {
+            buf.pop();
+        }
+        if buf.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(buf
+            .split(|&b| b == 0)
+            .map(|s| String::from_utf8_lossy(s).into_owned())
+            .collect())
+    }
+
+    /// The command line (`mm->arg_start..arg_end`), one string per argument.
+    pub fn cmdline<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        task: &LinuxTask,
+    ) -> Result<Vec<String>, VmiError> {
+        let mo = self.mm_offsets()?;
+        self.user_strings(core, task, mo.arg_start, mo.arg_end, "mm_struct.arg_start")
+    }
+
+    /// The environment (`mm->env_start..env_end`), one `KEY=VALUE` string per variable.
+    pub fn environment<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        task: &LinuxTask,
+    ) -> Result<Vec<String>, VmiError> {
+        let mo = self.mm_offsets()?;
+        self.user_strings(core, task, mo.env_start, mo.env_end, "mm_struct.env_start")
+    }
+
+    pub(crate) fn mm_offsets(&self) -> Result<&crate::offsets::MmOffsets, VmiError> {
+        self.offsets
+            .mm
+            .as_ref()
+            .map_err(|e| crate::builder::os_error("memory maps", e.clone()))
+    }
+
+    /// Offset of a per-CPU variable from the per-CPU base: the symbol itself with absolute
+    /// per-CPU symbols (x86-64 before 6.15), else its distance from `__per_cpu_start`.
+    fn percpu_offset(&self, name: &'static str) -> Result<u64, VmiError> {
+        let sym = self.profile.symbol(name).ok_or(VmiError::NotFound {
+            kind: "symbol",
+            name: name.into(),
+        })?;
+        if sym.kind == Some('A') || sym.address < 1 << 32 {
+            return Ok(sym.address);
+        }
+        let start = self.symbol("__per_cpu_start")?;
+        sym.address
+            .checked_sub(start.0)
+            .ok_or_else(|| malformed("per-cpu symbol", sym.address, "below __per_cpu_start"))
+    }
+
+    /// Offset of `current_task` from a per-CPU base (`pcpu_hot.current_task` on 6.2+).
+    fn current_task_offset(&self) -> Result<u64, VmiError> {
+        match self.percpu_offset("current_task") {
+            Ok(o) => Ok(o),
+            Err(_) => {
+                let hot = self.percpu_offset("pcpu_hot")?;
+                let field = self
+                    .offsets
+                    .misc
+                    .pcpu_hot_current
+                    .ok_or(VmiError::NotFound {
+                        kind: "field",
+                        name: "pcpu_hot.current_task".into(),
+                    })?;
+                Ok(hot + field)
+            }
+        }
+    }
+
+    /// The per-CPU base of `cpu` from `__per_cpu_offset[cpu]` (no registers needed).
+    pub fn per_cpu_base<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        cpu: u32,
+    ) -> Result<Va, VmiError> {
+        let k = self.kmem(core);
+        if let Ok(n) = self.symbol("nr_cpu_ids").and_then(|a| k.u32(a))
+            && cpu >= n
+        {
+            return Err(VmiError::NotFound {
+                kind: "cpu",
+                name: format!("{cpu} (nr_cpu_ids is {n})"),
+            });
+        }
+        let table = self.symbol("__per_cpu_offset")?;
+        let off = k.u64(table + u64::from(cpu) * 8)?;
+        Ok(Va(off))
+    }
+
+    /// The task running on `cpu`: from that vCPU's registers (GS base) when they were
+    /// given to the builder, else from `__per_cpu_offset[cpu]`.
+    pub fn current_task<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        cpu: u32,
+    ) -> Result<LinuxTask, VmiError> {
+        if let Some(regs) = self.registers.get(cpu as usize)
+            && let Ok(t) = self.current_task_from_registers(core, regs)
+        {
+            return Ok(t);
+        }
+        let base = self.per_cpu_base(core, cpu)?;
+        self.current_task_at(core, base)
+    }
+
+    fn current_task_at<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        base: Va,
+    ) -> Result<LinuxTask, VmiError> {
+        let k = self.kmem(core);
+        let at = base + self.current_task_offset()?;
+        let task = k.ptr(at, "current_task")?;
+        self.task(core, task)
+    }
+
+    /// The task running on a vCPU, from its registers: the kernel's GS base (the active
+    /// one in kernel mode, `KERNEL_GS_BASE` in user mode) plus `current_task`'s offset.
+    pub fn current_task_from_registers<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        regs: &Registers,
+    ) -> Result<LinuxTask, VmiError> {
+        let mode = self.kernel.paging_mode;
+        let mut last = VmiError::NoRegisters("finding the current task (no kernel GS base)");
+        // At the very first instructions of a syscall the CPL is 0 but GS is still the
+        // user's: try the other base too.
+        for base in [regs.kernel_gs(), regs.gs_base, regs.kernel_gs_base] {
+            if !is_kernel_address(base, mode) {
+                continue;
+            }
+            match self.current_task_at(core, Va(base)) {
+                Ok(t) => return Ok(t),
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+}
