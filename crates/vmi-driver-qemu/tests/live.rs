@@ -118,6 +118,21 @@ fn memory_layout_registers_control() {
     assert_eq!(core.vm_state().unwrap(), VmState::Running);
     assert_eq!(status(&g), "running");
 
+    // Writing registers (gdbstub `P`), restored before the guest runs again.
+    {
+        let _pause = core.pause_guard().unwrap();
+        let orig = core.registers(VcpuId(1)).unwrap();
+        let mut changed = orig.clone();
+        changed.r15 ^= 0x5a5a;
+        changed.rax ^= 1;
+        core.set_registers(VcpuId(1), &changed).unwrap();
+        let back = core.registers(VcpuId(1)).unwrap();
+        assert_eq!((back.r15, back.rax), (changed.r15, changed.rax));
+        core.set_registers(VcpuId(1), &orig).unwrap();
+        assert_eq!(core.registers(VcpuId(1)).unwrap(), orig);
+    }
+    assert_eq!(status(&g), "running");
+
     // The kernel banner at the physical address of `linux_banner` equals the RAM file.
     let regs = core.registers(VcpuId(0)).unwrap();
     let banner_va = Va(ksym(&g, "linux_banner"));
