@@ -22,31 +22,55 @@ pub(crate) struct ListWalk {
     pub(crate) errors: Vec<(Va, VmiError)>,
 }
 
-/// Follows one link (`next` at offset 0 or `prev` at offset 8) from `cur`, checking that
-/// the node it reaches links back.
+/// Why one link could not be followed, and the node it pointed to when that node is
+/// readable but does not point back.
+struct Broken {
+    error: VmiError,
+    target: Option<Va>,
+}
+
+/// Follows one link (`next` at offset 0 or `prev` at offset 8) from `cur`. Stops before
+/// the back check when the target is the head or already visited (`join`), else checks
+/// that the node reached links back to `cur`.
 fn step<D: VmiRead<Architecture = Amd64>>(
     k: &Kmem<'_, D>,
     cur: Va,
     forward: bool,
     what: &'static str,
-) -> Result<Va, VmiError> {
+    join: impl Fn(Va) -> bool,
+) -> Result<Va, Broken> {
     let (there, back) = if forward { (0, 8) } else { (8, 0) };
-    let next = k.ptr(cur + there, what)?;
-    let back_ptr = k.u64(next + back)?;
+    let next = k.ptr(cur + there, what).map_err(|error| Broken {
+        error,
+        target: None,
+    })?;
+    if join(next) {
+        return Ok(next);
+    }
+    let back_ptr = k.u64(next + back).map_err(|error| Broken {
+        error,
+        target: None,
+    })?;
     if back_ptr != cur.0 {
-        return Err(malformed(
-            what,
-            cur.0,
-            format!(
-                "link to {next} does not point back (its {} is {back_ptr:#x})",
-                if forward { "prev" } else { "next" }
+        return Err(Broken {
+            error: malformed(
+                what,
+                cur.0,
+                format!(
+                    "link to {next} does not point back (its {} is {back_ptr:#x})",
+                    if forward { "prev" } else { "next" }
+                ),
             ),
-        ));
+            target: Some(next),
+        });
     }
     Ok(next)
 }
 
 /// Walks the circular list whose head is at `head`, visiting at most `limit` nodes.
+///
+/// When the forward walk breaks, the rest is walked backwards from the head. A node whose
+/// own links are both broken is still kept when its two neighbours both point at it.
 pub(crate) fn walk_list<D: VmiRead<Architecture = Amd64>>(
     k: &Kmem<'_, D>,
     head: Va,
@@ -56,22 +80,21 @@ pub(crate) fn walk_list<D: VmiRead<Architecture = Amd64>>(
     let mut out = ListWalk::default();
     let mut seen: HashSet<Va> = HashSet::new();
     seen.insert(head);
+    let limit_error = |count| VmiError::WalkLimit {
+        what,
+        count,
+        reason: "limit",
+    };
     let mut cur = head;
-    loop {
+    let dangling = loop {
         if out.nodes.len() >= limit {
-            out.errors.push((
-                cur,
-                VmiError::WalkLimit {
-                    what,
-                    count: out.nodes.len(),
-                    reason: "limit",
-                },
-            ));
+            out.errors.push((cur, limit_error(out.nodes.len())));
             return out;
         }
-        match step(k, cur, true, what) {
+        match step(k, cur, true, what, |n| seen.contains(&n)) {
             Ok(next) if next == head => return out,
-            Ok(next) if !seen.insert(next) => {
+            Ok(next) if seen.contains(&next) => {
+                // Back to a visited node: a cycle that misses the head.
                 out.errors.push((
                     cur,
                     VmiError::WalkLimit {
@@ -80,34 +103,46 @@ pub(crate) fn walk_list<D: VmiRead<Architecture = Amd64>>(
                         reason: "cycle",
                     },
                 ));
-                break;
+                break None;
             }
             Ok(next) => {
+                seen.insert(next);
                 out.nodes.push(next);
                 cur = next;
             }
-            Err(e) => {
-                out.errors.push((cur, e));
-                break;
+            Err(Broken { error, target }) => {
+                out.errors.push((cur, error));
+                break target;
             }
         }
-    }
+    };
     // Broken forward: recover the tail backwards from the head.
     let mut back = Vec::new();
     let mut cur = head;
     while out.nodes.len() + back.len() < limit {
-        match step(k, cur, false, what) {
-            Ok(prev) if prev == head || seen.contains(&prev) => break,
+        match step(k, cur, false, what, |n| seen.contains(&n)) {
+            Ok(prev) if seen.contains(&prev) => break,
             Ok(prev) => {
                 seen.insert(prev);
                 back.push(prev);
                 cur = prev;
             }
-            Err(e) => {
-                out.errors.push((cur, e));
+            Err(Broken { error, target }) => {
+                out.errors.push((cur, error));
+                // Both neighbours point at the same node: keep it.
+                if let Some(t) = target
+                    && dangling == Some(t)
+                    && seen.insert(t)
+                {
+                    back.push(t);
+                }
                 break;
             }
         }
+    }
+    if out.nodes.len() + back.len() >= limit {
+        out.errors
+            .push((cur, limit_error(out.nodes.len() + back.len())));
     }
     out.nodes.extend(back.into_iter().rev());
     out

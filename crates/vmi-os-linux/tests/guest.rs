@@ -1,17 +1,106 @@
-//! The OS layer against the live test guest, per configuration: its RAM file (raw,
-//! no registers), and its ELF and kdump dumps.
+//! The OS layer against the live test guest, one boot per configuration, every check
+//! over each way of reaching the guest: its RAM file (raw, no registers), its ELF dump
+//! (VMCOREINFO note + registers), its kdump dump, and the live guest through QEMU.
 
 mod common;
 
+use std::path::Path;
 use std::time::Instant;
 
 use common::{RamFile, check_all};
-use vmi_core::VmiCore;
-use vmi_os_linux::{LinuxOs, ProfileOrigin};
-use vmi_test_guest::{GuestConfig, TestGuest};
+use vmi_arch_amd64::Amd64;
+use vmi_core::{VmiCore, VmiError, VmiRead};
+use vmi_driver_dump::DumpDriver;
+use vmi_driver_qemu::QemuDriver;
+use vmi_os_linux::{LinuxOs, ProfileOrigin, VmcoreinfoOrigin};
+use vmi_test_guest::{DumpFormat, GuestConfig, TestGuest, Truth};
 
-/// Boots `cfg`, pauses it and runs every check over the RAM file, first building the
-/// profile from memory, then from the cache.
+/// Checks that need registers: the register cross-checks and the current task of each
+/// vCPU (from GS base and from `__per_cpu_offset`, which must agree).
+fn check_registers<D: VmiRead<Architecture = Amd64>>(
+    label: &str,
+    core: &VmiCore<D>,
+    os: &LinuxOs,
+    truth: &Truth,
+    live: bool,
+) {
+    let k = os.kernel();
+    assert_eq!(
+        k.register_checks.len(),
+        truth.ncpus as usize,
+        "[{label}] vcpus"
+    );
+    for c in &k.register_checks {
+        assert!(c.paging_mode_agrees, "[{label}] LA57 vs memory: {c:?}");
+        assert_eq!(c.idt_agrees, Some(true), "[{label}] IDT gate 0: {c:?}");
+        assert_ne!(c.lstar_agrees, Some(false), "[{label}] LSTAR: {c:?}");
+    }
+    for cpu in 0..truth.ncpus {
+        let from_regs = os.current_task(core, cpu).expect("current task");
+        let from_table = os
+            .per_cpu_base(core, cpu)
+            .and_then(|b| {
+                os.current_task_from_registers(
+                    core,
+                    &vmi_arch_amd64::Registers {
+                        gs_base: b.0,
+                        ..Default::default()
+                    },
+                )
+            })
+            .expect("current task from __per_cpu_offset");
+        eprintln!(
+            "[{label}] cpu{cpu}: current {} {} (per-cpu table: {} {})",
+            from_regs.pid, from_regs.comm, from_table.pid, from_table.comm
+        );
+        if !live {
+            assert_eq!(
+                from_regs.task, from_table.task,
+                "[{label}] current task of cpu{cpu}"
+            );
+        }
+        if from_regs.pid == 0 {
+            assert_eq!(
+                from_regs.comm,
+                format!("swapper/{cpu}"),
+                "[{label}] idle task"
+            );
+        }
+    }
+}
+
+fn dump_checks(label: &str, guest: &TestGuest, format: DumpFormat, file: &Path, cache: &Path) {
+    let truth = guest.truth();
+    guest.dump(format, file).expect("dump");
+    let driver = match DumpDriver::open(file) {
+        Ok(d) => d,
+        Err(e @ VmiError::NotSupported { .. }) => {
+            common::skip(&format!("[{label}] {format:?} dump: {e}"));
+            return;
+        }
+        Err(e) => panic!("[{label}] opening the {format:?} dump: {e}"),
+    };
+    let note = driver.vmcoreinfo().map(str::to_owned);
+    let core = VmiCore::new(driver).unwrap();
+    let t = Instant::now();
+    let mut b = LinuxOs::builder()
+        .cache_dir(cache)
+        .registers_from(&core)
+        .expect("registers");
+    if let Some(n) = &note {
+        b = b.vmcoreinfo(n.as_bytes());
+    }
+    let os = b.build(&core).expect("LinuxOs from dump");
+    eprintln!("[{label}] {format:?} dump: {:?}", t.elapsed());
+    if note.is_some() {
+        assert_eq!(os.kernel().vmcoreinfo_origin, VmcoreinfoOrigin::Given);
+    }
+    check_all(&format!("{label}/{format:?}"), &core, &os, truth);
+    check_registers(&format!("{label}/{format:?}"), &core, &os, truth, false);
+    let _ = std::fs::remove_file(file);
+}
+
+/// Boots `cfg` and runs every check over every access path.
 fn run(label: &str, cfg: GuestConfig) {
     let Some(guest) = TestGuest::boot_or_skip(cfg) else {
         return;
@@ -20,6 +109,8 @@ fn run(label: &str, cfg: GuestConfig) {
     let truth = guest.truth();
     let env = guest.env();
     let cache = guest.dir().join("profile-cache");
+
+    // Raw RAM file, no registers: the VMCOREINFO scan; profile from memory, then cache.
     let core = VmiCore::new(RamFile::open(guest.mem_file(), env.mem_size).unwrap()).unwrap();
     let t = Instant::now();
     let os = LinuxOs::builder()
@@ -28,8 +119,16 @@ fn run(label: &str, cfg: GuestConfig) {
         .expect("LinuxOs from RAM");
     eprintln!("[{label}] raw, profile from memory: {:?}", t.elapsed());
     assert_eq!(os.kernel().profile_origin, ProfileOrigin::Memory);
+    assert!(matches!(
+        os.kernel().vmcoreinfo_origin,
+        VmcoreinfoOrigin::Scanned(_)
+    ));
     check_all(&format!("{label}/raw"), &core, &os, truth);
-
+    // Without registers, the current task comes from __per_cpu_offset.
+    for cpu in 0..truth.ncpus {
+        os.current_task(&core, cpu)
+            .expect("current task without registers");
+    }
     let core = VmiCore::new(RamFile::open(guest.mem_file(), env.mem_size).unwrap()).unwrap();
     let t = Instant::now();
     let os = LinuxOs::builder()
@@ -42,10 +141,89 @@ fn run(label: &str, cfg: GuestConfig) {
         ProfileOrigin::Cache(_)
     ));
     check_all(&format!("{label}/raw-cached"), &core, &os, truth);
+
+    // Dumps.
+    dump_checks(
+        label,
+        &guest,
+        DumpFormat::Elf,
+        &guest.dir().join("dump.elf"),
+        &cache,
+    );
+    dump_checks(
+        label,
+        &guest,
+        DumpFormat::KdumpZlib,
+        &guest.dir().join("dump.kdump"),
+        &cache,
+    );
+
+    // Live, through QEMU (paused by the harness for a consistent view).
+    match QemuDriver::attach(guest.qmp_socket()) {
+        Ok(driver) => {
+            let core = VmiCore::new(driver).unwrap();
+            let os = LinuxOs::builder()
+                .cache_dir(&cache)
+                .registers_from(&core)
+                .expect("live registers")
+                .build(&core)
+                .expect("LinuxOs live");
+            check_all(&format!("{label}/live"), &core, &os, truth);
+            check_registers(&format!("{label}/live"), &core, &os, truth, true);
+        }
+        Err(e) => panic!("[{label}] attaching to QEMU: {e}"),
+    }
     guest.resume().expect("resume");
 }
 
 #[test]
-fn default_config() {
+fn bookworm_default() {
     run("default", GuestConfig::default());
+}
+
+#[test]
+fn bookworm_five_level() {
+    run("cpu-max", GuestConfig::default().cpu("max"));
+}
+
+#[test]
+fn bookworm_kpti() {
+    run(
+        "kpti",
+        GuestConfig::default().cpu("qemu64,vendor=GenuineIntel"),
+    );
+}
+
+#[test]
+fn bookworm_nokaslr() {
+    run("nokaslr", GuestConfig::default().kaslr(false));
+}
+
+#[test]
+fn bookworm_smp2() {
+    run("smp2", GuestConfig::default().smp(2));
+}
+
+#[test]
+fn bookworm_3g() {
+    run("3g", GuestConfig::default().mem_mb(3072));
+}
+
+#[test]
+fn trixie_default() {
+    run(
+        "trixie",
+        GuestConfig::default().kernel("trixie:linux-image-cloud-amd64".parse().unwrap()),
+    );
+}
+
+#[test]
+fn trixie_five_level_smp2() {
+    run(
+        "trixie-max-smp2",
+        GuestConfig::default()
+            .cpu("max")
+            .smp(2)
+            .kernel("trixie:linux-image-cloud-amd64".parse().unwrap()),
+    );
 }

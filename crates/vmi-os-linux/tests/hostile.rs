@@ -1,0 +1,449 @@
+//! Hostile guests on the mock driver: a tiny synthetic kernel (VMCOREINFO, page tables,
+//! a task list, a profile built by hand) whose task list is then corrupted — cycles,
+//! garbage and non-canonical pointers, links that do not point back, unmapped objects,
+//! random byte flips. Every case must end with typed errors in `skipped`, never a panic
+//! or a hang, and keep every task that is still reachable.
+
+use std::collections::BTreeSet;
+
+use rand::rngs::SmallRng;
+use rand::{Rng, SeedableRng};
+use vmi_core::{Pa, Va, VmiCore, VmiError};
+use vmi_driver_mock::{MockDriver, PageSize, PageTableBuilder};
+use vmi_os_linux::{Limits, LinuxOs, VmcoreinfoOrigin};
+use vmi_profile::{
+    Composite, IntEncoding, Member, Metadata, OsKind, Profile, Symbol, SymbolTable, Type,
+    TypesBuilder,
+};
+
+const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
+const SWAPPER: u64 = 0xffff_ffff_82a1_0000;
+const REGION_VA: u64 = 0xffff_ffff_82a0_0000;
+const REGION_PA: u64 = 0x40_0000;
+const ROOT: u64 = REGION_PA + (SWAPPER - REGION_VA);
+const INIT_TASK: u64 = 0xffff_ffff_82a2_0000;
+const CRED: u64 = 0xffff_ffff_82a1_8000;
+const TASK_SIZE: u64 = 0x1000;
+const BANNER: u64 = 0xffff_ffff_82a1_9000;
+
+/// Layout of the synthetic `task_struct` (offset, size) and `cred`.
+const TASK_FIELDS: &[(&str, u64, u64)] = &[
+    ("__state", 0x18, 4),
+    ("stack", 0x20, 8),
+    ("flags", 0x2c, 4),
+    ("tasks", 0x100, 16),
+    ("mm", 0x120, 8),
+    ("exit_state", 0x130, 4),
+    ("pid", 0x140, 4),
+    ("tgid", 0x144, 4),
+    ("real_parent", 0x150, 8),
+    ("group_leader", 0x158, 8),
+    ("thread_group", 0x160, 16),
+    ("start_time", 0x170, 8),
+    ("start_boottime", 0x178, 8),
+    ("real_cred", 0x180, 8),
+    ("comm", 0x188, 16),
+    ("files", 0x198, 8),
+    ("signal", 0x1a0, 8),
+];
+const CRED_FIELDS: &[(&str, u64, u64)] = &[
+    ("uid", 4, 4),
+    ("gid", 8, 4),
+    ("euid", 12, 4),
+    ("egid", 16, 4),
+];
+const MM_FIELDS: &[(&str, u64, u64)] = &[
+    ("pgd", 0x48, 8),
+    ("arg_start", 0x100, 8),
+    ("arg_end", 0x108, 8),
+    ("env_start", 0x110, 8),
+    ("env_end", 0x118, 8),
+    ("mmap", 0x120, 8),
+];
+const VMA_FIELDS: &[(&str, u64, u64)] = &[
+    ("vm_start", 0, 8),
+    ("vm_end", 8, 8),
+    ("vm_next", 16, 8),
+    ("vm_mm", 0x40, 8),
+    ("vm_flags", 0x50, 8),
+    ("vm_pgoff", 0x78, 8),
+    ("vm_file", 0x80, 8),
+];
+
+fn off(name: &str) -> u64 {
+    TASK_FIELDS.iter().find(|f| f.0 == name).unwrap().1
+}
+
+fn profile() -> Profile {
+    let mut b = TypesBuilder::new();
+    let mut ints = std::collections::HashMap::new();
+    for size in [1u32, 2, 4, 8] {
+        let n = b.name(&format!("u{}", size * 8));
+        let id = b.push(Type::Int {
+            name: n,
+            size,
+            encoding: IntEncoding::default(),
+            bits: (size * 8) as u8,
+            bit_offset: 0,
+        });
+        ints.insert(u64::from(size), id);
+    }
+    let index = ints[&4];
+    let mut strukt = |b: &mut TypesBuilder, name: &str, size: u64, fields: &[(&str, u64, u64)]| {
+        let members: Vec<Member> = fields
+            .iter()
+            .map(|&(fname, offset, fsize)| {
+                let ty = match ints.get(&fsize) {
+                    Some(&t) => t,
+                    None => b.push(Type::Array {
+                        element: ints[&1],
+                        index,
+                        count: fsize as u32,
+                    }),
+                };
+                Member {
+                    name: b.name(fname),
+                    ty,
+                    bit_offset: offset * 8,
+                    bitfield_size: 0,
+                }
+            })
+            .collect();
+        let members = b.members(members);
+        let name = b.name(name);
+        b.push(Type::Struct(Composite {
+            name,
+            size,
+            members,
+        }));
+    };
+    strukt(&mut b, "task_struct", 0x800, TASK_FIELDS);
+    strukt(&mut b, "cred", 0x40, CRED_FIELDS);
+    strukt(&mut b, "mm_struct", 0x200, MM_FIELDS);
+    strukt(&mut b, "vm_area_struct", 0x100, VMA_FIELDS);
+    let types = b.build().unwrap();
+    let symbols = SymbolTable::new(vec![
+        Symbol {
+            name: "init_task".into(),
+            address: INIT_TASK,
+            kind: Some('D'),
+        },
+        Symbol {
+            name: "linux_banner".into(),
+            address: BANNER,
+            kind: Some('D'),
+        },
+    ]);
+    Profile::new(
+        Metadata {
+            os: OsKind::Linux,
+            ..Metadata::default()
+        },
+        symbols,
+        types,
+    )
+}
+
+fn vmcoreinfo() -> String {
+    let phys_base = ROOT.wrapping_sub(SWAPPER - START_KERNEL_MAP) as i64;
+    format!(
+        "OSRELEASE=6.1.0-mock\nPAGESIZE=4096\nSYMBOL(swapper_pg_dir)={SWAPPER:x}\n\
+         NUMBER(phys_base)={phys_base}\nKERNELOFFSET=0\n"
+    )
+}
+
+/// A kernel with `n` processes (pids 1..=n) after `init_task`, in a 2 MiB mapping.
+struct Mock {
+    driver: MockDriver,
+}
+
+fn task_va(i: u64) -> u64 {
+    INIT_TASK + i * TASK_SIZE
+}
+
+fn va_to_pa(va: u64) -> Pa {
+    Pa(REGION_PA + (va - REGION_VA))
+}
+
+impl Mock {
+    fn new(n: u64) -> Self {
+        let driver = MockDriver::new(16 << 20);
+        let mut tables = PageTableBuilder::new(&driver, Pa(ROOT), Pa(0x80_0000));
+        tables.map(Va(REGION_VA), Pa(REGION_PA), PageSize::Size2M);
+        let m = Self { driver };
+        m.write(BANNER, b"Linux version 6.1.0-mock\n\0");
+        m.write_u32(CRED + 4, 0);
+        for i in 0..=n {
+            let t = task_va(i);
+            m.write_u32(t + off("pid"), i as u32);
+            m.write_u32(t + off("tgid"), i as u32);
+            m.write_u32(t + off("__state"), 1);
+            m.write(t + off("comm"), format!("task{i}\0").as_bytes());
+            m.write_u64(t + off("real_parent"), INIT_TASK);
+            m.write_u64(t + off("real_cred"), CRED);
+            let next = task_va((i + 1) % (n + 1)) + off("tasks");
+            let prev = task_va((i + n) % (n + 1)) + off("tasks");
+            m.write_u64(t + off("tasks"), next);
+            m.write_u64(t + off("tasks") + 8, prev);
+        }
+        m
+    }
+
+    fn write(&self, va: u64, data: &[u8]) {
+        self.driver.write_physical(va_to_pa(va), data);
+    }
+    fn write_u32(&self, va: u64, v: u32) {
+        self.write(va, &v.to_le_bytes());
+    }
+    fn write_u64(&self, va: u64, v: u64) {
+        self.write(va, &v.to_le_bytes());
+    }
+
+    fn os(self, limits: Limits) -> (VmiCore<MockDriver>, LinuxOs) {
+        let core = VmiCore::new(self.driver).unwrap();
+        let os = LinuxOs::builder()
+            .no_cache()
+            .vmcoreinfo(vmcoreinfo())
+            .profile(profile())
+            .limits(limits)
+            .build(&core)
+            .expect("mock kernel");
+        (core, os)
+    }
+}
+
+fn pids(os: &LinuxOs, core: &VmiCore<MockDriver>) -> (BTreeSet<u32>, Vec<(Va, VmiError)>) {
+    let list = os.process_list(core).expect("process list");
+    (list.tasks.iter().map(|t| t.pid).collect(), list.skipped)
+}
+
+fn all(n: u32) -> BTreeSet<u32> {
+    (1..=n).collect()
+}
+
+#[test]
+fn intact_list() {
+    let (core, os) = Mock::new(5).os(Limits::default());
+    assert_eq!(os.kernel().release.as_deref(), Some("6.1.0-mock"));
+    assert_eq!(os.kernel().kernel_root, Pa(ROOT));
+    assert_eq!(
+        os.kernel().banner.as_deref(),
+        Some("Linux version 6.1.0-mock\n")
+    );
+    let (p, skipped) = pids(&os, &core);
+    assert_eq!(p, all(5));
+    assert!(skipped.is_empty(), "{skipped:?}");
+}
+
+#[test]
+fn vmcoreinfo_found_by_scan() {
+    let m = Mock::new(2);
+    m.driver
+        .write_physical(Pa(0x30_0123), vmcoreinfo().as_bytes());
+    let core = VmiCore::new(m.driver).unwrap();
+    let os = LinuxOs::builder()
+        .no_cache()
+        .profile(profile())
+        .build(&core)
+        .unwrap();
+    assert_eq!(
+        os.kernel().vmcoreinfo_origin,
+        VmcoreinfoOrigin::Scanned(Pa(0x30_0123))
+    );
+}
+
+#[test]
+fn wrong_vmcoreinfo_is_rejected() {
+    let m = Mock::new(2);
+    let core = VmiCore::new(m.driver).unwrap();
+    let bad = vmcoreinfo().replace("NUMBER(phys_base)=", "NUMBER(phys_base)=4096");
+    let err = LinuxOs::builder()
+        .no_cache()
+        .vmcoreinfo(bad)
+        .profile(profile())
+        .build(&core)
+        .unwrap_err();
+    assert!(matches!(err, VmiError::NotFound { .. }), "{err}");
+}
+
+#[test]
+fn consistent_cycle_is_detected() {
+    let m = Mock::new(5);
+    // task3 -> task1: a ring that never returns to the head. task1 does not point back
+    // to task3, so the walk stops there and recovers the tail backwards.
+    m.write_u64(task_va(3) + off("tasks"), task_va(1) + off("tasks"));
+    let (core, os) = m.os(Limits::default());
+    let (p, skipped) = pids(&os, &core);
+    assert_eq!(p, all(5), "the tail is recovered backwards");
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, Va(task_va(3) + off("tasks")));
+    // A self-loop whose prev also points to itself cannot be entered consistently either.
+    let m = Mock::new(5);
+    m.write_u64(task_va(2) + off("tasks"), task_va(2) + off("tasks"));
+    m.write_u64(task_va(2) + off("tasks") + 8, task_va(2) + off("tasks"));
+    let (core, os) = m.os(Limits::default());
+    let (p, skipped) = pids(&os, &core);
+    assert_eq!(p, all(5));
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+}
+
+#[test]
+fn garbage_pointers() {
+    for garbage in [
+        0x4141_4141_4141_4141u64,
+        0,
+        0x7fff_0000_1000,
+        INIT_TASK + 3,
+        0xffff_ffff_ffff_f000,
+    ] {
+        let m = Mock::new(5);
+        m.write_u64(task_va(2) + off("tasks"), garbage);
+        let (core, os) = m.os(Limits::default());
+        let (p, skipped) = pids(&os, &core);
+        assert_eq!(p, all(5), "garbage {garbage:#x}");
+        assert_eq!(skipped.len(), 1, "{skipped:?}");
+        assert_eq!(skipped[0].0, Va(task_va(2) + off("tasks")));
+    }
+}
+
+#[test]
+fn link_that_does_not_point_back() {
+    let m = Mock::new(5);
+    // task2.next skips task3 (task4.prev still says task3).
+    m.write_u64(task_va(2) + off("tasks"), task_va(4) + off("tasks"));
+    let (core, os) = m.os(Limits::default());
+    let (p, skipped) = pids(&os, &core);
+    assert_eq!(p, all(5));
+    assert!(
+        matches!(skipped[0].1, VmiError::Malformed { .. }),
+        "{skipped:?}"
+    );
+}
+
+#[test]
+fn both_links_of_a_task_broken() {
+    let m = Mock::new(5);
+    m.write_u64(task_va(3) + off("tasks"), 0xdead_beef);
+    m.write_u64(task_va(3) + off("tasks") + 8, 0xdead_beef);
+    let (core, os) = m.os(Limits::default());
+    let (p, skipped) = pids(&os, &core);
+    // task3 is still reached forwards from task2; its broken links cost nothing else.
+    assert_eq!(p, all(5));
+    assert_eq!(skipped.len(), 2, "{skipped:?}");
+}
+
+#[test]
+fn unmapped_objects_are_skipped() {
+    let m = Mock::new(5);
+    // An mm and a cred outside every mapping.
+    m.write_u64(task_va(4) + off("mm"), 0xffff_ffff_9000_0000);
+    m.write_u64(task_va(2) + off("real_cred"), 0xffff_ffff_9000_1000);
+    let (core, os) = m.os(Limits::default());
+    let (p, skipped) = pids(&os, &core);
+    assert_eq!(p, [1, 3, 5].into_iter().collect());
+    let bad: BTreeSet<Va> = skipped.iter().map(|s| s.0).collect();
+    assert_eq!(bad, [Va(task_va(2)), Va(task_va(4))].into_iter().collect());
+    assert!(
+        skipped.iter().all(|(_, e)| e.is_memory_unavailable()),
+        "{skipped:?}"
+    );
+}
+
+#[test]
+fn list_into_unmapped_memory() {
+    let m = Mock::new(5);
+    m.write_u64(task_va(2) + off("tasks"), 0xffff_ffff_9000_0100);
+    let (core, os) = m.os(Limits::default());
+    let (p, skipped) = pids(&os, &core);
+    assert_eq!(p, all(5));
+    assert!(skipped[0].1.is_memory_unavailable());
+}
+
+#[test]
+fn walk_limit() {
+    let (core, os) = Mock::new(50).os(Limits {
+        max_list: 10,
+        ..Limits::default()
+    });
+    let (p, skipped) = pids(&os, &core);
+    assert_eq!(p.len(), 10);
+    assert!(matches!(
+        skipped[0].1,
+        VmiError::WalkLimit {
+            reason: "limit",
+            ..
+        }
+    ));
+}
+
+#[test]
+fn vma_list_cycle_and_garbage() {
+    let m = Mock::new(3);
+    let mm = 0xffff_ffff_82b0_0000u64;
+    let vma = |i: u64| 0xffff_ffff_82b1_0000u64 + i * 0x100;
+    m.write_u64(task_va(1) + off("mm"), mm);
+    m.write_u64(mm + 0x48, 0xffff_8880_0010_0000);
+    for i in 0..4 {
+        m.write_u64(vma(i), 0x1000 * (i + 1));
+        m.write_u64(vma(i) + 8, 0x1000 * (i + 2));
+        m.write_u64(vma(i) + 16, vma((i + 1) % 4)); // a cycle
+        m.write_u64(vma(i) + 0x40, mm);
+    }
+    m.write_u64(vma(2) + 0x40, mm + 8); // belongs to another mm
+    m.write_u64(mm + 0x120, vma(0));
+    m.write_u64(mm + 0x100, 0x40_0000);
+    m.write_u64(mm + 0x108, 0x40_0010);
+    let (core, os) = m.os(Limits::default());
+    let list = os.process_list(&core).unwrap();
+    assert!(list.skipped.is_empty(), "{:?}", list.skipped);
+    let task = list.tasks.iter().find(|t| t.pid == 1).unwrap();
+    assert_eq!(task.user_root, Some(Pa(0x10_0000)));
+    let vmas = os.vmas(&core, task).unwrap();
+    let starts: Vec<u64> = vmas.vmas.iter().map(|v| v.start.0).collect();
+    assert_eq!(starts, [0x1000, 0x2000, 0x4000]);
+    assert_eq!(vmas.skipped.len(), 2, "{:?}", vmas.skipped);
+    assert!(vmas.skipped.iter().any(|(_, e)| matches!(
+        e,
+        VmiError::WalkLimit {
+            reason: "cycle",
+            ..
+        }
+    )));
+    // The user memory behind the root is not mapped: a typed error.
+    assert!(os.cmdline(&core, task).is_err());
+}
+
+#[test]
+fn seeded_random_corruption_never_panics() {
+    let mut rng = SmallRng::seed_from_u64(0x5eed_7);
+    for round in 0..300 {
+        let m = Mock::new(8);
+        for _ in 0..rng.gen_range(1..6) {
+            let t = task_va(rng.gen_range(0..=8));
+            let at = t + rng.gen_range(0..0x200u64);
+            let v: u64 = match rng.gen_range(0..4) {
+                0 => rng.r#gen(),
+                1 => task_va(rng.gen_range(0..=8)) + rng.gen_range(0..0x200u64),
+                2 => 0,
+                _ => u64::from(rng.r#gen::<u8>()),
+            };
+            m.write_u64(at & !7, v);
+        }
+        let core = VmiCore::new(m.driver).unwrap();
+        let Ok(os) = LinuxOs::builder()
+            .no_cache()
+            .vmcoreinfo(vmcoreinfo())
+            .profile(profile())
+            .build(&core)
+        else {
+            continue;
+        };
+        let list = os.process_list(&core).unwrap();
+        assert!(list.tasks.len() <= 8 + 1, "round {round}");
+        let _ = os.all_threads(&core);
+        for t in &list.tasks {
+            let _ = os.cmdline(&core, t);
+            let _ = os.vmas(&core, t);
+        }
+    }
+}
