@@ -121,6 +121,53 @@ pub enum ProfileError {
         what: String,
     },
 
+    /// A PDB file is malformed or lacks what we need.
+    #[error("{source_name}: bad pdb: {what}")]
+    Pdb {
+        /// The file.
+        source_name: String,
+        /// What is wrong.
+        what: String,
+    },
+
+    /// A PE image is malformed or has no CodeView (RSDS) record.
+    #[error("{source_name}: bad pe image: {what}")]
+    Pe {
+        /// The file or image.
+        source_name: String,
+        /// What is wrong.
+        what: String,
+    },
+
+    /// DWARF debug information is malformed.
+    #[error("{source_name}: bad dwarf: {what}")]
+    Dwarf {
+        /// The file.
+        source_name: String,
+        /// What is wrong.
+        what: String,
+    },
+
+    /// A symbol-server path (`_NT_SYMBOL_PATH` syntax) is malformed.
+    #[error("bad symbol path {path:?}: {what}")]
+    SymbolPath {
+        /// The path text.
+        path: String,
+        /// What is wrong.
+        what: String,
+    },
+
+    /// A PDB was found neither in a cache nor on any server.
+    #[error("{name} {id} not found; tried: {}", tried.join("; "))]
+    PdbNotFound {
+        /// PDB file name.
+        name: String,
+        /// Its identity.
+        id: crate::profile::PdbId,
+        /// Every place looked at, with why it failed.
+        tried: Vec<String>,
+    },
+
     /// A cache entry is corrupt, from another version, or for another key.
     #[error("{path}: rejected cache entry: {what}")]
     Cache {

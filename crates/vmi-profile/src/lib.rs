@@ -14,6 +14,9 @@
 //! | VMCOREINFO text | [`VmcoreInfo::parse`] |
 //! | System.map | [`sysmap::parse_system_map`] |
 //! | Volatility 3 ISF JSON (plain or `.json.xz`), import and export | [`isf`] |
+//! | Microsoft PDB (symbols as RVAs, types, GUID + age) | [`pdb::load_pdb`] |
+//! | PE CodeView record (PDB name, GUID, age) of a file or an in-memory image | [`pe::codeview_from_image`] |
+//! | Windows symbol servers and caches (`_NT_SYMBOL_PATH` syntax) | [`symsrv::SymbolServer`] |
 //! | on-disk cache keyed by banner / build id / PDB identity | [`cache`] |
 //!
 //! Design decision: this crate does not depend on `vmi-core`. Profiles are data about a
@@ -38,8 +41,11 @@ mod index;
 pub mod isf;
 pub mod kallsyms;
 pub mod linux;
+pub mod pdb;
+pub mod pe;
 mod profile;
 mod symbols;
+pub mod symsrv;
 pub mod sysmap;
 mod types;
 mod vmcoreinfo;

@@ -124,14 +124,15 @@ impl SymbolTable {
 
     /// Adds symbols from `other` whose names are not present yet.
     pub fn merge(&mut self, other: &SymbolTable) {
+        // Look names up before taking the vector: the index refers into it.
+        let new: Vec<Symbol> = other
+            .sorted
+            .iter()
+            .filter(|s| self.get(&s.name).is_none())
+            .cloned()
+            .collect();
         let mut all = std::mem::take(&mut self.sorted);
-        all.extend(
-            other
-                .sorted
-                .iter()
-                .filter(|s| self.get(&s.name).is_none())
-                .cloned(),
-        );
+        all.extend(new);
         *self = SymbolTable::new(all);
     }
 }
