@@ -206,6 +206,25 @@ impl LinuxOs {
         &self.limits
     }
 
+    /// The profile with link-time symbol addresses (the KASLR slide taken out), as
+    /// other tools and the cache expect it.
+    pub fn link_time_profile(&self) -> Profile {
+        let mut p = (*self.profile).clone();
+        p.symbols = p.symbols.relocated(self.kernel.kaslr_offset.wrapping_neg());
+        p
+    }
+
+    /// Writes the profile as a Volatility 3 ISF (link-time addresses, the running
+    /// kernel's banner), for `vol -s DIR`.
+    pub fn write_isf(&self, path: &std::path::Path) -> Result<(), VmiError> {
+        let mut p = self.link_time_profile();
+        if p.metadata.banner.is_none() {
+            p.metadata.banner = self.kernel.banner.clone();
+        }
+        vmi_profile::isf::write_isf(&p, &vmi_profile::isf::ExportOptions::default(), path)
+            .map_err(|e| builder::os_error(format!("writing the ISF {}", path.display()), e))
+    }
+
     /// Address of a kernel symbol (run time).
     pub fn symbol_address(&self, name: &str) -> Option<Va> {
         self.profile.symbols.address(name).map(Va)
