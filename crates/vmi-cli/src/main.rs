@@ -1,0 +1,238 @@
+//! `vmi`: introspect a running QEMU or a memory dump from the shell.
+//!
+//! ```text
+//! vmi --target qemu:/path/qmp.sock ps        # a running QEMU, attached by its QMP socket
+//! vmi --target guest.elf ps --json           # a dump (raw, ELF, kdump, LiME, Windows)
+//! ```
+//!
+//! Exit codes: 0 success, 1 the command failed, 2 bad usage, 3 the target could not be
+//! opened or its OS not recognised. Errors are one sentence; `-v` adds the cause chain.
+//! The JSON schemas of `--json` are documented in `docs/cli-json.md`.
+
+#![forbid(unsafe_code)]
+
+mod commands;
+mod output;
+mod target;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+/// Look into a running VM or a memory dump.
+#[derive(Parser, Debug)]
+#[command(name = "vmi", version, about, propagate_version = true)]
+pub struct Cli {
+    /// What to introspect: `qemu:<QMP socket path>`, or a dump file (format detected).
+    #[arg(long, short = 't', global = true, env = "VMI_TARGET")]
+    target: Option<String>,
+
+    /// Print JSON (stable, documented schema) instead of tables.
+    #[arg(long, global = true)]
+    json: bool,
+
+    /// Show the cause chain of errors.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
+
+    /// Kernel image for types (vmlinux with .BTF or a vmlinuz bzImage). Default: BTF read
+    /// from guest memory.
+    #[arg(long, global = true)]
+    kernel: Option<PathBuf>,
+
+    /// System.map for symbols. Default: kallsyms decoded from guest memory.
+    #[arg(long, global = true)]
+    system_map: Option<PathBuf>,
+
+    /// A Volatility 3 ISF (JSON or .json.xz) to use as the profile.
+    #[arg(long, global = true)]
+    profile: Option<PathBuf>,
+
+    /// Windows symbol path (`srv*CACHE*URL`), for Windows targets.
+    #[arg(long, global = true)]
+    symbol_path: Option<String>,
+
+    /// Do not read or write the on-disk profile cache.
+    #[arg(long, global = true)]
+    no_cache: bool,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+/// The commands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Target kind, architecture, vCPUs, paging, OS, kernel release, KASLR slide.
+    Info,
+    /// Processes: pid, ppid, uid, name, command line.
+    Ps {
+        /// Show the parent/child tree.
+        #[arg(long)]
+        tree: bool,
+        /// Include kernel threads.
+        #[arg(long, short = 'k')]
+        kernel_threads: bool,
+    },
+    /// Threads of a process.
+    Threads {
+        /// Process id.
+        pid: u32,
+    },
+    /// Loaded kernel modules.
+    Modules,
+    /// Memory regions (VMAs) of a process.
+    Maps {
+        /// Process id.
+        pid: u32,
+    },
+    /// Open files of a process.
+    Files {
+        /// Process id.
+        pid: u32,
+    },
+    /// Environment variables of a process (read from its user memory).
+    Env {
+        /// Process id.
+        pid: u32,
+    },
+    /// The kernel log.
+    Dmesg,
+    /// Hexdump of guest memory.
+    Read(ReadArgs),
+    /// Translate a virtual address, showing each page-table level.
+    Translate {
+        /// Virtual address (hex with 0x, or decimal), or a kernel symbol.
+        address: String,
+        /// In this process's address space (default: the kernel's).
+        #[arg(long)]
+        pid: Option<u32>,
+        /// In the address space with this page-table root.
+        #[arg(long, conflicts_with = "pid")]
+        cr3: Option<String>,
+    },
+    /// Write an ELF core of the target (physical memory, CPU state, VMCOREINFO).
+    Dump {
+        /// Output file.
+        out: PathBuf,
+    },
+    /// Break on a kernel function or address of a live target and print each hit.
+    Trace {
+        /// Kernel symbol or address.
+        location: String,
+        /// Stop after this many hits (default: until Ctrl-C).
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+        /// Use a software breakpoint instead of a hardware one.
+        #[arg(long)]
+        software: bool,
+    },
+    /// Profile operations.
+    #[command(subcommand)]
+    Profile(ProfileCommand),
+}
+
+/// `vmi read` arguments.
+#[derive(Args, Debug)]
+pub struct ReadArgs {
+    /// Address (hex with 0x, or decimal), or a kernel symbol.
+    address: String,
+    /// Number of bytes (default 256, at most 16 MiB).
+    #[arg(default_value = "256")]
+    len: String,
+    /// Virtual address in this process's address space.
+    #[arg(long, conflicts_with_all = ["cr3", "phys"])]
+    pid: Option<u32>,
+    /// Virtual address in the address space with this page-table root.
+    #[arg(long, conflicts_with = "phys")]
+    cr3: Option<String>,
+    /// The address is physical.
+    #[arg(long)]
+    phys: bool,
+}
+
+/// `vmi profile` sub-commands.
+#[derive(Subcommand, Debug)]
+pub enum ProfileCommand {
+    /// Export the target's profile.
+    Export {
+        /// Output format.
+        #[arg(long, value_enum, default_value = "isf")]
+        format: ProfileFormat,
+        /// Output file (`.json` or `.json.xz`... written as plain JSON).
+        out: PathBuf,
+    },
+}
+
+/// Profile export formats.
+#[derive(Clone, Copy, Debug, ValueEnum)]
+pub enum ProfileFormat {
+    /// Volatility 3 Intermediate Symbol Format (JSON).
+    Isf,
+}
+
+/// A failure with the exit code it maps to.
+#[derive(Debug)]
+pub struct Failure {
+    /// Exit code.
+    pub code: u8,
+    /// The error.
+    pub error: anyhow::Error,
+}
+
+impl<E: Into<anyhow::Error>> From<E> for Failure {
+    fn from(e: E) -> Self {
+        Failure {
+            code: 1,
+            error: e.into(),
+        }
+    }
+}
+
+/// Exit code when the target cannot be opened or understood.
+pub const EXIT_TARGET: u8 = 3;
+
+fn main() -> ExitCode {
+    // A bug must still end in one sentence, not a Rust panic dump.
+    std::panic::set_hook(Box::new(|info| {
+        let what = info
+            .payload()
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| info.payload().downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "unknown".into());
+        eprintln!("error: internal error in vmi ({what}); please report it");
+    }));
+    let cli = Cli::parse();
+    let verbose = cli.verbose;
+    match commands::run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(Failure { error, .. })
+            if error.chain().any(|c| {
+                c.downcast_ref::<std::io::Error>()
+                    .is_some_and(|e| e.kind() == std::io::ErrorKind::BrokenPipe)
+            }) =>
+        {
+            // The reader went away (`vmi ps | head`): not an error.
+            ExitCode::SUCCESS
+        }
+        Err(Failure { code, error }) => {
+            // One line: what failed and, after a colon, the innermost cause.
+            match error
+                .chain()
+                .last()
+                .filter(|_| error.chain().nth(1).is_some())
+            {
+                Some(root) if !verbose => eprintln!("error: {error}: {root}"),
+                _ => eprintln!("error: {error}"),
+            }
+            if verbose {
+                for cause in error.chain().skip(1) {
+                    eprintln!("  caused by: {cause}");
+                }
+            }
+            ExitCode::from(code)
+        }
+    }
+}

@@ -1,0 +1,90 @@
+//! Opening a target: a running QEMU by its QMP socket, or a dump file.
+
+use std::path::Path;
+
+use anyhow::anyhow;
+use vmi_arch_amd64::{Amd64, Registers};
+use vmi_core::{VcpuId, VmiCore, VmiDriver, VmiQueryRegisters, VmiRead};
+use vmi_driver_dump::DumpDriver;
+use vmi_driver_qemu::QemuDriver;
+use vmi_os_linux::LinuxOs;
+
+use crate::{Cli, EXIT_TARGET, Failure};
+
+/// An opened target.
+pub enum Target {
+    /// A running QEMU.
+    Qemu(VmiCore<QemuDriver>),
+    /// A memory dump.
+    Dump(VmiCore<DumpDriver>),
+}
+
+fn target_failure(error: anyhow::Error) -> Failure {
+    Failure {
+        code: EXIT_TARGET,
+        error,
+    }
+}
+
+/// Opens `spec`: `qemu:<socket>`, `xen:<domid>`, or a dump path.
+pub fn open(spec: &str) -> Result<Target, Failure> {
+    if let Some(socket) = spec.strip_prefix("qemu:") {
+        let driver = QemuDriver::attach(socket).map_err(|e| {
+            target_failure(anyhow!(e).context(format!("cannot attach to QEMU at {socket}")))
+        })?;
+        let core = VmiCore::new(driver).map_err(|e| target_failure(e.into()))?;
+        return Ok(Target::Qemu(core));
+    }
+    if spec.starts_with("xen:") {
+        return Err(target_failure(anyhow!(
+            "xen targets are not available: this vmi was built without a Xen driver"
+        )));
+    }
+    let path = Path::new(spec);
+    if !path.exists() {
+        return Err(target_failure(anyhow!(
+            "target {spec} does not exist (give a dump file or qemu:<QMP socket path>)"
+        )));
+    }
+    let driver = DumpDriver::open(path)
+        .map_err(|e| target_failure(anyhow!(e).context(format!("cannot open dump {spec}"))))?;
+    let core = VmiCore::new(driver).map_err(|e| target_failure(e.into()))?;
+    Ok(Target::Dump(core))
+}
+
+/// Every vCPU's registers, or none if the target has no CPU state.
+pub fn all_registers<D>(core: &VmiCore<D>) -> Vec<Registers>
+where
+    D: VmiDriver<Architecture = Amd64> + VmiQueryRegisters,
+{
+    (0..core.info().vcpus)
+        .map(|i| core.registers(VcpuId(i)))
+        .collect::<Result<Vec<_>, _>>()
+        .unwrap_or_default()
+}
+
+/// Finds the Linux kernel in `core` and builds its OS layer.
+pub fn linux<D>(core: &VmiCore<D>, cli: &Cli, vmcoreinfo: Option<&str>) -> Result<LinuxOs, Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let mut builder = LinuxOs::builder().registers(all_registers(core));
+    if let Some(text) = vmcoreinfo {
+        builder = builder.vmcoreinfo(text.as_bytes().to_vec());
+    }
+    if let Some(k) = &cli.kernel {
+        builder = builder.vmlinux(k);
+    }
+    if let Some(m) = &cli.system_map {
+        builder = builder.system_map(m);
+    }
+    if let Some(p) = &cli.profile {
+        builder = builder.isf(p);
+    }
+    if cli.no_cache {
+        builder = builder.no_cache();
+    }
+    builder
+        .build(core)
+        .map_err(|e| target_failure(anyhow!(e).context("no Linux kernel recognised in the target")))
+}
