@@ -1,0 +1,158 @@
+//! The reader against the builder's ground truth: every build, raw images, several seeds
+//! and variants.
+
+mod common;
+
+use common::{check, core_of, image, open};
+use vmi_core::{Va, VmiSession};
+use vmi_os_windows::DiscoveryMethod;
+use vmi_test_windows::{Discovery, Options, all_builds};
+
+#[test]
+fn every_build_from_registers() {
+    for key in all_builds() {
+        let img = image(key, Options::default());
+        let core = core_of(&img, true);
+        let os = open(key, &core, true);
+        assert_eq!(os.kernel().method, DiscoveryMethod::Lstar, "{key}");
+        check(&img.manifest, &core, &os);
+        // Current thread/process via KPCR.
+        let session = VmiSession::new(&core, &os);
+        let regs = img.vcpu0();
+        let t = os.current_win_thread(&core, &regs).unwrap();
+        assert_eq!(
+            t.ethread,
+            Va(img.manifest.vcpu0.current_thread),
+            "{key}: current thread"
+        );
+        let target = img.manifest.processes.last().unwrap();
+        let p = vmi_core::VmiOs::current_process(&os, &core, &regs).unwrap();
+        assert_eq!(p.pid, target.pid, "{key}: current process");
+        assert!(
+            session
+                .os()
+                .kernel_information_string()
+                .unwrap()
+                .starts_with("Windows NT")
+        );
+    }
+}
+
+#[test]
+fn every_build_without_registers() {
+    for key in all_builds() {
+        let img = image(key, Options::default());
+        let core = core_of(&img, false);
+        let os = open(key, &core, false);
+        let want = if img.manifest.nt_version.starts_with("6.1") {
+            DiscoveryMethod::RsdsScan
+        } else {
+            DiscoveryMethod::LowStub
+        };
+        assert_eq!(os.kernel().method, want, "{key}");
+        check(&img.manifest, &core, &os);
+    }
+}
+
+#[test]
+fn variants() {
+    let cases: Vec<(&str, Options)> = vec![
+        (
+            "9C00B19DBDE003DBFE4AB4216993C843-1",
+            Options {
+                seed: 2,
+                large_pages: true,
+                ..Default::default()
+            },
+        ),
+        (
+            "0CE4A95C0CD782A7596B034D8648E585-1",
+            Options {
+                seed: 3,
+                pcid: 2,
+                noise: Some(9),
+                ..Default::default()
+            },
+        ),
+        (
+            "22597D0B40394E23936F6A24C6C52D5B-1",
+            Options {
+                seed: 4,
+                extra_handles: 300,
+                ..Default::default()
+            },
+        ),
+        (
+            "8B11040A5928757B11390AC78F6B6925-1",
+            Options {
+                seed: 5,
+                extra_handles: 600,
+                noise: Some(1),
+                ..Default::default()
+            },
+        ),
+        (
+            "339E74133576439CBCDF7E0229DA3773-1",
+            Options {
+                seed: 6,
+                extra_handles: 260,
+                ..Default::default()
+            },
+        ),
+    ];
+    for (key, o) in cases {
+        let img = image(key, o.clone());
+        if o.extra_handles > 254 {
+            assert_eq!(
+                img.manifest.processes.last().unwrap().handle_table_levels,
+                1
+            );
+        }
+        for regs in [true, false] {
+            let core = core_of(&img, regs);
+            let os = open(key, &core, regs);
+            check(&img.manifest, &core, &os);
+        }
+    }
+}
+
+#[test]
+fn discovery_without_low_stub() {
+    // KDBG (crash-dump style), then nothing but the RSDS record.
+    for (key, o, want) in [
+        (
+            "C2EADB24A615E9472CE47C8ADD31F130-1",
+            Options {
+                seed: 7,
+                discovery: Discovery::Scan,
+                kdbg: true,
+                ..Default::default()
+            },
+            DiscoveryMethod::Kdbg,
+        ),
+        (
+            "517E128F7B7C4EA79491DE6B9B9CE190-1",
+            Options {
+                seed: 8,
+                discovery: Discovery::Scan,
+                ..Default::default()
+            },
+            DiscoveryMethod::RsdsScan,
+        ),
+        (
+            "35A038B1F6E2E8CAF642111E6EC66F57-1",
+            Options {
+                seed: 9,
+                discovery: Discovery::Fixed,
+                ..Default::default()
+            },
+            DiscoveryMethod::RsdsScan,
+        ),
+    ] {
+        let img = image(key, o);
+        let core = core_of(&img, false);
+        let os = open(key, &core, false);
+        assert_eq!(os.kernel().method, want, "{key}");
+        check(&img.manifest, &core, &os);
+    }
+}
