@@ -88,7 +88,7 @@ use crate::ranges::{RangeMap, Segment};
 pub use crate::kdump::{KdumpCompression, KdumpHeader};
 pub use crate::lime::build_lime;
 pub use crate::windows::{WindowsDumpKind, WindowsHeader};
-pub use crate::writer::{ElfCoreOptions, WriteProgress, write_elf_core};
+pub use crate::writer::{ElfCoreOptions, ElfCoreSummary, WriteProgress, write_elf_core};
 
 /// Page size of every format this crate reads (x86-64).
 pub const PAGE_SIZE: u64 = 4096;
@@ -277,6 +277,14 @@ impl DumpDriver {
     pub fn kdump_header(&self) -> Option<&KdumpHeader> {
         match &self.body {
             Body::Kdump(k) => Some(&k.header),
+            Body::Mapped(_) => None,
+        }
+    }
+
+    /// How frame `gfn` is stored in a kdump-compressed dump (`None` for other formats).
+    pub fn kdump_page_compression(&self, gfn: Gfn) -> Option<Result<KdumpCompression, VmiError>> {
+        match &self.body {
+            Body::Kdump(k) => Some(k.compression(self.data.bytes(), gfn)),
             Body::Mapped(_) => None,
         }
     }

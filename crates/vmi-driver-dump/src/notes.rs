@@ -433,7 +433,12 @@ mod tests {
         let mut area = Vec::new();
         push_note(&mut area, "CORE", NT_PRSTATUS, &prstatus_bytes(&r, 1));
         push_note(&mut area, "QEMU", NT_QEMU, &qemu_cpu_state_bytes(&r));
-        push_note(&mut area, "VMCOREINFO", 0, b"OSRELEASE=6.1.0\nPAGESIZE=4096\n");
+        push_note(
+            &mut area,
+            "VMCOREINFO",
+            0,
+            b"OSRELEASE=6.1.0\nPAGESIZE=4096\n",
+        );
         area.extend_from_slice(&[0u8; 24]); // padding as kdump writes it
         let notes = parse_notes(&area, 0).unwrap();
         assert_eq!(notes.len(), 3);
