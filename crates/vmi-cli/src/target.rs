@@ -84,7 +84,10 @@ where
     if cli.no_cache {
         builder = builder.no_cache();
     }
-    builder
-        .build(core)
-        .map_err(|e| target_failure(anyhow!(e).context("no Linux kernel recognised in the target")))
+    builder.build(core).map_err(|e| {
+        let kind = core.info().kind;
+        target_failure(
+            anyhow!(e).context(format!("no Linux kernel recognised in the {kind} target")),
+        )
+    })
 }
