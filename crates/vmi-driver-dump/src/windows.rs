@@ -333,7 +333,9 @@ fn rdmp_runs(data: &[u8], complete: bool) -> Result<Vec<Segment>, VmiError> {
             format!("metadata size {metadata_size:#x}, first page {first_page:#x}"),
         ));
     }
-    let table = slice_at(data, HEADER_SIZE + 0x30, metadata_size).ok_or_else(|| {
+    // The table ends with a zero entry, and never reaches into the pages.
+    let table_len = metadata_size.min(first_page.saturating_sub(HEADER_SIZE + 0x30));
+    let table = slice_at(data, HEADER_SIZE + 0x30, table_len).ok_or_else(|| {
         malformed(
             "Windows RDMP ranges",
             HEADER_SIZE + 0x30,
