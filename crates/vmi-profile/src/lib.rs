@@ -14,6 +14,7 @@
 //! | VMCOREINFO text | [`VmcoreInfo::parse`] |
 //! | System.map | [`sysmap::parse_system_map`] |
 //! | Volatility 3 ISF JSON (plain or `.json.xz`), import and export | [`isf`] |
+//! | DWARF of an ELF file (debug vmlinux, objects, programs) | [`dwarf::load_dwarf`] |
 //! | Microsoft PDB (symbols as RVAs, types, GUID + age) | [`pdb::load_pdb`] |
 //! | PE CodeView record (PDB name, GUID, age) of a file or an in-memory image | [`pe::codeview_from_image`] |
 //! | Windows symbol servers and caches (`_NT_SYMBOL_PATH` syntax) | [`symsrv::SymbolServer`] |
@@ -35,6 +36,7 @@
 pub mod access;
 pub mod btf;
 pub mod cache;
+pub mod dwarf;
 mod error;
 pub mod image;
 mod index;
