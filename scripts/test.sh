@@ -17,7 +17,7 @@ cargo clippy --workspace --all-targets --all-features -- -D warnings
 step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 step "facade feature combinations"
-for f in "" arch-amd64 driver-mock; do cargo check -q -p vmi --no-default-features ${f:+--features $f}; done
+for f in "" arch-amd64 driver-mock driver-dump driver-qemu profile os-linux; do cargo check -q -p vmi --no-default-features ${f:+--features $f}; done
 step "tests"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --all-features --no-fail-fast

@@ -9,9 +9,12 @@
 //! | (always)       | [`core`]: addresses, driver traits, `VmiCore`, sessions, events |
 //! | `arch-amd64`   | [`arch::amd64`]: AMD64 registers and 4/5-level paging          |
 //! | `driver-mock`  | [`driver::mock`]: the in-memory test driver                    |
+//! | `driver-dump`  | [`driver::dump`]: raw, ELF, kdump, LiME, Windows crash dumps   |
+//! | `driver-qemu`  | [`driver::qemu`]: a running QEMU/KVM by its QMP socket         |
+//! | `profile`      | [`profile`]: BTF, kallsyms, System.map, ISF, PDB, DWARF         |
+//! | `os-linux`     | [`os::linux`]: the Linux OS layer                              |
 //!
-//! Later features add the dump, QEMU and Xen drivers, the profile layer and the Linux
-//! and Windows OS layers; see `DESIGN.md` for the layering.
+//! See `DESIGN.md` for the layering.
 //!
 //! ```
 //! # #[cfg(feature = "driver-mock")] {
@@ -41,4 +44,23 @@ pub mod driver {
     /// The in-memory test driver.
     #[cfg(feature = "driver-mock")]
     pub use vmi_driver_mock as mock;
+
+    /// Memory dumps.
+    #[cfg(feature = "driver-dump")]
+    pub use vmi_driver_dump as dump;
+
+    /// A running QEMU/KVM.
+    #[cfg(feature = "driver-qemu")]
+    pub use vmi_driver_qemu as qemu;
+}
+
+/// Symbol profiles.
+#[cfg(feature = "profile")]
+pub use vmi_profile as profile;
+
+/// OS layers: processes, threads, modules, memory regions.
+pub mod os {
+    /// Linux.
+    #[cfg(feature = "os-linux")]
+    pub use vmi_os_linux as linux;
 }
