@@ -14,7 +14,11 @@ use vmi_test_windows::{GuestSpec, ImageDriver, build, isf_dir, load_isf};
 
 const KEY: &str = "9C00B19DBDE003DBFE4AB4216993C843-1";
 
-fn setup() -> (vmi_test_windows::GuestImage, VmiCore<ImageDriver>, WindowsOs) {
+fn setup() -> (
+    vmi_test_windows::GuestImage,
+    VmiCore<ImageDriver>,
+    WindowsOs,
+) {
     let isf = load_isf(KEY).expect("ISF");
     let img = build(&isf, &GuestSpec::default_scenario()).expect("image");
     let core = VmiCore::new(img.driver()).expect("core");
@@ -28,22 +32,29 @@ fn setup() -> (vmi_test_windows::GuestImage, VmiCore<ImageDriver>, WindowsOs) {
 fn list(core: &VmiCore<ImageDriver>, os: &WindowsOs) -> usize {
     let mut n = 0;
     for p in os.win_processes(core).expect("processes") {
-        n += 1 + os.user_modules(core, &p, LdrList::Load).map(|m| m.len()).unwrap_or(0);
+        n += 1 + os
+            .user_modules(core, &p, LdrList::Load)
+            .map(|m| m.len())
+            .unwrap_or(0);
     }
     n
 }
 
 fn vol_path() -> Option<PathBuf> {
-    let p = std::env::var_os("VMI_VOL").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/vol")
-    });
+    let p = std::env::var_os("VMI_VOL")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/vol")
+        });
     p.is_file().then_some(p)
 }
 
 fn bench(c: &mut Criterion) {
     let (img, core, os) = setup();
     assert_eq!(list(&core, &os), 4 + 1 + 2 + 3 + 4);
-    c.bench_function("windows: processes + modules (64 MiB image)", |b| b.iter(|| list(&core, &os)));
+    c.bench_function("windows: processes + modules (64 MiB image)", |b| {
+        b.iter(|| list(&core, &os))
+    });
     // The whole job from a fresh core: kernel discovery, profile load, listing.
     c.bench_function("windows: open image (find kernel, load ISF) + list", |b| {
         b.iter_custom(|iters| {
@@ -69,7 +80,11 @@ fn bench(c: &mut Criterion) {
     let sym = dir.join("symbols/windows/ntkrnlmp.pdb");
     std::fs::create_dir_all(&sym).expect("temp dir");
     std::fs::create_dir_all(dir.join("cache")).expect("temp dir");
-    std::fs::copy(vmi_test_windows::isf_path(KEY), sym.join(format!("{KEY}.json.xz"))).expect("copy ISF");
+    std::fs::copy(
+        vmi_test_windows::isf_path(KEY),
+        sym.join(format!("{KEY}.json.xz")),
+    )
+    .expect("copy ISF");
     let raw = dir.join("image.raw");
     std::fs::write(&raw, img.raw()).expect("write image");
     let run = |plugin: &str| {

@@ -103,9 +103,10 @@ fn scan_back<D: VmiRead>(
             continue;
         }
         if let Some((pe, cv)) = kernel_at(core, root, va)
-            && va.0 + u64::from(pe.size_of_image) > code {
-                return Some((va, pe, cv));
-            }
+            && va.0 + u64::from(pe.size_of_image) > code
+        {
+            return Some((va, pe, cv));
+        }
     }
     None
 }
@@ -243,19 +244,20 @@ pub fn find_kernel<D: VmiRead>(core: &VmiCore<D>) -> Result<KernelInfo, VmiError
     let mut pa = 0x1000;
     while pa < 0x10_0000 {
         if let Some(q) = read_u64_phys(core, pa)
-            && q & 0xFFFF_FFFF_FFFF_00FF == 0x0000_0001_0006_00E9 {
-                let cr3 = read_u64_phys(core, pa + 0xA0).unwrap_or(0) & ADDR;
-                let lm = read_u64_phys(core, pa + 0x70).unwrap_or(0);
-                if let Some((base, pe, codeview)) = scan_back(core, Pa(cr3), lm) {
-                    return Ok(KernelInfo {
-                        base,
-                        root: Pa(cr3),
-                        codeview,
-                        pe,
-                        method: DiscoveryMethod::LowStub,
-                    });
-                }
+            && q & 0xFFFF_FFFF_FFFF_00FF == 0x0000_0001_0006_00E9
+        {
+            let cr3 = read_u64_phys(core, pa + 0xA0).unwrap_or(0) & ADDR;
+            let lm = read_u64_phys(core, pa + 0x70).unwrap_or(0);
+            if let Some((base, pe, codeview)) = scan_back(core, Pa(cr3), lm) {
+                return Ok(KernelInfo {
+                    base,
+                    root: Pa(cr3),
+                    codeview,
+                    pe,
+                    method: DiscoveryMethod::LowStub,
+                });
             }
+        }
         pa += PAGE;
     }
     // KDBG, then RSDS, in one pass over physical memory.
@@ -283,11 +285,13 @@ pub fn find_kernel<D: VmiRead>(core: &VmiCore<D>) -> Result<KernelInfo, VmiError
                         });
                     }
                 }
-                if &b[i..i + 4] == b"RSDS" && rsds_hits.len() < 64
+                if &b[i..i + 4] == b"RSDS"
+                    && rsds_hits.len() < 64
                     && let Some(cv) = CodeView::parse(&b[i..])
-                        && is_kernel_pdb(&cv.pdb_name) {
-                            rsds_hits.push(at + i as u64);
-                        }
+                    && is_kernel_pdb(&cv.pdb_name)
+                {
+                    rsds_hits.push(at + i as u64);
+                }
                 i += 1;
             }
             at += chunk as u64;
@@ -314,15 +318,16 @@ fn kernel_from_rsds<D: VmiRead>(core: &VmiCore<D>, root: Pa, rsds: u64) -> Optio
         let pe = PeImage::parse(&page).ok()?;
         for va in [pe.image_base, pa.wrapping_add(0xFFFF_F800_0000_0000)] {
             if core.translate_address((Va(va), root).into()).ok() == Some(Pa(pa))
-                && let Some((pe, codeview)) = kernel_at(core, root, Va(va)) {
-                    return Some(KernelInfo {
-                        base: Va(va),
-                        root,
-                        codeview,
-                        pe,
-                        method: DiscoveryMethod::RsdsScan,
-                    });
-                }
+                && let Some((pe, codeview)) = kernel_at(core, root, Va(va))
+            {
+                return Some(KernelInfo {
+                    base: Va(va),
+                    root,
+                    codeview,
+                    pe,
+                    method: DiscoveryMethod::RsdsScan,
+                });
+            }
         }
         let va = reverse_map(core, root, pa)?;
         let (pe, codeview) = kernel_at(core, root, va)?;

@@ -330,12 +330,12 @@ impl WindowsOs {
         if let Ok(system) = core.read_u64(k0)
             && let Ok(dtb) =
                 core.read_u64(AccessContext::paging(Va(system) + os.off.ep_dtb, os.root))
-            {
-                let r = Pa(dtb & ADDR);
-                if core.translate_address((os.kernel.base, r).into()).is_ok() {
-                    os.root = r;
-                }
+        {
+            let r = Pa(dtb & ADDR);
+            if core.translate_address((os.kernel.base, r).into()).is_ok() {
+                os.root = r;
             }
+        }
         let k = |rva: u64| AccessContext::paging(os.kernel.base + rva, os.root);
         if let Some(c) = os.off.ob_header_cookie {
             os.cookie = Some(core.read_u8(k(c))?);
@@ -741,9 +741,10 @@ impl WindowsOs {
                 continue;
             }
             if let Some(s) = self.off.kpcr_self
-                && self.kq(core, Va(kpcr) + s).ok() != Some(kpcr) {
-                    continue;
-                }
+                && self.kq(core, Va(kpcr) + s).ok() != Some(kpcr)
+            {
+                continue;
+            }
             let th = self.kq(core, Va(kpcr) + self.off.kpcr_prcb + self.off.prcb_current)?;
             if th != 0 {
                 return self.thread_at(core, Va(th));

@@ -23,6 +23,10 @@ pub struct PeSection {
     pub size: u32,
     /// Characteristics.
     pub characteristics: u32,
+    /// PointerToRawData (file layout).
+    pub raw_offset: u32,
+    /// SizeOfRawData (file layout).
+    pub raw_size: u32,
 }
 
 /// A named export.
@@ -172,6 +176,8 @@ impl PeImage {
                 size: u32_at(h, s + 8, "PE section VirtualSize")?,
                 rva: u32_at(h, s + 12, "PE section VirtualAddress")?,
                 characteristics: u32_at(h, s + 36, "PE section Characteristics")?,
+                raw_size: u32_at(h, s + 16, "PE section SizeOfRawData")?,
+                raw_offset: u32_at(h, s + 20, "PE section PointerToRawData")?,
             });
         }
         Ok(Self {
@@ -190,6 +196,16 @@ impl PeImage {
         })
     }
 
+    /// The file offset of `rva` in a file-layout image (through the section table).
+    pub fn file_offset(&self, rva: u32) -> Option<u32> {
+        self.sections.iter().find_map(|s| {
+            let d = rva.checked_sub(s.rva)?;
+            (d < s.raw_size.max(s.size))
+                .then(|| s.raw_offset.checked_add(d))
+                .flatten()
+        })
+    }
+
     /// The debug directory's CodeView record, read through `read(rva, len)`.
     pub fn codeview(
         &self,
@@ -202,10 +218,12 @@ impl PeImage {
             let ty = u32::from_le_bytes(d.get(12..16)?.try_into().ok()?);
             let len = u32::from_le_bytes(d.get(16..20)?.try_into().ok()?) as usize;
             let at = u32::from_le_bytes(d.get(20..24)?.try_into().ok()?);
-            if ty == 2 && (24..=24 + MAX_NAME).contains(&len)
-                && let Some(cv) = read(at, len).and_then(|b| CodeView::parse(&b)) {
-                    return Some(cv);
-                }
+            if ty == 2
+                && (24..=24 + MAX_NAME).contains(&len)
+                && let Some(cv) = read(at, len).and_then(|b| CodeView::parse(&b))
+            {
+                return Some(cv);
+            }
         }
         None
     }

@@ -156,3 +156,24 @@ fn discovery_without_low_stub() {
         check(&img.manifest, &core, &os);
     }
 }
+
+#[test]
+fn every_build_as_crash_dump() {
+    use vmi_driver_dump::{DumpDriver, DumpFormat, DumpOptions};
+    for key in all_builds() {
+        let img = image(
+            key,
+            Options {
+                kdbg: true,
+                ..Default::default()
+            },
+        );
+        let driver = DumpDriver::from_bytes(img.crash_dump(), DumpOptions::default()).unwrap();
+        assert_eq!(driver.format(), DumpFormat::WindowsCrashDump);
+        let core = vmi_core::VmiCore::new(driver).unwrap();
+        let kernel = vmi_os_windows::find_kernel(&core).unwrap_or_else(|e| panic!("{key}: {e}"));
+        let profile = common::profile(key, &kernel.codeview);
+        let os = vmi_os_windows::WindowsOs::new(&core, profile, kernel).unwrap();
+        check(&img.manifest, &core, &os);
+    }
+}

@@ -1,0 +1,218 @@
+//! Hostile images: corrupted lists, pointers, headers and truncated memory give errors,
+//! never a panic or a hang.
+
+mod common;
+
+use common::{core_of, image, open};
+use vmi_core::{Va, VmiCore, VmiError};
+use vmi_os_windows::{LdrList, WindowsOs, find_kernel, find_kernel_from_registers, windows_error};
+use vmi_test_windows::{GuestImage, ImageDriver, Options};
+
+const KEY: &str = "9C00B19DBDE003DBFE4AB4216993C843-1";
+
+fn off(os: &WindowsOs, t: &str, f: &str) -> u64 {
+    os.profile().offset_of(t, f).unwrap()
+}
+
+/// Runs every operation; returns how many failed. Must not panic.
+fn exercise(core: &VmiCore<ImageDriver>, os: &WindowsOs) -> usize {
+    let mut errors = 0;
+    let mut note = |r: Result<(), VmiError>| errors += usize::from(r.is_err());
+    note(os.kernel_modules(core).map(drop));
+    let procs = match os.win_processes(core) {
+        Ok(p) => p,
+        Err(_) => return errors + 1,
+    };
+    for p in &procs {
+        note(os.win_threads(core, p).map(drop));
+        note(os.image_path(core, p).map(drop));
+        note(os.command_line(core, p).map(drop));
+        note(os.environment(core, p).map(drop));
+        for l in [LdrList::Load, LdrList::Memory, LdrList::Init] {
+            note(os.user_modules(core, p, l).map(drop));
+        }
+        note(os.vads(core, p).map(drop));
+        note(os.handles(core, p).map(drop));
+        note(os.token(core, p).map(drop));
+    }
+    errors
+}
+
+fn opened(img: &GuestImage) -> (VmiCore<ImageDriver>, WindowsOs) {
+    let core = core_of(img, true);
+    let os = open(KEY, &core, true);
+    (core, os)
+}
+
+#[test]
+fn process_list_cycle_is_reported() {
+    let mut img = image(KEY, Options::default());
+    let (_, os) = opened(&img);
+    let links = off(&os, "_EPROCESS", "ActiveProcessLinks");
+    let m = img.manifest.clone();
+    // The last process's Flink points back to the second one: a cycle without the head.
+    let (second, last) = (
+        m.processes[1].eprocess + links,
+        m.processes[3].eprocess + links,
+    );
+    assert!(img.patch_kernel(last, &second.to_le_bytes()));
+    let (core, os) = opened(&img);
+    match os.win_processes(&core) {
+        Err(VmiError::WalkLimit {
+            reason: "cycle", ..
+        }) => {}
+        other => panic!("expected a cycle, got {other:?}"),
+    }
+}
+
+#[test]
+fn module_list_cycle_and_null_flink() {
+    let mut img = image(KEY, Options::default());
+    let first = img.manifest.kernel_modules[0].entry;
+    // InLoadOrderLinks is at offset 0 of the loader entry: the entry points to itself.
+    assert!(img.patch_kernel(first, &first.to_le_bytes()));
+    let (core, os) = opened(&img);
+    assert!(matches!(
+        os.kernel_modules(&core),
+        Err(VmiError::WalkLimit {
+            reason: "cycle",
+            ..
+        })
+    ));
+    assert!(img.patch_kernel(first, &0u64.to_le_bytes()));
+    let (core, os) = opened(&img);
+    assert!(matches!(
+        os.kernel_modules(&core),
+        Err(VmiError::Malformed { .. })
+    ));
+}
+
+#[test]
+fn garbage_pointers_are_errors() {
+    let mut img = image(KEY, Options::default());
+    let (_, os) = opened(&img);
+    let m = img.manifest.clone();
+    let t = &m.processes[3];
+    let thread_head = t.eprocess + off(&os, "_EPROCESS", "ThreadListHead");
+    assert!(img.patch_kernel(thread_head, &0xFFFF_8000_DEAD_B000u64.to_le_bytes()));
+    let vad_root = off(&os, "_EPROCESS", "VadRoot");
+    assert!(img.patch_kernel(
+        t.eprocess + vad_root,
+        &0x4141_4141_4141_4141u64.to_le_bytes()
+    ));
+    let ot = off(&os, "_EPROCESS", "ObjectTable");
+    assert!(img.patch_kernel(
+        m.processes[2].eprocess + ot,
+        &0xFFFF_F6FB_7DBE_D000u64.to_le_bytes()
+    ));
+    let (core, os) = opened(&img);
+    let p = os.win_process(&core, t.pid).unwrap();
+    assert!(os.win_threads(&core, &p).is_err());
+    assert!(os.vads(&core, &p).is_err());
+    let csrss = os.win_process(&core, m.processes[2].pid).unwrap();
+    assert!(os.handles(&core, &csrss).is_err());
+    assert!(exercise(&core, &os) >= 3);
+}
+
+#[test]
+fn peb_on_an_unmapped_page() {
+    let mut img = image(KEY, Options::default());
+    let (_, os) = opened(&img);
+    let t = img.manifest.processes[3].clone();
+    assert!(img.patch_kernel(
+        t.eprocess + off(&os, "_EPROCESS", "Peb"),
+        &0x0000_0012_3400_0000u64.to_le_bytes()
+    ));
+    let (core, os) = opened(&img);
+    let p = os.win_process(&core, t.pid).unwrap();
+    let e = os.image_path(&core, &p).unwrap_err();
+    assert!(
+        e.is_memory_unavailable() || windows_error(&e).is_some(),
+        "{e}"
+    );
+    assert!(os.user_modules(&core, &p, LdrList::Load).is_err());
+    // Everything else still works.
+    assert_eq!(os.win_processes(&core).unwrap().len(), 4);
+    assert_eq!(os.win_threads(&core, &p).unwrap().len(), 2);
+}
+
+#[test]
+fn zero_type_index_and_wrong_cookie_keep_the_handles() {
+    let mut img = image(KEY, Options::default());
+    let (core, os) = opened(&img);
+    let target = img.manifest.processes[3].clone();
+    let p = os.win_process(&core, target.pid).unwrap();
+    let before = os.handles(&core, &p).unwrap();
+    // A stored TypeIndex of 0 (Volatility would skip the handle; we must not).
+    let body_off = off(&os, "_OBJECT_HEADER", "Body");
+    let ti = off(&os, "_OBJECT_HEADER", "TypeIndex");
+    let event = target.handles[0].object;
+    assert!(img.patch_kernel(event - body_off + ti, &[0]));
+    let (core, os) = opened(&img);
+    let after = os.handles(&core, &p).unwrap();
+    assert_eq!(after.len(), before.len());
+    assert_eq!(after[0].object, before[0].object);
+    assert_eq!(after[1..], before[1..]);
+    // A wrong cookie: every type is decoded wrong, but nothing is lost or panics.
+    let cookie = img.manifest.kernel.cookie.unwrap();
+    let at = os.kernel().base.0 + os.profile().symbol_address("ObHeaderCookie").unwrap();
+    assert!(img.patch_kernel(at, &[cookie ^ 0x5A]));
+    let (core, os) = opened(&img);
+    let wrong = os.handles(&core, &p).unwrap();
+    assert_eq!(wrong.len(), before.len());
+    assert!(
+        wrong
+            .iter()
+            .zip(&before)
+            .any(|(a, b)| a.type_name != b.type_name)
+    );
+}
+
+#[test]
+fn truncated_images() {
+    let img = image(KEY, Options::default());
+    for size in [
+        0usize, 0x1000, 0x20_0000, 0x200_0000, 0x280_0000, 0x300_0000,
+    ] {
+        let bytes = img.raw()[..size].to_vec();
+        let core = VmiCore::new(ImageDriver::new(bytes.clone(), Some(img.vcpu0()))).unwrap();
+        let regs = img.vcpu0();
+        if let Ok(k) = find_kernel_from_registers(&core, &regs) {
+            let p = common::profile(KEY, &k.codeview);
+            if let Ok(os) = WindowsOs::new(&core, p, k) {
+                exercise(&core, &os);
+            }
+        }
+        let core = VmiCore::new(ImageDriver::new(bytes, None)).unwrap();
+        assert!(
+            find_kernel(&core).is_err() || size > 0x200_0000,
+            "size {size:#x}"
+        );
+    }
+}
+
+#[test]
+fn seeded_random_corruption_never_panics() {
+    let base = image(KEY, Options::default());
+    let (_, os0) = opened(&base);
+    let profile = std::sync::Arc::new(os0.profile().clone());
+    let kernel = os0.kernel().clone();
+    // Corrupt the pages that hold the guest's objects (used frames above the page tables).
+    let used: Vec<u64> = (0x1A_B000..base.raw().len() as u64)
+        .step_by(0x1000)
+        .filter(|&pa| base.frame_used(pa) && !(0x200_0000..0x300_0000).contains(&pa))
+        .collect();
+    let mut rng = vmi_test_windows::Rng::new(42);
+    for _ in 0..60 {
+        let mut img = base.clone();
+        for _ in 0..400 {
+            let pa = used[rng.range(0, used.len() as u64) as usize] + rng.range(0, 0x1000);
+            img.raw_mut()[pa as usize] = rng.next() as u8;
+        }
+        let core = core_of(&img, true);
+        if let Ok(os) = WindowsOs::new(&core, std::sync::Arc::clone(&profile), kernel.clone()) {
+            exercise(&core, &os);
+        }
+        let _ = Va(0);
+    }
+}
