@@ -1,7 +1,6 @@
 //! `translate_address` cold and cached, and random `read_u64` through translation, on
 //! the mock driver: 64 MiB of guest memory mapped with 4 KiB pages.
 
-
 #![allow(missing_docs)] // criterion_group! generates undocumented items
 use criterion::{BatchSize, Criterion, Throughput, criterion_group, criterion_main};
 use rand::rngs::SmallRng;
