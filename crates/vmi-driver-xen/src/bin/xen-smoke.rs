@@ -1,0 +1,2 @@
+//! Nested-Xen smoke test binary (filled in below).
+fn main() {}

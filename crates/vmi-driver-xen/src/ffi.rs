@@ -1,0 +1,1 @@
+//! FFI implementation (written next).
