@@ -1,2 +1,185 @@
-//! Read benchmarks (filled in later).
-fn main() {}
+//! Random physical reads of the 256 MiB test-guest dump in every format, against a plain
+//! mmap of the raw RAM image (the ceiling) and memflow reading the same raw file.
+//!
+//! Dumps come from `$VMI_DUMP_BENCH_DIR` (`guest.raw`, `guest.elf`, `guest.kdump`, as
+//! `make-test-guest.sh dump` and a copy of the RAM file make them) or from a test guest
+//! booted here; without QEMU the bench prints why and measures nothing.
+
+#![allow(missing_docs)] // criterion's macros generate undocumented items
+
+use std::hint::black_box;
+use std::path::{Path, PathBuf};
+
+use criterion::{Criterion, criterion_group, criterion_main};
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use vmi_core::{Gfn, Pa, VmiCore, VmiRead};
+use vmi_driver_dump::{DumpDriver, build_lime};
+
+const ADDRESSES: usize = 1 << 14;
+
+struct Dumps {
+    dir: PathBuf,
+    _guest: Option<vmi_test_guest::TestGuest>,
+}
+
+fn dumps() -> Option<Dumps> {
+    if let Some(dir) = std::env::var_os("VMI_DUMP_BENCH_DIR") {
+        let dir = PathBuf::from(dir);
+        make_lime(&dir);
+        return Some(Dumps { dir, _guest: None });
+    }
+    let guest = vmi_test_guest::TestGuest::boot_or_skip(vmi_test_guest::GuestConfig::default())?;
+    let dir = guest.dir().join("bench-dumps");
+    std::fs::create_dir_all(&dir).ok()?;
+    guest.pause().ok()?;
+    guest
+        .dump(vmi_test_guest::DumpFormat::Elf, &dir.join("guest.elf"))
+        .ok()?;
+    guest
+        .dump(
+            vmi_test_guest::DumpFormat::KdumpZlib,
+            &dir.join("guest.kdump"),
+        )
+        .ok()?;
+    std::fs::copy(guest.mem_file(), dir.join("guest.raw")).ok()?;
+    make_lime(&dir);
+    Some(Dumps {
+        dir,
+        _guest: Some(guest),
+    })
+}
+
+fn make_lime(dir: &Path) {
+    let lime = dir.join("guest.lime");
+    if !lime.exists()
+        && let Ok(raw) = std::fs::read(dir.join("guest.raw"))
+    {
+        let _ = std::fs::write(&lime, build_lime(&[(0, &raw)]));
+    }
+}
+
+fn bench(c: &mut Criterion) {
+    let Some(d) = dumps() else {
+        eprintln!("SKIPPED: dump read benchmarks: no QEMU and no $VMI_DUMP_BENCH_DIR");
+        return;
+    };
+    let raw_path = d.dir.join("guest.raw");
+    let file = std::fs::File::open(&raw_path).expect("raw dump");
+    let size = file.metadata().unwrap().len();
+    // The ceiling: a plain private read-only mapping of the raw image.
+    #[allow(unsafe_code)]
+    // SAFETY: the file is this bench's own copy of the RAM image, opened read-only and
+    // mapped private and read-only; nothing writes or truncates it while it is mapped.
+    let mmap = unsafe { memmap2::MmapOptions::new().map_copy_read_only(&file) }.expect("mmap");
+    let pages = size / 4096;
+    let mut rng = SmallRng::seed_from_u64(42);
+    let gfns: Vec<u64> = (0..ADDRESSES).map(|_| rng.gen_range(0..pages)).collect();
+    let pas: Vec<u64> = (0..ADDRESSES)
+        .map(|_| rng.gen_range(0..size - 8) & !7)
+        .collect();
+
+    let mut g = c.benchmark_group("read");
+    g.sample_size(30)
+        .warm_up_time(std::time::Duration::from_millis(500))
+        .measurement_time(std::time::Duration::from_secs(2));
+
+    let mut buf = vec![0u8; 4096];
+    let mut i = 0usize;
+    g.bench_function("ceiling-mmap/page", |b| {
+        b.iter(|| {
+            i = (i + 1) % ADDRESSES;
+            let at = (gfns[i] * 4096) as usize;
+            buf.copy_from_slice(&mmap[at..at + 4096]);
+            black_box(&buf);
+        })
+    });
+    g.bench_function("ceiling-mmap/u64", |b| {
+        b.iter(|| {
+            i = (i + 1) % ADDRESSES;
+            let at = pas[i] as usize;
+            black_box(u64::from_le_bytes(mmap[at..at + 8].try_into().unwrap()))
+        })
+    });
+
+    // memflow's mapped-file connector on the same raw file.
+    {
+        use memflow::connector::MmapInfo;
+        use memflow::mem::{MemoryMap, PhysicalMemory};
+        use memflow::types::{Address, umem};
+        let mut map = MemoryMap::<(Address, umem)>::new();
+        map.push_range(
+            Address::from(0u64),
+            Address::from(size),
+            Address::from(0u64),
+        );
+        let mut mem = MmapInfo::try_with_filemap(std::fs::File::open(&raw_path).unwrap(), map)
+            .expect("memflow mmap")
+            .into_connector();
+        g.bench_function("memflow/page", |b| {
+            b.iter(|| {
+                i = (i + 1) % ADDRESSES;
+                mem.phys_read_into(Address::from(gfns[i] * 4096).into(), &mut buf[..])
+                    .unwrap();
+                black_box(&buf);
+            })
+        });
+        g.bench_function("memflow/u64", |b| {
+            b.iter(|| {
+                i = (i + 1) % ADDRESSES;
+                let mut v = 0u64;
+                mem.phys_read_into(Address::from(pas[i]).into(), &mut v)
+                    .unwrap();
+                black_box(v)
+            })
+        });
+    }
+
+    for (name, file) in [
+        ("raw", "guest.raw"),
+        ("elf", "guest.elf"),
+        ("lime", "guest.lime"),
+        ("kdump-zlib-flat", "guest.kdump"),
+    ] {
+        let Ok(dump) = DumpDriver::open(d.dir.join(file)) else {
+            eprintln!("SKIPPED: {name}: {file} missing");
+            continue;
+        };
+        g.bench_function(format!("{name}/page"), |b| {
+            b.iter(|| {
+                i = (i + 1) % ADDRESSES;
+                dump.read_page(Gfn(gfns[i]), 0, &mut buf).unwrap();
+                black_box(&buf);
+            })
+        });
+        g.bench_function(format!("{name}/u64"), |b| {
+            b.iter(|| {
+                i = (i + 1) % ADDRESSES;
+                let pa = pas[i];
+                let mut v = [0u8; 8];
+                dump.read_page(Gfn(pa >> 12), (pa & 0xfff) as usize, &mut v)
+                    .unwrap();
+                black_box(v)
+            })
+        });
+        let core = VmiCore::new(dump).unwrap();
+        g.bench_function(format!("{name}/core-page"), |b| {
+            b.iter(|| {
+                i = (i + 1) % ADDRESSES;
+                core.read_physical(Pa(gfns[i] * 4096), &mut buf).unwrap();
+                black_box(&buf);
+            })
+        });
+        g.bench_function(format!("{name}/core-u64"), |b| {
+            b.iter(|| {
+                i = (i + 1) % ADDRESSES;
+                let mut v = [0u8; 8];
+                core.read_physical(Pa(pas[i]), &mut v).unwrap();
+                black_box(v)
+            })
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, bench);
+criterion_main!(benches);
