@@ -255,8 +255,7 @@ impl LinuxOsBuilder {
             return Ok((p, origin));
         }
 
-        let uses_files = self.vmlinux.is_some() || self.system_map.is_some();
-        let cache = if uses_files { None } else { self.cache() };
+        let cache = self.cache();
         let key = info.build_id.clone().map(CacheKey::BuildId);
         if let (Some(cache), Some(key)) = (&cache, &key) {
             match cache.load(key) {
@@ -361,8 +360,22 @@ impl LinuxOsBuilder {
         let key = key.or_else(|| profile.metadata.banner.clone().map(CacheKey::Banner));
         if let (Some(cache), Some(key)) = (&cache, &key) {
             // Stored with link-time addresses, so that any boot of this build can use it.
+            // VMCOREINFO's own entries (kind `None`) are left out: some are values, not
+            // addresses (`SYMBOL(mem_section)`), and they are re-read on every load.
             let mut stored = profile.clone();
-            stored.symbols = stored.symbols.relocated(slide.wrapping_neg());
+            stored.symbols = stored
+                .symbols
+                .iter()
+                .filter(|s| s.kind.is_some())
+                .map(|s| Symbol {
+                    address: if matches!(s.kind, Some('A' | 'a')) {
+                        s.address
+                    } else {
+                        s.address.wrapping_sub(slide)
+                    },
+                    ..s.clone()
+                })
+                .collect();
             if let Err(e) = cache.store(key, &stored) {
                 notes.push(format!("profile cache: {e}"));
             }

@@ -205,11 +205,3 @@ impl LinuxOs {
         }
     }
 }
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn max_name_is_name_max() {
-        assert_eq!(super::MAX_NAME, 255);
-    }
-}

@@ -89,7 +89,7 @@ fn profile() -> Profile {
         ints.insert(u64::from(size), id);
     }
     let index = ints[&4];
-    let mut strukt = |b: &mut TypesBuilder, name: &str, size: u64, fields: &[(&str, u64, u64)]| {
+    let strukt = |b: &mut TypesBuilder, name: &str, size: u64, fields: &[(&str, u64, u64)]| {
         let members: Vec<Member> = fields
             .iter()
             .map(|&(fname, offset, fsize)| {
@@ -415,7 +415,7 @@ fn vma_list_cycle_and_garbage() {
 
 #[test]
 fn seeded_random_corruption_never_panics() {
-    let mut rng = SmallRng::seed_from_u64(0x5eed_7);
+    let mut rng = SmallRng::seed_from_u64(0x0005_eed7);
     for round in 0..300 {
         let m = Mock::new(8);
         for _ in 0..rng.gen_range(1..6) {
@@ -446,4 +446,26 @@ fn seeded_random_corruption_never_panics() {
             let _ = os.vmas(&core, t);
         }
     }
+}
+
+#[test]
+fn syscall_arguments_follow_the_abi() {
+    use vmi_core::VmiOs;
+    let (core, os) = Mock::new(1).os(Limits::default());
+    let regs = vmi_arch_amd64::Registers {
+        rdi: 1,
+        rsi: 2,
+        rdx: 3,
+        r10: 4,
+        r8: 5,
+        r9: 6,
+        rcx: 99,
+        ..Default::default()
+    };
+    assert_eq!(
+        os.syscall_arguments(&core, &regs, 6).unwrap(),
+        [1, 2, 3, 4, 5, 6]
+    );
+    assert_eq!(os.syscall_arguments(&core, &regs, 2).unwrap(), [1, 2]);
+    assert!(os.syscall_arguments(&core, &regs, 7).is_err());
 }

@@ -202,6 +202,12 @@ pub fn check_all<D: VmiRead<Architecture = Amd64>>(
         assert_eq!(env, p.environ, "[{label}] environ of {}", p.comm);
     }
     let sleeper = truth.process("vmi_sleeper").expect("vmi_sleeper in truth");
+    // vmi_sleeper sleeps in nanosleep (35) or clock_nanosleep (230): its saved user
+    // registers hold the system call, and CS is 64-bit user code.
+    let task = list.tasks.iter().find(|t| t.pid == sleeper.pid).unwrap();
+    let frame = os.syscall_frame(core, task).expect("pt_regs");
+    assert!(matches!(frame.nr, 35 | 230), "[{label}] syscall {frame:?}");
+    assert_eq!(frame.cs, 0x33, "[{label}] user cs {frame:?}");
     assert!(
         sleeper
             .environ
