@@ -36,6 +36,7 @@
 pub mod access;
 pub mod btf;
 pub mod cache;
+mod compact;
 pub mod dwarf;
 mod error;
 pub mod image;

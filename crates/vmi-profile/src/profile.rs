@@ -113,10 +113,4 @@ impl Profile {
     pub fn enum_value(&self, enum_name: &str, constant: &str) -> Option<i64> {
         self.types.enum_value(enum_name, constant)
     }
-
-    /// Re-creates the indexes after deserialization.
-    pub(crate) fn rebuild_indexes(&mut self) {
-        self.types.rebuild_index();
-        self.symbols.rebuild_index();
-    }
 }

@@ -2,6 +2,8 @@
 
 use serde::{Deserialize, Serialize};
 
+use std::sync::OnceLock;
+
 use crate::index::NameIndex;
 
 /// One symbol.
@@ -26,8 +28,9 @@ pub struct Symbol {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 pub struct SymbolTable {
     sorted: Vec<Symbol>,
+    /// Built on the first name lookup, so a cache load does not pay for it.
     #[serde(skip)]
-    by_name: NameIndex,
+    by_name: OnceLock<NameIndex>,
 }
 
 impl PartialEq for SymbolTable {
@@ -46,22 +49,27 @@ impl SymbolTable {
     /// Builds a table (sorts by address, stable for equal addresses).
     pub fn new(mut symbols: Vec<Symbol>) -> Self {
         symbols.sort_by_key(|s| s.address);
-        let mut t = Self {
-            sorted: symbols,
-            by_name: NameIndex::default(),
-        };
-        t.rebuild_index();
-        t
+        Self::from_sorted(symbols)
     }
 
-    pub(crate) fn rebuild_index(&mut self) {
-        let sorted = &self.sorted;
-        let name_of = |v: u32| sorted.get(v as usize).map(|s| s.name.as_str());
-        let mut by_name = NameIndex::with_capacity(sorted.len());
-        for (i, s) in sorted.iter().enumerate() {
-            by_name.insert(&s.name, i as u32, name_of, |_| false);
+    /// A table from symbols already sorted by address (the cache decoder).
+    pub(crate) fn from_sorted(sorted: Vec<Symbol>) -> Self {
+        Self {
+            sorted,
+            by_name: OnceLock::new(),
         }
-        self.by_name = by_name;
+    }
+
+    fn index(&self) -> &NameIndex {
+        self.by_name.get_or_init(|| {
+            let sorted = &self.sorted;
+            let name_of = |v: u32| sorted.get(v as usize).map(|s| s.name.as_str());
+            let mut by_name = NameIndex::with_capacity(sorted.len());
+            for (i, s) in sorted.iter().enumerate() {
+                by_name.insert(&s.name, i as u32, name_of, |_| false);
+            }
+            by_name
+        })
     }
 
     /// Number of symbols.
@@ -76,7 +84,7 @@ impl SymbolTable {
 
     /// The symbol named `name` (lowest address if repeated).
     pub fn get(&self, name: &str) -> Option<&Symbol> {
-        let i = self.by_name.get(name, |v| {
+        let i = self.index().get(name, |v| {
             self.sorted.get(v as usize).map(|s| s.name.as_str())
         })?;
         self.sorted.get(i as usize)
@@ -134,5 +142,59 @@ impl SymbolTable {
         let mut all = std::mem::take(&mut self.sorted);
         all.extend(new);
         *self = SymbolTable::new(all);
+    }
+}
+
+/// Compact cache encoding: count, then per symbol (address `u64`, kind `u32` with
+/// `u32::MAX` for none, name length `u32`), then all names as one UTF-8 blob.
+mod codec {
+    use super::*;
+    use crate::compact::{Reader, put_bytes, put_u32, put_u64, u32_at, u64_at};
+
+    const NO_KIND: u32 = u32::MAX;
+
+    impl SymbolTable {
+        pub(crate) fn write_compact(&self, out: &mut Vec<u8>) {
+            put_u32(out, self.sorted.len() as u32);
+            let mut names = String::new();
+            for s in &self.sorted {
+                put_u64(out, s.address);
+                put_u32(out, s.kind.map_or(NO_KIND, u32::from));
+                put_u32(out, s.name.len() as u32);
+                names.push_str(&s.name);
+            }
+            put_bytes(out, names.as_bytes());
+        }
+
+        pub(crate) fn read_compact(r: &mut Reader<'_>) -> Result<SymbolTable, String> {
+            let (count, recs) = r.array(16, "symbols")?;
+            let (_, names) = r.array(1, "symbol names")?;
+            let names = std::str::from_utf8(names).map_err(|e| format!("symbol names: {e}"))?;
+            let mut sorted = Vec::with_capacity(count);
+            let mut pos = 0usize;
+            for (i, rec) in recs.chunks_exact(16).enumerate() {
+                let len = u32_at(rec, 12) as usize;
+                let name = pos
+                    .checked_add(len)
+                    .and_then(|end| names.get(pos..end))
+                    .ok_or_else(|| format!("symbol {i}: name out of range"))?;
+                pos += len;
+                let kind = match u32_at(rec, 8) {
+                    NO_KIND => None,
+                    k => Some(
+                        char::from_u32(k).ok_or_else(|| format!("symbol {i}: bad kind {k:#x}"))?,
+                    ),
+                };
+                sorted.push(Symbol {
+                    name: name.to_owned(),
+                    address: u64_at(rec, 0),
+                    kind,
+                });
+            }
+            if !sorted.is_sorted_by_key(|s| s.address) {
+                return Err("symbols are not sorted by address".into());
+            }
+            Ok(SymbolTable::from_sorted(sorted))
+        }
     }
 }

@@ -7,6 +7,7 @@
 //! load from the cache.
 
 use std::collections::HashMap;
+use std::sync::OnceLock;
 
 use serde::{Deserialize, Serialize};
 
@@ -355,8 +356,9 @@ pub struct Types {
     enumerators: Vec<Enumerator>,
     params: Vec<Param>,
     var_infos: Vec<VarSecInfo>,
+    /// Built on the first name lookup, so a cache load does not pay for it.
     #[serde(skip)]
-    index: TypeIndex,
+    index: OnceLock<TypeIndex>,
 }
 
 impl Default for Types {
@@ -476,31 +478,31 @@ impl Types {
 
     /// The struct or union named `name` (a typedef to one also works).
     pub fn find_composite(&self, name: &str) -> Option<TypeId> {
-        if let Some(id) = self.index.composites.get(name, self.namer()) {
+        if let Some(id) = self.index().composites.get(name, self.namer()) {
             return Some(TypeId(id));
         }
-        let td = TypeId(self.index.typedefs.get(name, self.namer())?);
+        let td = TypeId(self.index().typedefs.get(name, self.namer())?);
         let id = self.resolve(td)?;
         matches!(self.get(id)?, Type::Struct(_) | Type::Union(_)).then_some(id)
     }
 
     /// The enum named `name`.
     pub fn find_enum(&self, name: &str) -> Option<TypeId> {
-        if let Some(id) = self.index.enums.get(name, self.namer()) {
+        if let Some(id) = self.index().enums.get(name, self.namer()) {
             return Some(TypeId(id));
         }
-        let id = self.resolve(TypeId(self.index.typedefs.get(name, self.namer())?))?;
+        let id = self.resolve(TypeId(self.index().typedefs.get(name, self.namer())?))?;
         matches!(self.get(id)?, Type::Enum { .. }).then_some(id)
     }
 
     /// The typedef named `name`.
     pub fn find_typedef(&self, name: &str) -> Option<TypeId> {
-        self.index.typedefs.get(name, self.namer()).map(TypeId)
+        self.index().typedefs.get(name, self.namer()).map(TypeId)
     }
 
     /// The base (int or float) type named `name`.
     pub fn find_base(&self, name: &str) -> Option<TypeId> {
-        self.index.base.get(name, self.namer()).map(TypeId)
+        self.index().base.get(name, self.namer()).map(TypeId)
     }
 
     /// Any named type: struct/union, enum, typedef or base type, in that order.
@@ -769,8 +771,13 @@ impl Types {
         }
     }
 
+    /// Drops the name indexes; the next lookup rebuilds them.
     pub(crate) fn rebuild_index(&mut self) {
-        self.index = self.build_index();
+        self.index = OnceLock::new();
+    }
+
+    fn index(&self) -> &TypeIndex {
+        self.index.get_or_init(|| self.build_index())
     }
 
     fn build_index(&self) -> TypeIndex {
@@ -807,12 +814,13 @@ impl Types {
                 Err(format!("{what} refers to type id {} of {n}", id.0))
             }
         };
+        // Range only: a name that splits a UTF-8 sequence reads as "" through `str`, which
+        // uses checked slicing. Testing char boundaries here would touch the arena at every
+        // name (a cache miss each on a 1.7 MB kernel arena) and dominate the cache load.
+        let slen = self.strings.len() as u64;
         let check_name = |name: Name| {
             let end = name.off as u64 + name.len as u64;
-            if end as usize <= self.strings.len()
-                && self.strings.is_char_boundary(name.off as usize)
-                && self.strings.is_char_boundary(end as usize)
-            {
+            if end <= slen {
                 Ok(())
             } else {
                 Err(format!("name at {}+{} out of range", name.off, name.len))
@@ -832,8 +840,9 @@ impl Types {
             }
             refs.clear();
             t.refs(&mut refs);
-            for r in &refs {
-                check_id(*r, &format!("type {i}"))?;
+            // No label formatting on the good path: this runs on every cache load.
+            if let Some(r) = refs.iter().find(|r| r.0 as usize >= n) {
+                return Err(format!("type {i} refers to type id {} of {n}", r.0));
             }
             match *t {
                 Type::Struct(c) | Type::Union(c) => {
@@ -889,7 +898,7 @@ impl TypesBuilder {
                 enumerators: Vec::new(),
                 params: Vec::new(),
                 var_infos: Vec::new(),
-                index: TypeIndex::default(),
+                index: OnceLock::new(),
             },
             interned: HashMap::new(),
         }
@@ -990,5 +999,332 @@ impl TypesBuilder {
         let mut t = self.types;
         t.rebuild_index();
         t
+    }
+}
+
+/// Compact cache encoding of [`Types`] (see `compact.rs`): the string arena, then types as
+/// 32-byte records (a kind word and seven payload words), members (24 bytes), enumerators
+/// (16), parameters (12) and data-section variables (12).
+mod codec {
+    use super::*;
+    use crate::compact::{Reader, put_bytes, put_u32, put_u64, u32_at, u64_at};
+
+    const TYPE_REC: usize = 32;
+
+    fn rec(out: &mut Vec<u8>, kind: u32, w: [u32; 7]) {
+        put_u32(out, kind);
+        for x in w {
+            put_u32(out, x);
+        }
+    }
+
+    fn lo(v: u64) -> u32 {
+        v as u32
+    }
+
+    fn hi(v: u64) -> u32 {
+        (v >> 32) as u32
+    }
+
+    impl Types {
+        pub(crate) fn write_compact(&self, out: &mut Vec<u8>) {
+            put_bytes(out, self.strings.as_bytes());
+            put_u32(out, self.types.len() as u32);
+            for t in &self.types {
+                let n = |n: Name| (n.off, n.len);
+                match *t {
+                    Type::Void => rec(out, 0, [0; 7]),
+                    Type::Int {
+                        name,
+                        size,
+                        encoding,
+                        bits,
+                        bit_offset,
+                    } => {
+                        let flags = u32::from(encoding.signed)
+                            | u32::from(encoding.char) << 1
+                            | u32::from(encoding.bool) << 2
+                            | u32::from(bits) << 8
+                            | u32::from(bit_offset) << 16;
+                        rec(out, 1, [n(name).0, n(name).1, size, flags, 0, 0, 0])
+                    }
+                    Type::Float { name, size } => {
+                        rec(out, 2, [n(name).0, n(name).1, size, 0, 0, 0, 0])
+                    }
+                    Type::Pointer { target } => rec(out, 3, [target.0, 0, 0, 0, 0, 0, 0]),
+                    Type::Array {
+                        element,
+                        index,
+                        count,
+                    } => rec(out, 4, [element.0, index.0, count, 0, 0, 0, 0]),
+                    Type::Struct(c) | Type::Union(c) => {
+                        let kind = if matches!(t, Type::Struct(_)) { 5 } else { 6 };
+                        let w = [
+                            c.name.off,
+                            c.name.len,
+                            lo(c.size),
+                            hi(c.size),
+                            c.members.start,
+                            c.members.len,
+                            0,
+                        ];
+                        rec(out, kind, w)
+                    }
+                    Type::Enum {
+                        name,
+                        size,
+                        signed,
+                        values,
+                    } => rec(
+                        out,
+                        7,
+                        [
+                            name.off,
+                            name.len,
+                            size,
+                            u32::from(signed),
+                            values.start,
+                            values.len,
+                            0,
+                        ],
+                    ),
+                    Type::Fwd { name, is_union } => rec(
+                        out,
+                        8,
+                        [name.off, name.len, u32::from(is_union), 0, 0, 0, 0],
+                    ),
+                    Type::Typedef { name, target } => {
+                        rec(out, 9, [name.off, name.len, target.0, 0, 0, 0, 0])
+                    }
+                    Type::Volatile { target } => rec(out, 10, [target.0, 0, 0, 0, 0, 0, 0]),
+                    Type::Const { target } => rec(out, 11, [target.0, 0, 0, 0, 0, 0, 0]),
+                    Type::Restrict { target } => rec(out, 12, [target.0, 0, 0, 0, 0, 0, 0]),
+                    Type::TypeTag { name, target } => {
+                        rec(out, 13, [name.off, name.len, target.0, 0, 0, 0, 0])
+                    }
+                    Type::Func {
+                        name,
+                        proto,
+                        linkage,
+                    } => rec(
+                        out,
+                        14,
+                        [name.off, name.len, proto.0, u32::from(linkage), 0, 0, 0],
+                    ),
+                    Type::FuncProto { ret, params } => {
+                        rec(out, 15, [ret.0, params.start, params.len, 0, 0, 0, 0])
+                    }
+                    Type::Var { name, ty, linkage } => {
+                        rec(out, 16, [name.off, name.len, ty.0, linkage, 0, 0, 0])
+                    }
+                    Type::DataSec { name, size, vars } => rec(
+                        out,
+                        17,
+                        [name.off, name.len, size, vars.start, vars.len, 0, 0],
+                    ),
+                    Type::DeclTag {
+                        name,
+                        target,
+                        component,
+                    } => rec(
+                        out,
+                        18,
+                        [name.off, name.len, target.0, component as u32, 0, 0, 0],
+                    ),
+                }
+            }
+            put_u32(out, self.members.len() as u32);
+            for m in &self.members {
+                put_u32(out, m.name.off);
+                put_u32(out, m.name.len);
+                put_u32(out, m.ty.0);
+                put_u32(out, m.bitfield_size);
+                put_u64(out, m.bit_offset);
+            }
+            put_u32(out, self.enumerators.len() as u32);
+            for e in &self.enumerators {
+                put_u32(out, e.name.off);
+                put_u32(out, e.name.len);
+                put_u64(out, e.value as u64);
+            }
+            put_u32(out, self.params.len() as u32);
+            for p in &self.params {
+                put_u32(out, p.name.off);
+                put_u32(out, p.name.len);
+                put_u32(out, p.ty.0);
+            }
+            put_u32(out, self.var_infos.len() as u32);
+            for v in &self.var_infos {
+                put_u32(out, v.ty.0);
+                put_u32(out, v.offset);
+                put_u32(out, v.size);
+            }
+        }
+
+        /// Decodes and validates (every id, name and span in range).
+        pub(crate) fn read_compact(r: &mut Reader<'_>) -> Result<Types, String> {
+            let (_, strings) = r.array(1, "type names")?;
+            let strings = std::str::from_utf8(strings)
+                .map_err(|e| format!("type names: {e}"))?
+                .to_owned();
+            let (count, recs) = r.array(TYPE_REC, "types")?;
+            let mut types = Vec::with_capacity(count);
+            for (i, t) in recs.chunks_exact(TYPE_REC).enumerate() {
+                let w = |k: usize| u32_at(t, 4 + 4 * k);
+                let name = Name {
+                    off: w(0),
+                    len: w(1),
+                };
+                let span = |k: usize| Span {
+                    start: w(k),
+                    len: w(k + 1),
+                };
+                types.push(match u32_at(t, 0) {
+                    0 => Type::Void,
+                    1 => Type::Int {
+                        name,
+                        size: w(2),
+                        encoding: IntEncoding {
+                            signed: w(3) & 1 != 0,
+                            char: w(3) & 2 != 0,
+                            bool: w(3) & 4 != 0,
+                        },
+                        bits: (w(3) >> 8) as u8,
+                        bit_offset: (w(3) >> 16) as u8,
+                    },
+                    2 => Type::Float { name, size: w(2) },
+                    3 => Type::Pointer {
+                        target: TypeId(w(0)),
+                    },
+                    4 => Type::Array {
+                        element: TypeId(w(0)),
+                        index: TypeId(w(1)),
+                        count: w(2),
+                    },
+                    k @ (5 | 6) => {
+                        let c = Composite {
+                            name,
+                            size: u64::from(w(2)) | u64::from(w(3)) << 32,
+                            members: span(4),
+                        };
+                        if k == 5 {
+                            Type::Struct(c)
+                        } else {
+                            Type::Union(c)
+                        }
+                    }
+                    7 => Type::Enum {
+                        name,
+                        size: w(2),
+                        signed: w(3) != 0,
+                        values: span(4),
+                    },
+                    8 => Type::Fwd {
+                        name,
+                        is_union: w(2) != 0,
+                    },
+                    9 => Type::Typedef {
+                        name,
+                        target: TypeId(w(2)),
+                    },
+                    10 => Type::Volatile {
+                        target: TypeId(w(0)),
+                    },
+                    11 => Type::Const {
+                        target: TypeId(w(0)),
+                    },
+                    12 => Type::Restrict {
+                        target: TypeId(w(0)),
+                    },
+                    13 => Type::TypeTag {
+                        name,
+                        target: TypeId(w(2)),
+                    },
+                    14 => Type::Func {
+                        name,
+                        proto: TypeId(w(2)),
+                        linkage: w(3) as u16,
+                    },
+                    15 => Type::FuncProto {
+                        ret: TypeId(w(0)),
+                        params: span(1),
+                    },
+                    16 => Type::Var {
+                        name,
+                        ty: TypeId(w(2)),
+                        linkage: w(3),
+                    },
+                    17 => Type::DataSec {
+                        name,
+                        size: w(2),
+                        vars: span(3),
+                    },
+                    18 => Type::DeclTag {
+                        name,
+                        target: TypeId(w(2)),
+                        component: w(3) as i32,
+                    },
+                    k => return Err(format!("type {i}: unknown kind {k}")),
+                });
+            }
+            let (_, recs) = r.array(24, "members")?;
+            let members = recs
+                .chunks_exact(24)
+                .map(|m| Member {
+                    name: Name {
+                        off: u32_at(m, 0),
+                        len: u32_at(m, 4),
+                    },
+                    ty: TypeId(u32_at(m, 8)),
+                    bitfield_size: u32_at(m, 12),
+                    bit_offset: u64_at(m, 16),
+                })
+                .collect();
+            let (_, recs) = r.array(16, "enumerators")?;
+            let enumerators = recs
+                .chunks_exact(16)
+                .map(|e| Enumerator {
+                    name: Name {
+                        off: u32_at(e, 0),
+                        len: u32_at(e, 4),
+                    },
+                    value: u64_at(e, 8) as i64,
+                })
+                .collect();
+            let (_, recs) = r.array(12, "params")?;
+            let params = recs
+                .chunks_exact(12)
+                .map(|p| Param {
+                    name: Name {
+                        off: u32_at(p, 0),
+                        len: u32_at(p, 4),
+                    },
+                    ty: TypeId(u32_at(p, 8)),
+                })
+                .collect();
+            let (_, recs) = r.array(12, "datasec vars")?;
+            let var_infos = recs
+                .chunks_exact(12)
+                .map(|v| VarSecInfo {
+                    ty: TypeId(u32_at(v, 0)),
+                    offset: u32_at(v, 4),
+                    size: u32_at(v, 8),
+                })
+                .collect();
+            if types.first() != Some(&Type::Void) {
+                return Err("type 0 is not void".into());
+            }
+            let t = Types {
+                strings,
+                types,
+                members,
+                enumerators,
+                params,
+                var_infos,
+                index: OnceLock::new(),
+            };
+            t.validate()?;
+            Ok(t)
+        }
     }
 }

@@ -461,3 +461,25 @@ fn mutate(rng: &mut SmallRng, seed: &[u8]) -> Vec<u8> {
     }
     v
 }
+
+#[test]
+fn pdb_profiles_round_trip_through_the_cache() {
+    use vmi_profile::cache::{self, CacheKey};
+    for pdb in [BREAKPAD_PDB, "generated-demo/ntkrnlmp.pdb"] {
+        let p = load_pdb(&fixture(pdb)).unwrap();
+        let key = CacheKey::for_profile(&p).unwrap();
+        assert!(matches!(key, CacheKey::Pdb(_)));
+        let back = cache::decode(&cache::encode(&p, &key), &key, Path::new("x")).unwrap();
+        assert_eq!(back, p, "{pdb}");
+        assert_eq!(back.metadata, p.metadata);
+        assert_eq!(
+            back.offset_of("_LIST_ENTRY", "Blink").unwrap(),
+            p.offset_of("_LIST_ENTRY", "Blink").unwrap()
+        );
+        let first = p.symbols.iter().next().unwrap();
+        assert_eq!(
+            back.symbol_address(&first.name).ok(),
+            p.symbol_address(&first.name).ok()
+        );
+    }
+}
