@@ -1,2 +1,349 @@
-//! Nested-Xen smoke test binary (filled in below).
-fn main() {}
+//! The nested-Xen smoke test's dom0 side: runs the driver against one domU and prints
+//! one marker line per check, `XEN_SMOKE <guest> <CHECK> <OK|FAIL|INFO> <detail>`, on
+//! stdout (the serial console). Started by the dom0 `/init` that
+//! `cargo xtask xen smoke` builds:
+//!
+//! ```text
+//! xen-smoke <domid> <pv|pvh> <linux_banner VA, hex> <CR3 events wanted>
+//! ```
+
+use std::time::{Duration, Instant};
+
+use rand::{Rng, SeedableRng, rngs::SmallRng};
+use vmi_core::{
+    EventMonitor, Gfn, Registers as _, Va, VcpuId, VmState, VmiCore, VmiCoreConfig, VmiDriver,
+    VmiError, VmiEventControl, VmiEventResponse, VmiRead, VmiVmControl,
+};
+use vmi_driver_xen::{
+    GuestKind, MonitorOp, ViewId, XenDriver, abi::XenMemAccess, ffi::LibXen, list_domains,
+};
+
+struct Report {
+    guest: String,
+    failed: usize,
+}
+
+impl Report {
+    fn line(&mut self, check: &str, ok: Option<bool>, detail: impl std::fmt::Display) {
+        let status = match ok {
+            Some(true) => "OK",
+            Some(false) => {
+                self.failed += 1;
+                "FAIL"
+            }
+            None => "INFO",
+        };
+        println!("XEN_SMOKE {} {check} {status} {detail}", self.guest);
+    }
+    fn result<T>(
+        &mut self,
+        check: &str,
+        r: Result<T, VmiError>,
+        detail: impl FnOnce(&T) -> String,
+    ) -> Option<T> {
+        match r {
+            Ok(v) => {
+                let d = detail(&v);
+                self.line(check, Some(true), d);
+                Some(v)
+            }
+            Err(e) => {
+                self.line(check, Some(false), e);
+                None
+            }
+        }
+    }
+}
+
+fn open() -> Result<LibXen, VmiError> {
+    LibXen::open().map_err(|e| VmiError::driver("xen", e.to_string()))
+}
+
+fn hex(b: &[u8]) -> String {
+    b.iter()
+        .map(|x| format!("{x:02x}"))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    let (Some(domid), Some(kind), Some(banner), Some(events)) = (
+        args.get(1).and_then(|s| s.parse::<u32>().ok()),
+        args.get(2).cloned(),
+        args.get(3)
+            .and_then(|s| u64::from_str_radix(s.trim_start_matches("0x"), 16).ok()),
+        args.get(4).and_then(|s| s.parse::<usize>().ok()),
+    ) else {
+        eprintln!("usage: xen-smoke <domid> <pv|pvh> <linux_banner hex> <events>");
+        std::process::exit(2);
+    };
+    let mut rep = Report {
+        guest: kind.clone(),
+        failed: 0,
+    };
+    run(&mut rep, domid, &kind, banner, events);
+    rep.line(
+        "END",
+        Some(rep.failed == 0),
+        format!("{} failed", rep.failed),
+    );
+}
+
+fn run(rep: &mut Report, domid: u32, kind: &str, banner: u64, events: usize) {
+    let Some(xen) = rep.result("OPEN", open(), |_| {
+        "libxenctrl, foreignmemory, evtchn".into()
+    }) else {
+        return;
+    };
+    let listed = list_domains(&xen);
+    rep.result(
+        "LIST",
+        listed.and_then(|l| {
+            if l.iter().any(|d| d.domid == domid) {
+                Ok(l)
+            } else {
+                Err(VmiError::NotFound {
+                    kind: "domain in list",
+                    name: domid.to_string(),
+                })
+            }
+        }),
+        |l| {
+            l.iter()
+                .map(|d| format!("dom{}:flags={:#x}:pages={}", d.domid, d.flags, d.tot_pages))
+                .collect::<Vec<_>>()
+                .join(",")
+        },
+    );
+    let Some(drv) = rep.result("ATTACH", XenDriver::new(xen, domid), |d| {
+        format!(
+            "{:?} vcpus={} max_gfn={:#x}",
+            d.guest_kind(),
+            d.info().map(|i| i.vcpus).unwrap_or(0),
+            d.info().map(|i| i.max_gfn.0).unwrap_or(0)
+        )
+    }) else {
+        return;
+    };
+    let want_pv = kind == "pv";
+    rep.line(
+        "KIND",
+        Some((drv.guest_kind() == GuestKind::Pv) == want_pv),
+        format!("{:?}", drv.guest_kind()),
+    );
+    let tot_pages = drv.domain_info().map(|i| i.tot_pages).unwrap_or(0);
+    let Some(core) = rep.result(
+        "CORE",
+        VmiCore::with_config(
+            drv,
+            VmiCoreConfig {
+                page_cache: Some(0),
+                ..VmiCoreConfig::default()
+            },
+        ),
+        |_| "page cache off".into(),
+    ) else {
+        return;
+    };
+    rep.result(
+        "PAUSE",
+        core.pause().and_then(|_| core.vm_state()).and_then(|s| {
+            if s == VmState::Paused {
+                Ok(s)
+            } else {
+                Err(VmiError::driver("xen", format!("state {s:?} after pause")))
+            }
+        }),
+        |s| format!("{s:?}"),
+    );
+    let regs = rep.result("REGS", core.registers(VcpuId(0)), |r| {
+        format!(
+            "rip={:#x} rsp={:#x} cr0={:#x} cr3={:#x} cr4={:#x} efer={:#x}",
+            r.rip, r.rsp, r.cr0, r.cr3.0, r.cr4, r.efer
+        )
+    });
+    if let Some(regs) = &regs {
+        let ctx = regs.address_context(Va(banner));
+        let text = core.read_vec(ctx, 64);
+        rep.result(
+            "BANNER",
+            text.and_then(|b| {
+                if b.starts_with(b"Linux version ") {
+                    Ok(b)
+                } else {
+                    Err(VmiError::driver(
+                        "xen",
+                        format!("not a banner: {:?}", String::from_utf8_lossy(&b)),
+                    ))
+                }
+            }),
+            |b| {
+                let s = String::from_utf8_lossy(b);
+                s.split('\0').next().unwrap_or("").trim_end().to_owned()
+            },
+        );
+        let tr = core.translate_address(ctx);
+        rep.result("TRANSLATE", tr, |pa| {
+            format!("{:#x} -> {:#x}", banner, pa.0)
+        });
+        let rip = regs.instruction_pointer();
+        rep.result(
+            "RIP_BYTES",
+            core.read_vec(regs.address_context(rip), 16),
+            |b| format!("{:#x}: {}", rip.0, hex(b)),
+        );
+        // write and restore one byte of the banner ('L' -> 'X' -> 'L')
+        let wr = (|| -> Result<String, VmiError> {
+            let orig = core.read_u8(ctx)?;
+            core.write_u8(ctx, b'X')?;
+            let pa = core.translate_address(ctx)?;
+            let mut seen = [0u8];
+            core.driver()
+                .read_page(Gfn(pa.0 >> 12), (pa.0 & 0xfff) as usize, &mut seen)?;
+            core.write_u8(ctx, orig)?;
+            let mut back = [0u8];
+            core.driver()
+                .read_page(Gfn(pa.0 >> 12), (pa.0 & 0xfff) as usize, &mut back)?;
+            if seen[0] == b'X' && back[0] == orig {
+                Ok(format!(
+                    "{:?} -> 'X' -> {:?}",
+                    orig as char, back[0] as char
+                ))
+            } else {
+                Err(VmiError::driver(
+                    "xen",
+                    format!("saw {:#x} then {:#x}", seen[0], back[0]),
+                ))
+            }
+        })();
+        rep.result("WRITE_RESTORE", wr, |s| s.clone());
+    }
+    rep.result("RESUME", core.resume().and_then(|_| core.vm_state()), |s| {
+        format!("{s:?}")
+    });
+
+    if !want_pv {
+        perf(rep, domid, tot_pages);
+        probes(rep, &core);
+        cr3_events(rep, &core, events);
+    }
+    let drv_kind = core.driver().guest_kind();
+    drop(core);
+    // after drop: unpaused, monitoring off (a new driver can enable it again)
+    let after = (|| -> Result<String, VmiError> {
+        let d = XenDriver::new(open()?, domid)?;
+        let st = d.state()?;
+        if st != VmState::Running {
+            return Err(VmiError::driver("xen", format!("state {st:?} after drop")));
+        }
+        if !want_pv {
+            d.monitor_enable(EventMonitor::ControlRegisterWrite(3))?;
+        }
+        d.close()?;
+        Ok(format!("{st:?}, monitor free ({drv_kind:?})"))
+    })();
+    rep.result("CLEANUP", after, |s| s.clone());
+}
+
+fn perf(rep: &mut Report, domid: u32, tot_pages: u64) {
+    let frames = tot_pages.clamp(1, 0xffff);
+    let mut rng = SmallRng::seed_from_u64(17);
+    let set: Vec<u64> = (0..256).map(|_| rng.gen_range(0..frames)).collect();
+    let order: Vec<u64> = (0..4000)
+        .map(|_| set[rng.gen_range(0..set.len())])
+        .collect();
+    for (label, cache) in [("nocache", 0usize), ("cache", 4096)] {
+        let r = (|| -> Result<(f64, usize), VmiError> {
+            let core = VmiCore::with_config(
+                XenDriver::new(open()?, domid)?,
+                VmiCoreConfig {
+                    page_cache: Some(cache),
+                    ..VmiCoreConfig::default()
+                },
+            )?;
+            let mut buf = vec![0u8; 4096];
+            let mut failed = 0;
+            let t = Instant::now();
+            for g in &order {
+                if core.read_physical(vmi_core::Pa(g << 12), &mut buf).is_err() {
+                    failed += 1;
+                }
+            }
+            Ok((order.len() as f64 / t.elapsed().as_secs_f64(), failed))
+        })();
+        rep.result(
+            &format!("PERF_READS_{}", label.to_uppercase()),
+            r,
+            |(rate, failed)| {
+                format!("{rate:.0} random 4KiB reads/s over 256 frames ({failed} unreadable)")
+            },
+        );
+    }
+}
+
+fn probes<X: vmi_driver_xen::XenInterface>(rep: &mut Report, core: &VmiCore<XenDriver<X>>) {
+    let d = core.driver();
+    for (name, r) in [
+        (
+            "PROBE_MEM_ACCESS",
+            d.set_mem_access(ViewId(0), Gfn(0x100), XenMemAccess::RX),
+        ),
+        (
+            "PROBE_ALTP2M",
+            d.altp2m_create_view(XenMemAccess::RWX).map(|_| ()),
+        ),
+        ("PROBE_SINGLESTEP", d.monitor(MonitorOp::Singlestep, true)),
+    ] {
+        match r {
+            Err(e @ VmiError::NotSupported { .. }) => {
+                rep.line(name, Some(true), format!("refused: {e}"))
+            }
+            Ok(()) => rep.line(name, None, "supported by this hypervisor"),
+            Err(e) => rep.line(name, Some(false), format!("unexpected error: {e}")),
+        }
+    }
+}
+
+fn cr3_events<X: vmi_driver_xen::XenInterface>(
+    rep: &mut Report,
+    core: &VmiCore<XenDriver<X>>,
+    want: usize,
+) {
+    let d = core.driver();
+    if let Err(e) = d.monitor_enable(EventMonitor::ControlRegisterWrite(3)) {
+        rep.line("CR3_EVENTS", Some(false), format!("enable: {e}"));
+        return;
+    }
+    let mut n = 0usize;
+    let mut last = (0u64, 0u64);
+    let t = Instant::now();
+    while n < want && t.elapsed() < Duration::from_secs(90) {
+        let r = d.wait_for_events(Duration::from_secs(1), &mut |e| {
+            if let vmi_arch_amd64::EventReason::ControlRegister { index: 3, old, new } = e.reason {
+                last = (old, new);
+            }
+            VmiEventResponse::continue_()
+        });
+        match r {
+            Ok(k) => n += k,
+            Err(e) => {
+                rep.line("CR3_EVENTS", Some(false), format!("after {n}: {e}"));
+                return;
+            }
+        }
+    }
+    let secs = t.elapsed().as_secs_f64();
+    let stats = d.event_stats();
+    let _ = d.monitor_disable(EventMonitor::ControlRegisterWrite(3));
+    rep.line(
+        "CR3_EVENTS",
+        Some(n >= want),
+        format!(
+            "{n} events in {secs:.2} s = {:.0}/s, last cr3 {:#x} -> {:#x}, stats {stats:?}",
+            n as f64 / secs,
+            last.0,
+            last.1
+        ),
+    );
+}
