@@ -205,6 +205,37 @@ fn real_guest_dumps_in_every_format() {
         compare_with_ram(&ours, &ram, "ours").0,
         ram.len() as u64 / 4096
     );
+    // Volatility 3 (the project's venv, when setup installed it) opens our ELF core and
+    // finds the guest's banners at physical addresses where the RAM file has them too.
+    let vol = vmi_test_guest::cache::workspace_root().join("target/venv/bin/vol");
+    if vol.exists() {
+        let out = Command::new(&vol)
+            .args(["-q", "-f"])
+            .arg(&ours_path)
+            .arg("banners.Banners")
+            .output()
+            .expect("run vol");
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut found = 0;
+        for line in text.lines().filter(|l| l.starts_with("0x")) {
+            let (offset, banner) = line.split_once('\t').unwrap_or((line, ""));
+            let pa = u64::from_str_radix(offset.trim_start_matches("0x"), 16).unwrap() as usize;
+            let prefix = format!("Linux version {}", truth.release);
+            assert!(banner.starts_with(&prefix), "{line}");
+            assert_eq!(&ram[pa..pa + prefix.len()], prefix.as_bytes(), "{line}");
+            found += 1;
+        }
+        assert!(
+            found > 0,
+            "Volatility 3 found no banner in our ELF core:\n{text}{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    } else {
+        eprintln!(
+            "SKIPPED: Volatility 3 check of the ELF writer: {} not found (scripts/setup.sh installs it)",
+            vol.display()
+        );
+    }
     drop((raw, lime, kdump));
     let _ = std::fs::remove_file(&kdump_path);
     let _ = std::fs::remove_file(&elf_path);
@@ -262,6 +293,7 @@ fn real_guest_dumps_in_every_format() {
         .args(["-F", "-c", "-d", "0", "ours.elf"])
         .current_dir(&dir)
         .stdout(flat)
+        .stderr(std::process::Stdio::null()) // progress bars
         .status()
         .unwrap();
     assert!(status.success());
