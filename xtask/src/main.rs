@@ -8,6 +8,8 @@
 //! cargo xtask guest qmp   --dir DIR '<json>'|'hmp:<command>'...
 //! cargo xtask guest down  --dir DIR
 //! cargo xtask guest reap
+//! cargo xtask xen smoke  [--xen 4.17|4.20] [--events N] [--timeout SECS]
+//! cargo xtask xen headers [--xen 4.17|4.20]
 //! ```
 //! All logic lives in the `vmi-test-guest` crate; this is a thin CLI over it.
 
@@ -17,6 +19,8 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use vmi_test_guest::{Accel, DumpFormat, GuestConfig, GuestEnv, KernelSpec, TestGuest};
+
+mod xen;
 
 #[derive(Parser)]
 #[command(name = "cargo xtask", about = "Developer tasks for the VMI workspace")]
@@ -30,6 +34,32 @@ enum Top {
     /// Build, boot, inspect and stop the real Linux test guest.
     #[command(subcommand)]
     Guest(GuestCmd),
+    /// Nested Xen under QEMU TCG: the smoke test of vmi-driver-xen.
+    #[command(subcommand)]
+    Xen(XenCmd),
+}
+
+#[derive(Subcommand)]
+enum XenCmd {
+    /// Boot Debian's Xen nested under QEMU TCG, start a PV and a PVH guest and run the
+    /// driver against them from dom0; exit 0 only when every check passed.
+    Smoke {
+        /// Xen release: 4.17 (bookworm) or 4.20 (trixie).
+        #[arg(long, default_value = "4.17")]
+        xen: String,
+        /// CR3-write events to handle from the PVH guest.
+        #[arg(long, default_value_t = 50)]
+        events: usize,
+        /// Seconds before QEMU is killed.
+        #[arg(long, default_value_t = 420)]
+        timeout: u64,
+    },
+    /// Download and unpack libxen-dev and its libraries (no install); print the root.
+    Headers {
+        /// Xen release: 4.17 (bookworm) or 4.20 (trixie, private apt configuration).
+        #[arg(long, default_value = "4.17")]
+        xen: String,
+    },
 }
 
 #[derive(Subcommand)]
@@ -106,6 +136,20 @@ enum GuestCmd {
 fn main() -> Result<()> {
     match Cli::parse().cmd {
         Top::Guest(cmd) => guest(cmd),
+        Top::Xen(XenCmd::Smoke {
+            xen,
+            events,
+            timeout,
+        }) => {
+            if !xen::smoke(&xen, events, Duration::from_secs(timeout))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Top::Xen(XenCmd::Headers { xen }) => {
+            println!("{}", xen::headers(&xen)?.display());
+            Ok(())
+        }
     }
 }
 

@@ -1,0 +1,648 @@
+//! `cargo xtask xen smoke --xen 4.17|4.20`: the nested-Xen smoke test of
+//! `vmi-driver-xen`.
+//!
+//! Downloads Debian's Xen hypervisor, tools, libraries and a stock kernel with apt
+//! (never installed: unpacked with `dpkg-deb -x`; trixie through a private apt
+//! configuration), builds the driver's `xen-smoke` binary against that Xen's headers and
+//! static libraries, packs a dom0 initramfs (busybox, Xen modules and tools, their
+//! libraries, the binary, a domU kernel and initramfs) and boots Xen under QEMU TCG with
+//! `-cpu qemu64,+svm,+npt`. Dom0's `/init` starts a PV and a PVH guest and runs the
+//! binary against each; its marker lines come back on the serial log. Prints what each
+//! check saw and one summary line; fails unless every check passed.
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use vmi_test_guest::KernelSpec;
+use vmi_test_guest::apt::Apt;
+use vmi_test_guest::cpio::CpioBuilder;
+
+/// One Xen release's packages.
+struct XenSet {
+    version: &'static str,
+    suite: &'static str,
+    packages: &'static [&'static str],
+}
+
+const COMMON_LIBS: &[&str] = &[
+    "libxen-dev",
+    "libxencall1",
+    "libxendevicemodel1",
+    "libxenevtchn1",
+    "libxenforeignmemory1",
+    "libxengnttab1",
+    "libxenhypfs1",
+    "libxenstore4",
+    "libxentoolcore1",
+    "libxentoollog1",
+    "libyajl2",
+];
+
+fn xen_set(version: &str) -> Result<XenSet> {
+    Ok(match version {
+        "4.17" => XenSet {
+            version: "4.17",
+            suite: "bookworm",
+            packages: &[
+                "xen-hypervisor-4.17-amd64",
+                "xen-utils-4.17",
+                "libxenmisc4.17",
+            ],
+        },
+        "4.20" => XenSet {
+            version: "4.20",
+            suite: "trixie",
+            packages: &[
+                "xen-hypervisor-4.20-amd64",
+                "xen-utils-4.20",
+                "libxenmisc4.20",
+                // the tools need trixie's C library at run time
+                "libc6",
+                "libgcc-s1",
+                "zlib1g",
+                "liblzma5",
+                "libzstd1",
+                "libuuid1",
+                "libtinfo6",
+                "libncursesw6",
+            ],
+        },
+        other => bail!("--xen must be 4.17 or 4.20, not `{other}`"),
+    })
+}
+
+fn run(cmd: &mut Command) -> Result<std::process::Output> {
+    let out = cmd
+        .stderr(Stdio::inherit())
+        .output()
+        .with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!("{cmd:?} failed: {}", out.status);
+    }
+    Ok(out)
+}
+
+/// Downloads (cached) and unpacks every package of `set` plus the dom0/domU kernel into
+/// `root`; returns the kernel's release.
+fn prepare_root(set: &XenSet, work: &Path) -> Result<PathBuf> {
+    let root = work.join("root");
+    if root.join(".ready").is_file() {
+        return Ok(root);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let debs = work.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let apt_for = |suite: &str| {
+        Apt::for_spec(&KernelSpec {
+            suite: Some(suite.to_owned()),
+            package: String::new(),
+        })
+    };
+    let xen_apt = apt_for(set.suite);
+    let mut wanted: Vec<(Apt, String)> = Vec::new();
+    for p in set.packages.iter().chain(COMMON_LIBS) {
+        wanted.push((xen_apt.clone(), (*p).to_owned()));
+    }
+    // The stock bookworm kernel works as dom0 and domU for both Xen releases.
+    wanted.push((apt_for("bookworm"), "linux-image-amd64".to_owned()));
+    for (apt, pkg) in wanted {
+        let r = apt
+            .resolve(&pkg)
+            .with_context(|| format!("resolving {pkg}"))?;
+        let deb = apt
+            .download(&r, &debs)
+            .with_context(|| format!("downloading {pkg}"))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    std::fs::write(root.join(".ready"), b"")?;
+    Ok(root)
+}
+
+fn find_file(dir: &Path, pred: &dyn Fn(&Path) -> bool, depth: usize) -> Option<PathBuf> {
+    let rd = std::fs::read_dir(dir).ok()?;
+    let mut subdirs = Vec::new();
+    for e in rd.flatten() {
+        let p = e.path();
+        let ft = e.file_type().ok()?;
+        if ft.is_dir() {
+            subdirs.push(p);
+        } else if pred(&p) {
+            return Some(p);
+        }
+    }
+    if depth == 0 {
+        return None;
+    }
+    subdirs.iter().find_map(|d| find_file(d, pred, depth - 1))
+}
+
+fn file_name_is(p: &Path, name: &str) -> bool {
+    p.file_name().is_some_and(|n| n == name)
+}
+
+fn starts_with(p: &Path, prefix: &str) -> bool {
+    p.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with(prefix))
+}
+
+/// Shared libraries `binaries` need (by `ldd`, preferring the unpacked root's).
+fn needed_libs(binaries: &[PathBuf], lib_dirs: &str) -> Result<BTreeSet<PathBuf>> {
+    let mut libs = BTreeSet::new();
+    for b in binaries {
+        let out = Command::new("ldd")
+            .arg(b)
+            .env("LD_LIBRARY_PATH", lib_dirs)
+            .output()?;
+        for line in String::from_utf8_lossy(&out.stdout).lines() {
+            if let Some((_, rest)) = line.split_once("=> ")
+                && let Some(path) = rest.split_whitespace().next()
+                && path.starts_with('/')
+            {
+                libs.insert(PathBuf::from(path));
+            }
+        }
+    }
+    Ok(libs)
+}
+
+const DOM0_INIT: &str = r#"#!/bin/sh
+export PATH=/bin:/sbin:/usr/bin:/usr/sbin:/usr/lib/xen-@V@/bin
+export LD_LIBRARY_PATH=/usr/lib/x86_64-linux-gnu:/lib/x86_64-linux-gnu
+mount -t proc proc /proc; mount -t sysfs sysfs /sys; mount -t devtmpfs devtmpfs /dev
+mkdir -p /dev/pts; mount -t devpts -o ptmxmode=0666 devpts /dev/pts
+mount -t tmpfs tmpfs /run; mount -t tmpfs tmpfs /tmp
+mkdir -p /var/lib/xen /var/lib/xenstored /var/log/xen/console /var/run/xen /var/run/xenstored
+for m in xen-privcmd xen-evtchn xen-gntdev xen-gntalloc xenfs; do insmod /lib/modules/$m.ko; done
+mount -t xenfs xenfs /proc/xen
+echo "XEN_SMOKE dom0 BOOT INFO caps=$(cat /proc/xen/capabilities)"
+xenstored --pid-file /var/run/xenstored.pid
+sleep 1; xen-init-dom0 >/dev/null 2>&1
+xenconsoled --log=guest --log-dir=/var/log/xen/console --pid-file=/var/run/xenconsoled.pid
+echo "XEN_SMOKE dom0 XL_INFO INFO $(xl info | grep -E '^(xen_version|virt_caps)' | tr -s ' ' | tr '\n' ';')"
+for t in pv pvh; do
+  if xl create /root/guest-$t.cfg >/tmp/create-$t.log 2>&1; then
+    echo "XEN_SMOKE $t CREATE OK"
+  else
+    echo "XEN_SMOKE $t CREATE FAIL $(tail -n 3 /tmp/create-$t.log | tr '\n' ' ')"; continue
+  fi
+  i=0; while [ $i -lt 40 ] && ! grep -q DOMU_ALIVE /var/log/xen/console/guest-guest$t.log 2>/dev/null; do sleep 1; i=$((i+1)); done
+  echo "XEN_SMOKE $t ALIVE INFO after ${i}s: $(grep -m1 DOMU_ALIVE /var/log/xen/console/guest-guest$t.log)"
+  id=$(xl domid guest$t)
+  /root/xen-smoke $id $t @BANNER@ @EVENTS@
+  xl destroy $id
+done
+echo "XEN_SMOKE dom0 DONE INFO"
+poweroff -f
+"#;
+
+const DOMU_INIT: &str = r#"#!/bin/sh
+mount -t proc proc /proc
+echo "DOMU_ALIVE $(cat /proc/version)"
+while true; do ls / >/dev/null; cat /proc/uptime >/dev/null; sleep 0.05; done
+"#;
+
+fn busybox_cpio(c: &mut CpioBuilder, busybox: &[u8]) -> Result<()> {
+    for d in [
+        "/bin",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/tmp",
+        "/root",
+        "/var",
+        "/etc",
+    ] {
+        c.dir(d, 0o755);
+    }
+    c.file("/bin/busybox", 0o755, busybox.to_vec());
+    let out = Command::new("/bin/busybox").arg("--list-full").output()?;
+    for applet in String::from_utf8_lossy(&out.stdout).lines() {
+        let a = applet.trim();
+        if a.is_empty() || a == "bin/busybox" {
+            continue;
+        }
+        c.symlink(&format!("/{a}"), "/bin/busybox");
+    }
+    Ok(())
+}
+
+fn mkdirs(c: &mut CpioBuilder, seen: &mut BTreeSet<String>, path: &str) {
+    let mut cur = String::new();
+    let parts: Vec<&str> = path.split('/').filter(|p| !p.is_empty()).collect();
+    for p in &parts[..parts.len().saturating_sub(1)] {
+        cur.push('/');
+        cur.push_str(p);
+        if seen.insert(cur.clone()) {
+            c.dir(&cur, 0o755);
+        }
+    }
+}
+
+/// Entry point of `cargo xtask xen headers`: downloads (cached) and unpacks
+/// `libxen-dev` and the libraries it links against for one Xen release, without the
+/// hypervisor, tools or kernel; returns the unpacked root (`usr/include`,
+/// `usr/lib/x86_64-linux-gnu`).
+pub fn headers(version: &str) -> Result<PathBuf> {
+    let set = xen_set(version)?;
+    let work = vmi_test_guest::cache::cache_dir()
+        .join("xen")
+        .join(set.version);
+    let root = work.join("headers");
+    if root.join(".ready").is_file() {
+        return Ok(root);
+    }
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root)?;
+    let debs = work.join("debs");
+    std::fs::create_dir_all(&debs)?;
+    let apt = Apt::for_spec(&KernelSpec {
+        suite: Some(set.suite.to_owned()),
+        package: String::new(),
+    });
+    let misc = format!("libxenmisc{}", set.version);
+    for pkg in COMMON_LIBS.iter().copied().chain([misc.as_str()]) {
+        let r = apt
+            .resolve(pkg)
+            .with_context(|| format!("resolving {pkg}"))?;
+        let deb = apt
+            .download(&r, &debs)
+            .with_context(|| format!("downloading {pkg}"))?;
+        run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
+    }
+    std::fs::write(root.join(".ready"), b"")?;
+    Ok(root)
+}
+
+/// Entry point of `cargo xtask xen smoke`.
+pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
+    let set = xen_set(version)?;
+    let ws = vmi_test_guest::cache::workspace_root();
+    let work = vmi_test_guest::cache::cache_dir()
+        .join("xen")
+        .join(set.version);
+    std::fs::create_dir_all(&work)?;
+    let t0 = Instant::now();
+    eprintln!(
+        "[xen] preparing Xen {} packages in {}",
+        set.version,
+        work.display()
+    );
+    let root = prepare_root(&set, &work)?;
+    let lib = root.join("usr/lib/x86_64-linux-gnu");
+
+    // The kernel, its Xen modules and System.map.
+    let boot = root.join("boot");
+    let vmlinuz = find_file(&boot, &|p| starts_with(p, "vmlinuz-"), 0).context("no vmlinuz")?;
+    let sysmap =
+        find_file(&boot, &|p| starts_with(p, "System.map-"), 0).context("no System.map")?;
+    let banner = std::fs::read_to_string(&sysmap)?
+        .lines()
+        .find_map(|l| {
+            let mut it = l.split_whitespace();
+            let (a, _, n) = (it.next()?, it.next()?, it.next()?);
+            (n == "linux_banner").then(|| a.to_owned())
+        })
+        .context("linux_banner not in System.map")?;
+    let xen_gz = find_file(
+        &boot,
+        &|p| {
+            starts_with(p, &format!("xen-{}", set.version))
+                && p.extension().is_some_and(|e| e == "gz")
+        },
+        0,
+    )
+    .context("no xen-*.gz in the hypervisor package")?;
+    let xen_elf = work.join("xen");
+    {
+        use std::io::Read as _;
+        let gz = std::fs::read(&xen_gz)?;
+        let out = Command::new("gzip")
+            .arg("-dc")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()?;
+        let mut child = out;
+        let mut stdin = child.stdin.take().context("gzip stdin")?;
+        let writer = std::thread::spawn(move || std::io::Write::write_all(&mut stdin, &gz));
+        let mut data = Vec::new();
+        child
+            .stdout
+            .take()
+            .context("gzip stdout")?
+            .read_to_end(&mut data)?;
+        let _ = writer.join();
+        child.wait()?;
+        std::fs::write(&xen_elf, data)?;
+    }
+
+    // The smoke binary against this Xen's headers and static libraries.
+    eprintln!(
+        "[xen] building xen-smoke against Xen {} headers",
+        set.version
+    );
+    let target = ws.join("target").join(format!("xen-smoke-{}", set.version));
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(&ws)
+            .args([
+                "build",
+                "--release",
+                "-q",
+                "-p",
+                "vmi-driver-xen",
+                "--features",
+                "xen-sys",
+                "--bin",
+                "xen-smoke",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .env("XEN_HEADERS_DIR", root.join("usr/include"))
+            .env("XEN_LIB_DIR", &lib)
+            .env("XEN_STATIC", "1"),
+    )?;
+    let smoke_bin = target.join("release/xen-smoke");
+
+    // domU initramfs
+    let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (busybox-static) needed")?;
+    let mut du = CpioBuilder::new();
+    busybox_cpio(&mut du, &busybox)?;
+    du.file("/init", 0o755, DOMU_INIT.as_bytes().to_vec());
+    let domu = du.to_bytes();
+
+    // dom0 initramfs
+    let mut c = CpioBuilder::new();
+    busybox_cpio(&mut c, &busybox)?;
+    let mut seen: BTreeSet<String> = [
+        "/bin",
+        "/sbin",
+        "/usr",
+        "/usr/bin",
+        "/usr/sbin",
+        "/proc",
+        "/sys",
+        "/dev",
+        "/run",
+        "/tmp",
+        "/root",
+        "/var",
+        "/etc",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let init = DOM0_INIT
+        .replace("@V@", set.version)
+        .replace("@BANNER@", &banner)
+        .replace("@EVENTS@", &events.to_string());
+    c.file("/init", 0o755, init.into_bytes());
+    for m in [
+        "xen-privcmd",
+        "xen-evtchn",
+        "xen-gntdev",
+        "xen-gntalloc",
+        "xenfs",
+    ] {
+        let ko = find_file(
+            &root.join("lib/modules"),
+            &|p| file_name_is(p, &format!("{m}.ko")),
+            8,
+        )
+        .with_context(|| format!("module {m}.ko"))?;
+        mkdirs(&mut c, &mut seen, "/lib/modules/x");
+        c.file(&format!("/lib/modules/{m}.ko"), 0o644, std::fs::read(&ko)?);
+    }
+    let tools_dir = root.join(format!("usr/lib/xen-{}/bin", set.version));
+    let mut binaries = Vec::new();
+    for t in ["xl", "xenstored", "xenconsoled", "xen-init-dom0"] {
+        let p = find_file(
+            &root.join(format!("usr/lib/xen-{}", set.version)),
+            &|p| file_name_is(p, t),
+            3,
+        )
+        .or_else(|| find_file(&root.join("usr/sbin"), &|p| file_name_is(p, t), 0))
+        .with_context(|| format!("tool {t} in {}", tools_dir.display()))?;
+        let dest = format!("/usr/lib/xen-{}/bin/{t}", set.version);
+        mkdirs(&mut c, &mut seen, &dest);
+        c.file(&dest, 0o755, std::fs::read(&p)?);
+        binaries.push(p);
+    }
+    let lib_dirs = format!(
+        "{}:{}",
+        lib.display(),
+        root.join("lib/x86_64-linux-gnu").display()
+    );
+    let mut libs = needed_libs(&binaries, &lib_dirs)?;
+    libs.insert(PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1")); // xl's pthread_cancel
+    for l in libs {
+        let name = l
+            .file_name()
+            .and_then(|n| n.to_str())
+            .context("lib name")?
+            .to_owned();
+        // prefer the unpacked root's copy (trixie's libc for 4.20)
+        let src = [
+            lib.join(&name),
+            root.join("lib/x86_64-linux-gnu").join(&name),
+        ]
+        .into_iter()
+        .find(|p| p.is_file())
+        .unwrap_or(l);
+        let dest = format!("/lib/x86_64-linux-gnu/{name}");
+        mkdirs(&mut c, &mut seen, &dest);
+        c.file(
+            &dest,
+            0o755,
+            std::fs::read(&src).with_context(|| format!("{}", src.display()))?,
+        );
+    }
+    let ld = [
+        root.join("lib64/ld-linux-x86-64.so.2"),
+        root.join("usr/lib/x86_64-linux-gnu/ld-linux-x86-64.so.2"),
+        lib.join("ld-linux-x86-64.so.2"),
+        PathBuf::from("/lib64/ld-linux-x86-64.so.2"),
+    ]
+    .into_iter()
+    .find(|p| p.exists())
+    .context("ld-linux")?;
+    mkdirs(&mut c, &mut seen, "/lib64/x");
+    c.file("/lib64/ld-linux-x86-64.so.2", 0o755, std::fs::read(&ld)?);
+    mkdirs(&mut c, &mut seen, "/usr/lib/x86_64-linux-gnu/x");
+    c.file("/root/xen-smoke", 0o755, std::fs::read(&smoke_bin)?);
+    c.file("/root/vmlinuz", 0o644, std::fs::read(&vmlinuz)?);
+    c.file("/root/domu.cpio", 0o644, domu);
+    for t in ["pv", "pvh"] {
+        let cfg = format!(
+            "name=\"guest{t}\"\ntype=\"{t}\"\nkernel=\"/root/vmlinuz\"\nramdisk=\"/root/domu.cpio\"\nextra=\"console=hvc0 rdinit=/init loglevel=4\"\nmemory=256\nvcpus=1\non_crash=\"preserve\"\n"
+        );
+        c.file(&format!("/root/guest-{t}.cfg"), 0o644, cfg.into_bytes());
+    }
+    let dom0_cpio = work.join("dom0.cpio");
+    std::fs::write(&dom0_cpio, c.to_bytes())?;
+    eprintln!(
+        "[xen] prepared in {:.0} s (banner at {banner}, {} KiB initramfs); booting Xen {} under QEMU TCG",
+        t0.elapsed().as_secs_f64(),
+        std::fs::metadata(&dom0_cpio)?.len() / 1024,
+        set.version
+    );
+
+    // Boot.
+    let log = work.join("serial.log");
+    let _ = std::fs::remove_file(&log);
+    let t1 = Instant::now();
+    let mut qemu = Command::new("qemu-system-x86_64")
+        .args(["-machine", "q35", "-accel", "tcg", "-cpu", "qemu64,+svm,+npt", "-m", "3072", "-smp", "2"])
+        .args(["-nographic", "-monitor", "none", "-no-reboot", "-display", "none"])
+        .arg("-serial")
+        .arg(format!("file:{}", log.display()))
+        .arg("-kernel")
+        .arg(&xen_elf)
+        .args(["-append", "console=com1 com1=115200,8n1 loglvl=all guest_loglvl=all dom0_mem=1024M,max:1024M noreboot"])
+        .arg("-initrd")
+        .arg(format!("{} console=hvc0 earlyprintk=xen,{}", vmlinuz.display(), dom0_cpio.display()))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .context("starting qemu-system-x86_64")?;
+    let mut timed_out = false;
+    loop {
+        if qemu.try_wait()?.is_some() {
+            break;
+        }
+        if t1.elapsed() > timeout {
+            timed_out = true;
+            let _ = qemu.kill();
+            let _ = qemu.wait();
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    }
+    let boot_secs = t1.elapsed().as_secs_f64();
+    let text = String::from_utf8_lossy(&std::fs::read(&log).unwrap_or_default()).into_owned();
+
+    // Report.
+    let mut ok = 0;
+    let mut failed = Vec::new();
+    let mut seen_checks = BTreeSet::new();
+    for line in text
+        .lines()
+        .filter_map(|l| l.find("XEN_SMOKE ").map(|i| &l[i..]))
+    {
+        let mut it = line.splitn(5, ' ');
+        let (_, guest, check, status) = (
+            it.next(),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+            it.next().unwrap_or(""),
+        );
+        let detail = it.next().unwrap_or("");
+        println!("{guest:>4} {check:<22} {status:<4} {detail}");
+        seen_checks.insert(format!("{guest} {check}"));
+        match status {
+            "OK" => ok += 1,
+            "FAIL" => failed.push(format!("{guest} {check}")),
+            _ => {}
+        }
+    }
+    let required: Vec<String> = [
+        (
+            "pv",
+            &[
+                "CREATE",
+                "LIST",
+                "ATTACH",
+                "KIND",
+                "PAUSE",
+                "REGS",
+                "BANNER",
+                "TRANSLATE",
+                "RIP_BYTES",
+                "WRITE_RESTORE",
+                "RESUME",
+                "CLEANUP",
+                "END",
+            ][..],
+        ),
+        (
+            "pvh",
+            &[
+                "CREATE",
+                "LIST",
+                "ATTACH",
+                "KIND",
+                "PAUSE",
+                "REGS",
+                "BANNER",
+                "TRANSLATE",
+                "RIP_BYTES",
+                "WRITE_RESTORE",
+                "RESUME",
+                "PERF_READS_NOCACHE",
+                "PERF_READS_CACHE",
+                "PROBE_MEM_ACCESS",
+                "PROBE_ALTP2M",
+                "PROBE_SINGLESTEP",
+                "CR3_EVENTS",
+                "CLEANUP",
+                "END",
+            ][..],
+        ),
+        ("dom0", &["DONE"][..]),
+    ]
+    .iter()
+    .flat_map(|(g, cs)| cs.iter().map(move |c| format!("{g} {c}")))
+    .collect();
+    let missing: Vec<&String> = required
+        .iter()
+        .filter(|r| !seen_checks.contains(*r))
+        .collect();
+    let pass = failed.is_empty() && missing.is_empty() && !timed_out;
+    if !pass {
+        let tail: Vec<&str> = text.lines().rev().take(25).collect();
+        eprintln!("[xen] serial log {} (last lines):", log.display());
+        for l in tail.iter().rev() {
+            eprintln!("  | {l}");
+        }
+    }
+    println!(
+        "xen smoke {}: {} ({} checks ok, {} failed{}, {} missing{}; QEMU ran {:.0} s, total {:.0} s)",
+        set.version,
+        if pass { "PASS" } else { "FAIL" },
+        ok,
+        failed.len(),
+        if failed.is_empty() {
+            String::new()
+        } else {
+            format!(": {}", failed.join(", "))
+        },
+        missing.len(),
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                ": {}",
+                missing
+                    .iter()
+                    .map(|s| s.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        },
+        boot_secs,
+        t0.elapsed().as_secs_f64(),
+    );
+    if timed_out {
+        eprintln!("[xen] QEMU killed after {} s", timeout.as_secs());
+    }
+    Ok(pass)
+}
