@@ -633,7 +633,6 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         let options = vmi_driver_dump::ElfCoreOptions {
             registers: (!regs.is_empty()).then_some(regs.as_slice()),
             vmcoreinfo: vmcoreinfo.as_deref(),
-            ..Default::default()
         };
         let summary = vmi_driver_dump::write_elf_core(
             self.core.driver(),
