@@ -31,6 +31,14 @@
 //!   counts derived from header fields are bounded by the bytes that back them before
 //!   anything is allocated; nothing panics on file contents (fuzzed in the tests).
 //!
+//! Performance (`benches/read.rs`, 256 MiB guest, random physical reads; a 2-core machine
+//! shared with parallel builds, so expect ±30 %): 4 KiB reads from raw, ELF and LiME run at
+//! the speed of a plain mmap copy (1.2–1.7 µs, memory-bound); random 8-byte reads cost
+//! 50–100 ns against 36–51 ns for a bare mmap load, the difference being the driver's
+//! ~17–20 ns per call (argument checks, range lookup, `Result`), measured with hot
+//! addresses; memflow's mapped-file connector takes 2.4–3.4 µs and 300–870 ns. QEMU's
+//! zlib kdump costs 6–12 µs per uncached page (decompression).
+//!
 //! The mapping is read-only and private; we never write through it. Like every mmap-based
 //! reader, a dump must not be modified or truncated while it is open: a truncated file
 //! makes the process die of `SIGBUS` when the lost pages are touched. Use
