@@ -84,7 +84,14 @@ where
     if cli.no_cache {
         builder = builder.no_cache();
     }
-    builder.build(core).map_err(|e| {
+    // Discovery reads memory and, on a first run, builds the profile: show a spinner on a
+    // terminal (indicatif draws nothing when stderr is not one).
+    let spinner = indicatif::ProgressBar::new_spinner()
+        .with_message("finding the kernel, its symbols and types in guest memory");
+    spinner.enable_steady_tick(std::time::Duration::from_millis(120));
+    let result = builder.build(core);
+    spinner.finish_and_clear();
+    result.map_err(|e| {
         let kind = core.info().kind;
         target_failure(
             anyhow!(e).context(format!("no Linux kernel recognised in the {kind} target")),
