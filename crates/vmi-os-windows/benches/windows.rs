@@ -9,7 +9,11 @@ use std::time::{Duration, Instant};
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use vmi_core::{VcpuId, VmiCore};
-use vmi_os_windows::{LdrList, WindowsOs, find_kernel_from_registers, profile_from_isf_dir};
+use vmi_os_windows::{
+    LdrList, WindowsOs, find_kernel_from_registers, profile_from_isf_dir,
+    profile_from_isf_dir_cached,
+};
+use vmi_profile::cache::ProfileCache;
 use vmi_test_windows::{GuestSpec, ImageDriver, build, isf_dir, load_isf};
 
 const KEY: &str = "9C00B19DBDE003DBFE4AB4216993C843-1";
@@ -51,26 +55,33 @@ fn vol_path() -> Option<PathBuf> {
 
 fn bench(c: &mut Criterion) {
     let (img, core, os) = setup();
-    assert_eq!(list(&core, &os), 4 + 1 + 2 + 3 + 4);
+    assert_eq!(list(&core, &os), 4 + 2 + 3 + 4);
     c.bench_function("windows: processes + modules (64 MiB image)", |b| {
         b.iter(|| list(&core, &os))
     });
     // The whole job from a fresh core: kernel discovery, profile load, listing.
-    c.bench_function("windows: open image (find kernel, load ISF) + list", |b| {
-        b.iter_custom(|iters| {
-            let mut total = Duration::ZERO;
-            for _ in 0..iters {
-                let t = Instant::now();
-                let core = VmiCore::new(img.driver()).expect("core");
-                let regs = core.registers(VcpuId(0)).expect("registers");
-                let kernel = find_kernel_from_registers(&core, &regs).expect("kernel");
-                let profile = profile_from_isf_dir(&isf_dir(), &kernel.codeview).expect("profile");
-                let os = WindowsOs::new(&core, profile, kernel).expect("os");
-                list(&core, &os);
-                total += t.elapsed();
-            }
-            total
-        })
+    let drv = img.driver();
+    let cache_dir =
+        std::env::temp_dir().join(format!("vmi-win-bench-cache-{}", std::process::id()));
+    let cache = ProfileCache::new(&cache_dir);
+    // From nothing but the image: kernel discovery from registers, profile, listing.
+    let from_scratch = |cached: bool| {
+        let core = VmiCore::new(drv.clone()).expect("core");
+        let regs = core.registers(VcpuId(0)).expect("registers");
+        let kernel = find_kernel_from_registers(&core, &regs).expect("kernel");
+        let profile = if cached {
+            profile_from_isf_dir_cached(&isf_dir(), &kernel.codeview, &cache).expect("profile")
+        } else {
+            profile_from_isf_dir(&isf_dir(), &kernel.codeview).expect("profile")
+        };
+        let os = WindowsOs::new(&core, profile, kernel).expect("os");
+        list(&core, &os)
+    };
+    c.bench_function("windows: open (find kernel, import ISF) + list", |b| {
+        b.iter(|| from_scratch(false))
+    });
+    c.bench_function("windows: open (find kernel, cached profile) + list", |b| {
+        b.iter(|| from_scratch(true))
     });
     let Some(vol) = vol_path() else {
         eprintln!("SKIPPED Volatility comparison: no vol (set VMI_VOL or run scripts/setup.sh)");
@@ -104,27 +115,34 @@ fn bench(c: &mut Criterion) {
     };
     run("windows.pslist"); // warm Volatility's identifier cache, as a repeated user would have it
     let vol_time = run("windows.pslist") + run("windows.dlllist");
-    let t = Instant::now();
-    let reps = 100;
-    for _ in 0..reps {
-        let core = VmiCore::new(img.driver()).expect("core");
-        let regs = core.registers(VcpuId(0)).expect("registers");
-        let kernel = find_kernel_from_registers(&core, &regs).expect("kernel");
-        let profile = profile_from_isf_dir(&isf_dir(), &kernel.codeview).expect("profile");
-        let os = WindowsOs::new(&core, profile, kernel).expect("os");
+    let time = |f: &dyn Fn()| {
+        let reps = 10u32;
+        let t = Instant::now();
+        for _ in 0..reps {
+            f();
+        }
+        t.elapsed() / reps
+    };
+    let cold = time(&|| {
+        from_scratch(false);
+    });
+    let cached = time(&|| {
+        from_scratch(true);
+    });
+    let warm = time(&|| {
         list(&core, &os);
-    }
-    let ours_cold = t.elapsed() / reps;
-    let t = Instant::now();
-    for _ in 0..reps {
-        list(&core, &os);
-    }
-    let ours_warm = t.elapsed() / reps;
+    });
+    let x = |d: Duration| vol_time.as_secs_f64() / d.as_secs_f64();
     eprintln!(
-        "Volatility 3 pslist+dlllist: {vol_time:?}; ours from scratch (discovery + ISF load + listing): {ours_cold:?} ({:.0}x); listing only: {ours_warm:?} ({:.0}x)",
-        vol_time.as_secs_f64() / ours_cold.as_secs_f64(),
-        vol_time.as_secs_f64() / ours_warm.as_secs_f64()
+        "Volatility 3 windows.pslist + windows.dlllist: {vol_time:.2?}\n\
+         ours, open + list, ISF imported: {cold:.2?} ({:.0}x)\n\
+         ours, open + list, cached profile: {cached:.2?} ({:.0}x)\n\
+         ours, list only: {warm:.2?} ({:.0}x)",
+        x(cold),
+        x(cached),
+        x(warm)
     );
+    let _ = std::fs::remove_dir_all(&cache_dir);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -103,6 +103,31 @@ pub fn profile_from_isf_dir(dir: &Path, codeview: &CodeView) -> Result<Profile, 
     .into())
 }
 
+/// [`profile_from_isf_dir`] through the on-disk profile cache of `vmi-profile`: the first
+/// call imports the ISF and stores the profile under the kernel's PDB identity, later calls
+/// (other processes included) decode the cached profile, which is much faster than
+/// decompressing and parsing the ISF again.
+pub fn profile_from_isf_dir_cached(
+    dir: &Path,
+    codeview: &CodeView,
+    cache: &vmi_profile::cache::ProfileCache,
+) -> Result<Profile, VmiError> {
+    let id = vmi_profile::PdbId {
+        guid: codeview.guid,
+        age: codeview.age,
+    };
+    let key = vmi_profile::cache::CacheKey::Pdb(id);
+    if let Ok(Some(p)) = cache.load(&key)
+        && p.metadata.pdb == Some(id)
+    {
+        return Ok(p);
+    }
+    let p = profile_from_isf_dir(dir, codeview)?;
+    // A cache that cannot be written only costs speed.
+    let _ = cache.store(&key, &p);
+    Ok(p)
+}
+
 /// Loads one ISF file and checks that its PDB identity matches `codeview`.
 pub fn profile_from_isf_file(path: &Path, codeview: &CodeView) -> Result<Profile, VmiError> {
     let p = vmi_profile::isf::load_isf(path).map_err(|e| VmiError::Os {

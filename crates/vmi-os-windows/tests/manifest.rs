@@ -177,3 +177,36 @@ fn every_build_as_crash_dump() {
         check(&img.manifest, &core, &os);
     }
 }
+
+#[test]
+fn kva_shadow_user_cr3() {
+    for key in [
+        "5F0CF5D532F385333A9B4ABA25CA6596-1",
+        "32C1A669D5FFEFD41091F636CFDB6E99-1",
+    ] {
+        let img = image(
+            key,
+            Options {
+                seed: 11,
+                kva_shadow: true,
+                pcid: 1,
+                ..Default::default()
+            },
+        );
+        let v = &img.manifest.vcpu0;
+        assert_ne!(v.cr3 & !0xFFF, v.kernel_cr3 & !0xFFF);
+        // The user CR3 does not map the kernel image header.
+        assert_eq!(
+            img.translate(v.cr3 & !0xFFF, img.manifest.kernel.base),
+            None
+        );
+        assert!(img.translate(v.cr3 & !0xFFF, v.lstar).is_some());
+        let core = core_of(&img, true);
+        let os = open(key, &core, true);
+        assert_eq!(os.kernel().method, DiscoveryMethod::Lstar, "{key}");
+        check(&img.manifest, &core, &os);
+        let regs = img.vcpu0();
+        let t = os.current_win_thread(&core, &regs).unwrap();
+        assert_eq!(t.ethread, Va(v.current_thread), "{key}");
+    }
+}

@@ -725,6 +725,9 @@ impl<'i> Guest<'i> {
             self.low_stub()?;
         }
         self.self_check()?;
+        if self.opt.kva_shadow {
+            self.kva_shadow()?;
+        }
         for p in &mut self.manifest.processes {
             p.eprocess_pa = self.mem.pa(KS, p.eprocess)?;
         }
@@ -2084,6 +2087,7 @@ impl<'i> Guest<'i> {
         };
         self.manifest.vcpu0 = VcpuTruth {
             cr3: target.directory_table_base,
+            kernel_cr3: target.directory_table_base,
             cr0: 0x8005_0033,
             cr4: 0x0035_0EF8 | if self.opt.pcid != 0 { 1 << 17 } else { 0 },
             efer: 0xD01,
@@ -2152,6 +2156,27 @@ impl<'i> Guest<'i> {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A user PML4 for the current process: its user half, plus the kernel pages the CPU
+    /// needs on entry (system-call entry page, IDT, KPCR), like Windows' KVA shadow.
+    fn kva_shadow(&mut self) -> Result<(), BuildError> {
+        let idx = self.spaces.len() - 1;
+        let proc_pml4 = self.mem.spaces[self.spaces[idx]].pml4;
+        let shadow = self.mem.new_space(None)?;
+        let v = self.manifest.vcpu0.clone();
+        for va in [v.lstar, v.idtr_base, v.kpcr] {
+            let va = va & !(PAGE - 1);
+            let pa = self.mem.pa(KS, va)?;
+            self.mem.map(shadow, va, pa, false, false, false)?;
+        }
+        let spml4 = self.mem.spaces[shadow].pml4;
+        for i in 0..256u64 {
+            let e = self.mem.phys.q(proc_pml4 + i * 8);
+            self.mem.phys.setq(spml4 + i * 8, e)?;
+        }
+        self.manifest.vcpu0.cr3 = spml4 | self.opt.pcid;
         Ok(())
     }
 

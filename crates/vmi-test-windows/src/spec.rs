@@ -42,6 +42,11 @@ pub struct Options {
     pub selfref: Option<u64>,
     /// Physical address of the System PML4.
     pub dtb: Option<u64>,
+    /// KVA shadow: vCPU 0's CR3 is the current process's *user* PML4, which maps the user
+    /// half plus only the system-call entry page, the IDT and the KPCR of the kernel half
+    /// (no kernel image header, no self-reference).
+    #[serde(default)]
+    pub kva_shadow: bool,
 }
 
 impl Default for Options {
@@ -57,6 +62,7 @@ impl Default for Options {
             kdbg: false,
             selfref: None,
             dtb: None,
+            kva_shadow: false,
         }
     }
 }
@@ -228,8 +234,11 @@ pub struct KernelTruth {
 /// vCPU 0 registers of the snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct VcpuTruth {
-    /// CR3 (with PCID bits when asked).
+    /// CR3 (with PCID bits when asked; the user PML4 under KVA shadow).
     pub cr3: u64,
+    /// The kernel CR3 of the current process (equal to `cr3` without KVA shadow).
+    #[serde(default)]
+    pub kernel_cr3: u64,
     /// CR0.
     pub cr0: u64,
     /// CR4.
