@@ -2,7 +2,7 @@
 //! identity (GUID and age), into a [`Profile`] with [`OsKind::Windows`].
 //!
 //! Parsing of the MSF container and the CodeView records is done by the `pdb2` crate (the
-//! maintained fork of `pdb`); this module lowers its records into [`Types`]:
+//! maintained fork of `pdb`); this module lowers its records into [`Types`](crate::types::Types):
 //!
 //! | CodeView | profile |
 //! |---|---|
