@@ -4,11 +4,12 @@
 //! File layout (little-endian): `b"VMIPROF\0"`, format version `u32`, key length `u32`,
 //! payload length `u64`, CRC-32 of key and payload `u32`, the key text, the payload.
 //!
-//! Payload (version 2): the metadata (postcard, length-prefixed), the symbols and the types
-//! as flat arrays of fixed-size little-endian records (see `compact.rs`). Version 1 used
-//! postcard for everything; decoding a 6.1 kernel's profile (87k symbols, 95k types) took
-//! 45-80 ms, mostly varint decoding of every field and eager index building. Records decode
-//! in a tight loop, and the name indexes are built on the first lookup instead of at load.
+//! Payload (version 3): the metadata (postcard, length-prefixed), the symbols and the types
+//! as flat arrays of fixed-size little-endian records (see `compact.rs`), each followed by
+//! its name indexes (sorted hash arrays). Version 1 used postcard for everything; decoding a
+//! 6.1 kernel's profile (87k symbols, 95k types) took 45-80 ms, mostly varint decoding of
+//! every field and rebuilding the name indexes (hashing every name). Records decode in a
+//! tight loop and the indexes load as they were stored.
 //! A file that fails any check is rejected with [`ProfileError::Cache`]; decoding never
 //! panics and never allocates more than the file's size.
 
@@ -22,7 +23,7 @@ use crate::profile::{PdbId, Profile};
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"VMIPROF\0";
 /// Format version; bump on any change of the encoded types.
-pub const VERSION: u32 = 2;
+pub const VERSION: u32 = 3;
 /// Largest cache file accepted.
 pub const MAX_CACHE_FILE: u64 = 1 << 30;
 

@@ -1,29 +1,9 @@
-//! A name index that allocates nothing per name: 64-bit hashes of the names map to entry
-//! chains, and each lookup compares the actual names. Rebuilt after every cache load, so it
-//! must be cheap; collisions only lengthen a chain.
+//! A name index that allocates nothing per name: a vector of (64-bit name hash, value)
+//! sorted by hash. A lookup binary-searches the hash and compares the actual names of the
+//! entries with that hash, so collisions only cost a comparison. Flat and position-free,
+//! it is stored in the cache as is and loaded without re-hashing any name.
 
-use std::collections::HashMap;
-use std::hash::{BuildHasherDefault, Hasher};
-
-/// Passes a pre-computed 64-bit hash through.
-#[derive(Default)]
-pub(crate) struct Identity(u64);
-
-impl Hasher for Identity {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = (self.0 << 8) | u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, v: u64) {
-        self.0 = v;
-    }
-}
+use crate::compact::{Reader, put_u32, put_u64, u32_at, u64_at};
 
 /// FNV-1a, 64-bit.
 pub(crate) fn hash(name: &str) -> u64 {
@@ -35,42 +15,42 @@ pub(crate) fn hash(name: &str) -> u64 {
     h
 }
 
-const END: u32 = u32::MAX;
-
-/// Name → value (an index or id), first insertion per name kept unless replaced.
-#[derive(Clone, Debug, Default)]
+/// Name → value (an index or id); one entry per distinct name.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct NameIndex {
-    heads: HashMap<u64, u32, BuildHasherDefault<Identity>>,
-    /// (value, next entry with the same hash).
-    entries: Vec<(u32, u32)>,
+    entries: Vec<(u64, u32)>,
 }
 
 impl NameIndex {
-    pub(crate) fn with_capacity(n: usize) -> Self {
-        Self {
-            heads: HashMap::with_capacity_and_hasher(n, Default::default()),
-            entries: Vec::with_capacity(n),
-        }
-    }
-
-    /// The entry slot holding `name`, found by comparing names through `name_of`.
-    fn slot<'a>(
-        &self,
-        h: u64,
-        name: &str,
+    /// Indexes `items` (name, value). When a name repeats, the first value is kept unless
+    /// `replace(new, kept)` says the later one is better.
+    pub(crate) fn build<'a>(
+        items: impl Iterator<Item = (&'a str, u32)>,
         name_of: impl Fn(u32) -> Option<&'a str>,
-    ) -> Option<usize> {
-        let mut i = *self.heads.get(&h)?;
-        let mut steps = 0usize;
-        while i != END && steps <= self.entries.len() {
-            let (value, next) = *self.entries.get(i as usize)?;
-            if name_of(value) == Some(name) {
-                return Some(i as usize);
+        replace: impl Fn(u32, u32) -> bool,
+    ) -> Self {
+        let mut all: Vec<(u64, u32)> = items.map(|(n, v)| (hash(n), v)).collect();
+        // Stable: equal hashes stay in insertion order.
+        all.sort_by_key(|e| e.0);
+        let mut entries: Vec<(u64, u32)> = Vec::with_capacity(all.len());
+        let mut group = 0;
+        for (h, v) in all {
+            if entries.last().is_none_or(|l| l.0 != h) {
+                group = entries.len();
+                entries.push((h, v));
+                continue;
             }
-            i = next;
-            steps += 1;
+            let name = name_of(v);
+            match entries[group..].iter_mut().find(|e| name_of(e.1) == name) {
+                Some(kept) => {
+                    if replace(v, kept.1) {
+                        kept.1 = v;
+                    }
+                }
+                None => entries.push((h, v)),
+            }
         }
-        None
+        Self { entries }
     }
 
     /// The value stored for `name`.
@@ -79,29 +59,41 @@ impl NameIndex {
         name: &str,
         name_of: impl Fn(u32) -> Option<&'a str>,
     ) -> Option<u32> {
-        let s = self.slot(hash(name), name, name_of)?;
-        Some(self.entries[s].0)
+        let h = hash(name);
+        let start = self.entries.partition_point(|e| e.0 < h);
+        self.entries[start..]
+            .iter()
+            .take_while(|e| e.0 == h)
+            .find(|e| name_of(e.1) == Some(name))
+            .map(|e| e.1)
     }
 
-    /// Inserts `value` under `name` unless present; when present, `replace(old)` decides
-    /// whether the new value takes the slot.
-    pub(crate) fn insert<'a>(
-        &mut self,
-        name: &str,
-        value: u32,
-        name_of: impl Fn(u32) -> Option<&'a str>,
-        replace: impl FnOnce(u32) -> bool,
-    ) {
-        let h = hash(name);
-        if let Some(s) = self.slot(h, name, name_of) {
-            if replace(self.entries[s].0) {
-                self.entries[s].0 = value;
-            }
-            return;
+    /// Cache encoding: count, then (hash `u64`, value `u32`) records.
+    pub(crate) fn write_compact(&self, out: &mut Vec<u8>) {
+        put_u32(out, self.entries.len() as u32);
+        for &(h, v) in &self.entries {
+            put_u64(out, h);
+            put_u32(out, v);
         }
-        let next = self.heads.get(&h).copied().unwrap_or(END);
-        let i = self.entries.len() as u32;
-        self.entries.push((value, next));
-        self.heads.insert(h, i);
+    }
+
+    /// Decodes an index whose values must be below `limit`, sorted by hash.
+    pub(crate) fn read_compact(
+        r: &mut Reader<'_>,
+        limit: usize,
+        what: &str,
+    ) -> Result<Self, String> {
+        let (_, recs) = r.array(12, what)?;
+        let entries: Vec<(u64, u32)> = recs
+            .chunks_exact(12)
+            .map(|e| (u64_at(e, 0), u32_at(e, 8)))
+            .collect();
+        if entries.iter().any(|e| e.1 as usize >= limit) {
+            return Err(format!("{what}: value out of range"));
+        }
+        if !entries.is_sorted_by_key(|e| e.0) {
+            return Err(format!("{what}: not sorted"));
+        }
+        Ok(Self { entries })
     }
 }

@@ -64,11 +64,15 @@ impl SymbolTable {
         self.by_name.get_or_init(|| {
             let sorted = &self.sorted;
             let name_of = |v: u32| sorted.get(v as usize).map(|s| s.name.as_str());
-            let mut by_name = NameIndex::with_capacity(sorted.len());
-            for (i, s) in sorted.iter().enumerate() {
-                by_name.insert(&s.name, i as u32, name_of, |_| false);
-            }
-            by_name
+            // Lowest address first: the earlier entry is kept.
+            NameIndex::build(
+                sorted
+                    .iter()
+                    .enumerate()
+                    .map(|(i, s)| (s.name.as_str(), i as u32)),
+                name_of,
+                |_, _| false,
+            )
         })
     }
 
@@ -164,6 +168,7 @@ mod codec {
                 names.push_str(&s.name);
             }
             put_bytes(out, names.as_bytes());
+            self.index().write_compact(out);
         }
 
         pub(crate) fn read_compact(r: &mut Reader<'_>) -> Result<SymbolTable, String> {
@@ -194,7 +199,11 @@ mod codec {
             if !sorted.is_sorted_by_key(|s| s.address) {
                 return Err("symbols are not sorted by address".into());
             }
-            Ok(SymbolTable::from_sorted(sorted))
+            let index = NameIndex::read_compact(r, sorted.len(), "symbol index")?;
+            Ok(SymbolTable {
+                sorted,
+                by_name: OnceLock::from(index),
+            })
         }
     }
 }

@@ -781,26 +781,35 @@ impl Types {
     }
 
     fn build_index(&self) -> TypeIndex {
-        let mut index = TypeIndex::default();
         let namer = self.namer();
-        for (i, t) in self.types.iter().enumerate() {
-            let map = match t {
-                Type::Struct(_) | Type::Union(_) => &mut index.composites,
-                Type::Enum { .. } => &mut index.enums,
-                Type::Typedef { .. } => &mut index.typedefs,
-                Type::Int { .. } | Type::Float { .. } => &mut index.base,
-                _ => continue,
-            };
-            let Some(name) = namer(i as u32) else {
-                continue;
-            };
-            // The first complete definition wins; an empty one is replaced by a full one.
-            let complete = self.complete(i as u32);
-            map.insert(name, i as u32, &namer, |prev| {
-                complete && !self.complete(prev)
-            });
+        let named = |pick: fn(&Type) -> bool| {
+            self.types.iter().enumerate().filter_map(move |(i, t)| {
+                if !pick(t) {
+                    return None;
+                }
+                Some((self.name_of(TypeId(i as u32))?, i as u32))
+            })
+        };
+        // The first complete definition wins; an empty one is replaced by a full one.
+        let better = |new: u32, old: u32| self.complete(new) && !self.complete(old);
+        TypeIndex {
+            composites: NameIndex::build(
+                named(|t| matches!(t, Type::Struct(_) | Type::Union(_))),
+                &namer,
+                better,
+            ),
+            enums: NameIndex::build(named(|t| matches!(t, Type::Enum { .. })), &namer, better),
+            typedefs: NameIndex::build(
+                named(|t| matches!(t, Type::Typedef { .. })),
+                &namer,
+                better,
+            ),
+            base: NameIndex::build(
+                named(|t| matches!(t, Type::Int { .. } | Type::Float { .. })),
+                &namer,
+                better,
+            ),
         }
-        index
     }
 
     /// Checks that every reference, name and span is in range. Loaders call this so lookups
@@ -1159,6 +1168,15 @@ mod codec {
                 put_u32(out, v.offset);
                 put_u32(out, v.size);
             }
+            let index = self.index();
+            for i in [
+                &index.composites,
+                &index.enums,
+                &index.typedefs,
+                &index.base,
+            ] {
+                i.write_compact(out);
+            }
         }
 
         /// Decodes and validates (every id, name and span in range).
@@ -1314,6 +1332,13 @@ mod codec {
             if types.first() != Some(&Type::Void) {
                 return Err("type 0 is not void".into());
             }
+            let n = types.len();
+            let index = TypeIndex {
+                composites: NameIndex::read_compact(r, n, "struct index")?,
+                enums: NameIndex::read_compact(r, n, "enum index")?,
+                typedefs: NameIndex::read_compact(r, n, "typedef index")?,
+                base: NameIndex::read_compact(r, n, "base type index")?,
+            };
             let t = Types {
                 strings,
                 types,
@@ -1321,7 +1346,7 @@ mod codec {
                 enumerators,
                 params,
                 var_infos,
-                index: OnceLock::new(),
+                index: OnceLock::from(index),
             };
             t.validate()?;
             Ok(t)
