@@ -298,7 +298,11 @@ impl<'r, 't> Lowering<'r, 't> {
             pdb2::TypeData::Primitive(p) => self.primitive_type(p),
             pdb2::TypeData::Class(c) => {
                 let name = c.name.to_string().into_owned();
-                let n = self.b.name(&name);
+                let n = if is_anonymous_tag(&name) {
+                    crate::types::Name::ANON
+                } else {
+                    self.b.name(&name)
+                };
                 self.names.insert(id, name);
                 let members = match c.fields {
                     Some(f) if !c.properties.forward_reference() => self.members(f.0),
@@ -312,7 +316,11 @@ impl<'r, 't> Lowering<'r, 't> {
             }
             pdb2::TypeData::Union(u) => {
                 let name = u.name.to_string().into_owned();
-                let n = self.b.name(&name);
+                let n = if is_anonymous_tag(&name) {
+                    crate::types::Name::ANON
+                } else {
+                    self.b.name(&name)
+                };
                 self.names.insert(id, name);
                 let members = if u.properties.forward_reference() {
                     self.b.members([])
@@ -327,7 +335,11 @@ impl<'r, 't> Lowering<'r, 't> {
             }
             pdb2::TypeData::Enumeration(e) => {
                 let name = e.name.to_string().into_owned();
-                let n = self.b.name(&name);
+                let n = if is_anonymous_tag(&name) {
+                    crate::types::Name::ANON
+                } else {
+                    self.b.name(&name)
+                };
                 self.names.insert(id, name);
                 let size = self.size_of(e.underlying_type.0, 0).unwrap_or(4) as u32;
                 let signed = self.signed(e.underlying_type.0);
@@ -573,11 +585,22 @@ impl<'r, 't> Lowering<'r, 't> {
     }
 }
 
-/// (kind tag, name, is forward reference) of a struct, union or enum record.
+/// MSVC's names for anonymous structs, unions and enums (`<unnamed-tag>`,
+/// `<anonymous-tag>`, `<unnamed-enum-...>`, `__unnamed`) become anonymous names, so their
+/// members are searchable through the parent and exports treat them as anonymous.
+fn is_anonymous_tag(name: &str) -> bool {
+    (name.starts_with('<') && name.ends_with('>')) || name == "__unnamed"
+}
+
+/// (kind tag, name, is forward reference) of a struct, union or enum record; `None` for
+/// anonymous ones, which forward references never resolve to.
 fn tag_key(t: &pdb2::TypeData<'_>) -> Option<(u8, String, bool)> {
     let pick = |name: &pdb2::RawString<'_>, unique: &Option<pdb2::RawString<'_>>| {
         unique.unwrap_or(*name).to_string().into_owned()
     };
+    if t.name().is_some_and(|n| is_anonymous_tag(&n.to_string())) {
+        return None;
+    }
     match t {
         pdb2::TypeData::Class(c) => Some((
             0,

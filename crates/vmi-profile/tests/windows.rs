@@ -54,6 +54,24 @@ fn breakpad_pdb_identity_symbols_and_types() {
     assert_eq!(p.offset_of("_UNICODE_STRING", "Buffer").unwrap(), 8);
     assert_eq!(p.size_of("_M128A").unwrap(), 16);
     assert_eq!(p.offset_of("_XSAVE_FORMAT", "XmmRegisters").unwrap(), 160);
+    // Bitfields (Windows SDK: UNWIND_INFO { Version:3; Flags:5; SizeOfProlog; CountOfCodes;
+    // FrameRegister:4; FrameOffset:4 }).
+    for (f, bit, width) in [
+        ("Version", 0, 3),
+        ("Flags", 3, 5),
+        ("FrameRegister", 24, 4),
+        ("FrameOffset", 28, 4),
+    ] {
+        let fi = p.field("_UNWIND_INFO", f).unwrap();
+        assert_eq!(
+            (fi.bit_offset, fi.bit_size),
+            (bit, Some(width)),
+            "_UNWIND_INFO.{f}"
+        );
+    }
+    assert_eq!(p.offset_of("_UNWIND_INFO", "CountOfCodes").unwrap(), 2);
+    // MSVC's `<unnamed-tag>` types are anonymous: no type is named like that.
+    assert!(p.types.find("<unnamed-tag>").is_none());
     // A C++ class with a vtable: its data member follows the vtable pointer.
     let c = p.types.find_composite("google_breakpad::C").unwrap();
     assert!(p.types.size_of(c).unwrap() >= 16);
