@@ -231,6 +231,37 @@ fn symbol_path_syntax() {
     );
 }
 
+#[test]
+fn fuzz_symbol_path() {
+    const PIECES: &[&str] = &[
+        "srv",
+        "SRV",
+        "symsrv",
+        "cache",
+        "*",
+        "*",
+        ";",
+        ";",
+        "/tmp/c",
+        r"c:\cache",
+        "http://h/x",
+        "https://",
+        "",
+        " ",
+        "**",
+        "symsrv.dll",
+    ];
+    let mut rng = SmallRng::seed_from_u64(0x5359_4d50);
+    for _ in 0..5000 {
+        let text: String = (0..rng.gen_range(0..10))
+            .map(|_| PIECES[rng.gen_range(0..PIECES.len())])
+            .collect();
+        if let Ok(p) = SymbolPath::parse(&text) {
+            assert!(!p.entries.is_empty(), "{text:?}");
+        }
+    }
+}
+
 /// A minimal HTTP/1.1 file server on 127.0.0.1 that logs the paths asked for.
 struct Server {
     url: String,
@@ -353,6 +384,21 @@ fn symbol_server_downloads_then_serves_from_the_cache_offline() {
     .unwrap_err();
     assert!(e.to_string().contains("served a pdb for"), "{e}");
     assert!(!cache.join(&liar_rel[1..]).exists());
+
+    // With a profile cache, the second request parses no PDB: it works even when the
+    // downloaded file is gone.
+    let profiles = tmp_dir("symcache-profiles");
+    let with_profiles = SymbolServer::new(
+        SymbolPath::parse(&format!("srv*{}*{}", cache.display(), full.url)).unwrap(),
+    )
+    .offline(true)
+    .with_profile_cache(vmi_profile::cache::ProfileCache::new(&profiles));
+    let first = with_profiles.profile_for(&cv).unwrap();
+    std::fs::remove_file(&stored).unwrap();
+    let second = with_profiles.profile_for(&cv).unwrap();
+    assert_eq!(first, second);
+    assert!(with_profiles.find_pdb(cv.pdb_name(), &cv.id).is_err());
+    let _ = std::fs::remove_dir_all(&profiles);
 
     // Hostile names never become paths outside the cache.
     assert!(offline.find_pdb("../../etc/passwd", &cv.id).is_err());
