@@ -248,6 +248,52 @@ fn mkdirs(c: &mut CpioBuilder, seen: &mut BTreeSet<String>, path: &str) {
     }
 }
 
+/// The virtual address of `linux_banner` ("Linux version <digit>...") in the vmlinux
+/// inside a bzImage, from the ELF program headers; hex without `0x`.
+fn banner_va(vmlinuz: &[u8]) -> Result<String> {
+    let (_, elf) = vmi_test_guest::vmlinuz::vmlinux_from_vmlinuz(vmlinuz)?;
+    let u16_at = |o: usize| elf.get(o..o + 2).map(|b| u16::from_le_bytes([b[0], b[1]]));
+    let u64_at = |o: usize| {
+        elf.get(o..o + 8)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+    };
+    if elf.get(..4) != Some(b"\x7fELF") {
+        bail!("vmlinux is not an ELF file");
+    }
+    let phoff = u64_at(0x20).context("e_phoff")? as usize;
+    let phentsize = usize::from(u16_at(0x36).context("e_phentsize")?);
+    let phnum = usize::from(u16_at(0x38).context("e_phnum")?);
+    let needle = b"Linux version ";
+    let mut from = 0;
+    let off = loop {
+        let pos = elf[from..]
+            .windows(needle.len())
+            .position(|w| w == needle)
+            .context("no `Linux version ` string in vmlinux")?
+            + from;
+        if elf
+            .get(pos + needle.len())
+            .is_some_and(|c| c.is_ascii_digit())
+        {
+            break pos as u64;
+        }
+        from = pos + 1;
+    };
+    for i in 0..phnum.min(64) {
+        let ph = phoff + i * phentsize;
+        let ptype = u16_at(ph).context("p_type")?;
+        let (o, va, sz) = (
+            u64_at(ph + 8).context("p_offset")?,
+            u64_at(ph + 16).context("p_vaddr")?,
+            u64_at(ph + 32).context("p_filesz")?,
+        );
+        if ptype == 1 && off >= o && off < o + sz {
+            return Ok(format!("{:x}", va + (off - o)));
+        }
+    }
+    bail!("banner at file offset {off:#x} is in no PT_LOAD segment")
+}
+
 /// Entry point of `cargo xtask xen headers`: downloads (cached) and unpacks
 /// `libxen-dev` and the libraries it links against for one Xen release, without the
 /// hypervisor, tools or kernel; returns the unpacked root (`usr/include`,
@@ -300,19 +346,11 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
     let root = prepare_root(&set, &work)?;
     let lib = root.join("usr/lib/x86_64-linux-gnu");
 
-    // The kernel, its Xen modules and System.map.
+    // The kernel and its Xen modules.
     let boot = root.join("boot");
     let vmlinuz = find_file(&boot, &|p| starts_with(p, "vmlinuz-"), 0).context("no vmlinuz")?;
-    let sysmap =
-        find_file(&boot, &|p| starts_with(p, "System.map-"), 0).context("no System.map")?;
-    let banner = std::fs::read_to_string(&sysmap)?
-        .lines()
-        .find_map(|l| {
-            let mut it = l.split_whitespace();
-            let (a, _, n) = (it.next()?, it.next()?, it.next()?);
-            (n == "linux_banner").then(|| a.to_owned())
-        })
-        .context("linux_banner not in System.map")?;
+    // Debian's System.map is a placeholder: find `linux_banner` in the kernel image.
+    let banner = banner_va(&std::fs::read(&vmlinuz)?)?;
     let xen_gz = find_file(
         &boot,
         &|p| {
