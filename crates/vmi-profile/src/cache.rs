@@ -4,10 +4,9 @@
 //! File layout (little-endian): `b"VMIPROF\0"`, format version `u32`, key length `u32`,
 //! payload length `u64`, CRC-32 of key and payload `u32`, the key text, the payload.
 //!
-//! Payload (version 4): the metadata (postcard), the symbol section and the type section,
-//! each length-prefixed; the sections are flat arrays of fixed-size little-endian records
-//! (see `compact.rs`), each followed by its name indexes (sorted hash arrays). The checksum
-//! and the two sections are processed on three threads. Version 1 used postcard for everything; decoding a
+//! Payload (version 3): the metadata (postcard, length-prefixed), the symbols and the types
+//! as flat arrays of fixed-size little-endian records (see `compact.rs`), each followed by
+//! its name indexes (sorted hash arrays). Version 1 used postcard for everything; decoding a
 //! 6.1 kernel's profile (87k symbols, 95k types) took 45-80 ms, mostly varint decoding of
 //! every field and rebuilding the name indexes (hashing every name). Records decode in a
 //! tight loop and the indexes load as they were stored.
@@ -24,7 +23,7 @@ use crate::profile::{PdbId, Profile};
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"VMIPROF\0";
 /// Format version; bump on any change of the encoded types.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 3;
 /// Largest cache file accepted.
 pub const MAX_CACHE_FILE: u64 = 1 << 30;
 
@@ -133,87 +132,38 @@ pub fn decode(bytes: &[u8], key: &CacheKey, path: &Path) -> Result<Profile> {
     let key_end = HEADER + key_len as usize;
     let stored_key = &bytes[HEADER..key_end];
     let payload = &bytes[key_end..total as usize];
-    if stored_key != key.text().as_bytes() {
-        // Checked before the checksum only to pick the message; both reject the entry.
-        let mut h = crc32fast::Hasher::new();
-        h.update(stored_key);
-        h.update(payload);
-        return Err(bad(if h.finalize() != crc {
-            "checksum mismatch".into()
-        } else {
-            "entry is for another key".into()
-        }));
-    }
-    // The checksum, the symbols and the types are independent: compute them on three
-    // threads (decoding is bounds-checked, so running it before the checksum verdict on
-    // corrupt bytes is harmless; the result is dropped when the checksum disagrees).
-    let (crc_ok, decoded) = std::thread::scope(|s| {
-        let check = s.spawn(|| {
-            let mut h = crc32fast::Hasher::new();
-            h.update(stored_key);
-            h.update(payload);
-            h.finalize() == crc
-        });
-        let decoded = decode_payload(payload, s);
-        (check.join().unwrap_or(false), decoded)
-    });
-    if !crc_ok {
+    let mut h = crc32fast::Hasher::new();
+    h.update(stored_key);
+    h.update(payload);
+    if h.finalize() != crc {
         return Err(bad("checksum mismatch".into()));
     }
-    decoded.map_err(|e| bad(format!("cannot decode: {e}")))
+    if stored_key != key.text().as_bytes() {
+        return Err(bad("entry is for another key".into()));
+    }
+    decode_payload(payload).map_err(|e| bad(format!("cannot decode: {e}")))
 }
 
 fn encode_payload(profile: &Profile) -> Vec<u8> {
-    use crate::compact::put_bytes;
     let mut out = Vec::new();
     // Serializing plain data to a Vec cannot fail.
     let meta = postcard::to_stdvec(&profile.metadata).unwrap_or_default();
-    put_bytes(&mut out, &meta);
-    let mut section = Vec::new();
-    profile.symbols.write_compact(&mut section);
-    put_bytes(&mut out, &section);
-    section.clear();
-    profile.types.write_compact(&mut section);
-    put_bytes(&mut out, &section);
+    crate::compact::put_bytes(&mut out, &meta);
+    profile.symbols.write_compact(&mut out);
+    profile.types.write_compact(&mut out);
     out
 }
 
-/// Metadata, then the symbol and type sections (each length-prefixed, so they decode in
-/// parallel).
-fn decode_payload<'s, 'p: 's>(
-    payload: &'p [u8],
-    scope: &'s std::thread::Scope<'s, '_>,
-) -> std::result::Result<Profile, String> {
-    use crate::compact::Reader;
-    let mut r = Reader::new(payload);
+fn decode_payload(payload: &[u8]) -> std::result::Result<Profile, String> {
+    let mut r = crate::compact::Reader::new(payload);
     let (_, meta) = r.array(1, "metadata")?;
-    let (_, sym_bytes) = r.array(1, "symbol section")?;
-    let (_, type_bytes) = r.array(1, "type section")?;
+    let metadata = postcard::from_bytes(meta).map_err(|e| format!("metadata: {e}"))?;
+    let symbols = crate::symbols::SymbolTable::read_compact(&mut r)?;
+    let types = crate::types::Types::read_compact(&mut r)?;
     if !r.is_empty() {
         return Err("trailing bytes after the types".into());
     }
-    let symbols = scope.spawn(move || {
-        let mut r = Reader::new(sym_bytes);
-        let t = crate::symbols::SymbolTable::read_compact(&mut r)?;
-        if r.is_empty() {
-            Ok(t)
-        } else {
-            Err("trailing bytes after the symbols".to_owned())
-        }
-    });
-    let metadata = postcard::from_bytes(meta).map_err(|e| format!("metadata: {e}"));
-    let mut r = Reader::new(type_bytes);
-    let types = crate::types::Types::read_compact(&mut r).and_then(|t| {
-        if r.is_empty() {
-            Ok(t)
-        } else {
-            Err("trailing bytes after the types".to_owned())
-        }
-    });
-    let symbols = symbols
-        .join()
-        .unwrap_or_else(|_| Err("symbol decoder failed".to_owned()));
-    Ok(Profile::new(metadata?, symbols?, types?))
+    Ok(Profile::new(metadata, symbols, types))
 }
 
 /// A cache directory.
