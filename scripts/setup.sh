@@ -11,6 +11,8 @@ need=()
 command -v qemu-system-x86_64 >/dev/null || need+=(qemu-system-x86)
 dpkg-query -W -f='${Status}' busybox-static 2>/dev/null | grep -q 'ok installed' || need+=(busybox-static)
 command -v makedumpfile >/dev/null || need+=(makedumpfile)
+# vmi-driver-xen's xen-sys feature (built by --all-features): bindgen needs libclang, the FFI libxen-dev.
+dpkg -s libclang-dev libxen-dev >/dev/null 2>&1 || need+=(libclang-dev libxen-dev)
 command -v bpftool >/dev/null || need+=(bpftool)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then

@@ -18,6 +18,7 @@ step "cargo doc"
 RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 step "facade feature combinations"
 for f in "" arch-amd64 driver-mock driver-dump driver-qemu profile os-linux; do cargo check -q -p vmi --no-default-features ${f:+--features $f}; done
+step "Xen build gate (4.17 and 4.20 headers)"; bash scripts/xen-build-gate.sh
 step "tests"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --all-features --no-fail-fast
