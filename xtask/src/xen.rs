@@ -481,6 +481,19 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
     );
     let mut libs = needed_libs(&binaries, &lib_dirs)?;
     libs.insert(PathBuf::from("/lib/x86_64-linux-gnu/libgcc_s.so.1")); // xl's pthread_cancel
+    // `ldd` with the host's loader misses libraries of binaries built for a newer glibc
+    // (4.20 on trixie): take every versioned shared library of the unpacked packages too.
+    for dir in [lib.clone(), root.join("lib/x86_64-linux-gnu")] {
+        for e in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            let p = e.path();
+            if p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.contains(".so."))
+            {
+                libs.insert(p);
+            }
+        }
+    }
     for l in libs {
         let name = l
             .file_name()
