@@ -63,9 +63,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 
 mod trace;
 
-struct Ctx<'a, D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> {
-    cli: &'a Cli,
-    core: &'a VmiCore<D>,
+pub(crate) struct Ctx<'a, D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> {
+    pub(crate) cli: &'a Cli,
+    pub(crate) core: &'a VmiCore<D>,
     vmcoreinfo: Option<String>,
     live: bool,
 }
@@ -84,8 +84,43 @@ pub fn parse_number(s: &str) -> anyhow::Result<u64> {
     r.map_err(|_| anyhow!("{s:?} is not a number (use 0x… for hex)"))
 }
 
+/// The OS layer found in a target.
+pub(crate) enum Os {
+    /// Linux.
+    Linux(Box<LinuxOs>),
+    /// Windows.
+    Windows(Box<vmi_os_windows::WindowsOs>),
+}
+
+impl Os {
+    /// A kernel symbol's run-time address.
+    fn symbol_address(&self, name: &str) -> Option<Va> {
+        match self {
+            Os::Linux(os) => os.symbol_address(name),
+            Os::Windows(w) => {
+                let rva = w.profile().symbol(name)?.address;
+                Some(w.kernel().base + rva)
+            }
+        }
+    }
+}
+
 /// Parses a number, or `symbol[+offset]` resolved through the OS layer.
-pub(crate) fn parse_address(s: &str, os: Option<&LinuxOs>) -> anyhow::Result<u64> {
+pub(crate) fn parse_address(s: &str, os: Option<&Os>) -> anyhow::Result<u64> {
+    match os {
+        Some(os) => parse_address_with(s, Some(&|name: &str| os.symbol_address(name))),
+        None => parse_address_with(s, None),
+    }
+}
+
+/// Resolves a kernel symbol name to its run-time address.
+pub(crate) type SymbolLookup<'a> = dyn Fn(&str) -> Option<Va> + 'a;
+
+/// Parses a number, or `symbol[+offset]` resolved by `lookup`.
+pub(crate) fn parse_address_with(
+    s: &str,
+    lookup: Option<&SymbolLookup<'_>>,
+) -> anyhow::Result<u64> {
     if let Ok(n) = parse_number(s) {
         return Ok(n);
     }
@@ -93,31 +128,31 @@ pub(crate) fn parse_address(s: &str, os: Option<&LinuxOs>) -> anyhow::Result<u64
         Some((n, o)) => (n, parse_number(o)?),
         None => (s, 0),
     };
-    let os = os.ok_or_else(|| anyhow!("{s:?} is not a number, and symbols need an OS layer"))?;
-    let va = os
-        .symbol_address(name.trim())
-        .ok_or_else(|| anyhow!("unknown kernel symbol {name:?}"))?;
+    let lookup =
+        lookup.ok_or_else(|| anyhow!("{s:?} is not a number, and symbols need an OS layer"))?;
+    let va = lookup(name.trim()).ok_or_else(|| anyhow!("unknown kernel symbol {name:?}"))?;
     Ok(va.0.wrapping_add(offset))
 }
 
+/// One `ps` row; the same shape for every OS (`uid`/`gid` are `null` on Windows).
 #[derive(Serialize)]
-struct PsEntry {
-    pid: u32,
-    ppid: u32,
-    tgid: u32,
-    uid: u32,
-    gid: u32,
-    name: String,
-    state: String,
-    kernel_thread: bool,
-    cmdline: String,
-    argv: Vec<String>,
-    task: String,
-    start_time_ns: u64,
+pub(crate) struct PsEntry {
+    pub(crate) pid: u64,
+    pub(crate) ppid: u64,
+    pub(crate) tgid: u64,
+    pub(crate) uid: Option<u32>,
+    pub(crate) gid: Option<u32>,
+    pub(crate) name: String,
+    pub(crate) state: String,
+    pub(crate) kernel_thread: bool,
+    pub(crate) cmdline: String,
+    pub(crate) argv: Vec<String>,
+    pub(crate) task: String,
+    pub(crate) start_time_ns: u64,
 }
 
 impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
-    fn format(&self) -> Format {
+    pub(crate) fn format(&self) -> Format {
         if self.cli.json {
             Format::Json
         } else {
@@ -127,6 +162,35 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
 
     fn linux(&self) -> Result<LinuxOs, Failure> {
         target::linux(self.core, self.cli, self.vmcoreinfo.as_deref())
+    }
+
+    /// The target's OS: Linux first (cheap when the dump carries VMCOREINFO), then Windows.
+    fn os(&self) -> Result<Os, Failure> {
+        let linux = match self.linux() {
+            Ok(os) => return Ok(Os::Linux(Box::new(os))),
+            Err(e) => e,
+        };
+        match crate::windows::detect(self.core, self.cli) {
+            Ok(os) => Ok(Os::Windows(Box::new(os))),
+            Err(crate::windows::Detect::NotWindows(w)) => Err(Failure {
+                code: crate::EXIT_TARGET,
+                error: anyhow!(
+                    "no Linux or Windows kernel recognised in the {} target (Linux: {}; Windows: {})",
+                    self.core.info().kind,
+                    linux
+                        .error
+                        .chain()
+                        .last()
+                        .map(|c| c.to_string())
+                        .unwrap_or_default(),
+                    w.chain().last().map(|c| c.to_string()).unwrap_or_default(),
+                ),
+            }),
+            Err(crate::windows::Detect::NoProfile(e)) => Err(Failure {
+                code: crate::EXIT_TARGET,
+                error: e,
+            }),
+        }
     }
 
     fn run(&self) -> Result<(), Failure> {
@@ -161,7 +225,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     fn info(&self) -> Result<(), Failure> {
         let info = self.core.info();
         let regs = target::all_registers(self.core);
-        let os = self.linux();
+        let os = self.os();
         let mut v = json!({
             "target": info.kind,
             "live": self.live,
@@ -171,7 +235,8 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             "max_physical_address": hex((info.max_gfn.0 + 1) << 12),
         });
         match &os {
-            Ok(os) => {
+            Ok(Os::Windows(w)) => crate::windows::info(w, &mut v),
+            Ok(Os::Linux(os)) => {
                 let k = os.kernel();
                 v["os"] = json!("linux");
                 v["kernel_release"] = json!(k.release);
@@ -216,6 +281,8 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             "kernel_root",
             "kpti",
             "profile",
+            "kernel_base",
+            "pdb",
             "os_error",
         ] {
             if let Some(val) = v.get(key) {
@@ -234,7 +301,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn ps(&self, tree: bool, kernel_threads: bool) -> Result<(), Failure> {
-        let os = self.linux()?;
+        let os = match self.os()? {
+            Os::Linux(os) => os,
+            Os::Windows(w) => return crate::windows::ps(self, &w, tree),
+        };
         let list = os.process_list(self.core)?;
         let entries: Vec<PsEntry> = list
             .tasks
@@ -247,11 +317,11 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
                     os.cmdline(self.core, t).unwrap_or_default()
                 };
                 PsEntry {
-                    pid: t.pid,
-                    ppid: t.ppid,
-                    tgid: t.tgid,
-                    uid: t.uid,
-                    gid: t.gid,
+                    pid: t.pid.into(),
+                    ppid: t.ppid.into(),
+                    tgid: t.tgid.into(),
+                    uid: Some(t.uid),
+                    gid: Some(t.gid),
                     name: t.comm.clone(),
                     state: t.state.letter().to_string(),
                     kernel_thread: t.is_kernel_thread(),
@@ -265,6 +335,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         for (va, e) in &list.skipped {
             eprintln!("warning: skipped the task at {va}: {e}");
         }
+        self.print_ps(&entries, tree)
+    }
+
+    pub(crate) fn print_ps(&self, entries: &[PsEntry], tree: bool) -> Result<(), Failure> {
         if self.format() == Format::Json {
             return Ok(output::json(&entries)?);
         }
@@ -273,7 +347,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             vec![
                 e.pid.to_string(),
                 e.ppid.to_string(),
-                e.uid.to_string(),
+                e.uid.map_or("-".into(), |u| u.to_string()),
                 e.state.clone(),
                 format!("{}{}", "  ".repeat(indent), e.name),
                 if e.kernel_thread {
@@ -284,10 +358,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             ]
         };
         if tree {
-            let mut children: BTreeMap<u32, Vec<&PsEntry>> = BTreeMap::new();
-            let pids: std::collections::HashSet<u32> = entries.iter().map(|e| e.pid).collect();
+            let mut children: BTreeMap<u64, Vec<&PsEntry>> = BTreeMap::new();
+            let pids: std::collections::HashSet<u64> = entries.iter().map(|e| e.pid).collect();
             let mut roots = Vec::new();
-            for e in &entries {
+            for e in entries {
                 if e.pid != e.ppid && pids.contains(&e.ppid) {
                     children.entry(e.ppid).or_default().push(e);
                 } else {
@@ -311,7 +385,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
                 }
             }
         } else {
-            for e in &entries {
+            for e in entries {
                 table.row(row(e, 0));
             }
         }
@@ -320,7 +394,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn threads(&self, pid: u32) -> Result<(), Failure> {
-        let os = self.linux()?;
+        let os = match self.os()? {
+            Os::Linux(os) => os,
+            Os::Windows(w) => return crate::windows::threads(self, &w, pid),
+        };
         let leader = self.find(&os, pid)?;
         let list = os.threads_of(self.core, leader.task)?;
         let rows: Vec<_> = list
@@ -349,7 +426,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn modules(&self) -> Result<(), Failure> {
-        let os = self.linux()?;
+        let os = match self.os()? {
+            Os::Linux(os) => os,
+            Os::Windows(w) => return crate::windows::modules(self, &w),
+        };
         let list = os.module_list(self.core)?;
         let (mods, skipped) = (list.modules, list.skipped);
         for (va, e) in &skipped {
@@ -379,7 +459,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn maps(&self, pid: u32) -> Result<(), Failure> {
-        let os = self.linux()?;
+        let os = match self.os()? {
+            Os::Linux(os) => os,
+            Os::Windows(w) => return crate::windows::maps(self, &w, pid),
+        };
         let task = self.find(&os, pid)?;
         let list = os.vmas(self.core, &task)?;
         for (va, e) in &list.skipped {
@@ -411,7 +494,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn files(&self, pid: u32) -> Result<(), Failure> {
-        let os = self.linux()?;
+        let os = match self.os()? {
+            Os::Linux(os) => os,
+            Os::Windows(w) => return crate::windows::files(self, &w, pid),
+        };
         let task = self.find(&os, pid)?;
         let files = os.open_files(self.core, &task)?;
         if self.format() == Format::Json {
@@ -437,7 +523,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn env(&self, pid: u32) -> Result<(), Failure> {
-        let os = self.linux()?;
+        let os = match self.os()? {
+            Os::Linux(os) => os,
+            Os::Windows(w) => return crate::windows::env(self, &w, pid),
+        };
         let task = self.find(&os, pid)?;
         let vars = os.environment(self.core, &task)?;
         if self.format() == Format::Json {
@@ -459,7 +548,14 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn dmesg(&self) -> Result<(), Failure> {
-        let os = self.linux()?;
+        let os =
+            match self.os()? {
+                Os::Linux(os) => os,
+                Os::Windows(_) => return Err(anyhow!(
+                    "dmesg is not supported for Windows targets (there is no kernel ring buffer)"
+                )
+                .into()),
+            };
         let records = os.dmesg(self.core)?;
         if self.format() == Format::Json {
             let rows: Vec<_> = records
@@ -479,17 +575,16 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     /// The page-table root for `--pid`/`--cr3`, or the kernel's.
-    fn root(
-        &self,
-        os: Option<&LinuxOs>,
-        pid: Option<u32>,
-        cr3: Option<&str>,
-    ) -> Result<Pa, Failure> {
+    fn root(&self, os: Option<&Os>, pid: Option<u32>, cr3: Option<&str>) -> Result<Pa, Failure> {
         if let Some(cr3) = cr3 {
             return Ok(vmi_arch_amd64::Cr3(parse_number(cr3)?).root());
         }
         if let Some(pid) = pid {
             let os = os.ok_or_else(|| anyhow!("--pid needs a recognised OS"))?;
+            let os = match os {
+                Os::Linux(os) => os,
+                Os::Windows(w) => return crate::windows::process_root(self, w, pid),
+            };
             let task = self.find(os, pid)?;
             return task.user_root.ok_or_else(|| {
                 Failure::from(anyhow!(
@@ -497,8 +592,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
                 ))
             });
         }
-        if let Some(os) = os {
-            return Ok(os.kernel().kernel_root);
+        match os {
+            Some(Os::Linux(os)) => return Ok(os.kernel().kernel_root),
+            Some(Os::Windows(w)) => return Ok(w.kernel_root()),
+            None => {}
         }
         let regs: Vec<Registers> = target::all_registers(self.core);
         regs.first().map(|r| r.translation_root()).ok_or_else(|| {
@@ -509,7 +606,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn read(&self, args: &ReadArgs) -> Result<(), Failure> {
-        let os = self.linux().ok();
+        let os = self.os().ok();
         let address = parse_address(&args.address, os.as_ref())?;
         let len = parse_number(&args.len)?;
         if len == 0 || len > MAX_READ {
@@ -549,7 +646,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn translate(&self, address: &str, pid: Option<u32>, cr3: Option<&str>) -> Result<(), Failure> {
-        let os = self.linux().ok();
+        let os = self.os().ok();
         let va = Va(parse_address(address, os.as_ref())?);
         let root = self.root(os.as_ref(), pid, cr3)?;
         let ctx = AddressContext::new(va, root);
@@ -610,11 +707,11 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
 
     fn dump(&self, out: &std::path::Path) -> Result<(), Failure> {
         let regs = target::all_registers(self.core);
-        let os = self.linux().ok();
-        let vmcoreinfo = self
-            .vmcoreinfo
-            .clone()
-            .or_else(|| os.as_ref().map(|o| vmcoreinfo_text(o.vmcoreinfo())));
+        let os = self.os().ok();
+        let vmcoreinfo = self.vmcoreinfo.clone().or_else(|| match &os {
+            Some(Os::Linux(o)) => Some(vmcoreinfo_text(o.vmcoreinfo())),
+            _ => None,
+        });
         let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
         let total: u64 = self
             .core
@@ -663,7 +760,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn export(&self, out: &std::path::Path) -> Result<(), Failure> {
-        let os = self.linux()?;
+        let os = match self.os()? {
+            Os::Linux(os) => os,
+            Os::Windows(w) => return crate::windows::export(self, &w, out),
+        };
         let options = vmi_profile::isf::ExportOptions {
             producer: "vmi".into(),
             producer_version: env!("CARGO_PKG_VERSION").into(),

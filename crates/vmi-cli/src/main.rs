@@ -14,6 +14,7 @@
 mod commands;
 mod output;
 mod target;
+mod windows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -87,7 +88,8 @@ pub enum Command {
         /// Process id.
         pid: u32,
     },
-    /// Open files of a process.
+    /// Open files of a process (on Windows: its handles, with types and names).
+    #[command(alias = "handles")]
     Files {
         /// Process id.
         pid: u32,

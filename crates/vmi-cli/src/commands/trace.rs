@@ -13,7 +13,7 @@ use vmi_core::{
 use vmi_driver_qemu::QemuDriver;
 use vmi_os_linux::LinuxOs;
 
-use super::parse_address;
+use super::parse_address_with;
 use crate::{Cli, Failure, target};
 
 struct Tracer<'a> {
@@ -79,7 +79,10 @@ pub fn run(
         let _pause = core.pause_guard()?;
         target::linux(core, cli, None)?
     };
-    let va = Va(parse_address(location, Some(&os))?);
+    let va = Va(parse_address_with(
+        location,
+        Some(&|name: &str| os.symbol_address(name)),
+    )?);
     let kind = if software {
         BreakpointKind::Software
     } else {

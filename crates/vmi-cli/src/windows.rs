@@ -1,0 +1,377 @@
+//! The commands on Windows targets, with the same JSON shapes as on Linux.
+
+use std::path::Path;
+
+use anyhow::{Context, anyhow};
+use serde_json::{Value, json};
+use vmi_arch_amd64::Amd64;
+use vmi_core::{Pa, VmiCore, VmiQueryRegisters, VmiRead};
+use vmi_os_windows::pe::CodeView;
+use vmi_os_windows::{
+    WinProcess, WindowsOs, find_kernel, find_kernel_from_registers, profile_from_isf_dir,
+    profile_from_isf_file,
+};
+use vmi_profile::Profile;
+
+use crate::commands::{Ctx, PsEntry};
+use crate::output::{self, Format, Table};
+use crate::{Cli, Failure, target};
+
+/// Why Windows was not recognised.
+pub enum Detect {
+    /// No Windows kernel in the target.
+    NotWindows(anyhow::Error),
+    /// A Windows kernel, but no profile for it.
+    NoProfile(anyhow::Error),
+}
+
+fn hex(v: u64) -> String {
+    format!("{v:#x}")
+}
+
+fn guid_text(cv: &CodeView) -> String {
+    let g: String = cv.guid.iter().map(|b| format!("{b:02X}")).collect();
+    format!("{g}-{}", cv.age)
+}
+
+/// Finds a Windows kernel (from vCPU registers when the target has them, else by
+/// scanning memory) and loads its profile.
+pub fn detect<D>(core: &VmiCore<D>, cli: &Cli) -> Result<WindowsOs, Detect>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let regs = target::all_registers(core);
+    let from_regs = regs
+        .first()
+        .and_then(|r| find_kernel_from_registers(core, r).ok());
+    let kernel = match from_regs {
+        Some(k) => k,
+        None => find_kernel(core).map_err(|e| Detect::NotWindows(e.into()))?,
+    };
+    let cv = kernel.codeview.clone();
+    let profile = profile_for(cli, &cv).map_err(Detect::NoProfile)?;
+    WindowsOs::new(core, profile, kernel).map_err(|e| {
+        Detect::NoProfile(anyhow!(e).context(format!(
+            "the profile given for {} {} does not fit the kernel",
+            cv.pdb_name,
+            guid_text(&cv)
+        )))
+    })
+}
+
+/// The profile of the kernel whose CodeView record is `cv`: `--profile` (an ISF file or
+/// directory, or a PDB), else `--symbol-path` / `_NT_SYMBOL_PATH` (an ISF directory, or a
+/// `srv*CACHE*URL` symbol path from which the PDB is downloaded).
+fn profile_for(cli: &Cli, cv: &CodeView) -> anyhow::Result<Profile> {
+    let what = format!("{} {}", cv.pdb_name, guid_text(cv));
+    if let Some(p) = &cli.profile {
+        return profile_from_path(cli, p, cv)
+            .with_context(|| format!("loading the profile for {what}"));
+    }
+    let symbol_path = cli
+        .symbol_path
+        .clone()
+        .or_else(|| std::env::var("_NT_SYMBOL_PATH").ok());
+    let Some(sp) = symbol_path else {
+        return Err(anyhow!(
+            "found the Windows kernel {what}, but no profile: give --profile <ISF or PDB> or \
+             --symbol-path srv*CACHE*https://msdl.microsoft.com/download/symbols"
+        ));
+    };
+    if !sp.contains('*') && Path::new(&sp).is_dir() {
+        return isf_dir_profile(cli, Path::new(&sp), cv)
+            .map_err(anyhow::Error::from)
+            .with_context(|| format!("no ISF for {what} in {sp}"));
+    }
+    let path = vmi_profile::symsrv::SymbolPath::parse(&sp)
+        .with_context(|| format!("bad symbol path {sp:?}"))?;
+    let server = vmi_profile::symsrv::SymbolServer::new(path);
+    let id = vmi_profile::PdbId {
+        guid: cv.guid,
+        age: cv.age,
+    };
+    let record = vmi_profile::pe::CodeView {
+        path: cv.pdb_name.clone(),
+        id,
+    };
+    server
+        .profile_for(&record)
+        .with_context(|| format!("no PDB for {what} along {sp}"))
+}
+
+/// A profile from a directory of ISFs, through the on-disk profile cache unless
+/// `--no-cache` (importing a compressed ISF costs far more than decoding the cache).
+fn isf_dir_profile(cli: &Cli, dir: &Path, cv: &CodeView) -> Result<Profile, vmi_core::VmiError> {
+    match vmi_profile::cache::ProfileCache::open_default().filter(|_| !cli.no_cache) {
+        Some(cache) => vmi_os_windows::profile_from_isf_dir_cached(dir, cv, &cache),
+        None => profile_from_isf_dir(dir, cv),
+    }
+}
+
+fn profile_from_path(cli: &Cli, p: &Path, cv: &CodeView) -> anyhow::Result<Profile> {
+    if p.is_dir() {
+        return Ok(isf_dir_profile(cli, p, cv)?);
+    }
+    if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdb")) {
+        let profile = vmi_profile::pdb::load_pdb(p)?;
+        let want = vmi_profile::PdbId {
+            guid: cv.guid,
+            age: cv.age,
+        };
+        if profile.metadata.pdb != Some(want) {
+            return Err(anyhow!(
+                "{} is not the PDB of this kernel ({want})",
+                p.display()
+            ));
+        }
+        return Ok(profile);
+    }
+    Ok(profile_from_isf_file(p, cv)?)
+}
+
+/// Windows facts for `vmi info`.
+pub fn info(w: &WindowsOs, v: &mut Value) {
+    let k = w.kernel();
+    v["os"] = json!("windows");
+    v["kernel_base"] = json!(hex(k.base.0));
+    v["kernel_root"] = json!(hex(w.kernel_root().0));
+    v["pdb"] = json!(format!(
+        "{} {}",
+        k.codeview.pdb_name,
+        guid_text(&k.codeview)
+    ));
+    v["paging"] = json!("Level4");
+    v["kernel_release"] = json!(null);
+}
+
+fn process<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, pid: u32) -> Result<WinProcess, Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    w.win_process(ctx.core, u64::from(pid))
+        .map_err(|e| Failure::from(anyhow!(e).context(format!("cannot find process {pid}"))))
+}
+
+/// The address space of a process (`--pid`).
+pub fn process_root<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, pid: u32) -> Result<Pa, Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    Ok(process(ctx, w, pid)?.dtb)
+}
+
+/// `vmi ps`.
+pub fn ps<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, tree: bool) -> Result<(), Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let list = w.win_processes(ctx.core)?;
+    let entries: Vec<PsEntry> = list
+        .iter()
+        .map(|p| {
+            let cmdline = w.command_line(ctx.core, p).unwrap_or_default();
+            PsEntry {
+                pid: p.pid,
+                ppid: p.ppid,
+                tgid: p.pid,
+                uid: None,
+                gid: None,
+                name: p.name.clone(),
+                state: if p.exit_time != 0 {
+                    "X".into()
+                } else {
+                    "R".into()
+                },
+                kernel_thread: p.peb.is_null(),
+                argv: if cmdline.is_empty() {
+                    vec![]
+                } else {
+                    vec![cmdline.clone()]
+                },
+                cmdline,
+                task: hex(p.eprocess.0),
+                // FILETIME (100 ns since 1601) in nanoseconds.
+                start_time_ns: p.create_time.saturating_mul(100),
+            }
+        })
+        .collect();
+    ctx.print_ps(&entries, tree)
+}
+
+/// `vmi threads`.
+pub fn threads<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, pid: u32) -> Result<(), Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let p = process(ctx, w, pid)?;
+    let threads = w.win_threads(ctx.core, &p)?;
+    if ctx.format() == Format::Json {
+        let rows: Vec<_> = threads
+            .iter()
+            .map(|t| {
+                json!({"tid": t.tid, "pid": t.pid, "name": null, "state": "-",
+                       "task": hex(t.ethread.0), "teb": hex(t.teb.0),
+                       "start_address": hex(t.start_address.0),
+                       "win32_start_address": hex(t.win32_start_address.0)})
+            })
+            .collect();
+        return Ok(output::json(&rows)?);
+    }
+    let mut table = Table::new(&[">TID", ">PID", "ETHREAD", "TEB", "START"]);
+    for t in &threads {
+        table.row(vec![
+            t.tid.to_string(),
+            t.pid.to_string(),
+            hex(t.ethread.0),
+            hex(t.teb.0),
+            hex(t.win32_start_address.0),
+        ]);
+    }
+    table.print()?;
+    Ok(())
+}
+
+/// `vmi modules`: kernel modules (drivers).
+pub fn modules<D>(ctx: &Ctx<'_, D>, w: &WindowsOs) -> Result<(), Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let mods = w.kernel_modules(ctx.core)?;
+    if ctx.format() == Format::Json {
+        let rows: Vec<_> = mods
+            .iter()
+            .map(|m| {
+                json!({"name": m.name, "base": hex(m.base.0), "size": m.size,
+                            "state": "Live", "path": m.path})
+            })
+            .collect();
+        return Ok(output::json(&rows)?);
+    }
+    let mut table = Table::new(&["NAME", "BASE", ">SIZE", "PATH"]);
+    for m in &mods {
+        table.row(vec![
+            m.name.clone(),
+            hex(m.base.0),
+            m.size.to_string(),
+            m.path.clone(),
+        ]);
+    }
+    table.print()?;
+    Ok(())
+}
+
+/// `vmi maps`: the VADs.
+pub fn maps<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, pid: u32) -> Result<(), Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let p = process(ctx, w, pid)?;
+    let vads = w.vads(ctx.core, &p)?;
+    let perms = |v: &vmi_os_windows::WinVad| {
+        let r = v.rights();
+        format!(
+            "{}{}{}{}",
+            if r.read { 'r' } else { '-' },
+            if r.write { 'w' } else { '-' },
+            if r.execute { 'x' } else { '-' },
+            if v.private { 'p' } else { 's' }
+        )
+    };
+    if ctx.format() == Format::Json {
+        let rows: Vec<_> = vads
+            .iter()
+            .map(|v| {
+                json!({"start": hex(v.start.0), "end": hex(v.end.0.wrapping_add(1)),
+                       "perms": perms(v), "offset": "0x0", "flags": hex(u64::from(v.protection)),
+                       "protection": v.protection_name(), "tag": v.tag, "path": v.file})
+            })
+            .collect();
+        return Ok(output::json(&rows)?);
+    }
+    let mut table = Table::new(&["START", "END", "PERMS", "PROTECTION", "PATH"]);
+    for v in &vads {
+        table.row(vec![
+            format!("{:012x}", v.start.0),
+            format!("{:012x}", v.end.0.wrapping_add(1)),
+            perms(v),
+            v.protection_name().into(),
+            v.file.clone().unwrap_or_default(),
+        ]);
+    }
+    table.print()?;
+    Ok(())
+}
+
+/// `vmi files` / `vmi handles`: the handle table, with types and names.
+pub fn files<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, pid: u32) -> Result<(), Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let p = process(ctx, w, pid)?;
+    let handles = w.handles(ctx.core, &p)?;
+    if ctx.format() == Format::Json {
+        let rows: Vec<_> = handles
+            .iter()
+            .map(|h| {
+                json!({"fd": h.handle, "path": h.name, "file": hex(h.object.0),
+                       "type": h.type_name, "access": hex(u64::from(h.access))})
+            })
+            .collect();
+        return Ok(output::json(&rows)?);
+    }
+    let mut table = Table::new(&[">HANDLE", "TYPE", "ACCESS", "NAME"]);
+    for h in &handles {
+        table.row(vec![
+            hex(h.handle),
+            h.type_name
+                .clone()
+                .unwrap_or_else(|| format!("#{}", h.type_index)),
+            hex(u64::from(h.access)),
+            h.name.clone().unwrap_or_default(),
+        ]);
+    }
+    table.print()?;
+    Ok(())
+}
+
+/// `vmi env`.
+pub fn env<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, pid: u32) -> Result<(), Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let p = process(ctx, w, pid)?;
+    let vars = w.environment(ctx.core, &p)?;
+    if ctx.format() == Format::Json {
+        let rows: Vec<_> = vars
+            .iter()
+            .map(|(k, v)| json!({"name": k, "value": v}))
+            .collect();
+        return Ok(output::json(&rows)?);
+    }
+    let mut out = output::stdout();
+    for (k, v) in &vars {
+        use std::io::Write;
+        writeln!(out, "{k}={v}")?;
+    }
+    Ok(())
+}
+
+/// `vmi profile export`.
+pub fn export<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, out: &Path) -> Result<(), Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
+{
+    let options = vmi_profile::isf::ExportOptions {
+        producer: "vmi".into(),
+        producer_version: env!("CARGO_PKG_VERSION").into(),
+    };
+    vmi_profile::isf::write_isf(w.profile(), &options, out)
+        .map_err(|e| anyhow!(e).context(format!("cannot write {}", out.display())))?;
+    if ctx.format() == Format::Json {
+        return Ok(output::json(
+            &json!({"written": out.display().to_string()}),
+        )?);
+    }
+    eprintln!("wrote {}", out.display());
+    Ok(())
+}
