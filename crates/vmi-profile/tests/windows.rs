@@ -547,3 +547,33 @@ fn pdb_profiles_round_trip_through_the_cache() {
         );
     }
 }
+
+/// A PDB profile converts to Volatility ISF and back with the same layouts.
+#[test]
+fn pdb_profile_exports_to_isf() {
+    use vmi_profile::isf::{ExportOptions, export_isf, parse_isf};
+    let p = load_pdb(&fixture("generated-demo/ntkrnlmp.pdb")).unwrap();
+    let json = serde_json::to_vec(&export_isf(&p, &ExportOptions::default())).unwrap();
+    let back = parse_isf(&json, "exported.json").unwrap();
+    for (ty, f) in [
+        ("_EPROCESS", "ActiveProcessLinks"),
+        ("_EPROCESS", "UniqueProcessId"),
+        ("_EPROCESS", "ImageFileName"),
+        ("_KLDR_DATA_TABLE_ENTRY", "BaseDllName"),
+        ("_UNICODE_STRING", "Buffer"),
+    ] {
+        assert_eq!(
+            back.offset_of(ty, f).unwrap(),
+            p.offset_of(ty, f).unwrap(),
+            "{ty}.{f}"
+        );
+    }
+    assert_eq!(
+        back.size_of("_EPROCESS").unwrap(),
+        p.size_of("_EPROCESS").unwrap()
+    );
+    assert_eq!(
+        back.symbol_address("PsActiveProcessHead").unwrap(),
+        p.symbol_address("PsActiveProcessHead").unwrap()
+    );
+}
