@@ -17,7 +17,7 @@ use std::time::Duration;
 
 use crate::abi::{self, XEN_PAGE_SIZE, XenMemAccess};
 use crate::interface::{
-    DomId, DomainInfo, EINVAL, ESRCH, MonitorOp, XenCallError, XenInterface, XenResult,
+    DomId, DomainInfo, EINVAL, MonitorOp, XenCallError, XenInterface, XenResult,
 };
 use crate::ring::RingMemory;
 
@@ -291,7 +291,10 @@ impl XenInterface for LibXen {
             let n = unsafe { sys::xc_domain_getinfolist(h.xc, domid, 1, &mut i) };
             check("xc_domain_getinfolist", n)?;
             if n != 1 || u32::from(i.domain) != domid {
-                return Err(XenCallError::new("xc_domain_getinfolist", ESRCH));
+                return Err(XenCallError::new(
+                    "xc_domain_getinfolist",
+                    crate::interface::ESRCH,
+                ));
             }
         }
         Ok(info_from(&i))
@@ -334,6 +337,61 @@ impl XenInterface for LibXen {
             std::ptr::copy_nonoverlapping(p.as_ptr().add(offset), buf.as_mut_ptr(), buf.len());
             sys::xenforeignmemory_unmap(h.fmem, p.as_ptr().cast(), 1);
         }
+        Ok(())
+    }
+
+    fn read_frames(
+        &self,
+        domid: DomId,
+        frames: &[u64],
+        buf: &mut [u8],
+        ok: &mut [bool],
+    ) -> XenResult<()> {
+        let n = frames.len();
+        if n == 0 {
+            return Ok(());
+        }
+        if buf.len() != n.saturating_mul(XEN_PAGE_SIZE) || ok.len() != n {
+            return Err(XenCallError::new("xenforeignmemory_map", EINVAL));
+        }
+        let pfns: Vec<sys::xen_pfn_t> = frames.to_vec();
+        let mut errs = vec![0i32; n];
+        let h = self.lock();
+        // SAFETY: `h.fmem` is valid; `pfns` and `errs` both hold `n` elements and live
+        // for the call.
+        let p = unsafe {
+            sys::xenforeignmemory_map(
+                h.fmem,
+                domid,
+                libc::PROT_READ,
+                n,
+                pfns.as_ptr(),
+                errs.as_mut_ptr(),
+            )
+        };
+        let Some(p) = NonNull::new(p.cast::<u8>()) else {
+            return Err(XenCallError::new("xenforeignmemory_map", errno()));
+        };
+        for (i, (page, ok)) in buf
+            .chunks_exact_mut(XEN_PAGE_SIZE)
+            .zip(ok.iter_mut())
+            .enumerate()
+        {
+            *ok = errs[i] == 0;
+            if *ok {
+                // SAFETY: `p` maps `n` readable pages; page `i < n` was mapped
+                // (its error slot is 0), and `page` is 4096 bytes of our buffer.
+                unsafe {
+                    std::ptr::copy_nonoverlapping(
+                        p.as_ptr().add(i * XEN_PAGE_SIZE),
+                        page.as_mut_ptr(),
+                        XEN_PAGE_SIZE,
+                    );
+                }
+            }
+        }
+        // SAFETY: `p` is the `n`-page mapping made above, unmapped once.
+        unsafe { sys::xenforeignmemory_unmap(h.fmem, p.as_ptr().cast(), n) };
         Ok(())
     }
 

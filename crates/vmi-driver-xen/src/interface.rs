@@ -98,6 +98,26 @@ pub trait XenInterface: Send + Sync {
     /// Copies bytes from frame `frame` (a GFN for HVM/PVH, an MFN for PV) through a
     /// foreign mapping.
     fn read_frame(&self, domid: DomId, frame: u64, offset: usize, buf: &mut [u8]) -> XenResult<()>;
+    /// Copies whole frames `frames[i]` into `buf[i * 4096..]` through one batched
+    /// foreign mapping; `ok[i]` says whether frame `i` could be mapped (the others' bytes
+    /// are left as they were). `buf` holds `frames.len()` pages and `ok` as many flags.
+    /// The default maps one frame at a time with [`read_frame`](Self::read_frame).
+    fn read_frames(
+        &self,
+        domid: DomId,
+        frames: &[u64],
+        buf: &mut [u8],
+        ok: &mut [bool],
+    ) -> XenResult<()> {
+        for ((f, page), ok) in frames
+            .iter()
+            .zip(buf.chunks_exact_mut(crate::abi::XEN_PAGE_SIZE))
+            .zip(ok.iter_mut())
+        {
+            *ok = self.read_frame(domid, *f, 0, page).is_ok();
+        }
+        Ok(())
+    }
     /// Copies bytes into frame `frame` through a writable foreign mapping.
     fn write_frame(&self, domid: DomId, frame: u64, offset: usize, data: &[u8]) -> XenResult<()>;
 

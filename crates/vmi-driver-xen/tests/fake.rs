@@ -593,6 +593,39 @@ fn memory_bounds_and_missing_frames() {
 }
 
 #[test]
+fn batched_frame_reads_match_single_reads_and_flag_missing_frames() {
+    let (xen, d, drv) = hvm();
+    xen.write_memory(d, 62 * 4096 + 5, b"near the end");
+    xen.write_memory(d, 63 * 4096, b"last");
+    // frames 62..66: 62 and 63 exist, 64.. are beyond the domain
+    let mut buf = vec![0xaau8; 4 * 4096];
+    let ok = drv.read_frames(Gfn(62), &mut buf).expect("batch");
+    assert_eq!(ok, vec![true, true, false, false]);
+    assert_eq!(&buf[5..17], b"near the end");
+    assert_eq!(&buf[4096..4100], b"last");
+    assert!(buf[2 * 4096..].iter().all(|b| *b == 0));
+    let mut one = vec![0u8; 4096];
+    drv.read_page(Gfn(62), 0, &mut one).expect("single");
+    assert_eq!(one, buf[..4096]);
+    // not whole pages, or too many at once
+    assert!(matches!(
+        drv.read_frames(Gfn(0), &mut [0u8; 100]),
+        Err(VmiError::InvalidArgument(_))
+    ));
+    let mut big = vec![0u8; (XenDriver::<FakeXen>::MAX_BATCH_FRAMES + 1) * 4096];
+    assert!(matches!(
+        drv.read_frames(Gfn(0), &mut big),
+        Err(VmiError::InvalidArgument(_))
+    ));
+    // a frame number that overflows is not read
+    let mut two = vec![0u8; 2 * 4096];
+    assert_eq!(
+        drv.read_frames(Gfn(u64::MAX), &mut two).unwrap(),
+        vec![false, false]
+    );
+}
+
+#[test]
 fn resume_without_pause_is_refused() {
     let (xen, d, drv) = hvm();
     assert!(drv.resume().is_err());
