@@ -764,11 +764,9 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             Os::Linux(os) => os,
             Os::Windows(w) => return crate::windows::export(self, &w, out),
         };
-        let options = vmi_profile::isf::ExportOptions {
-            producer: "vmi".into(),
-            producer_version: env!("CARGO_PKG_VERSION").into(),
-        };
-        vmi_profile::isf::write_isf(os.profile(), &options, out)
+        // Link-time symbol addresses and the running kernel's banner: what Volatility 3
+        // expects (it finds the KASLR shift itself).
+        os.write_isf(out)
             .map_err(|e| anyhow!(e).context(format!("cannot write {}", out.display())))?;
         if self.format() == Format::Json {
             return Ok(output::json(

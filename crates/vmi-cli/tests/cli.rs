@@ -248,6 +248,56 @@ fn live_guest_and_its_dumps() {
         check_target(dump.to_str().unwrap(), &truth);
     }
 
+    // profile export: an ISF that Volatility 3 reads, listing the same processes.
+    let isf_dir = guest.dir().join("isf");
+    std::fs::create_dir_all(&isf_dir).unwrap();
+    let isf = isf_dir.join("linux.json");
+    let out = vmi(
+        elf.to_str().unwrap(),
+        &["profile", "export", isf.to_str().unwrap()],
+    );
+    assert!(
+        out.status.success(),
+        "export: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let vol = std::env::var_os("VMI_VOLATILITY")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/vol"));
+    if vol.exists() {
+        let out = Command::new(&vol)
+            .args(["-q", "-r", "json", "-s"])
+            .arg(&isf_dir)
+            .arg("-f")
+            .arg(&elf)
+            .arg("linux.pslist.PsList")
+            .output()
+            .expect("run vol");
+        let rows: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("vol output: {}", String::from_utf8_lossy(&out.stderr)));
+        for t in stable_tasks(&truth) {
+            assert!(
+                rows.as_array()
+                    .unwrap()
+                    .iter()
+                    .any(|r| r["PID"] == t.tgid && r["COMM"] == t.comm.as_str()),
+                "volatility with our ISF misses pid {} ({})",
+                t.pid,
+                t.comm
+            );
+        }
+    } else if std::env::var_os("VMI_REQUIRE_GUEST").is_some() {
+        panic!(
+            "volatility3 not found at {} (scripts/setup.sh installs it)",
+            vol.display()
+        );
+    } else {
+        eprintln!(
+            "SKIPPED: the Volatility 3 check of `vmi profile export`: no vol at {}",
+            vol.display()
+        );
+    }
+
     // Unknown pid: exit code 1 and one line.
     let out = vmi(elf.to_str().unwrap(), &["maps", "999999"]);
     assert_eq!(out.status.code(), Some(1));
