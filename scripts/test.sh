@@ -19,6 +19,7 @@ RUSTDOCFLAGS="-D warnings" cargo doc --workspace --no-deps --all-features
 step "facade feature combinations"
 for f in "" arch-amd64 driver-mock driver-dump driver-qemu profile os-linux; do cargo check -q -p vmi --no-default-features ${f:+--features $f}; done
 step "Xen build gate (4.17 and 4.20 headers)"; bash scripts/xen-build-gate.sh
+shm_before=$(ls /dev/shm 2>/dev/null | grep '^vmi-guest-' | sort || true)
 step "tests"
 if command -v cargo-nextest >/dev/null; then
   cargo nextest run --workspace --all-features --no-fail-fast
@@ -27,8 +28,9 @@ else
 fi
 step "doc tests"
 cargo test --workspace --all-features --doc
-# Nothing may be left behind by the tests.
-if ls /dev/shm 2>/dev/null | grep -q '^vmi-guest-'; then
-  echo "error: tests left guest RAM files in /dev/shm" >&2; ls /dev/shm >&2; exit 1
+# Nothing may be left behind by the tests (guests started outside this run don't count).
+left=$(comm -13 <(echo "$shm_before") <(ls /dev/shm 2>/dev/null | grep '^vmi-guest-' | sort) || true)
+if [ -n "$left" ]; then
+  echo "error: tests left guest RAM files in /dev/shm:" >&2; echo "$left" >&2; exit 1
 fi
 echo "all tests passed" >&2
