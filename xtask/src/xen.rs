@@ -192,6 +192,10 @@ for t in pv pvh; do
   fi
   i=0; while [ $i -lt 40 ] && ! grep -q DOMU_ALIVE /var/log/xen/console/guest-guest$t.log 2>/dev/null; do sleep 1; i=$((i+1)); done
   echo "XEN_SMOKE $t ALIVE INFO after ${i}s: $(grep -m1 DOMU_ALIVE /var/log/xen/console/guest-guest$t.log)"
+  if [ $t = pvh ]; then
+    i=0; while [ $i -lt 30 ] && ! grep -q DOMU_PS_END /var/log/xen/console/guest-guest$t.log; do sleep 1; i=$((i+1)); done
+    tr -d '\r' < /var/log/xen/console/guest-guest$t.log | grep '^DOMU_PS ' | sed "s/^DOMU_PS /XEN_DOMU $t /"
+  fi
   id=$(xl domid guest$t)
   /root/xen-smoke $id $t @BANNER@ @EVENTS@
   xl destroy $id
@@ -201,8 +205,13 @@ poweroff -f
 "#;
 
 const DOMU_INIT: &str = r#"#!/bin/sh
-mount -t proc proc /proc
+mount -t proc proc /proc; mount -t devtmpfs devtmpfs /dev
+printf '#!/bin/sh\nwhile :; do sleep 3600; done\n' > /bin/vmi-idle; chmod 755 /bin/vmi-idle
+/bin/vmi-idle & /bin/vmi-idle &
+sleep 1
 echo "DOMU_ALIVE $(cat /proc/version)"
+for s in /proc/[0-9]*/stat; do set -f; read -r l < $s && set -- $l && echo "DOMU_PS $1 $2"; set +f; done 2>/dev/null
+echo DOMU_PS_END
 while true; do ls / >/dev/null; cat /proc/uptime >/dev/null; sleep 0.05; done
 "#;
 
@@ -399,7 +408,7 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
                 "-p",
                 "vmi-driver-xen",
                 "--features",
-                "xen-sys",
+                "smoke",
                 "--bin",
                 "xen-smoke",
             ])
@@ -605,6 +614,19 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
             _ => {}
         }
     }
+    let (matched, detail) = compare_processes(&text);
+    println!(
+        "{:>4} {:<22} {:<4} {detail}",
+        "pvh",
+        "PROCESS_MATCH",
+        if matched { "OK" } else { "FAIL" }
+    );
+    seen_checks.insert("pvh PROCESS_MATCH".to_owned());
+    if matched {
+        ok += 1;
+    } else {
+        failed.push("pvh PROCESS_MATCH".to_owned());
+    }
     let required: Vec<String> = [
         (
             "pv",
@@ -640,10 +662,14 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
                 "RESUME",
                 "PERF_READS_NOCACHE",
                 "PERF_READS_CACHE",
+                "PERF_READS_BATCHED",
                 "PROBE_MEM_ACCESS",
                 "PROBE_ALTP2M",
                 "PROBE_SINGLESTEP",
                 "CR3_EVENTS",
+                "LINUX_OS",
+                "PROCESS_LIST",
+                "PROCESS_MATCH",
                 "CLEANUP",
                 "END",
             ][..],
@@ -696,4 +722,78 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
         eprintln!("[xen] QEMU killed after {} s", timeout.as_secs());
     }
     Ok(pass)
+}
+
+/// Commands of the domU's busy loop (and its `sleep`s): too short-lived to compare.
+const TRANSIENT: &[&str] = &["ls", "cat", "sleep"];
+
+/// Whether the driver's `comm` (`task->comm`, at most 15 bytes) is what the guest's
+/// `/proc/<pid>/stat` showed: equal, truncated, or a workqueue worker's name plus its
+/// `-queue` / `+queue` suffix.
+fn same_comm(driver: &str, guest: &str) -> bool {
+    driver == guest
+        || (driver.len() >= 15 && guest.starts_with(driver))
+        || guest
+            .strip_prefix(driver)
+            .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('+'))
+}
+
+/// Compares the PVH guest's own process list (`XEN_DOMU pvh <pid> (<comm>)`, from its
+/// console) with what the driver and the Linux OS layer listed (`XEN_TASK pvh <pid>
+/// <ppid> <comm>`): every long-lived guest process must be there with the same comm.
+fn compare_processes(text: &str) -> (bool, String) {
+    let mut guest = Vec::new();
+    let mut ours = std::collections::BTreeMap::new();
+    for l in text.lines() {
+        if let Some(i) = l.find("XEN_DOMU pvh ") {
+            let mut it = l[i + 13..].trim_end().splitn(2, ' ');
+            if let (Some(Ok(pid)), Some(comm)) = (it.next().map(str::parse::<u32>), it.next()) {
+                let comm = comm.trim_start_matches('(').trim_end_matches(')');
+                guest.push((pid, comm.to_owned()));
+            }
+        } else if let Some(i) = l.find("XEN_TASK pvh ") {
+            let mut it = l[i + 13..].trim_end().splitn(3, ' ');
+            if let (Some(Ok(pid)), Some(_ppid), Some(comm)) =
+                (it.next().map(str::parse::<u32>), it.next(), it.next())
+            {
+                ours.insert(pid, comm.to_owned());
+            }
+        }
+    }
+    let long_lived: Vec<&(u32, String)> = guest
+        .iter()
+        .filter(|(_, c)| !TRANSIENT.contains(&c.as_str()))
+        .collect();
+    let mut missing = Vec::new();
+    for (pid, comm) in &long_lived {
+        match ours.get(pid) {
+            Some(c) if same_comm(c, comm) => {}
+            Some(c) => missing.push(format!("{pid}:{comm}!={c}")),
+            None => missing.push(format!("{pid}:{comm} absent")),
+        }
+    }
+    let init_ok = ours.get(&1).is_some_and(|c| c == "init");
+    let idle = ours.values().filter(|c| *c == "vmi-idle").count();
+    let pass = !long_lived.is_empty() && missing.is_empty() && init_ok && idle == 2;
+    let detail = format!(
+        "{} of {} long-lived guest processes ({} listed by the guest) found by the driver with the same pid and comm; driver lists {}; pid 1 init: {init_ok}, vmi-idle: {idle}{}",
+        long_lived.len() - missing.len(),
+        long_lived.len(),
+        guest.len(),
+        ours.len(),
+        if missing.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; mismatched: {}",
+                missing
+                    .iter()
+                    .take(12)
+                    .cloned()
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
+    );
+    (pass, detail)
 }
