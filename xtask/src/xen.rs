@@ -7,8 +7,12 @@
 //! static libraries, packs a dom0 initramfs (busybox, Xen modules and tools, their
 //! libraries, the binary, a domU kernel and initramfs) and boots Xen under QEMU TCG with
 //! `-cpu qemu64,+svm,+npt`. Dom0's `/init` starts a PV and a PVH guest and runs the
-//! binary against each; its marker lines come back on the serial log. Prints what each
-//! check saw and one summary line; fails unless every check passed.
+//! binary against each; its marker lines come back on the serial log. For the PVH guest
+//! the binary also builds the Linux OS layer from guest memory alone and lists the
+//! processes (`XEN_TASK` lines); the guest prints its own `/proc/<pid>/stat` pid and comm
+//! list on its console (`XEN_DOMU` lines, relayed by dom0 from xenconsoled's log), and
+//! `PROCESS_MATCH` requires every long-lived one to be listed by the driver with the same
+//! comm. Prints what each check saw and one summary line; fails unless every check passed.
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -796,4 +800,37 @@ fn compare_processes(text: &str) -> (bool, String) {
         }
     );
     (pass, detail)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{compare_processes, same_comm};
+
+    #[test]
+    fn comms_match_exactly_truncated_or_with_a_workqueue_suffix() {
+        assert!(same_comm("init", "init"));
+        assert!(same_comm("rcu_tasks_kthre", "rcu_tasks_kthread"));
+        assert!(same_comm("kworker/0:1", "kworker/0:1-events"));
+        assert!(same_comm("kworker/u2:1", "kworker/u2:1+events_unbound"));
+        assert!(!same_comm("kworker/0:1", "kworker/0:10"));
+        assert!(!same_comm("sh", "init"));
+    }
+
+    #[test]
+    fn process_lists_are_compared_without_transient_commands() {
+        let guest = "(d2) XEN_DOMU pvh 1 (init)\nXEN_DOMU pvh 2 (kthreadd)\n\
+                     XEN_DOMU pvh 70 (vmi-idle)\nXEN_DOMU pvh 71 (vmi-idle)\nXEN_DOMU pvh 90 (ls)\n";
+        let ours = "XEN_TASK pvh 1 0 init\nXEN_TASK pvh 2 0 kthreadd\n\
+                    XEN_TASK pvh 70 1 vmi-idle\nXEN_TASK pvh 71 1 vmi-idle\nXEN_TASK pvh 99 1 exe\n";
+        let (ok, detail) = compare_processes(&format!("{guest}{ours}"));
+        assert!(ok, "{detail}");
+        // a long-lived guest process the driver missed, or saw under another name
+        let (ok, detail) = compare_processes(&format!(
+            "{guest}{}",
+            ours.replace("XEN_TASK pvh 2 0 kthreadd\n", "XEN_TASK pvh 2 0 other\n")
+        ));
+        assert!(!ok && detail.contains("2:kthreadd!=other"), "{detail}");
+        let (ok, _) = compare_processes(ours);
+        assert!(!ok, "nothing from the guest is not a match");
+    }
 }

@@ -55,11 +55,20 @@
 //! | registers: PV `vcpu_guest_context`, HVM `hvm_hw_cpu` | read + write | | read |
 //! | memory read/write, PV machine frames, PVH guest frames | yes | | yes (kernel banner, bytes at RIP, write + restore) |
 //! | ring: layout, wrap-around, version, unknown reasons, vCPU-paused echo | yes | | yes (CR3 writes, PVH) |
+//! | batched foreign mapping ([`XenDriver::read_frames`]) | yes | | yes (PVH) |
+//! | the Linux OS layer through this driver, zero files (VMCOREINFO scan, kallsyms and BTF from memory, process list) | | | yes (PVH): every long-lived pid and comm the guest prints from its own `/proc` |
 //! | CR0/CR4, MSR, CPUID, guest-request, debug-exception events | yes | | no |
 //! | mem_access, altp2m, single-step, int3 events | yes | | **no**: Xen implements them on Intel VT-x only (mem_access, altp2m, single-step), and QEMU TCG's SVM never delivers a guest `int3` to Xen's #BP intercept; the smoke test only checks that they are *refused* cleanly |
 //!
-//! Nested-Xen figures (reads/s, events/s) are from QEMU TCG and only meaningful relative
-//! to each other.
+//! Nested-Xen figures (reads/s, events/s, the process-list time) are from QEMU TCG on a
+//! shared 2-core machine and only meaningful relative to each other; the README has them.
+//! Mapping one frame per read costs about a millisecond there, so a whole-RAM scan goes
+//! through [`XenDriver::read_frames`] (one mapping for up to
+//! [`MAX_BATCH_FRAMES`](XenDriver::MAX_BATCH_FRAMES) frames).
+//!
+//! Known limit: on Debian's Xen 4.20 (4.20.5-pre) every foreign mapping of a **PV**
+//! guest's frames is refused per frame with `EBUSY`, so PV memory reads fail there (PV
+//! registers, pause and the PVH guest work; Xen 4.17 maps the same PV frames).
 
 pub mod abi;
 mod driver;
