@@ -198,12 +198,25 @@ fn page_chunks(
 }
 
 impl<D: VmiRead> VmiCore<D> {
+    #[inline]
     fn read_page_chunk(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         let gfn = ArchOf::<D>::gfn_from_pa(pa);
         let offset = ArchOf::<D>::page_offset(pa.0) as usize;
         if !self.pages.enabled() {
             return self.driver.read_page(gfn, offset, buf);
         }
+        self.read_cached_chunk(pa, gfn, offset, buf)
+    }
+
+    /// [`Self::read_page_chunk`] through the page cache (kept out of the uncached path).
+    #[inline(never)]
+    fn read_cached_chunk(
+        &self,
+        pa: Pa,
+        gfn: Gfn,
+        offset: usize,
+        buf: &mut [u8],
+    ) -> Result<(), VmiError> {
         let page = match self.pages.get(&gfn) {
             Some(page) => page,
             None => {
@@ -225,6 +238,7 @@ impl<D: VmiRead> VmiCore<D> {
     }
 
     /// Reads guest-physical memory (any length, across pages).
+    #[inline]
     pub fn read_physical(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         self.read(AccessContext::direct(pa), buf)
     }
@@ -248,6 +262,7 @@ impl<D: VmiRead> VmiCore<D> {
         Ok(page + offset)
     }
 
+    #[inline]
     fn resolve(&self, at: u64, mechanism: TranslationMechanism) -> Result<Pa, VmiError> {
         match mechanism {
             TranslationMechanism::Direct => Ok(Pa(at)),
@@ -261,8 +276,24 @@ impl<D: VmiRead> VmiCore<D> {
     ///
     /// A failure on the first page returns that page's error; a failure later returns
     /// [`VmiError::PartialAccess`] with the number of bytes read.
+    #[inline]
     pub fn read(&self, ctx: impl Into<AccessContext>, buf: &mut [u8]) -> Result<(), VmiError> {
         let ctx = ctx.into();
+        // Fast path: a non-empty access inside one page (every integer or pointer read that
+        // does not straddle a page) is exactly the first and only chunk of the general loop,
+        // whose error is returned as it is. Without the chunk iterator it inlines, and a
+        // fixed-size read keeps its constant length down to the driver.
+        let room = ArchOf::<D>::PAGE_SIZE - ArchOf::<D>::page_offset(ctx.address);
+        if !buf.is_empty() && buf.len() as u64 <= room {
+            let pa = self.resolve(ctx.address, ctx.mechanism)?;
+            return self.read_page_chunk(pa, buf);
+        }
+        self.read_chunks(ctx, buf)
+    }
+
+    /// The general case of [`Self::read`]: page by page, with partial-access errors.
+    #[inline(never)]
+    fn read_chunks(&self, ctx: AccessContext, buf: &mut [u8]) -> Result<(), VmiError> {
         let len = buf.len();
         for (at, start, n) in page_chunks(ctx.address, len, ArchOf::<D>::PAGE_SIZE) {
             let result = self
@@ -308,6 +339,7 @@ impl<D: VmiRead> VmiCore<D> {
     }
 
     /// Reads one byte.
+    #[inline]
     pub fn read_u8(&self, ctx: impl Into<AccessContext>) -> Result<u8, VmiError> {
         let mut b = [0u8; 1];
         self.read(ctx, &mut b)?;
@@ -315,6 +347,7 @@ impl<D: VmiRead> VmiCore<D> {
     }
 
     /// Reads a little-endian `u16`.
+    #[inline]
     pub fn read_u16(&self, ctx: impl Into<AccessContext>) -> Result<u16, VmiError> {
         let mut b = [0u8; 2];
         self.read(ctx, &mut b)?;
@@ -322,6 +355,7 @@ impl<D: VmiRead> VmiCore<D> {
     }
 
     /// Reads a little-endian `u32`.
+    #[inline]
     pub fn read_u32(&self, ctx: impl Into<AccessContext>) -> Result<u32, VmiError> {
         let mut b = [0u8; 4];
         self.read(ctx, &mut b)?;
@@ -329,6 +363,7 @@ impl<D: VmiRead> VmiCore<D> {
     }
 
     /// Reads a little-endian `u64`.
+    #[inline]
     pub fn read_u64(&self, ctx: impl Into<AccessContext>) -> Result<u64, VmiError> {
         let mut b = [0u8; 8];
         self.read(ctx, &mut b)?;

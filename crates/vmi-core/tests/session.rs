@@ -200,6 +200,16 @@ fn reads_cross_pages_and_report_partial_access() {
         other => panic!("expected a partial access, got {other:?}"),
     }
     assert_eq!(core.read_available(Pa(0x7ff8), &mut buf), 8);
+    // Inside one page (the single-chunk fast path): the page's own error, never a partial
+    // access; a read that ends exactly at the page's end; an empty read touches nothing.
+    let err = core.read_u64(Pa(0x8010)).unwrap_err();
+    assert!(err.is_memory_unavailable() && !matches!(err, VmiError::PartialAccess { .. }));
+    let err = core.read(Pa(0x8ffc), &mut [0u8; 8]).unwrap_err();
+    assert!(err.is_memory_unavailable() && !matches!(err, VmiError::PartialAccess { .. }));
+    let mut end = [0u8; 8];
+    core.read(Pa(0x6ff8), &mut end).unwrap();
+    assert_eq!(end[4..], [1, 2, 3, 4]);
+    core.read(Pa(0x8010), &mut []).unwrap();
     // A string that ends before the hole reads fine.
     core.driver().write_physical(Pa(0x7ffc), b"abc\0");
     assert_eq!(core.read_string(Pa(0x7ffc), 64).unwrap(), "abc");
