@@ -53,7 +53,7 @@ impl DumpData {
     }
 
     /// All bytes of the dump.
-    #[inline]
+    #[inline(always)]
     pub(crate) fn bytes(&self) -> &[u8] {
         match self {
             Self::Mapped(m) => m,

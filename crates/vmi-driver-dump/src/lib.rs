@@ -316,22 +316,43 @@ impl DumpDriver {
         self.data.bytes().len() as u64
     }
 
-    #[inline]
-    fn check_args(gfn: Gfn, offset: usize, len: usize) -> Result<u64, VmiError> {
+    /// The physical address of `offset` in page `gfn`, when the read of `len` bytes stays
+    /// inside the page and the address exists; `None` sends the caller to [`Self::bad_args`].
+    /// Kept free of error values: building (and dropping) a `VmiError` on the success path,
+    /// as an eager `ok_or(..)` did, cost an out-of-line `drop_in_place` call per read.
+    #[inline(always)]
+    fn page_address(gfn: Gfn, offset: usize, len: usize) -> Option<u64> {
+        let end = offset.checked_add(len)?;
+        if end as u64 > PAGE_SIZE {
+            return None;
+        }
+        Some(gfn.0.checked_mul(PAGE_SIZE)? + offset as u64)
+    }
+
+    /// The error for arguments [`Self::page_address`] rejected.
+    #[cold]
+    #[inline(never)]
+    fn bad_args(gfn: Gfn, offset: usize, len: usize) -> VmiError {
         if offset
             .checked_add(len)
             .is_none_or(|end| end as u64 > PAGE_SIZE)
         {
-            return Err(VmiError::InvalidArgument(format!(
+            VmiError::InvalidArgument(format!(
                 "read of {len} bytes at offset {offset} crosses the end of page {gfn}"
-            )));
-        }
-        gfn.0
-            .checked_mul(PAGE_SIZE)
-            .ok_or(VmiError::PageUnavailable {
+            ))
+        } else {
+            VmiError::PageUnavailable {
                 gfn,
                 reason: PageAbsence::BeyondMemory,
-            })
+            }
+        }
+    }
+
+    /// The error for a page the range map does not hold.
+    #[cold]
+    #[inline(never)]
+    fn unavailable(gfn: Gfn, reason: PageAbsence) -> VmiError {
+        VmiError::PageUnavailable { gfn, reason }
     }
 }
 
@@ -355,13 +376,20 @@ impl VmiDriver for DumpDriver {
 }
 
 impl VmiRead for DumpDriver {
-    #[inline]
+    // Always inlined (small: errors and kdump are out-of-line calls), so that a read of a
+    // fixed-size buffer compiles to checks, a range lookup and one load.
+    #[inline(always)]
     fn read_page(&self, gfn: Gfn, offset: usize, buf: &mut [u8]) -> Result<(), VmiError> {
-        let pa = Self::check_args(gfn, offset, buf.len())?;
+        // The hot path of every small read: no error value is built unless one is returned,
+        // so it inlines into callers and a fixed-size read becomes a load and a store.
+        let Some(pa) = Self::page_address(gfn, offset, buf.len()) else {
+            return Err(Self::bad_args(gfn, offset, buf.len()));
+        };
         match &self.body {
-            Body::Mapped(ranges) => ranges
-                .read(self.data.bytes(), pa + offset as u64, buf)
-                .map_err(|reason| VmiError::PageUnavailable { gfn, reason }),
+            Body::Mapped(ranges) => match ranges.read(self.data.bytes(), pa, buf) {
+                Ok(()) => Ok(()),
+                Err(reason) => Err(Self::unavailable(gfn, reason)),
+            },
             Body::Kdump(k) => k.read_page(self.data.bytes(), gfn, offset, buf),
         }
     }
