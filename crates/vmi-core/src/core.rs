@@ -198,7 +198,9 @@ fn page_chunks(
 }
 
 impl<D: VmiRead> VmiCore<D> {
-    #[inline]
+    // Always inlined: small (the page-cache path is a call), and it carries a fixed-size
+    // read's constant length into the driver.
+    #[inline(always)]
     fn read_page_chunk(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         let gfn = ArchOf::<D>::gfn_from_pa(pa);
         let offset = ArchOf::<D>::page_offset(pa.0) as usize;
