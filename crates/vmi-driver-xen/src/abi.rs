@@ -406,8 +406,8 @@ pub struct PvContext {
     pub gdt_ents: u64,
     pub kernel_ss: u64,
     pub kernel_sp: u64,
-    /// CR0..CR7; CR3 holds the page-table root's machine frame in Xen's
-    /// `xen_pfn_to_cr3` encoding.
+    /// CR0..CR7; CR3 holds the page-table root's machine frame in Xen's x86_64
+    /// `xen_pfn_to_cr3` encoding (the frame shifted left by 12).
     pub ctrlreg: [u64; 8],
     pub debugreg: [u64; 8],
     pub event_callback_eip: u64,
@@ -425,16 +425,16 @@ impl Default for PvContext {
     }
 }
 
-/// `xen_cr3_to_pfn` for x86_64: the frame is stored rotated by 12 bits in 32 bits.
+/// `xen_cr3_to_pfn` for x86_64 (`xen-x86_64.h`): a plain shift of the 64-bit value.
+/// (The 12-bit rotation in 32 bits is x86_32's "extended CR3" and would lose every frame
+/// at or above 2^20, i.e. page tables above 4 GiB of machine memory.)
 pub fn xen_cr3_to_pfn(cr3: u64) -> u64 {
-    let c = cr3 as u32;
-    u64::from(c.rotate_right(12))
+    cr3 >> 12
 }
 
-/// `xen_pfn_to_cr3` for x86_64.
+/// `xen_pfn_to_cr3` for x86_64: a plain shift.
 pub fn xen_pfn_to_cr3(pfn: u64) -> u64 {
-    let p = pfn as u32;
-    u64::from(p.rotate_left(12))
+    pfn << 12
 }
 
 /// `xenmem_access_t`: second-level page permissions.
@@ -492,8 +492,10 @@ mod tests {
         for pfn in [0u64, 1, 0x7cf26, 0xfffff, 0x100000, 0x13ca15, 0xffff_ffff] {
             assert_eq!(xen_cr3_to_pfn(xen_pfn_to_cr3(pfn)), pfn);
         }
-        // below 2^20 frames the encoding is the plain address
+        // x86_64: the plain address, also above 4 GiB (seen on nested Xen: an L4 at
+        // machine frame 0x13ac62 reported as 0x13ac62000)
         assert_eq!(xen_pfn_to_cr3(0x7cf26), 0x7cf2_6000);
+        assert_eq!(xen_cr3_to_pfn(0x1_3ac6_2000), 0x13ac62);
     }
 
     #[test]

@@ -413,7 +413,7 @@ fn pv_registers_decode_cr3_and_write_back() {
     ctx.user_regs.rsp = 0xffff_ffff_82a0_3db8;
     ctx.user_regs.cs = 0xe033;
     ctx.ctrlreg[0] = 0x8005_0033;
-    ctx.ctrlreg[3] = abi::xen_pfn_to_cr3(0x13ca15); // above 2^20: rotated encoding
+    ctx.ctrlreg[3] = 0x0001_3ca1_5000; // an L4 above 4 GiB of machine memory: x86_64 encoding
     ctx.ctrlreg[4] = 0x660;
     xen.set_pv_context(d, 0, ctx);
     let drv = XenDriver::new(xen.clone(), d).unwrap();

@@ -388,13 +388,13 @@ fn cr3_events<X: vmi_driver_xen::XenInterface>(
     );
 }
 
-/// What Xen says when the PV guest's page-table root is mapped, single and batched
-/// (the errno behind a "not RAM").
+/// Whether the PV guest's page-table root frame maps; if not, what Xen says, single and
+/// batched, for it and its neighbours (the errno behind a "not RAM").
 fn pv_diag<X: XenInterface>(rep: &mut Report, d: &XenDriver<X>, regs: &Registers) {
     let mfn = regs.cr3.0 >> 12;
     let mut page = vec![0u8; 4096];
     let single = match d.interface().read_frame(d.domid(), mfn, 0, &mut page) {
-        Ok(()) => "ok".to_owned(),
+        Ok(()) => return rep.line("PV_ROOT_MAP", None, format!("cr3 mfn {mfn:#x} maps")),
         Err(e) => e.to_string(),
     };
     let batched = match d.read_frames(Gfn(mfn), &mut page) {
