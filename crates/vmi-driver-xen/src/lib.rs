@@ -65,10 +65,6 @@
 //! Mapping one frame per read costs about a millisecond there, so a whole-RAM scan goes
 //! through [`XenDriver::read_frames`] (one mapping for up to
 //! [`MAX_BATCH_FRAMES`](XenDriver::MAX_BATCH_FRAMES) frames).
-//!
-//! Known limit: on Debian's Xen 4.20 (4.20.5-pre) every foreign mapping of a **PV**
-//! guest's frames is refused per frame with `EBUSY`, so PV memory reads fail there (PV
-//! registers, pause and the PVH guest work; Xen 4.17 maps the same PV frames).
 
 pub mod abi;
 mod driver;
