@@ -26,6 +26,12 @@ if command -v cargo-nextest >/dev/null; then
 else
   cargo test --workspace --all-features --no-fail-fast
 fi
+step "nested Xen smoke test (Xen 4.17 under QEMU TCG: our driver on PV and PVH guests)"
+if [ "${VMI_XEN_SMOKE:-1}" = 1 ]; then
+  cargo xtask xen smoke --xen 4.17
+else
+  echo "SKIPPED: VMI_XEN_SMOKE=0" >&2
+fi
 step "doc tests"
 cargo test --workspace --all-features --doc
 # Nothing may be left behind by the tests (guests started outside this run don't count).
