@@ -278,7 +278,9 @@ impl<D: VmiRead> VmiCore<D> {
     ///
     /// A failure on the first page returns that page's error; a failure later returns
     /// [`VmiError::PartialAccess`] with the number of bytes read.
-    #[inline]
+    // Always inlined: the general case is one call, and the caller's constant length
+    // reaches the driver (LLVM otherwise kept it out of line behind `read_physical`).
+    #[inline(always)]
     pub fn read(&self, ctx: impl Into<AccessContext>, buf: &mut [u8]) -> Result<(), VmiError> {
         let ctx = ctx.into();
         // Fast path: a non-empty access inside one page (every integer or pointer read that
