@@ -7,7 +7,6 @@ cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 
 export VMI_REQUIRE_GUEST=${VMI_REQUIRE_GUEST:-1}
-export VMI_VOLATILITY=${VMI_VOLATILITY:-$PWD/target/venv/bin/vol}
 
 step() { printf '\n== %s\n' "$*" >&2; }
 step "cargo fmt --check"

@@ -261,11 +261,9 @@ fn live_guest_and_its_dumps() {
         "export: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let vol = std::env::var_os("VMI_VOLATILITY")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/venv/bin/vol"));
-    if vol.exists() {
-        let out = Command::new(&vol)
+    let vol = vmi_test_guest::volatility();
+    if let Ok(vol) = &vol {
+        let out = Command::new(vol)
             .args(["-q", "-r", "json", "-s"])
             .arg(&isf_dir)
             .arg("-f")
@@ -286,16 +284,11 @@ fn live_guest_and_its_dumps() {
                 t.comm
             );
         }
-    } else if std::env::var_os("VMI_REQUIRE_GUEST").is_some() {
-        panic!(
-            "volatility3 not found at {} (scripts/setup.sh installs it)",
-            vol.display()
-        );
-    } else {
-        eprintln!(
-            "SKIPPED: the Volatility 3 check of `vmi profile export`: no vol at {}",
-            vol.display()
-        );
+    } else if let Err(why) = vol {
+        if vmi_test_guest::guest_required() {
+            panic!("volatility3 is required: {why}");
+        }
+        eprintln!("SKIPPED: the Volatility 3 check of `vmi profile export`: {why}");
     }
 
     // Unknown pid: exit code 1 and one line.

@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::PathBuf;
 use std::process::Command;
 
 use vmi_core::VmiCore;
@@ -17,47 +16,13 @@ use vmi_driver_dump::DumpDriver;
 use vmi_os_linux::LinuxOs;
 use vmi_test_guest::{DumpFormat, GuestConfig, TestGuest};
 
-const VOLATILITY: &str = "volatility3==2.28.2";
-
 fn require() -> bool {
     std::env::var("VMI_REQUIRE_GUEST").is_ok_and(|v| v == "1")
 }
 
-/// Finds or installs `vol`.
-fn volatility() -> Result<PathBuf, String> {
-    if let Some(v) = std::env::var_os("VMI_VOL") {
-        return Ok(v.into());
-    }
-    let root = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
-        .map_err(|e| e.to_string())?
-        .join("../..");
-    let venv = root.join("target/venv");
-    let vol = venv.join("bin/vol");
-    if vol.exists() {
-        return Ok(vol);
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", VOLATILITY])
-            .status()
-            .is_ok_and(|s| s.success());
-    if ok && vol.exists() {
-        Ok(vol)
-    } else {
-        Err(format!(
-            "could not install {VOLATILITY} into {}",
-            venv.display()
-        ))
-    }
-}
-
 #[test]
 fn volatility_pslist_agrees() {
-    let vol = match volatility() {
+    let vol = match vmi_test_guest::volatility() {
         Ok(v) => v,
         Err(e) if require() => panic!("volatility3 is required: {e}"),
         Err(e) => return common::skip(&format!("volatility3 unavailable: {e}")),

@@ -9,15 +9,12 @@
 //! the test prints `SKIPPED` — and fails under `VMI_REQUIRE_GUEST=1`.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::process::Command;
 
 use vmi_profile::isf::{ExportOptions, write_isf};
 use vmi_profile::linux::profile_from_kernel_image;
 use vmi_profile::sysmap::parse_system_map;
 use vmi_test_guest::{DumpFormat, GuestConfig, TestGuest};
-
-const VOLATILITY: &str = "volatility3==2.28.2";
 
 fn required() -> bool {
     std::env::var("VMI_REQUIRE_GUEST").is_ok_and(|v| v == "1")
@@ -30,39 +27,9 @@ fn skip(why: &str) {
         .write_all(format!("SKIPPED: {why}\n").as_bytes());
 }
 
-fn volatility() -> Result<PathBuf, String> {
-    if let Some(v) = std::env::var_os("VMI_VOL").filter(|v| !v.is_empty()) {
-        return Ok(v.into());
-    }
-    let venv = std::fs::canonicalize(env!("CARGO_MANIFEST_DIR"))
-        .map_err(|e| e.to_string())?
-        .join("../../target/venv");
-    let vol = venv.join("bin/vol");
-    if vol.exists() {
-        return Ok(vol);
-    }
-    let ok = Command::new("python3")
-        .args(["-m", "venv"])
-        .arg(&venv)
-        .status()
-        .is_ok_and(|s| s.success())
-        && Command::new(venv.join("bin/pip"))
-            .args(["install", "-q", "--disable-pip-version-check", VOLATILITY])
-            .status()
-            .is_ok_and(|s| s.success());
-    if ok && vol.exists() {
-        Ok(vol)
-    } else {
-        Err(format!(
-            "could not install {VOLATILITY} into {}",
-            venv.display()
-        ))
-    }
-}
-
 #[test]
 fn volatility_pslist_with_exported_isf_matches_the_truth() {
-    let vol = match volatility() {
+    let vol = match vmi_test_guest::volatility() {
         Ok(v) => v,
         Err(e) if required() => panic!("volatility3 is required: {e}"),
         Err(e) => return skip(&format!("volatility3 unavailable: {e}")),

@@ -40,6 +40,7 @@ mod error;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod oracle;
 pub mod qmp;
 pub mod truth;
 pub mod vmlinuz;
@@ -50,6 +51,7 @@ pub use guest::{
     Accel, DEFAULT_BOOT_TIMEOUT, DumpFormat, GuestConfig, GuestEnv, TestGuest, gpa_to_file_offset,
     guest_required, qemu_available_or_skip, reap_orphans, stop_dir,
 };
+pub use oracle::volatility;
 pub use truth::{
     ENV_MARKER, Fd, IomemRange, MapEntry, Module, Process, Task, Truth, VmcoreinfoNote,
 };
