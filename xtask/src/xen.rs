@@ -261,7 +261,7 @@ fn mkdirs(c: &mut CpioBuilder, seen: &mut BTreeSet<String>, path: &str) {
     }
 }
 
-/// The virtual address of `linux_banner` ("Linux version <digit>...") in the vmlinux
+/// The virtual address of `linux_banner` (`"Linux version <digit>..."`) in the vmlinux
 /// inside a bzImage, from the ELF program headers; hex without `0x`.
 fn banner_va(vmlinuz: &[u8]) -> Result<String> {
     let (_, elf) = vmi_test_guest::vmlinuz::vmlinux_from_vmlinuz(vmlinuz)?;
