@@ -219,22 +219,25 @@ echo DOMU_PS_END
 while true; do ls / >/dev/null; cat /proc/uptime >/dev/null; sleep 0.05; done
 "#;
 
+/// Directories every initramfs of the smoke test starts with.
+const BASE_DIRS: [&str; 13] = [
+    "/bin",
+    "/sbin",
+    "/usr",
+    "/usr/bin",
+    "/usr/sbin",
+    "/proc",
+    "/sys",
+    "/dev",
+    "/run",
+    "/tmp",
+    "/root",
+    "/var",
+    "/etc",
+];
+
 fn busybox_cpio(c: &mut CpioBuilder, busybox: &[u8]) -> Result<()> {
-    for d in [
-        "/bin",
-        "/sbin",
-        "/usr",
-        "/usr/bin",
-        "/usr/sbin",
-        "/proc",
-        "/sys",
-        "/dev",
-        "/run",
-        "/tmp",
-        "/root",
-        "/var",
-        "/etc",
-    ] {
+    for d in BASE_DIRS {
         c.dir(d, 0o755);
     }
     c.file("/bin/busybox", 0o755, busybox.to_vec());
@@ -433,24 +436,7 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
     // dom0 initramfs
     let mut c = CpioBuilder::new();
     busybox_cpio(&mut c, &busybox)?;
-    let mut seen: BTreeSet<String> = [
-        "/bin",
-        "/sbin",
-        "/usr",
-        "/usr/bin",
-        "/usr/sbin",
-        "/proc",
-        "/sys",
-        "/dev",
-        "/run",
-        "/tmp",
-        "/root",
-        "/var",
-        "/etc",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut seen: BTreeSet<String> = BASE_DIRS.iter().map(|s| s.to_string()).collect();
     let init = DOM0_INIT
         .replace("@V@", set.version)
         .replace("@BANNER@", &banner)

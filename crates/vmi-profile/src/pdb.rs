@@ -540,23 +540,7 @@ impl<'r, 't> Lowering<'r, 't> {
                 target: self.id_for(ti & 0xff),
             };
         }
-        match primitive_info(ti) {
-            Some((name, size, encoding, float)) => {
-                let n = self.b.name(name);
-                if float {
-                    Type::Float { name: n, size }
-                } else {
-                    Type::Int {
-                        name: n,
-                        size,
-                        encoding,
-                        bits: (size * 8).min(255) as u8,
-                        bit_offset: 0,
-                    }
-                }
-            }
-            None => Type::Void,
-        }
+        self.scalar(primitive_info(ti))
     }
 
     fn primitive_type(&mut self, p: &pdb2::PrimitiveType) -> Type {
@@ -565,22 +549,26 @@ impl<'r, 't> Lowering<'r, 't> {
                 target: TypeId::VOID,
             };
         }
-        match kind_info(p.kind) {
-            Some((name, size, encoding, float)) => {
-                let n = self.b.name(name);
-                if float {
-                    Type::Float { name: n, size }
-                } else {
-                    Type::Int {
-                        name: n,
-                        size,
-                        encoding,
-                        bits: (size * 8).min(255) as u8,
-                        bit_offset: 0,
-                    }
-                }
+        self.scalar(kind_info(p.kind))
+    }
+
+    /// The integer or float type a primitive's `(name, size, encoding, float)` describes;
+    /// `None` is `void`.
+    fn scalar(&mut self, info: Option<(&'static str, u32, IntEncoding, bool)>) -> Type {
+        let Some((name, size, encoding, float)) = info else {
+            return Type::Void;
+        };
+        let name = self.b.name(name);
+        if float {
+            Type::Float { name, size }
+        } else {
+            Type::Int {
+                name,
+                size,
+                encoding,
+                bits: (size * 8).min(255) as u8,
+                bit_offset: 0,
             }
-            None => Type::Void,
         }
     }
 }
