@@ -79,10 +79,21 @@ pub struct VmaList {
     pub skipped: crate::Skipped,
 }
 
-/// Maple tree node encoding (`lib/maple_tree.c`): an internal entry has bits 0-1 = 2 and
-/// is above 4096; the node is 256-byte aligned; its type sits in bits 3-6.
-fn is_maple_node(entry: u64) -> bool {
+/// The root of a maple tree is a node when it is an internal entry (`xa_is_node`: bits
+/// 0-1 = 2, above 4096); a plain pointer is a single entry at index 0 (`lib/maple_tree.c`).
+fn is_maple_root_node(entry: u64) -> bool {
     entry & 3 == 2 && entry > 4096
+}
+
+/// A child slot of an internal maple node is an encoded node (`mt_mk_node`): the 256-byte
+/// aligned node address, the node type in bits 3-6 and `MAPLE_ENODE_NULL` in bit 2; bits
+/// 0-1 are clear (only the root carries `MAPLE_ROOT_NODE`). Returns the node and its type.
+fn decode_maple_enode(entry: u64) -> Option<(Va, i64)> {
+    let node = entry & !0xff;
+    if node < 4096 || entry & 3 == 1 || entry & 3 == 3 {
+        return None;
+    }
+    Some((Va(node), ((entry >> 3) & 0xf) as i64))
 }
 
 impl LinuxOs {
@@ -180,7 +191,10 @@ impl LinuxOs {
         })
     }
 
-    /// VMA pointers in the maple tree at `tree` (in index order).
+    /// VMA pointers in the maple tree at `tree` (in index order), walked as the kernel's
+    /// `mas_*` functions do: internal nodes (`maple_range_64`, `maple_arange_64`) at
+    /// every level hold child nodes, `maple_leaf_64` nodes hold the entries; each node's
+    /// data ends where its metadata (`meta.end`) or its pivots say.
     fn maple_entries<D: VmiRead<Architecture = Amd64>>(
         &self,
         k: &Kmem<'_, D>,
@@ -188,24 +202,24 @@ impl LinuxOs {
         tree: Va,
         skipped: &mut Vec<(Va, VmiError)>,
     ) -> Result<Vec<Va>, VmiError> {
-        const MAX_HEIGHT: usize = 32;
+        /// `MAPLE_HEIGHT_MAX`.
+        const MAX_HEIGHT: usize = 31;
         let root = k.u64(tree + o.ma_root)?;
         let mut out = Vec::new();
         if root == 0 {
             return Ok(out);
         }
-        if !is_maple_node(root) {
+        if !is_maple_root_node(root) {
             // A single entry at index 0.
             out.push(k.check_ptr(root, "maple_tree.ma_root", tree + o.ma_root)?);
             return Ok(out);
         }
         let node_size = usize::try_from(o.node_size).unwrap_or(256).clamp(64, 1024);
         let mut seen = HashSet::new();
+        let root_ty = ((root >> 3) & 0xf) as i64;
         // Depth-first, children pushed in reverse so entries come out in index order.
-        let mut stack = vec![(root, 0u64, u64::MAX, 0usize)];
-        while let Some((entry, min, max, depth)) = stack.pop() {
-            let node = Va(entry & !0xff);
-            let ty = i64::try_from((entry >> 3) & 0xf).unwrap_or(-1);
+        let mut stack = vec![(Va(root & !0xff), root_ty, 0u64, u64::MAX, 0usize)];
+        while let Some((node, ty, min, max, depth)) = stack.pop() {
             if depth > MAX_HEIGHT || !seen.insert(node) || seen.len() > self.limits.max_list {
                 skipped.push((
                     node,
@@ -228,12 +242,12 @@ impl LinuxOs {
                     continue;
                 }
             };
-            let (pivot, slot, leaf) = if ty == o.t_leaf64 {
-                (o.r64_pivot, o.r64_slot, true)
+            let (pivot, slot, meta_end, leaf) = if ty == o.t_leaf64 {
+                (o.r64_pivot, o.r64_slot, o.r64_meta_end, true)
             } else if ty == o.t_range64 {
-                (o.r64_pivot, o.r64_slot, false)
+                (o.r64_pivot, o.r64_slot, o.r64_meta_end, false)
             } else if ty == o.t_arange64 {
-                (o.a64_pivot, o.a64_slot, false)
+                (o.a64_pivot, o.a64_slot, o.a64_meta_end, false)
             } else if ty == o.t_dense {
                 // Dense nodes hold entries for consecutive indexes; the mm tree has none.
                 let Some(slots) = o.dense_slot else {
@@ -241,7 +255,7 @@ impl LinuxOs {
                     continue;
                 };
                 for v in words(&data, slots.offset, slots.size.unwrap_or(0) / 8) {
-                    if v != 0 {
+                    if v != 0 && v & 3 == 0 {
                         out.push(Va(v));
                     }
                 }
@@ -253,29 +267,53 @@ impl LinuxOs {
             let pivots: Vec<u64> =
                 words(&data, pivot.offset, pivot.size.unwrap_or(0) / 8).collect();
             let slots: Vec<u64> = words(&data, slot.offset, slot.size.unwrap_or(0) / 8).collect();
+            if slots.is_empty() || pivots.len() >= slots.len() + 1 {
+                skipped.push((node, malformed("maple node", node.0, "no slots")));
+                continue;
+            }
+            let meta = meta_end
+                .and_then(|off| data.get(usize::try_from(off).ok()?).copied())
+                .map(usize::from);
+            let end = maple_data_end(ty == o.t_arange64, &pivots, slots.len(), max, meta);
             let mut children = Vec::new();
             let mut lo = min;
-            for (i, &s) in slots.iter().enumerate() {
-                let hi = pivots.get(i).copied().unwrap_or(max);
-                // A zero pivot after the first slot marks the end of the node's data.
-                if i > 0 && hi == 0 {
+            for (i, &s) in slots.iter().enumerate().take(end + 1) {
+                let hi = if i < end {
+                    pivots.get(i).copied().unwrap_or(max)
+                } else {
+                    // The last slot in use spans up to the node's maximum.
+                    pivots.get(i).copied().filter(|&p| p != 0).unwrap_or(max)
+                };
+                if hi < lo || hi > max {
+                    skipped.push((
+                        node,
+                        malformed(
+                            "maple node pivot",
+                            hi,
+                            format!("outside {lo:#x}..={max:#x}"),
+                        ),
+                    ));
                     break;
                 }
                 if s != 0 {
                     if leaf {
+                        // Internal values (XA_ZERO_ENTRY during fork) are not VMAs.
                         if s & 3 == 0 {
                             out.push(Va(s));
                         }
-                    } else if is_maple_node(s) {
-                        children.push((s, lo, hi, depth + 1));
                     } else {
-                        skipped.push((node, malformed("maple node slot", s, "not a node")));
+                        match decode_maple_enode(s) {
+                            Some((child, cty)) => children.push((child, cty, lo, hi, depth + 1)),
+                            None => {
+                                skipped.push((node, malformed("maple node slot", s, "not a node")))
+                            }
+                        }
                     }
                 }
                 if hi >= max {
                     break;
                 }
-                lo = hi.wrapping_add(1);
+                lo = hi + 1;
             }
             stack.extend(children.into_iter().rev());
         }
@@ -315,6 +353,39 @@ impl LinuxOs {
             };
         }
         Ok(out)
+    }
+}
+
+/// The index of the last slot in use of a maple node (`ma_data_end`): an allocation-range
+/// node stores it in its metadata; a range or leaf node whose last pivot is zero stores it
+/// in its metadata too (in the last slot's place), else the last pivot equal to the node's
+/// maximum ends the data one slot early. Without metadata offsets in the profile, the first
+/// zero pivot after slot 0 ends the data.
+fn maple_data_end(
+    arange: bool,
+    pivots: &[u64],
+    nslots: usize,
+    max: u64,
+    meta_end: Option<usize>,
+) -> usize {
+    let last = nslots - 1;
+    let by_pivots = || {
+        pivots
+            .iter()
+            .enumerate()
+            .skip(1)
+            .find(|&(_, &p)| p == 0)
+            .map(|(i, _)| i - 1)
+            .or_else(|| pivots.iter().position(|&p| p >= max))
+            .unwrap_or(last)
+    };
+    if arange {
+        return meta_end.map_or_else(by_pivots, |e| e.min(last));
+    }
+    match pivots.last() {
+        Some(0) | None => meta_end.map_or_else(by_pivots, |e| e.min(last)),
+        Some(&p) if p == max => pivots.len() - 1,
+        Some(_) => last,
     }
 }
 

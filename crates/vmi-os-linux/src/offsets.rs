@@ -77,6 +77,10 @@ profile_struct! {
         pub r64_slot: FieldInfo = field("maple_range_64", "slot"),
         pub a64_pivot: FieldInfo = field("maple_arange_64", "pivot"),
         pub a64_slot: FieldInfo = field("maple_arange_64", "slot"),
+        /// `meta.end` of a range node (the last slot's place when the node is not full).
+        pub r64_meta_end: Option<u64> = offset("maple_range_64", "meta.end"),
+        /// `meta.end` of an allocation-range node.
+        pub a64_meta_end: Option<u64> = offset("maple_arange_64", "meta.end"),
         pub dense_slot: Option<FieldInfo> = field("maple_node", "slot"),
         pub node_size: u64 = size("maple_node"),
         pub t_dense: i64 = enum_value("maple_type", "maple_dense"),
