@@ -42,26 +42,86 @@ pub struct VmcoreInfo {
     pub other: BTreeMap<String, String>,
 }
 
-fn parse_dec(v: &str) -> Option<i64> {
-    if let Some(h) = v.strip_prefix("0x") {
-        return u64::from_str_radix(h, 16).ok().map(|x| x as i64);
+/// Longest `BUILD-ID` accepted, in bytes (GNU build ids are 20 bytes of SHA-1).
+const MAX_BUILD_ID: usize = 64;
+
+/// Strict hex digits to a number: ASCII `0-9a-fA-F` only (no sign, no spaces, no `_`), at
+/// most 16 digits.
+fn hex_digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() || v.len() > 16 {
+        return None;
     }
-    v.parse::<i64>()
-        .ok()
-        .or_else(|| v.parse::<u64>().ok().map(|x| x as i64))
+    v.iter().try_fold(0u64, |acc, &b| {
+        Some((acc << 4) | u64::from((b as char).to_digit(16)?))
+    })
 }
 
-fn parse_hex(v: &str) -> Option<u64> {
-    u64::from_str_radix(v.strip_prefix("0x").unwrap_or(v), 16).ok()
+/// Strict decimal digits: ASCII `0-9` only, no sign, no overflow.
+fn dec_digits(v: &[u8]) -> Option<u64> {
+    if v.is_empty() {
+        return None;
+    }
+    v.iter().try_fold(0u64, |acc, &b| {
+        let d = (b as char).to_digit(10)?;
+        acc.checked_mul(10)?.checked_add(u64::from(d))
+    })
 }
 
-fn paren<'a>(key: &'a str, tag: &str) -> Option<&'a str> {
-    key.strip_prefix(tag)?.strip_prefix('(')?.strip_suffix(')')
+/// `NUMBER(x)` values: decimal, possibly negative, or `0x` hex (printed by a few arches);
+/// values above `i64::MAX` are kept as their two's-complement bits (the kernel prints some
+/// addresses through `%ld`/`%lu`).
+fn parse_dec(v: &[u8]) -> Option<i64> {
+    if let Some(h) = v.strip_prefix(b"0x") {
+        return hex_digits(h).map(|x| x as i64);
+    }
+    if let Some(d) = v.strip_prefix(b"-") {
+        let m = dec_digits(d)?;
+        return 0i64.checked_sub_unsigned(m);
+    }
+    dec_digits(v).map(|x| x as i64)
+}
+
+fn parse_hex(v: &[u8]) -> Option<u64> {
+    hex_digits(v.strip_prefix(b"0x").unwrap_or(v))
+}
+
+/// Strict hex decoding of a build id: an even number of ASCII hex digits, at most
+/// [`MAX_BUILD_ID`] bytes.
+fn parse_build_id(v: &[u8]) -> Option<Vec<u8>> {
+    if v.is_empty() || !v.len().is_multiple_of(2) || v.len() / 2 > MAX_BUILD_ID {
+        return None;
+    }
+    v.chunks_exact(2)
+        .map(|p| hex_digits(p).map(|x| x as u8))
+        .collect()
+}
+
+fn paren<'a>(key: &'a [u8], tag: &[u8]) -> Option<&'a [u8]> {
+    key.strip_prefix(tag)?
+        .strip_prefix(b"(")?
+        .strip_suffix(b")")
+}
+
+/// A guest-supplied byte string for an error message: lossy and bounded.
+fn shown(v: &[u8]) -> String {
+    let s = String::from_utf8_lossy(&v[..v.len().min(80)]);
+    if v.len() > 80 {
+        format!("{s:?}…")
+    } else {
+        format!("{s:?}")
+    }
+}
+
+/// A key or value that is kept as text: UTF-8 or an error.
+fn utf8<'a>(v: &'a [u8], what: &str) -> std::result::Result<&'a str, String> {
+    std::str::from_utf8(v).map_err(|_| format!("{what} is not UTF-8: {}", shown(v)))
 }
 
 impl VmcoreInfo {
     /// Parses VMCOREINFO text. Parsing stops at the first NUL (the buffer's padding); a line
-    /// without `=` or with a malformed number is an error naming the line.
+    /// without `=`, with a malformed number or with non-UTF-8 text is an error naming the
+    /// line. The parser works on bytes: guest text is never sliced at a char boundary it
+    /// did not check, and numbers and build ids accept ASCII digits only.
     pub fn parse(text: &[u8]) -> Result<Self> {
         let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
         if end > MAX_VMCOREINFO {
@@ -72,18 +132,10 @@ impl VmcoreInfo {
                 limit: MAX_VMCOREINFO as u64,
             });
         }
-        let text = std::str::from_utf8(&text[..end]).map_err(|e| ProfileError::Vmcoreinfo {
-            line: text[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1,
-            what: "not UTF-8".into(),
-        })?;
         let mut info = VmcoreInfo::default();
-        for (i, line) in text.lines().enumerate() {
+        for (i, line) in text[..end].split(|&b| b == b'\n').enumerate() {
             let line_no = i + 1;
-            let line = line.trim_end_matches('\r');
+            let line = line.strip_suffix(b"\r").unwrap_or(line);
             if line.is_empty() {
                 continue;
             }
@@ -91,44 +143,47 @@ impl VmcoreInfo {
                 line: line_no,
                 what,
             };
-            let (key, value) = line
-                .split_once('=')
-                .ok_or_else(|| bad(format!("no '=' in {line:?}")))?;
-            let num = |v: &str| parse_dec(v).ok_or_else(|| bad(format!("bad number {v:?}")));
-            let unum = |v: &str| {
-                v.parse::<u64>()
-                    .map_err(|_| bad(format!("bad unsigned number {v:?}")))
+            let eq = line
+                .iter()
+                .position(|&b| b == b'=')
+                .ok_or_else(|| bad(format!("no '=' in {}", shown(line))))?;
+            let (key, value) = (&line[..eq], &line[eq + 1..]);
+            let num =
+                |v: &[u8]| parse_dec(v).ok_or_else(|| bad(format!("bad number {}", shown(v))));
+            let unum = |v: &[u8]| {
+                dec_digits(v).ok_or_else(|| bad(format!("bad unsigned number {}", shown(v))))
             };
-            let hex = |v: &str| parse_hex(v).ok_or_else(|| bad(format!("bad hex value {v:?}")));
-            if let Some(name) = paren(key, "SYMBOL") {
-                info.symbols.insert(name.to_owned(), hex(value)?);
-            } else if let Some(name) = paren(key, "NUMBER") {
-                info.numbers.insert(name.to_owned(), num(value)?);
-            } else if let Some(name) = paren(key, "OFFSET") {
-                info.offsets.insert(name.to_owned(), unum(value)?);
-            } else if let Some(name) = paren(key, "SIZE") {
-                info.sizes.insert(name.to_owned(), unum(value)?);
-            } else if let Some(name) = paren(key, "LENGTH") {
-                info.lengths.insert(name.to_owned(), unum(value)?);
+            let hex =
+                |v: &[u8]| parse_hex(v).ok_or_else(|| bad(format!("bad hex value {}", shown(v))));
+            let name = |k: &[u8]| utf8(k, "key").map(str::to_owned).map_err(bad);
+            if let Some(k) = paren(key, b"SYMBOL") {
+                info.symbols.insert(name(k)?, hex(value)?);
+            } else if let Some(k) = paren(key, b"NUMBER") {
+                info.numbers.insert(name(k)?, num(value)?);
+            } else if let Some(k) = paren(key, b"OFFSET") {
+                info.offsets.insert(name(k)?, unum(value)?);
+            } else if let Some(k) = paren(key, b"SIZE") {
+                info.sizes.insert(name(k)?, unum(value)?);
+            } else if let Some(k) = paren(key, b"LENGTH") {
+                info.lengths.insert(name(k)?, unum(value)?);
             } else {
                 match key {
-                    "OSRELEASE" => info.osrelease = Some(value.to_owned()),
-                    "PAGESIZE" => info.page_size = Some(unum(value)?),
-                    "KERNELOFFSET" => info.kernel_offset = Some(hex(value)?),
-                    "CRASHTIME" => info.crash_time = Some(unum(value)?),
-                    "BUILD-ID" => {
-                        if value.len() % 2 != 0 || value.len() > 128 {
-                            return Err(bad(format!("bad build id {value:?}")));
-                        }
-                        let bytes = (0..value.len())
-                            .step_by(2)
-                            .map(|i| u8::from_str_radix(&value[i..i + 2], 16))
-                            .collect::<std::result::Result<Vec<_>, _>>()
-                            .map_err(|_| bad(format!("bad build id {value:?}")))?;
-                        info.build_id = Some(bytes);
+                    b"OSRELEASE" => {
+                        info.osrelease = Some(utf8(value, "OSRELEASE").map_err(bad)?.to_owned())
+                    }
+                    b"PAGESIZE" => info.page_size = Some(unum(value)?),
+                    b"KERNELOFFSET" => info.kernel_offset = Some(hex(value)?),
+                    b"CRASHTIME" => info.crash_time = Some(unum(value)?),
+                    b"BUILD-ID" => {
+                        info.build_id = Some(
+                            parse_build_id(value)
+                                .ok_or_else(|| bad(format!("bad build id {}", shown(value))))?,
+                        );
                     }
                     _ => {
-                        info.other.insert(key.to_owned(), value.to_owned());
+                        let k = name(key)?;
+                        let v = utf8(value, "value").map_err(bad)?.to_owned();
+                        info.other.insert(k, v);
                     }
                 }
             }

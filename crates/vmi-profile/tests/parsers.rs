@@ -7,9 +7,10 @@ use vmi_profile::sysmap::{parse_system_map, write_system_map};
 use vmi_profile::{
     Metadata, OsKind, PdbId, Profile, ProfileError, Symbol, SymbolTable, VmcoreInfo,
 };
+use vmi_test_guest::bounded::{CASE_LIMIT, MemoryCap, memory_cap, within};
 
 const VMCOREINFO: &str = "OSRELEASE=6.1.0-56-cloud-amd64\n\
-BUILD-ID=3b43fad50348744904924\n\
+BUILD-ID=3b43fad503487449049240\n\
 PAGESIZE=4096\n\
 SYMBOL(init_uts_ns)=ffffffff9f01b4a0\n\
 OFFSET(uts_namespace.name)=0\n\
@@ -28,7 +29,7 @@ X86_EXTRA=yes\n";
 #[test]
 fn vmcoreinfo_parses_typed_values() {
     let mut text = VMCOREINFO.replace(
-        "BUILD-ID=3b43fad50348744904924",
+        "BUILD-ID=3b43fad503487449049240",
         "BUILD-ID=3b43fad503487449",
     );
     text.push('\0');
@@ -63,7 +64,7 @@ fn vmcoreinfo_errors_name_the_line_and_find_locates_the_block() {
     assert!(e.to_string().contains("line 2"), "{e}");
     assert!(VmcoreInfo::parse(b"BUILD-ID=abc\n").is_err());
 
-    let ok = VMCOREINFO.replace("BUILD-ID=3b43fad50348744904924\n", "");
+    let ok = VMCOREINFO.replace("BUILD-ID=3b43fad503487449049240\n", "");
     let mut ram = vec![0u8; 10_000];
     // A decoy copy without KERNELOFFSET first, then the real block.
     ram[100..100 + 22].copy_from_slice(b"OSRELEASE=decoy\nA=1\n\0\0");
@@ -73,15 +74,115 @@ fn vmcoreinfo_errors_name_the_line_and_find_locates_the_block() {
     assert_eq!(v.kernel_offset, Some(0x1c80_0000));
 }
 
+/// Every test of this binary together stays under 1 GiB of live heap: a blow-up on hostile
+/// input aborts the binary instead of exhausting the machine.
+#[global_allocator]
+static ALLOC: MemoryCap = memory_cap(1 << 30);
+
+#[test]
+fn hostile_buildid_multibyte_does_not_panic() {
+    // Issue 14: a guest user planted this block in its own memory; zero-file discovery found
+    // it and the BUILD-ID slice `value[0..2]` cut the euro sign (exit 101 on every command).
+    within("multibyte BUILD-ID", CASE_LIMIT, || {
+        let block = "OSRELEASE=6.1.0\nPAGESIZE=4096\nKERNELOFFSET=1000000\nBUILD-ID=\u{20ac}a\n";
+        let e = VmcoreInfo::parse(block.as_bytes()).unwrap_err();
+        assert!(matches!(e, ProfileError::Vmcoreinfo { line: 4, .. }), "{e}");
+        // Found in memory among the real note: the decoy is skipped, the real block wins.
+        let mut ram = vec![0u8; 3 * 4096];
+        ram[..block.len()].copy_from_slice(block.as_bytes());
+        let real = VMCOREINFO.as_bytes();
+        ram[8192..8192 + real.len()].copy_from_slice(real);
+        let (at, v) = VmcoreInfo::find(&ram).unwrap();
+        assert_eq!((at, v.kernel_offset), (8192, Some(0x1c80_0000)));
+        // Every multi-byte or non-hex spelling of a build id is an error, never a panic.
+        for bad in [
+            "\u{20ac}a",
+            "a\u{20ac}",
+            "\u{e9}\u{e9}",
+            "+f",
+            "-1",
+            " f",
+            "0x",
+            "f",
+            "",
+            "zz",
+        ] {
+            let text = format!("BUILD-ID={bad}\n");
+            assert!(VmcoreInfo::parse(text.as_bytes()).is_err(), "{bad:?}");
+        }
+        let v = VmcoreInfo::parse(b"BUILD-ID=00fFaA\n").unwrap();
+        assert_eq!(v.build_id.as_deref(), Some(&[0, 0xff, 0xaa][..]));
+    });
+}
+
+#[test]
+fn hostile_vmcoreinfo_numbers_are_strict_ascii() {
+    within("strict numbers", CASE_LIMIT, || {
+        for bad in [
+            "SYMBOL(a)=+ff",
+            "SYMBOL(a)=\u{ff11}",
+            "SYMBOL(a)=10000000000000000",
+            "OFFSET(a.b)=+1",
+            "OFFSET(a.b)=1\u{0661}",
+            "PAGESIZE=18446744073709551616",
+            "NUMBER(a)=--1",
+            "NUMBER(a)=0x+1",
+            "KERNELOFFSET=\u{20ac}",
+        ] {
+            let text = format!("{bad}\n");
+            assert!(VmcoreInfo::parse(text.as_bytes()).is_err(), "{bad:?}");
+        }
+        // Invalid UTF-8 in a key or a kept value is an error naming the line.
+        let e = VmcoreInfo::parse(b"OSRELEASE=x\nA\xff=1\n").unwrap_err();
+        assert!(matches!(e, ProfileError::Vmcoreinfo { line: 2, .. }), "{e}");
+        let e = VmcoreInfo::parse(b"OSRELEASE=\xe2\x82\n").unwrap_err();
+        assert!(matches!(e, ProfileError::Vmcoreinfo { line: 1, .. }), "{e}");
+        let v =
+            VmcoreInfo::parse(b"NUMBER(a)=-9223372036854775808\nNUMBER(b)=18446744073709551615\n")
+                .unwrap();
+        assert_eq!((v.number("a"), v.number("b")), (Some(i64::MIN), Some(-1)));
+    });
+}
+
 #[test]
 fn fuzz_vmcoreinfo() {
-    let mut rng = SmallRng::seed_from_u64(0x00c0_e1f0);
     let seed = VMCOREINFO.as_bytes();
-    for _ in 0..3000 {
-        let v = mutate(&mut rng, seed);
-        let _ = VmcoreInfo::parse(&v);
-        let _ = VmcoreInfo::find(&v);
+    assert!(VmcoreInfo::parse(seed).is_ok(), "the seed must parse");
+    let mut rng = SmallRng::seed_from_u64(0x00c0_e1f0);
+    let mut parsed = 0;
+    for case in 0..3000 {
+        let mut v = mutate(&mut rng, seed);
+        if case % 4 == 0 {
+            // Multi-byte text where numbers and build ids are expected.
+            let i = rng.gen_range(0..=v.len());
+            let utf8 = ["\u{20ac}", "\u{e9}", "\u{ff11}", "\u{0661}"][rng.gen_range(0..4)];
+            v.splice(i..i, utf8.bytes());
+        }
+        if case % 50 == 0 {
+            // Thousands of decoy blocks in a large haystack.
+            let mut ram = Vec::with_capacity(4 << 20);
+            while ram.len() + v.len() < 4 << 20 {
+                ram.extend_from_slice(&v);
+                ram.push(0);
+            }
+            within(
+                "vmcoreinfo find in 4 MiB of decoys",
+                CASE_LIMIT,
+                move || {
+                    let _ = VmcoreInfo::find(&ram);
+                },
+            );
+        }
+        parsed += usize::from(within("vmcoreinfo parse", CASE_LIMIT, move || {
+            let ok = VmcoreInfo::parse(&v).is_ok();
+            let _ = VmcoreInfo::find(&v);
+            ok
+        }));
     }
+    assert!(
+        parsed > 100,
+        "only {parsed} of 3000 mutants parsed: the seed is too broken"
+    );
 }
 
 const SYSMAP: &str = "ffffffff81000000 T _text\n\

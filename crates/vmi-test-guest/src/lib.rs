@@ -34,6 +34,7 @@
 //!   the host's apt state.
 
 pub mod apt;
+pub mod bounded;
 pub mod cache;
 pub mod cpio;
 mod error;
