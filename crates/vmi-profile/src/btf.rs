@@ -25,6 +25,10 @@ pub const BTF_MAGIC: u16 = 0xEB9F;
 /// Largest BTF blob accepted (real kernels: 4-6 MiB).
 pub const MAX_BTF_SIZE: usize = 256 << 20;
 
+/// Longest type or member name accepted, in bytes. The kernel's BTF verifier rejects names
+/// of `KSYM_NAME_LEN` (512) bytes or more; twice that leaves room and bounds each lookup.
+pub const MAX_NAME_LEN: usize = 1024;
+
 #[derive(FromBytes, KnownLayout, Immutable, Unaligned)]
 #[repr(C)]
 struct Header {
@@ -173,10 +177,17 @@ impl<'a> Parser<'a> {
             .as_bytes()
             .get(start..)
             .ok_or_else(|| self.err(at, format!("name offset {off} beyond string section")))?;
-        let len = rest
+        // Scan at most MAX_NAME_LEN bytes: a long run without NUL, named by many types,
+        // must not cost a scan of the whole section per type (quadratic).
+        let len = rest[..rest.len().min(MAX_NAME_LEN + 1)]
             .iter()
             .position(|&b| b == 0)
-            .ok_or_else(|| self.err(at, format!("name at {off} is not NUL-terminated")))?;
+            .ok_or_else(|| {
+                self.err(
+                    at,
+                    format!("name at {off} is not NUL-terminated within {MAX_NAME_LEN} bytes"),
+                )
+            })?;
         if !self.strings.is_char_boundary(start) {
             return Err(self.err(at, format!("name offset {off} splits a UTF-8 character")));
         }

@@ -545,7 +545,7 @@ impl Types {
         let mut found: Option<Member> = None;
         for part in path.split('.') {
             let c = self.composite(cur).ok_or_else(unknown_field)?;
-            let (off, member) = self.find_member(c, part, 0).ok_or_else(unknown_field)?;
+            let (off, member) = self.find_member(c, part).ok_or_else(unknown_field)?;
             bits = bits.checked_add(off).ok_or_else(unknown_field)?;
             cur = member.ty;
             found = Some(member);
@@ -573,7 +573,24 @@ impl Types {
         }
     }
 
-    fn find_member(&self, c: &Composite, name: &str, depth: usize) -> Option<(u64, Member)> {
+    /// Looks `name` up among the members of `c`, then (depth first, in member order) among
+    /// the members of its anonymous struct/union members. Each composite type is searched at
+    /// most once per lookup: a type whose search failed fails again wherever it recurs, and a
+    /// type already on the path is a cycle. So the work is bounded by the number of members
+    /// in the profile, even for a hostile type graph whose struct holds two anonymous
+    /// members of its own type (without the memo, 2^depth steps).
+    fn find_member(&self, c: &Composite, name: &str) -> Option<(u64, Member)> {
+        let mut searched = std::collections::HashSet::new();
+        self.find_member_in(c, name, 0, &mut searched)
+    }
+
+    fn find_member_in(
+        &self,
+        c: &Composite,
+        name: &str,
+        depth: usize,
+        searched: &mut std::collections::HashSet<TypeId>,
+    ) -> Option<(u64, Member)> {
         if depth > MAX_DEPTH {
             return None;
         }
@@ -581,11 +598,21 @@ impl Types {
         if let Some(m) = members.iter().find(|m| self.str(m.name) == name) {
             return Some((m.bit_offset, *m));
         }
-        members.iter().filter(|m| m.name.is_anon()).find_map(|m| {
-            let inner = self.composite(m.ty)?;
-            let (off, found) = self.find_member(inner, name, depth + 1)?;
-            Some((m.bit_offset.checked_add(off)?, found))
-        })
+        for m in members.iter().filter(|m| m.name.is_anon()) {
+            let Some(id) = self.resolve(m.ty) else {
+                continue;
+            };
+            if !searched.insert(id) {
+                continue;
+            }
+            let Some(inner) = self.composite(id) else {
+                continue;
+            };
+            if let Some((off, found)) = self.find_member_in(inner, name, depth + 1, searched) {
+                return Some((m.bit_offset.checked_add(off)?, found));
+            }
+        }
+        None
     }
 
     /// A C-like spelling of a type, for messages and exports (`struct list_head *`).
