@@ -149,6 +149,18 @@ pub(crate) struct PsEntry {
     pub(crate) argv: Vec<String>,
     pub(crate) task: String,
     pub(crate) start_time_ns: u64,
+    /// The pid in the process's own PID namespace (differs inside a container).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) ns_pid: Option<u64>,
+    /// Inode number of the process's PID namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) pid_ns: Option<u32>,
+    /// Host name of the process's UTS namespace.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) hostname: Option<String>,
+    /// What could not be read for this process (its fields above are then incomplete).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub(crate) errors: Vec<String>,
 }
 
 impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
@@ -311,11 +323,23 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             .iter()
             .filter(|t| kernel_threads || !t.is_kernel_thread() || self.format() == Format::Json)
             .map(|t| {
-                let argv = if t.is_kernel_thread() {
+                let mut errors = t.problems.clone();
+                // Kernel threads and zombies have no command line (as in /proc).
+                let argv = if t.mm.is_none() {
                     Vec::new()
                 } else {
-                    os.cmdline(self.core, t).unwrap_or_default()
+                    os.cmdline(self.core, t).unwrap_or_else(|e| {
+                        errors.push(format!("command line: {e}"));
+                        Vec::new()
+                    })
                 };
+                let ns = os.task_namespaces(self.core, t).unwrap_or_else(|e| {
+                    errors.push(format!("namespaces: {e}"));
+                    vmi_os_linux::TaskNamespaces {
+                        pid_ns: None,
+                        hostname: None,
+                    }
+                });
                 PsEntry {
                     pid: t.pid.into(),
                     ppid: t.ppid.into(),
@@ -329,11 +353,20 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
                     argv,
                     task: hex(t.task.0),
                     start_time_ns: t.start_time_ns,
+                    ns_pid: (!t.ns_pids.is_empty()).then(|| t.ns_pid().into()),
+                    pid_ns: ns.pid_ns,
+                    hostname: ns.hostname,
+                    errors,
                 }
             })
             .collect();
         for (va, e) in &list.skipped {
             eprintln!("warning: skipped the task at {va}: {e}");
+        }
+        for e in &entries {
+            for err in &e.errors {
+                eprintln!("warning: process {} ({}): {err}", e.pid, e.name);
+            }
         }
         self.print_ps(&entries, tree)
     }
@@ -405,7 +438,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             .iter()
             .map(|t| {
                 json!({"tid": t.pid, "pid": t.tgid, "name": t.comm, "state": t.state.letter().to_string(),
-                       "task": hex(t.task.0)})
+                       "task": hex(t.task.0), "ns_tid": t.ns_pid(), "ns_pids": t.ns_pids})
             })
             .collect();
         if self.format() == Format::Json {
@@ -474,19 +507,23 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
                 .iter()
                 .map(|v| {
                     json!({"start": hex(v.start.0), "end": hex(v.end.0), "perms": v.perms(),
-                               "offset": hex(v.offset()), "flags": hex(v.flags), "path": v.path})
+                               "offset": hex(v.offset()), "flags": hex(v.flags), "path": v.path,
+                               "name": v.name, "dev": v.dev_string(), "inode": v.inode,
+                               "vma": hex(v.vma.0)})
                 })
                 .collect();
             return Ok(output::json(&rows)?);
         }
-        let mut table = Table::new(&["START", "END", "PERMS", ">OFFSET", "PATH"]);
+        let mut table = Table::new(&["START", "END", "PERMS", ">OFFSET", "DEV", ">INODE", "NAME"]);
         for v in &list.vmas {
             table.row(vec![
                 format!("{:012x}", v.start.0),
                 format!("{:012x}", v.end.0),
                 v.perms(),
                 format!("{:08x}", v.offset()),
-                v.path.clone().unwrap_or_default(),
+                v.dev_string(),
+                v.inode.to_string(),
+                v.name.clone().unwrap_or_default(),
             ]);
         }
         table.print()?;

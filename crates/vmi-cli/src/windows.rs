@@ -192,6 +192,10 @@ where
                 task: hex(p.eprocess.0),
                 // FILETIME (100 ns since 1601) in nanoseconds.
                 start_time_ns: p.create_time.saturating_mul(100),
+                ns_pid: None,
+                pid_ns: None,
+                hostname: None,
+                errors: Vec::new(),
             }
         })
         .collect();

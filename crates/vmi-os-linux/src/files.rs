@@ -45,24 +45,69 @@ impl LinuxOs {
         file: Va,
     ) -> Result<String, VmiError> {
         let o = self.path_offsets()?;
-        self.path_of(k, o, file + o.f_path)
+        self.path_of(k, o, file + o.f_path, None)
     }
 
-    /// The path of a `struct path` at `path`: dentry names up to the root of its mount,
-    /// then on from the mount point in the parent mount, until the root mount.
+    /// The path of the `struct file` at `file` as the process whose root is `root`
+    /// (`task->fs->root`: mount, dentry) sees it, like `/proc/PID/fd` and `maps`.
+    pub(crate) fn file_path_from<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        file: Va,
+        root: Option<(Va, Va)>,
+    ) -> Result<String, VmiError> {
+        let o = self.path_offsets()?;
+        self.path_of(k, o, file + o.f_path, root)
+    }
+
+    /// The root directory of a task (`task->fs->root` as `(vfsmount, dentry)`); `None`
+    /// when the profile lacks the fields or the task has no `fs` (exiting, kernel thread).
+    pub(crate) fn task_root<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        task: Va,
+    ) -> Result<Option<(Va, Va)>, VmiError> {
+        let o = self.path_offsets()?;
+        let (Some(fs), Some(root)) = (o.task_fs, o.fs_root) else {
+            return Ok(None);
+        };
+        let Some(fs) = k.opt_ptr(task + fs, "task_struct.fs")? else {
+            return Ok(None);
+        };
+        let path = fs + root;
+        Ok(Some((
+            k.ptr(path + o.path_mnt, "path.mnt")?,
+            k.ptr(path + o.path_dentry, "path.dentry")?,
+        )))
+    }
+
+    /// The path of a `struct path` at `path`, as the kernel's `d_path` prints it: a
+    /// pseudo file's `d_op->d_dname` name (`pipe:[ino]`, `socket:[ino]`,
+    /// `anon_inode:[eventfd]`, `/memfd:NAME (deleted)`), else dentry names up to the root
+    /// of its mount, then on from the mount point in the parent mount, until `root` or the
+    /// root mount; ` (deleted)` appended for an unlinked file.
     fn path_of<D: VmiRead<Architecture = Amd64>>(
         &self,
         k: &Kmem<'_, D>,
         o: &PathOffsets,
         path: Va,
+        root: Option<(Va, Va)>,
     ) -> Result<String, VmiError> {
         let mut mnt = k.ptr(path + o.path_mnt, "path.mnt")?;
         let mut dentry = k.ptr(path + o.path_dentry, "path.dentry")?;
         let start = dentry;
+        if let Some(name) = self.dname(k, o, mnt, dentry)? {
+            return Ok(name);
+        }
         let mut mount = mnt - o.mount_mnt;
         let mut names: Vec<String> = Vec::new();
         let mut total = 0usize;
+        let mut complete = false;
         for _ in 0..self.limits.max_path_depth {
+            if root == Some((mnt, dentry)) {
+                complete = true;
+                break;
+            }
             let mnt_root = k.ptr(mnt + o.mnt_root, "vfsmount.mnt_root")?;
             let parent = k.ptr(dentry + o.d_parent, "dentry.d_parent")?;
             if dentry == mnt_root || parent == dentry {
@@ -70,9 +115,10 @@ impl LinuxOs {
                 if dentry != mnt_root || up == mount {
                     if names.is_empty() && dentry != mnt_root {
                         // Not reachable from a mount's root: an internal file (pipe,
-                        // socket, anonymous inode). Name it like the kernel's d_dname.
+                        // socket, anonymous inode) of a kernel without `d_op` in the profile.
                         return self.pseudo_name(k, o, mnt, start);
                     }
+                    complete = true;
                     break;
                 }
                 dentry = k.ptr(mount + o.mnt_mountpoint, "mount.mnt_mountpoint")?;
@@ -80,7 +126,7 @@ impl LinuxOs {
                 mnt = mount + o.mount_mnt;
                 continue;
             }
-            let name_ptr = k.ptr(dentry + o.d_name + o.qstr_name, "qstr.name")?;
+            let name_ptr = k.bytes_ptr(dentry + o.d_name + o.qstr_name, "qstr.name")?;
             let len = k.u32(dentry + o.d_name + o.qstr_len)? as usize;
             if len > MAX_NAME {
                 return Err(malformed("qstr.len", dentry.0, format!("{len} bytes")));
@@ -93,14 +139,14 @@ impl LinuxOs {
             names.push(String::from_utf8_lossy(&bytes).into_owned());
             dentry = parent;
         }
-        if names.len() >= self.limits.max_path_depth {
+        if !complete {
             return Err(VmiError::WalkLimit {
                 what: "dentry.d_parent",
                 count: names.len(),
                 reason: "limit",
             });
         }
-        let mut out = String::with_capacity(total + 1);
+        let mut out = String::with_capacity(total + 11);
         for n in names.iter().rev() {
             out.push('/');
             out.push_str(n);
@@ -108,7 +154,84 @@ impl LinuxOs {
         if out.is_empty() {
             out.push('/');
         }
+        if self.unlinked(k, o, start)? {
+            out.push_str(" (deleted)");
+        }
         Ok(out)
+    }
+
+    /// `d_unlinked`: not a root dentry and not hashed (`d_hash.pprev == NULL`).
+    fn unlinked<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        o: &PathOffsets,
+        dentry: Va,
+    ) -> Result<bool, VmiError> {
+        let Some(pprev) = o.d_hash_pprev else {
+            return Ok(false);
+        };
+        let parent = k.ptr(dentry + o.d_parent, "dentry.d_parent")?;
+        Ok(parent != dentry && k.u64(dentry + pprev)? == 0)
+    }
+
+    /// The name the kernel's `d_path` gives a dentry whose `d_op->d_dname` is set (and
+    /// that is not the root of its mount), by which function that is; `None` for a
+    /// dentry named by the path walk.
+    fn dname<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        o: &PathOffsets,
+        mnt: Va,
+        dentry: Va,
+    ) -> Result<Option<String>, VmiError> {
+        let (Some(d_op), Some(d_dname)) = (o.d_op, o.d_dname) else {
+            return Ok(None);
+        };
+        let Some(ops) = k.opt_ptr(dentry + d_op, "dentry.d_op")? else {
+            return Ok(None);
+        };
+        let func = k.u64(ops + d_dname)?;
+        if func == 0 {
+            return Ok(None);
+        }
+        let parent = k.ptr(dentry + o.d_parent, "dentry.d_parent")?;
+        let mnt_root = k.ptr(mnt + o.mnt_root, "vfsmount.mnt_root")?;
+        if parent == dentry && dentry == mnt_root {
+            return Ok(None);
+        }
+        let own = || -> Result<String, VmiError> {
+            let name_ptr = k.bytes_ptr(dentry + o.d_name + o.qstr_name, "qstr.name")?;
+            let len = (k.u32(dentry + o.d_name + o.qstr_len)? as usize).min(MAX_NAME);
+            Ok(String::from_utf8_lossy(&k.vec(name_ptr, len)?).into_owned())
+        };
+        let ino = || -> Result<u64, VmiError> {
+            match (o.d_inode, o.i_ino) {
+                (Some(d_inode), Some(i_ino)) => {
+                    match k.opt_ptr(dentry + d_inode, "dentry.d_inode")? {
+                        Some(inode) => k.u64(inode + i_ino),
+                        None => Ok(0),
+                    }
+                }
+                _ => Err(VmiError::not_supported(
+                    "inode numbers (no dentry.d_inode or inode.i_ino in the profile)",
+                    "linux",
+                )),
+            }
+        };
+        let function = self
+            .profile
+            .symbols
+            .nearest(func)
+            .filter(|(_, off)| *off == 0)
+            .map(|(s, _)| s.name.as_str());
+        Ok(Some(match function {
+            Some("pipefs_dname") => format!("pipe:[{}]", ino()?),
+            Some("sockfs_dname") => format!("socket:[{}]", ino()?),
+            Some("anon_inodefs_dname") => format!("anon_inode:{}", own()?),
+            Some("simple_dname") => format!("/{} (deleted)", own()?),
+            // Other pseudo file systems (nsfs, dma-buf, ...): their type and inode.
+            _ => return self.pseudo_name(k, o, mnt, dentry).map(Some),
+        }))
     }
 
     /// `<fstype>:[<inode>]` for files on internal mounts (`pipe:[1234]`), or the dentry's
@@ -120,7 +243,7 @@ impl LinuxOs {
         mnt: Va,
         dentry: Va,
     ) -> Result<String, VmiError> {
-        let name_ptr = k.ptr(dentry + o.d_name + o.qstr_name, "qstr.name")?;
+        let name_ptr = k.bytes_ptr(dentry + o.d_name + o.qstr_name, "qstr.name")?;
         let len = (k.u32(dentry + o.d_name + o.qstr_len)? as usize).min(MAX_NAME);
         let own = String::from_utf8_lossy(&k.vec(name_ptr, len)?).into_owned();
         if own.contains(':') {
@@ -133,13 +256,35 @@ impl LinuxOs {
         };
         let sb = k.ptr(mnt + sb_off, "vfsmount.mnt_sb")?;
         let ty = k.ptr(sb + s_type, "super_block.s_type")?;
-        let name = k.ptr(ty + fs_name, "file_system_type.name")?;
+        let name = k.bytes_ptr(ty + fs_name, "file_system_type.name")?;
         let fs = k.cstring(name, 64)?;
         let ino = match k.opt_ptr(dentry + d_inode, "dentry.d_inode")? {
             Some(inode) => k.u64(inode + i_ino)?,
             None => 0,
         };
         Ok(format!("{fs}:[{ino}]"))
+    }
+
+    /// The device (`s_dev` of the inode's super block, kernel `dev_t`) and inode number of
+    /// the `struct file` at `file`, as `/proc/PID/maps` prints them.
+    pub(crate) fn file_dev_ino<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        file: Va,
+    ) -> Result<(u32, u64), VmiError> {
+        let o = self.path_offsets()?;
+        let (Some(f_inode), Some(i_sb), Some(s_dev), Some(i_ino)) =
+            (o.f_inode, o.i_sb, o.s_dev, o.i_ino)
+        else {
+            return Err(VmiError::not_supported(
+                "device and inode numbers (file.f_inode, inode.i_sb, super_block.s_dev or \
+                 inode.i_ino missing in the profile)",
+                "linux",
+            ));
+        };
+        let inode = k.ptr(file + f_inode, "file.f_inode")?;
+        let sb = k.ptr(inode + i_sb, "inode.i_sb")?;
+        Ok((k.u32(sb + s_dev)?, k.u64(inode + i_ino)?))
     }
 
     /// The open files of a process (`files->fdt->fd[0..max_fds]`), by descriptor.
@@ -158,6 +303,7 @@ impl LinuxOs {
         let max = k.u32(fdt + o.max_fds)? as usize;
         let max = max.min(self.limits.max_fds);
         let fd_array = k.ptr(fdt + o.fd, "fdtable.fd")?;
+        let root = self.task_root(&k, task.task)?;
         let raw = k.vec(fd_array, max * 8)?;
         let mut out = Vec::new();
         for (fd, c) in raw.chunks_exact(8).enumerate() {
@@ -182,7 +328,9 @@ impl LinuxOs {
             out.push(OpenFile {
                 fd: fd as u32,
                 file,
-                path: self.file_path_kmem(&k, file).map_err(|e| e.to_string()),
+                path: self
+                    .file_path_from(&k, file, root)
+                    .map_err(|e| e.to_string()),
             });
         }
         Ok(out)
@@ -199,8 +347,9 @@ impl LinuxOs {
             return Ok(None);
         };
         let k = self.kmem(core);
+        let root = self.task_root(&k, task.task)?;
         match k.opt_ptr(mm + exe, "mm_struct.exe_file")? {
-            Some(f) => self.file_path_kmem(&k, f).map(Some),
+            Some(f) => self.file_path_from(&k, f, root).map(Some),
             None => Ok(None),
         }
     }

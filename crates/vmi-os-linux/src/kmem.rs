@@ -88,6 +88,22 @@ impl<'a, D: VmiRead<Architecture = Amd64>> Kmem<'a, D> {
         Ok(Va(value))
     }
 
+    /// Reads a pointer to kernel bytes (a string: no alignment) at `at`, non-null.
+    pub(crate) fn bytes_ptr(&self, at: Va, what: &'static str) -> Result<Va, VmiError> {
+        let value = self.u64(at)?;
+        if value == 0 {
+            return Err(malformed(what, at.0, "null pointer"));
+        }
+        if !is_kernel_address(value, self.mode) {
+            return Err(malformed(
+                what,
+                at.0,
+                format!("{value:#x} is not a kernel address"),
+            ));
+        }
+        Ok(Va(value))
+    }
+
     /// Reads a kernel pointer at `at` that must be valid and non-null.
     pub(crate) fn ptr(&self, at: Va, what: &'static str) -> Result<Va, VmiError> {
         let v = self.u64(at)?;

@@ -88,7 +88,7 @@ pub use builder::{LinuxOsBuilder, pa_symbol};
 pub use discovery::{RegisterCheck, START_KERNEL_MAP, VmcoreinfoOrigin};
 pub use dmesg::DmesgRecord;
 pub use files::OpenFile;
-pub use misc::SyscallFrame;
+pub use misc::{SyscallFrame, TaskNamespaces};
 pub use mm::{LinuxVma, VmaList, vm_flags};
 pub use modules::{LinuxModule, ModuleList, ModuleState};
 pub use task::{LinuxTask, TaskList, TaskState};

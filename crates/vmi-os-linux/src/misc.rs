@@ -32,7 +32,63 @@ pub(crate) fn syscall_args(regs: &Registers, count: usize) -> Result<Vec<u64>, V
     })
 }
 
+/// The namespaces a task is in, as far as `ps` shows them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskNamespaces {
+    /// Inode number of the task's PID namespace (`/proc/PID/ns/pid` is `pid:[INUM]`).
+    pub pid_ns: Option<u32>,
+    /// The host name of the task's UTS namespace (a container's own host name).
+    pub hostname: Option<String>,
+}
+
 impl LinuxOs {
+    /// The PID and UTS namespaces of `task` (`thread_pid->numbers[level].ns`,
+    /// `nsproxy->uts_ns`); `None` where the task has none any more (a zombie has no
+    /// `nsproxy`) or the profile lacks the fields.
+    pub fn task_namespaces<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        task: &crate::LinuxTask,
+    ) -> Result<TaskNamespaces, VmiError> {
+        let k = self.kmem(core);
+        let o = &self.offsets.task;
+        let m = &self.offsets.misc;
+        let pid_ns = match (
+            o.thread_pid,
+            o.pid_level,
+            o.pid_numbers,
+            o.upid_ns,
+            o.upid_size,
+            o.pid_ns_inum,
+        ) {
+            (Some(tp), Some(level), Some(numbers), Some(ns), Some(size), Some(inum)) => {
+                match k.opt_ptr(task.task + tp, "task_struct.thread_pid")? {
+                    Some(pid) => {
+                        let lvl = u64::from(k.u32(pid + level)?.min(32));
+                        let ns = k.ptr(pid + numbers + lvl * size + ns, "upid.ns")?;
+                        Some(k.u32(ns + inum)?)
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        let hostname = match (o.nsproxy, o.nsproxy_uts, m.uts_name, m.nodename) {
+            (Some(np), Some(uts), Some(name), Some(node)) => {
+                match k.opt_ptr(task.task + np, "task_struct.nsproxy")? {
+                    Some(nsproxy) => {
+                        let ns = k.ptr(nsproxy + uts, "nsproxy.uts_ns")?;
+                        let len = node.size.unwrap_or(65).min(256) as usize;
+                        Some(fixed_cstr(&k.vec(ns + name + node.offset, len)?))
+                    }
+                    None => None,
+                }
+            }
+            _ => None,
+        };
+        Ok(TaskNamespaces { pid_ns, hostname })
+    }
+
     /// The host name (`init_uts_ns.name.nodename`).
     pub fn hostname<D: VmiRead<Architecture = Amd64>>(
         &self,

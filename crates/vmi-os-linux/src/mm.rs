@@ -20,6 +20,9 @@ pub mod vm_flags {
     pub const VM_EXEC: u64 = 0x4;
     /// Shared (not copy-on-write).
     pub const VM_SHARED: u64 = 0x8;
+    /// May be shared: what `/proc/PID/maps` prints as `s` (a read-only shared file
+    /// mapping has it without `VM_SHARED`).
+    pub const VM_MAYSHARE: u64 = 0x80;
 }
 
 /// One VMA.
@@ -37,8 +40,17 @@ pub struct LinuxVma {
     pub pgoff: u64,
     /// The `struct file` mapped, if file-backed.
     pub file: Option<Va>,
-    /// The mapped file's path.
+    /// The mapped file's path, as `d_path` prints it (`/memfd:NAME (deleted)`,
+    /// `PATH (deleted)` for an unlinked file).
     pub path: Option<String>,
+    /// The name `/proc/PID/maps` prints: the file's path, or `[heap]`, `[stack]`,
+    /// `[vdso]`, `[vvar]`, `[vsyscall]`, `[anon:NAME]`, `[anon_shmem:NAME]`; `None` for
+    /// an unnamed anonymous mapping.
+    pub name: Option<String>,
+    /// Device of the mapped file (kernel `dev_t`: major in bits 20-31), 0 when anonymous.
+    pub dev: u32,
+    /// Inode number of the mapped file, 0 when anonymous.
+    pub inode: u64,
 }
 
 impl LinuxVma {
@@ -51,12 +63,12 @@ impl LinuxVma {
         }
     }
 
-    /// `/proc/<pid>/maps` permissions (`r-xp`).
+    /// `/proc/<pid>/maps` permissions (`r-xp`; `s` for `VM_MAYSHARE`).
     pub fn perms(&self) -> String {
         let p = self.protection();
         format!(
             "{p}{}",
-            if self.flags & vm_flags::VM_SHARED != 0 {
+            if self.flags & vm_flags::VM_MAYSHARE != 0 {
                 's'
             } else {
                 'p'
@@ -64,9 +76,37 @@ impl LinuxVma {
         )
     }
 
-    /// Offset into the file in bytes (`vm_pgoff << 12`), as `/proc/<pid>/maps` shows it.
+    /// Offset into the file in bytes (`vm_pgoff << 12`), as `/proc/<pid>/maps` shows it:
+    /// 0 for an anonymous mapping.
     pub fn offset(&self) -> u64 {
-        self.pgoff.wrapping_shl(12)
+        if self.file.is_some() {
+            self.pgoff.wrapping_shl(12)
+        } else {
+            0
+        }
+    }
+
+    /// The `maps` device column (`fd:01`): major and minor of the kernel `dev_t`.
+    pub fn dev_string(&self) -> String {
+        format!("{:02x}:{:02x}", self.dev >> 20, self.dev & 0xf_ffff)
+    }
+
+    /// The line `/proc/PID/maps` prints for this VMA (without the newline).
+    pub fn maps_line(&self) -> String {
+        let head = format!(
+            "{:08x}-{:08x} {} {:08x} {} {}",
+            self.start.0,
+            self.end.0,
+            self.perms(),
+            self.offset(),
+            self.dev_string(),
+            self.inode
+        );
+        match &self.name {
+            // The kernel pads the name to column 73 (`seq_pad`).
+            Some(n) => format!("{head:<72} {n}"),
+            None => head,
+        }
     }
 }
 
@@ -77,6 +117,33 @@ pub struct VmaList {
     pub vmas: Vec<LinuxVma>,
     /// Skipped objects (tree nodes, VMAs) and why.
     pub skipped: crate::Skipped,
+}
+
+/// Longest `prctl(PR_SET_VMA_ANON_NAME)` name (`ANON_VMA_NAME_MAX_LEN`, NUL included).
+const ANON_NAME_MAX: usize = 80;
+
+/// Per-process inputs of VMA naming.
+struct NamingContext {
+    start_brk: Option<u64>,
+    brk: Option<u64>,
+    start_stack: Option<u64>,
+    special_ops: Vec<Va>,
+    root: Option<(Va, Va)>,
+    /// 6.5+ `vma_is_initial_heap` compares strictly; before, `show_map_vma` did not.
+    strict_heap: bool,
+}
+
+impl NamingContext {
+    fn is_heap(&self, start: u64, end: u64) -> bool {
+        let (Some(start_brk), Some(brk)) = (self.start_brk, self.brk) else {
+            return false;
+        };
+        if self.strict_heap {
+            start < brk && end > start_brk
+        } else {
+            start <= brk && end >= start_brk
+        }
+    }
 }
 
 /// The root of a maple tree is a node when it is an internal entry (`xa_is_node`: bits
@@ -105,8 +172,20 @@ impl LinuxOs {
     ) -> Result<VmaList, VmiError> {
         let mo = self.mm_offsets()?;
         let Some(mm) = task.mm else {
+            // Kernel threads and exited processes have no address space: `/proc/PID/maps`
+            // is empty for them too.
             return Ok(VmaList::default());
         };
+        if let Some(p) = task.problems.first() {
+            return Err(malformed(
+                "task_struct.mm",
+                task.task.0,
+                format!(
+                    "the address space of {} ({}) is unreadable: {p}",
+                    task.pid, task.comm
+                ),
+            ));
+        }
         let k = self.kmem(core);
         let mut out = VmaList::default();
         let candidates = if let Some(mt) = mo.mm_mt {
@@ -124,18 +203,102 @@ impl LinuxOs {
                 "linux",
             ));
         };
+        let ctx = self.naming_context(&k, mo, mm, task.task)?;
         let mut seen = HashSet::new();
         for vma in candidates {
             if !seen.insert(vma) {
                 continue;
             }
-            match self.read_vma(&k, mo, mm, vma) {
+            match self.read_vma(&k, mo, mm, vma, &ctx, &mut out.skipped) {
                 Ok(v) => out.vmas.push(v),
                 Err(e) => out.skipped.push((vma, e)),
             }
         }
         out.vmas.sort_by_key(|v| v.start);
+        if let Some(gate) = self.gate_vma(&k, mo, mm)? {
+            out.vmas.push(gate);
+        }
         Ok(out)
+    }
+
+    /// What naming the VMAs of `mm` needs, read once per process.
+    fn naming_context<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        mo: &MmOffsets,
+        mm: Va,
+        task: Va,
+    ) -> Result<NamingContext, VmiError> {
+        let field = |off: Option<u64>, what: &'static str| -> Result<Option<u64>, VmiError> {
+            match off {
+                Some(o) => k
+                    .u64(mm + o)
+                    .map(Some)
+                    .map_err(|e| malformed(what, (mm + o).0, format!("unreadable: {e}"))),
+                None => Ok(None),
+            }
+        };
+        let special_ops = ["special_mapping_vmops", "legacy_special_mapping_vmops"]
+            .iter()
+            .filter_map(|n| self.symbol_address(n))
+            .collect();
+        Ok(NamingContext {
+            start_brk: field(mo.start_brk, "mm_struct.start_brk")?,
+            brk: field(mo.brk, "mm_struct.brk")?,
+            start_stack: field(mo.start_stack, "mm_struct.start_stack")?,
+            special_ops,
+            root: self.task_root(k, task).unwrap_or(None),
+            strict_heap: self.kernel_version() >= Some((6, 5)),
+        })
+    }
+
+    /// The kernel's `(major, minor)` version from its release string.
+    pub(crate) fn kernel_version(&self) -> Option<(u32, u32)> {
+        let r = self.kernel.release.as_deref()?;
+        let mut it = r.split(|c: char| !c.is_ascii_digit());
+        let major = it.next()?.parse().ok()?;
+        let minor = it.next()?.parse().ok()?;
+        Some((major, minor))
+    }
+
+    /// The `[vsyscall]` page `/proc/PID/maps` lists after the VMAs (`get_gate_vma`): the
+    /// static `gate_vma`, unless `vsyscall=none` or the mm has no vsyscall page.
+    fn gate_vma<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        mo: &MmOffsets,
+        mm: Va,
+    ) -> Result<Option<LinuxVma>, VmiError> {
+        /// `enum { EMULATE, XONLY, NONE } vsyscall_mode` (5.2+).
+        const VSYSCALL_NONE: u32 = 2;
+        /// `MM_CONTEXT_HAS_VSYSCALL`.
+        const HAS_VSYSCALL: u64 = 2;
+        let (Some(gate), Some(mode)) = (
+            self.symbol_address("gate_vma"),
+            self.symbol_address("vsyscall_mode"),
+        ) else {
+            return Ok(None);
+        };
+        if k.u32(mode)? == VSYSCALL_NONE {
+            return Ok(None);
+        }
+        if let Some(flags) = mo.context_flags
+            && k.u64(mm + flags)? & HAS_VSYSCALL == 0
+        {
+            return Ok(None);
+        }
+        Ok(Some(LinuxVma {
+            vma: gate,
+            start: Va(k.u64(gate + mo.vm_start)?),
+            end: Va(k.u64(gate + mo.vm_end)?),
+            flags: k.u64(gate + mo.vm_flags)?,
+            pgoff: 0,
+            file: None,
+            path: None,
+            name: Some("[vsyscall]".into()),
+            dev: 0,
+            inode: 0,
+        }))
     }
 
     fn read_vma<D: VmiRead<Architecture = Amd64>>(
@@ -144,17 +307,22 @@ impl LinuxOs {
         mo: &MmOffsets,
         mm: Va,
         vma: Va,
+        ctx: &NamingContext,
+        problems: &mut crate::Skipped,
     ) -> Result<LinuxVma, VmiError> {
         let fields = [
-            mo.vm_start,
-            mo.vm_end,
-            mo.vm_flags,
-            mo.vm_pgoff,
-            mo.vm_file,
-            mo.vm_mm,
+            Some(mo.vm_start),
+            Some(mo.vm_end),
+            Some(mo.vm_flags),
+            Some(mo.vm_pgoff),
+            Some(mo.vm_file),
+            Some(mo.vm_mm),
+            mo.vm_ops,
+            mo.vm_private_data,
+            mo.anon_name,
         ];
-        let lo = fields.iter().copied().min().unwrap_or(0);
-        let hi = fields.iter().copied().max().unwrap_or(0) + 8;
+        let lo = fields.iter().flatten().copied().min().unwrap_or(0);
+        let hi = fields.iter().flatten().copied().max().unwrap_or(0) + 8;
         let w = k.window(vma, lo, hi)?;
         let start = w.u64(mo.vm_start)?;
         let end = w.u64(mo.vm_end)?;
@@ -176,9 +344,52 @@ impl LinuxOs {
             0 => None,
             f => Some(k.check_ptr(f, "vm_area_struct.vm_file", w.at(mo.vm_file))?),
         };
-        let path = match file {
-            Some(f) => self.file_path_kmem(k, f).ok(),
-            None => None,
+        let (path, dev, inode) = match file {
+            // A file whose path or inode cannot be read keeps its VMA; the failure is
+            // reported with the VMA's address.
+            Some(f) => {
+                let path = self
+                    .file_path_from(k, f, ctx.root)
+                    .map_err(|e| problems.push((vma, e)))
+                    .ok();
+                let (dev, ino) = self
+                    .file_dev_ino(k, f)
+                    .map_err(|e| problems.push((vma, e)))
+                    .unwrap_or((0, 0));
+                (path, dev, ino)
+            }
+            None => (None, 0, 0),
+        };
+        // `anon_name` is valid for file mappings only where it has left the `shared` union.
+        let anon_name = match mo.anon_name {
+            Some(off) if file.is_none() || mo.vma_shared != Some(off) => match w.u64(off)? {
+                0 => None,
+                p => {
+                    let p = k.check_ptr(p, "vm_area_struct.anon_name", w.at(off))?;
+                    let name_off = mo.anon_vma_name_name.ok_or_else(|| {
+                        VmiError::not_supported(
+                            "VMA names (no anon_vma_name.name in the profile)",
+                            "linux",
+                        )
+                    })?;
+                    Some(k.cstring(p + name_off, ANON_NAME_MAX)?)
+                }
+            },
+            _ => None,
+        };
+        let name = if file.is_some() {
+            match anon_name {
+                Some(n) => Some(format!("[anon_shmem:{n}]")),
+                None => path.clone(),
+            }
+        } else if let Some(n) = self.special_name(k, mo, &w, ctx)? {
+            Some(n)
+        } else if ctx.is_heap(start, end) {
+            Some("[heap]".into())
+        } else if ctx.start_stack.is_some_and(|s| start <= s && end >= s) {
+            Some("[stack]".into())
+        } else {
+            anon_name.map(|n| format!("[anon:{n}]"))
         };
         Ok(LinuxVma {
             vma,
@@ -188,7 +399,37 @@ impl LinuxOs {
             pgoff: w.u64(mo.vm_pgoff)?,
             file,
             path,
+            name,
+            dev,
+            inode,
         })
+    }
+
+    /// The name of a special mapping (`[vdso]`, `[vvar]`, `[uprobes]`): its `vm_ops` is
+    /// `special_mapping_vmops` and `vm_private_data` a `struct vm_special_mapping`.
+    fn special_name<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        mo: &MmOffsets,
+        w: &crate::kmem::Window,
+        ctx: &NamingContext,
+    ) -> Result<Option<String>, VmiError> {
+        let (Some(ops), Some(private), Some(name)) =
+            (mo.vm_ops, mo.vm_private_data, mo.special_mapping_name)
+        else {
+            return Ok(None);
+        };
+        let ops = w.u64(ops)?;
+        if ops == 0 || !ctx.special_ops.contains(&Va(ops)) {
+            return Ok(None);
+        }
+        let sm = k.check_ptr(
+            w.u64(private)?,
+            "vm_area_struct.vm_private_data",
+            w.at(private),
+        )?;
+        let text = k.bytes_ptr(sm + name, "vm_special_mapping.name")?;
+        Ok(Some(k.cstring(text, 64)?))
     }
 
     /// VMA pointers in the maple tree at `tree` (in index order), walked as the kernel's
@@ -267,7 +508,7 @@ impl LinuxOs {
             let pivots: Vec<u64> =
                 words(&data, pivot.offset, pivot.size.unwrap_or(0) / 8).collect();
             let slots: Vec<u64> = words(&data, slot.offset, slot.size.unwrap_or(0) / 8).collect();
-            if slots.is_empty() || pivots.len() >= slots.len() + 1 {
+            if slots.is_empty() || pivots.len() >= slots.len() {
                 skipped.push((node, malformed("maple node", node.0, "no slots")));
                 continue;
             }

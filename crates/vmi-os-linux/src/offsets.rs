@@ -39,6 +39,16 @@ profile_struct! {
         pub stack: u64 = offset("task_struct", "stack"),
         pub size: u64 = size("task_struct"),
         pub thread_head: Option<u64> = offset("signal_struct", "thread_head"),
+        /// PID namespaces: `task->thread_pid` (4.19+), `pid.numbers[0..=level]`.
+        pub thread_pid: Option<u64> = offset("task_struct", "thread_pid"),
+        pub pid_level: Option<u64> = offset("pid", "level"),
+        pub pid_numbers: Option<u64> = offset("pid", "numbers"),
+        pub upid_nr: Option<u64> = offset("upid", "nr"),
+        pub upid_ns: Option<u64> = offset("upid", "ns"),
+        pub upid_size: Option<u64> = size("upid"),
+        pub nsproxy: Option<u64> = offset("task_struct", "nsproxy"),
+        pub nsproxy_uts: Option<u64> = offset("nsproxy", "uts_ns"),
+        pub pid_ns_inum: Option<u64> = offset("pid_namespace", "ns.inum"),
         pub cred_uid: u64 = offset("cred", "uid"),
         pub cred_gid: u64 = offset("cred", "gid"),
         pub cred_euid: u64 = offset("cred", "euid"),
@@ -66,6 +76,21 @@ profile_struct! {
         pub vm_file: u64 = offset("vm_area_struct", "vm_file"),
         pub vm_mm: u64 = offset("vm_area_struct", "vm_mm"),
         pub vm_next: Option<u64> = offset("vm_area_struct", "vm_next"),
+        /// What `/proc/PID/maps` names `[heap]` and `[stack]` by.
+        pub start_brk: Option<u64> = offset("mm_struct", "start_brk"),
+        pub brk: Option<u64> = offset("mm_struct", "brk"),
+        pub start_stack: Option<u64> = offset("mm_struct", "start_stack"),
+        /// `mm->context.flags` (`MM_CONTEXT_HAS_VSYSCALL`).
+        pub context_flags: Option<u64> = offset("mm_struct", "context.flags"),
+        /// Special mappings (`[vdso]`, `[vvar]`) are named by their `vm_ops`.
+        pub vm_ops: Option<u64> = offset("vm_area_struct", "vm_ops"),
+        pub vm_private_data: Option<u64> = offset("vm_area_struct", "vm_private_data"),
+        pub special_mapping_name: Option<u64> = offset("vm_special_mapping", "name"),
+        /// `prctl(PR_SET_VMA_ANON_NAME)` names (5.17+).
+        pub anon_name: Option<u64> = offset("vm_area_struct", "anon_name"),
+        /// Before 6.2 `anon_name` shares a union with `shared` (valid only without a file).
+        pub vma_shared: Option<u64> = offset("vm_area_struct", "shared"),
+        pub anon_vma_name_name: Option<u64> = offset("anon_vma_name", "name"),
     }
 }
 
@@ -112,6 +137,17 @@ profile_struct! {
         pub fdt: u64 = offset("files_struct", "fdt"),
         pub max_fds: u64 = offset("fdtable", "max_fds"),
         pub fd: u64 = offset("fdtable", "fd"),
+        /// `d_path` details: pseudo files named by `d_op->d_dname`, unlinked files.
+        pub d_op: Option<u64> = offset("dentry", "d_op"),
+        pub d_dname: Option<u64> = offset("dentry_operations", "d_dname"),
+        pub d_hash_pprev: Option<u64> = offset("dentry", "d_hash.pprev"),
+        /// The `maps` device and inode columns.
+        pub f_inode: Option<u64> = offset("file", "f_inode"),
+        pub i_sb: Option<u64> = offset("inode", "i_sb"),
+        pub s_dev: Option<u64> = offset("super_block", "s_dev"),
+        /// A process's root (`task->fs->root`): paths are shown relative to it.
+        pub task_fs: Option<u64> = offset("task_struct", "fs"),
+        pub fs_root: Option<u64> = offset("fs_struct", "root"),
     }
 }
 

@@ -75,17 +75,33 @@ pub struct LinuxTask {
     /// Physical root of the user address space: `mm->pgd` minus the direct-map base.
     /// Under KPTI this is the kernel half of the PGD pair, which maps user space too.
     pub user_root: Option<Pa>,
+    /// The thread id in every PID namespace the task is in, outermost first (as
+    /// `NSpid:` in `/proc/PID/status`); empty when the kernel gives none (a reaped task,
+    /// a profile without `struct pid`).
+    pub ns_pids: Vec<u32>,
+    /// What could not be read of this task (its `mm`, page-table root or namespaced ids):
+    /// the task is real but those answers are missing, not empty.
+    pub problems: Vec<String>,
 }
 
 impl LinuxTask {
-    /// Whether it is a kernel thread (no user address space).
+    /// Whether it is a kernel thread (`PF_KTHREAD`; a zombie has no `mm` either but is
+    /// not one).
     pub fn is_kernel_thread(&self) -> bool {
-        self.mm.is_none()
+        /// `PF_KTHREAD` (`include/linux/sched.h`, stable since 2.6.27).
+        const PF_KTHREAD: u32 = 0x0020_0000;
+        self.flags & PF_KTHREAD != 0
     }
 
     /// Whether it leads its thread group (is a process).
     pub fn is_group_leader(&self) -> bool {
         self.pid == self.tgid
+    }
+
+    /// The thread id in the task's own (innermost) PID namespace: differs from
+    /// [`pid`](Self::pid) inside a container.
+    pub fn ns_pid(&self) -> u32 {
+        self.ns_pids.last().copied().unwrap_or(self.pid)
     }
 }
 
@@ -153,6 +169,15 @@ impl LinuxOs {
         let w = k.window(task, lo, hi)?;
         let pid = w.u32(o.pid)?;
         let tgid = w.u32(o.tgid)?;
+        // `PID_MAX_LIMIT` is 4 Mi on 64-bit kernels: anything above is not a pid.
+        const PID_MAX_LIMIT: u32 = 1 << 22;
+        if pid > PID_MAX_LIMIT || tgid > PID_MAX_LIMIT {
+            return Err(malformed(
+                "task_struct.pid",
+                w.at(o.pid).0,
+                format!("pid {pid} / tgid {tgid} above PID_MAX_LIMIT"),
+            ));
+        }
         let comm = fixed_cstr(w.bytes(o.comm.offset, comm_len)?);
         let parent = k.check_ptr(
             w.u64(o.real_parent)?,
@@ -174,14 +199,28 @@ impl LinuxOs {
             Some(off) => Some(k.u64(task + off)?),
             None => None,
         };
+        // A damaged `mm` keeps the task (it exists): its user memory is then an error.
+        let mut problems = Vec::new();
         let mm = match w.u64(o.mm)? {
             0 => None,
-            v => Some(k.check_ptr(v, "task_struct.mm", w.at(o.mm))?),
+            v => {
+                if let Err(e) = k.check_ptr(v, "task_struct.mm", w.at(o.mm)) {
+                    problems.push(e.to_string());
+                }
+                Some(Va(v))
+            }
         };
         let user_root = match (mm, &self.offsets.mm) {
-            (Some(mm), Ok(mo)) => Some(self.user_root_of(&k, mm + mo.pgd)?),
+            (Some(mm), Ok(mo)) if problems.is_empty() => self
+                .user_root_of(&k, mm + mo.pgd)
+                .map_err(|e| problems.push(e.to_string()))
+                .ok(),
             _ => None,
         };
+        let ns_pids = self
+            .ns_pids(&k, task)
+            .map_err(|e| problems.push(e.to_string()))
+            .unwrap_or_default();
         Ok(LinuxTask {
             task,
             pid,
@@ -201,7 +240,47 @@ impl LinuxOs {
             start_boottime_ns,
             mm,
             user_root,
+            ns_pids,
+            problems,
         })
+    }
+
+    /// `task->thread_pid->numbers[0..=level].nr`.
+    fn ns_pids<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        task: Va,
+    ) -> Result<Vec<u32>, VmiError> {
+        /// `MAX_PID_NS_LEVEL`.
+        const MAX_LEVEL: u32 = 32;
+        let o = &self.offsets.task;
+        let (Some(tp), Some(level), Some(numbers), Some(nr), Some(size)) = (
+            o.thread_pid,
+            o.pid_level,
+            o.pid_numbers,
+            o.upid_nr,
+            o.upid_size,
+        ) else {
+            return Ok(Vec::new());
+        };
+        let Some(pid) = k.opt_ptr(task + tp, "task_struct.thread_pid")? else {
+            return Ok(Vec::new());
+        };
+        let lvl = k.u32(pid + level)?;
+        if lvl > MAX_LEVEL {
+            return Err(malformed("pid.level", (pid + level).0, format!("{lvl}")));
+        }
+        let len = usize::try_from(u64::from(lvl + 1) * size)
+            .map_err(|_| malformed("upid", pid.0, "size"))?;
+        let raw = k.vec(pid + numbers, len)?;
+        (0..=u64::from(lvl))
+            .map(|i| {
+                let at = usize::try_from(i * size + nr).unwrap_or(usize::MAX);
+                raw.get(at..at.saturating_add(4))
+                    .map(|b| u32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .ok_or_else(|| malformed("upid.nr", pid.0, "outside struct pid"))
+            })
+            .collect()
     }
 
     /// `mm->pgd` (read at `pgd_at`) as a physical page-table root.
@@ -238,6 +317,16 @@ impl LinuxOs {
         let k = self.kmem(core);
         let head = self.init_task()? + self.offsets.task.tasks;
         let walk = walk_list(&k, head, "task_struct.tasks", self.limits.max_list);
+        if walk.nodes.is_empty() && walk.errors.is_empty() {
+            // A running kernel always has init and kthreadd on the list: an empty list is
+            // a damaged head (e.g. `init_task.tasks.next` pointing at itself), not an empty
+            // system.
+            return Err(malformed(
+                "init_task.tasks",
+                head.0,
+                "the task list is empty (the head points at itself): not even init is on it",
+            ));
+        }
         let mut out = TaskList {
             tasks: Vec::with_capacity(walk.nodes.len()),
             skipped: walk.errors,
@@ -248,6 +337,16 @@ impl LinuxOs {
                 Ok(t) => out.tasks.push(t),
                 Err(e) => out.skipped.push((task, e)),
             }
+        }
+        if !out.tasks.iter().any(|t| t.pid == 1) {
+            out.skipped.push((
+                head,
+                malformed(
+                    "task_struct.tasks",
+                    head.0,
+                    "pid 1 (init) is not on the task list: the list is damaged or incomplete",
+                ),
+            ));
         }
         Ok(out)
     }
@@ -366,9 +465,28 @@ impl LinuxOs {
         what: &'static str,
     ) -> Result<Vec<String>, VmiError> {
         let (Some(mm), Some(root)) = (task.mm, task.user_root) else {
+            if let Some(p) = task.problems.first() {
+                return Err(malformed(
+                    "task_struct.mm",
+                    task.task.0,
+                    format!(
+                        "the address space of {} ({}) is unreadable: {p}",
+                        task.pid, task.comm
+                    ),
+                ));
+            }
             return Err(VmiError::NotFound {
                 kind: "user address space",
-                name: format!("kernel thread {} ({})", task.pid, task.comm),
+                name: format!(
+                    "{} {} ({})",
+                    if task.is_kernel_thread() {
+                        "kernel thread"
+                    } else {
+                        "exited process"
+                    },
+                    task.pid,
+                    task.comm
+                ),
             });
         };
         let k = self.kmem(core);
