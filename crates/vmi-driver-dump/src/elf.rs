@@ -62,6 +62,8 @@ pub(crate) fn parse(data: &[u8]) -> Result<ElfCore, VmiError> {
     }
     let mut segments = Vec::new();
     let mut note_list = Vec::new();
+    // Each note area is parsed once, however many headers point at it.
+    let mut note_areas = std::collections::HashSet::new();
     for ph in phdrs {
         let offset = ph.p_offset(endian);
         let filesz = ph.p_filesz(endian);
@@ -82,7 +84,9 @@ pub(crate) fn parse(data: &[u8]) -> Result<ElfCore, VmiError> {
                         format!("{filesz:#x} bytes run past the end of the file"),
                     )
                 })?;
-                note_list.extend(notes::parse_notes(area, offset)?);
+                if note_areas.insert((offset, filesz)) {
+                    notes::parse_notes(area, offset, &mut note_list)?;
+                }
             }
             _ => {}
         }

@@ -458,6 +458,23 @@ impl Kdump {
             0..max_mapnr
         };
         let pd_rank_base = bitmap2.rank(frames.start);
+        // Every dumped frame has a page descriptor in the file: a 2nd bitmap that claims
+        // more frames than the file can describe is not this dump's (and its runs, up to
+        // one per two bits, would cost ~64x the file in `ranges`).
+        let described = bitmap2.rank(frames.end).saturating_sub(pd_rank_base);
+        if described
+            .checked_mul(PD_SIZE)
+            .is_none_or(|b| b > data.len() as u64)
+        {
+            return Err(malformed(
+                "kdump 2nd bitmap",
+                bitmap_off + half,
+                format!(
+                    "{described} dumped frames need more page descriptors than the {}-byte file holds",
+                    data.len()
+                ),
+            ));
+        }
 
         let mut notes = NoteInfo::default();
         if header_version >= 4 {
@@ -471,7 +488,9 @@ impl Kdump {
                     ));
                 }
                 let area = view.read(data, off, size, "kdump notes")?;
-                notes = notes::collect(&notes::parse_notes(&area, off)?);
+                let mut list = Vec::new();
+                notes::parse_notes(&area, off, &mut list)?;
+                notes = notes::collect(&list);
             }
         }
         if header_version >= 3 {

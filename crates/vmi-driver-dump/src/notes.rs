@@ -19,9 +19,10 @@ pub(crate) const PRSTATUS_SIZE: usize = 336;
 pub(crate) const QEMU_CPU_STATE_V1_SIZE: usize = 432;
 /// Size of QEMU's `QEMUCPUState` with `kernel_gs_base`.
 pub(crate) const QEMU_CPU_STATE_SIZE: usize = 440;
-/// Most notes we accept in one dump (a note is at least 12 bytes; this bounds the work
-/// on hostile input far below the file size).
-const MAX_NOTES: usize = 1 << 16;
+/// Most notes we accept in one dump, over all its note areas (a note is at least 12
+/// bytes; this bounds the work on hostile input far below the file size, even when many
+/// `PT_NOTE` headers point at the same area).
+pub(crate) const MAX_NOTES: usize = 1 << 16;
 
 /// One ELF note.
 #[derive(Clone, Copy, Debug)]
@@ -34,10 +35,14 @@ pub(crate) struct Note<'a> {
     pub(crate) desc: &'a [u8],
 }
 
-/// Parses a little-endian note area (4-byte aligned fields). `base` is the area's file
-/// offset, for error messages.
-pub(crate) fn parse_notes(area: &[u8], base: u64) -> Result<Vec<Note<'_>>, VmiError> {
-    let mut notes = Vec::new();
+/// Parses a little-endian note area (4-byte aligned fields) and appends its notes to
+/// `notes`. `base` is the area's file offset, for error messages. More than [`MAX_NOTES`]
+/// in `notes` altogether is an error: the cap holds for the whole dump.
+pub(crate) fn parse_notes<'a>(
+    area: &'a [u8],
+    base: u64,
+    notes: &mut Vec<Note<'a>>,
+) -> Result<(), VmiError> {
     let mut pos = 0usize;
     while pos + 12 <= area.len() {
         if notes.len() >= MAX_NOTES {
@@ -88,7 +93,7 @@ pub(crate) fn parse_notes(area: &[u8], base: u64) -> Result<Vec<Note<'_>>, VmiEr
         }
         pos = next;
     }
-    Ok(notes)
+    Ok(())
 }
 
 /// What the notes of a dump say.
@@ -440,7 +445,8 @@ mod tests {
             b"OSRELEASE=6.1.0\nPAGESIZE=4096\n",
         );
         area.extend_from_slice(&[0u8; 24]); // padding as kdump writes it
-        let notes = parse_notes(&area, 0).unwrap();
+        let mut notes = Vec::new();
+        parse_notes(&area, 0, &mut notes).unwrap();
         assert_eq!(notes.len(), 3);
         let info = collect(&notes);
         assert_eq!(info.vcpus.len(), 1);
@@ -459,7 +465,7 @@ mod tests {
     fn truncated_notes_are_errors() {
         let mut area = Vec::new();
         push_note(&mut area, "CORE", NT_PRSTATUS, &[0u8; 336]);
-        assert!(parse_notes(&area[..100], 0).is_err());
-        assert!(parse_notes(&area[..14], 0).is_err());
+        assert!(parse_notes(&area[..100], 0, &mut Vec::new()).is_err());
+        assert!(parse_notes(&area[..14], 0, &mut Vec::new()).is_err());
     }
 }

@@ -287,6 +287,21 @@ fn bitmap_runs(data: &[u8]) -> Result<(WindowsDumpKind, Vec<Segment>), VmiError>
             if pfn >= pages || byte >> bit & 1 == 0 {
                 continue;
             }
+            // The page must be in the file before it costs a segment: a hostile bitmap
+            // of alternating bits would otherwise build 24 bytes per bit (~96x the file).
+            let file_end = file
+                .checked_add(PAGE_SIZE)
+                .filter(|&e| e <= data.len() as u64);
+            let Some(file_end) = file_end else {
+                return Err(malformed(
+                    "Windows bitmap",
+                    HEADER_SIZE + 0x38 + i as u64,
+                    format!(
+                        "page of frame {pfn:#x} at file offset {file:#x} is past the end of the file ({:#x} bytes)",
+                        data.len()
+                    ),
+                ));
+            };
             let start = pfn * PAGE_SIZE;
             match out.last_mut() {
                 Some(last)
@@ -300,13 +315,7 @@ fn bitmap_runs(data: &[u8]) -> Result<(WindowsDumpKind, Vec<Segment>), VmiError>
                     file_offset: file,
                 }),
             }
-            file = file.checked_add(PAGE_SIZE).ok_or_else(|| {
-                malformed(
-                    "Windows bitmap header",
-                    HEADER_SIZE + 0x20,
-                    "FirstPage overflows",
-                )
-            })?;
+            file = file_end;
         }
     }
     Ok((kind, out))

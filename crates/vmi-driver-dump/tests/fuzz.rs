@@ -20,6 +20,7 @@ use vmi_core::{Gfn, VcpuId, VmiDriver, VmiQueryRegisters, VmiRead};
 use vmi_driver_dump::{
     DumpDriver, DumpFormat, DumpOptions, ElfCoreOptions, build_lime, write_elf_core,
 };
+use vmi_test_guest::bounded::{CASE_LIMIT, within};
 
 thread_local! {
     /// Largest single allocation made by this thread since the last reset.
@@ -167,10 +168,13 @@ fn run(name: &str, base: Vec<u8>, header_len: usize, cases: usize, seed: u64) {
         if DumpFormat::detect(&m) == expected {
             opened += 1;
         }
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let mut r = SmallRng::seed_from_u64(case as u64);
-            exercise(m.clone(), &mut r)
-        }));
+        let input = m.clone();
+        let result = std::panic::catch_unwind(move || {
+            within(&format!("{name} case {case}"), CASE_LIMIT, move || {
+                let mut r = SmallRng::seed_from_u64(case as u64);
+                exercise(input, &mut r)
+            })
+        });
         if let Err(p) = result {
             let path = std::env::temp_dir().join(format!("vmi-dump-fuzz-{name}-{seed}-{case}.bin"));
             let _ = std::fs::write(&path, &m);
@@ -291,6 +295,114 @@ fn fuzz_random_bytes_with_each_magic() {
             exercise(b, &mut rng);
         }
     }
+}
+
+/// Opens a hostile dump on its own thread, within the per-case time limit, with the
+/// allocation bound of [`exercise`].
+fn exercise_bounded(name: &str, bytes: Vec<u8>) -> usize {
+    within(name, CASE_LIMIT, move || {
+        let mut rng = SmallRng::seed_from_u64(0);
+        exercise(bytes, &mut rng)
+    })
+}
+
+/// An ELF64 x86-64 core with `phdrs` program headers: `PT_NOTE` headers for `note_area`
+/// (placed after the headers), header `k` covering the area from note `shift(k)` on.
+fn elf_with_note_headers(phdrs: u16, note_area: &[u8], shift: impl Fn(usize) -> usize) -> Vec<u8> {
+    let area_at = 64 + 56 * usize::from(phdrs);
+    let mut out = vec![0u8; area_at];
+    out[0..8].copy_from_slice(b"\x7fELF\x02\x01\x01\x00");
+    out[16..18].copy_from_slice(&4u16.to_le_bytes()); // ET_CORE
+    out[18..20].copy_from_slice(&62u16.to_le_bytes()); // EM_X86_64
+    out[20..24].copy_from_slice(&1u32.to_le_bytes());
+    out[32..40].copy_from_slice(&64u64.to_le_bytes()); // e_phoff
+    out[52..54].copy_from_slice(&64u16.to_le_bytes());
+    out[54..56].copy_from_slice(&56u16.to_le_bytes());
+    out[56..58].copy_from_slice(&phdrs.to_le_bytes());
+    for k in 0..usize::from(phdrs) {
+        let ph = 64 + 56 * k;
+        let skip = (12 * shift(k)).min(note_area.len());
+        out[ph..ph + 4].copy_from_slice(&4u32.to_le_bytes()); // PT_NOTE
+        out[ph + 8..ph + 16].copy_from_slice(&((area_at + skip) as u64).to_le_bytes());
+        out[ph + 32..ph + 40].copy_from_slice(&((note_area.len() - skip) as u64).to_le_bytes());
+    }
+    out.extend_from_slice(note_area);
+    out
+}
+
+/// Issue 14: the note cap (2^16) was per `PT_NOTE`, and up to 2^20 program headers may
+/// point at the same note area: 65,534 headers over one area of 60,000 notes made ~4·10^9
+/// notes. Now each area is parsed once and the cap holds for the whole dump.
+#[test]
+fn hostile_elf_note_headers_sharing_one_area_are_bounded() {
+    // 60,000 empty notes (12 bytes each, n_type 1).
+    let area: Vec<u8> = (0..60_000)
+        .flat_map(|_| [0u32, 0, 1].into_iter().flat_map(u32::to_le_bytes))
+        .collect();
+    // Every header names the same area: parsed once.
+    let same = elf_with_note_headers(0xfffe, &area, |_| 0);
+    exercise_bounded("65534 PT_NOTE over one area", same);
+    // Every header names a different suffix of it: the global cap ends the parse.
+    let shifted = elf_with_note_headers(0xfffe, &area, |k| k % 1000);
+    let input = shifted.clone();
+    exercise_bounded("65534 PT_NOTE over shifted areas", input);
+    let e = DumpDriver::from_bytes(shifted, DumpOptions::default())
+        .err()
+        .expect("too many notes");
+    assert!(e.to_string().contains("notes"), "{e}");
+}
+
+/// Issue 14: a bitmap dump built one segment per set bit before checking the pages against
+/// the file: 4 MiB of alternating bits (16 M frames, 24 bytes of segment each, ~96x the
+/// file). Now each page is checked before it costs anything.
+#[test]
+fn hostile_windows_bitmap_of_alternating_bits_is_checked_first() {
+    let mut dump = build_windows(WinKind::KernelBitmap, &[1, 2], &WinFields::default());
+    dump.truncate(0x2000);
+    let bitmap_len = 4usize << 20;
+    let first_page = (0x2038 + bitmap_len as u64).next_multiple_of(4096);
+    let mut b = vec![0u8; 0x38];
+    b[0..4].copy_from_slice(b"SDMP");
+    b[4..8].copy_from_slice(b"DUMP");
+    b[0x20..0x28].copy_from_slice(&first_page.to_le_bytes());
+    b[0x30..0x38].copy_from_slice(&(8 * bitmap_len as u64).to_le_bytes());
+    dump.extend_from_slice(&b);
+    dump.resize(0x2038 + bitmap_len, 0x55);
+    // Pages for the first 16 set bits only.
+    dump.resize(first_page as usize + 16 * 4096, 0xaa);
+    let input = dump.clone();
+    exercise_bounded("alternating bitmap", input);
+    let e = DumpDriver::from_bytes(dump, DumpOptions::default())
+        .err()
+        .expect("pages missing");
+    assert!(e.to_string().contains("past the end of the file"), "{e}");
+}
+
+/// Issue 14: kdump's `physical_ranges` made a range per run of the 2nd bitmap: 4 MiB of
+/// alternating bits gave 16 M ranges (~64x the file). Every dumped frame needs a 24-byte
+/// page descriptor in the file, so such a bitmap is refused when the dump is opened.
+#[test]
+fn hostile_kdump_alternating_bitmap_is_bounded_by_the_descriptors() {
+    const PAGE: usize = 4096;
+    let half = 4usize << 20;
+    let frames = (8 * half) as u64;
+    let mut out = vec![0u8; 2 * PAGE];
+    out[0..8].copy_from_slice(b"KDUMP   ");
+    out[8..12].copy_from_slice(&6i32.to_le_bytes());
+    out[428..432].copy_from_slice(&(PAGE as u32).to_le_bytes());
+    out[432..436].copy_from_slice(&1u32.to_le_bytes());
+    out[436..440].copy_from_slice(&((2 * half / PAGE) as u32).to_le_bytes());
+    out[440..444].copy_from_slice(&(frames as u32).to_le_bytes());
+    out[460..464].copy_from_slice(&1u32.to_le_bytes());
+    out[PAGE + 88..PAGE + 96].copy_from_slice(&frames.to_le_bytes());
+    out[PAGE + 96..PAGE + 104].copy_from_slice(&frames.to_le_bytes());
+    out.resize(2 * PAGE + 2 * half, 0x55);
+    let input = out.clone();
+    exercise_bounded("alternating kdump bitmap", input);
+    let e = DumpDriver::from_bytes(out, DumpOptions::default())
+        .err()
+        .expect("no descriptors");
+    assert!(e.to_string().contains("page descriptors"), "{e}");
 }
 
 #[test]
