@@ -45,6 +45,8 @@ const DESC_FINALIZED: u64 = 2;
 const LPOS_DATALESS: u64 = 1;
 /// Most descriptor-ring bits accepted (the kernel's largest log is 2^25 bytes).
 const MAX_COUNT_BITS: u32 = 24;
+/// Descriptors read from guest memory at a time.
+const DESC_BATCH: u64 = 1024;
 
 impl LinuxOs {
     /// The kernel log records still in the ring buffer, oldest first.
@@ -85,55 +87,98 @@ impl LinuxOs {
                     size_bits.to_string(),
                 )
             })?;
+        // The kernel sizes the descriptor ring at one descriptor per 32 bytes of text
+        // (`PRB_AVGBITS`); more descriptors than text bytes is not a kernel's ring.
+        if count_bits > size_bits {
+            return Err(malformed(
+                "prb_desc_ring.count_bits",
+                desc_ring.0,
+                format!("{count_bits} bits of descriptors for {size_bits} bits of text"),
+            ));
+        }
+        // The live records are the ids tail..=head: at least one (the kernel starts with
+        // head = tail) and never more than the ring holds.
+        let n = head.wrapping_sub(tail).wrapping_add(1) & DESC_ID_MASK;
+        if n == 0 || n > count {
+            return Err(malformed(
+                "prb_desc_ring.head_id",
+                (desc_ring + o.head_id).0,
+                format!(
+                    "head id {head:#x} is {n} records past tail id {tail:#x} in a ring of {count}"
+                ),
+            ));
+        }
         let data_va = k.ptr(data_ring + o.data, "prb_data_ring.data")?;
         let data = k.vec(data_va, data_size as usize)?;
-        let all_descs = k.vec(descs, (count * o.desc_size) as usize)?;
-        let all_infos = k.vec(infos, (count * o.info_size) as usize)?;
         let rd = |buf: &[u8], off: u64, len: usize| -> u64 {
-            let off = off as usize;
             let mut b = [0u8; 8];
-            if let Some(s) = buf.get(off..off + len) {
+            if let Some(s) = usize::try_from(off)
+                .ok()
+                .and_then(|off| buf.get(off..off.checked_add(len)?))
+            {
                 b[..len].copy_from_slice(s);
             }
             u64::from_le_bytes(b)
         };
-        let n = head.wrapping_sub(tail).wrapping_add(1) & DESC_ID_MASK;
-        let n = n.min(count);
-        let mut out = Vec::with_capacity(n as usize);
-        for i in 0..n {
-            let id = tail.wrapping_add(i) & DESC_ID_MASK;
-            let index = id & (count - 1);
-            let d = index * o.desc_size;
-            let state_var = rd(&all_descs, d + o.state_var, 8);
-            let state = state_var >> DESC_FLAGS_SHIFT;
-            if state_var & DESC_ID_MASK != id
-                || (state != DESC_COMMITTED && state != DESC_FINALIZED)
-            {
-                continue;
-            }
-            let begin = rd(&all_descs, d + o.text_blk_lpos + o.lpos_begin, 8);
-            let next = rd(&all_descs, d + o.text_blk_lpos + o.lpos_next, 8);
-            let inf = index * o.info_size;
-            let seq = rd(&all_infos, inf + o.seq, 8);
-            let ts_nsec = rd(&all_infos, inf + o.ts_nsec, 8);
-            let text_len = rd(&all_infos, inf + o.text_len, 2) as usize;
-            let text = if begin & LPOS_DATALESS != 0 {
-                String::new()
-            } else {
-                // A block that wraps is stored whole at the start of the ring.
-                let start = if begin >> size_bits == next >> size_bits {
-                    begin & (data_size - 1)
-                } else {
-                    0
-                } as usize;
-                // Skip the block's descriptor id.
-                let from = start + 8;
-                let bytes = data
-                    .get(from..from.saturating_add(text_len).min(data.len()))
-                    .unwrap_or(&[]);
-                String::from_utf8_lossy(bytes).into_owned()
+        let array_bytes = |what: &'static str, at: Va, index: u64, len: u64, size: u64| {
+            let bad = || {
+                malformed(
+                    what,
+                    at.0,
+                    format!("{len} records of {size} bytes at {index}"),
+                )
             };
-            out.push(DmesgRecord { seq, ts_nsec, text });
+            let start = index.checked_mul(size).ok_or_else(bad)?;
+            let bytes = len.checked_mul(size).ok_or_else(bad)?;
+            Ok::<_, VmiError>((at.checked_add(start).ok_or_else(bad)?, bytes as usize))
+        };
+        let mut out = Vec::with_capacity(n.min(DESC_BATCH) as usize);
+        // Descriptors and infos are read a batch at a time, only for the live ids: the
+        // ring may claim 2^24 descriptors, which we must not allocate before reading.
+        let mut i = 0u64;
+        while i < n {
+            let first = (tail.wrapping_add(i) & DESC_ID_MASK) & (count - 1);
+            let len = DESC_BATCH.min(n - i).min(count - first);
+            let (at, bytes) = array_bytes("prb_desc_ring.descs", descs, first, len, o.desc_size)?;
+            let batch_descs = k.vec(at, bytes)?;
+            let (at, bytes) = array_bytes("prb_desc_ring.infos", infos, first, len, o.info_size)?;
+            let batch_infos = k.vec(at, bytes)?;
+            for j in 0..len {
+                let id = tail.wrapping_add(i + j) & DESC_ID_MASK;
+                let d = j * o.desc_size;
+                let state_var = rd(&batch_descs, d.saturating_add(o.state_var), 8);
+                let state = state_var >> DESC_FLAGS_SHIFT;
+                if state_var & DESC_ID_MASK != id
+                    || (state != DESC_COMMITTED && state != DESC_FINALIZED)
+                {
+                    continue;
+                }
+                let lpos = d.saturating_add(o.text_blk_lpos);
+                let begin = rd(&batch_descs, lpos.saturating_add(o.lpos_begin), 8);
+                let next = rd(&batch_descs, lpos.saturating_add(o.lpos_next), 8);
+                let inf = j * o.info_size;
+                let seq = rd(&batch_infos, inf.saturating_add(o.seq), 8);
+                let ts_nsec = rd(&batch_infos, inf.saturating_add(o.ts_nsec), 8);
+                let text_len = rd(&batch_infos, inf.saturating_add(o.text_len), 2) as usize;
+                let text = if begin & LPOS_DATALESS != 0 {
+                    String::new()
+                } else {
+                    // A block that wraps is stored whole at the start of the ring.
+                    let start = if begin >> size_bits == next >> size_bits {
+                        begin & (data_size - 1)
+                    } else {
+                        0
+                    } as usize;
+                    // Skip the block's descriptor id.
+                    let from = start + 8;
+                    let bytes = data
+                        .get(from..from.saturating_add(text_len).min(data.len()))
+                        .unwrap_or(&[]);
+                    String::from_utf8_lossy(bytes).into_owned()
+                };
+                out.push(DmesgRecord { seq, ts_nsec, text });
+            }
+            i += len;
         }
         out.sort_by_key(|r| r.seq);
         Ok(out)

@@ -15,6 +15,11 @@ use vmi_profile::{
     Composite, IntEncoding, Member, Metadata, OsKind, Profile, Symbol, SymbolTable, Type,
     TypesBuilder,
 };
+use vmi_test_guest::bounded::{CASE_LIMIT, MemoryCap, memory_cap, within};
+
+/// Every test of this binary together (mock kernels of 16 MiB each) stays under 384 MiB.
+#[global_allocator]
+static ALLOC: MemoryCap = memory_cap(384 << 20);
 
 const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 const SWAPPER: u64 = 0xffff_ffff_82a1_0000;
@@ -70,6 +75,56 @@ const VMA_FIELDS: &[(&str, u64, u64)] = &[
     ("vm_file", 0x80, 8),
 ];
 
+/// Fields of a synthetic struct: (name, offset, size).
+type Fields = &'static [(&'static str, u64, u64)];
+
+/// The printk ring buffer (5.10+ layout, offsets of the synthetic profile).
+const PRINTK_STRUCTS: &[(&str, u64, Fields)] = &[
+    (
+        "printk_ringbuffer",
+        0x60,
+        &[("desc_ring", 0, 0x40), ("text_data_ring", 0x40, 0x20)],
+    ),
+    (
+        "prb_desc_ring",
+        0x40,
+        &[
+            ("count_bits", 0, 4),
+            ("descs", 8, 8),
+            ("infos", 16, 8),
+            ("head_id", 24, 8),
+            ("tail_id", 32, 8),
+        ],
+    ),
+    (
+        "prb_desc",
+        24,
+        &[("state_var", 0, 8), ("text_blk_lpos", 8, 16)],
+    ),
+    ("prb_data_blk_lpos", 16, &[("begin", 0, 8), ("next", 8, 8)]),
+    (
+        "prb_data_ring",
+        0x20,
+        &[("size_bits", 0, 4), ("data", 8, 8)],
+    ),
+    (
+        "printk_info",
+        0x58,
+        &[
+            ("seq", 0, 8),
+            ("ts_nsec", 8, 8),
+            ("text_len", 16, 2),
+            ("caller_id", 20, 4),
+        ],
+    ),
+];
+/// `prb` (a pointer to the ring buffer), the ring buffer, its arrays and its text.
+const PRB: u64 = 0xffff_ffff_82a3_0000;
+const RB: u64 = PRB + 0x100;
+const DESCS: u64 = 0xffff_ffff_82a4_0000;
+const INFOS: u64 = 0xffff_ffff_82a5_0000;
+const LOG_DATA: u64 = 0xffff_ffff_82a7_0000;
+
 fn off(name: &str) -> u64 {
     TASK_FIELDS.iter().find(|f| f.0 == name).unwrap().1
 }
@@ -121,6 +176,9 @@ fn profile() -> Profile {
     strukt(&mut b, "cred", 0x40, CRED_FIELDS);
     strukt(&mut b, "mm_struct", 0x200, MM_FIELDS);
     strukt(&mut b, "vm_area_struct", 0x100, VMA_FIELDS);
+    for &(name, size, fields) in PRINTK_STRUCTS {
+        strukt(&mut b, name, size, fields);
+    }
     let types = b.build().unwrap();
     let symbols = SymbolTable::new(vec![
         Symbol {
@@ -131,6 +189,11 @@ fn profile() -> Profile {
         Symbol {
             name: "linux_banner".into(),
             address: BANNER,
+            kind: Some('D'),
+        },
+        Symbol {
+            name: "prb".into(),
+            address: PRB,
             kind: Some('D'),
         },
     ]);
@@ -411,6 +474,88 @@ fn vma_list_cycle_and_garbage() {
     )));
     // The user memory behind the root is not mapped: a typed error.
     assert!(os.cmdline(&core, task).is_err());
+}
+
+/// Writes a printk ring of `2^count_bits` descriptors and `2^size_bits` text bytes holding
+/// the records `texts` with ids `tail..`, and points `prb` at it.
+fn write_printk(m: &Mock, count_bits: u32, size_bits: u32, tail: u64, texts: &[&str]) {
+    m.write_u64(PRB, RB);
+    m.write_u32(RB, count_bits);
+    m.write_u64(RB + 8, DESCS);
+    m.write_u64(RB + 16, INFOS);
+    m.write_u64(RB + 24, tail + texts.len() as u64 - 1);
+    m.write_u64(RB + 32, tail);
+    m.write_u32(RB + 0x40, size_bits);
+    m.write_u64(RB + 0x48, LOG_DATA);
+    let mask = (1u64 << count_bits) - 1;
+    let mut lpos = 0u64;
+    for (i, text) in texts.iter().enumerate() {
+        let id = tail + i as u64;
+        let index = id & mask;
+        let d = DESCS + index * 24;
+        m.write_u64(d, (2 << 62) | id);
+        m.write_u64(d + 8, lpos);
+        let next = lpos + (8 + text.len() as u64).next_multiple_of(8);
+        m.write_u64(d + 16, next);
+        m.write_u64(LOG_DATA + lpos, id);
+        m.write(LOG_DATA + lpos + 8, text.as_bytes());
+        let info = INFOS + index * 0x58;
+        m.write_u64(info, 100 + i as u64);
+        m.write_u64(info + 8, 1_000_000 * i as u64);
+        m.write(info + 16, &(text.len() as u16).to_le_bytes());
+        lpos = next;
+    }
+}
+
+#[test]
+fn dmesg_reads_records_across_the_ring_end() {
+    let m = Mock::new(1);
+    // 16 descriptors, ids 14..=17: indexes 14, 15, 0, 1.
+    write_printk(&m, 4, 12, 14, &["one", "two", "three", "four"]);
+    let (core, os) = m.os(Limits::default());
+    let log = os.dmesg(&core).unwrap();
+    let texts: Vec<&str> = log.iter().map(|r| r.text.as_str()).collect();
+    assert_eq!(texts, ["one", "two", "three", "four"]);
+    assert_eq!(log[3].seq, 103);
+}
+
+/// Issue 14: `dmesg` allocated `count × desc_size` and `count × info_size` (2^24
+/// descriptors: 400 MB and 1.4 GB) before reading a byte. The binary's memory cap (384 MiB)
+/// aborts it if that comes back.
+#[test]
+fn hostile_dmesg_huge_descriptor_ring_is_not_allocated_up_front() {
+    within("dmesg with 2^24 descriptors", CASE_LIMIT, || {
+        // 2^24 descriptors for 4 KiB of text: not a kernel's ring, refused.
+        let m = Mock::new(1);
+        write_printk(&m, 24, 12, 0, &["a"]);
+        let (core, os) = m.os(Limits::default());
+        let e = os.dmesg(&core).unwrap_err();
+        assert!(matches!(e, VmiError::Malformed { .. }), "{e}");
+        // 2^20 descriptors for 1 MiB of text (legal sizes), two live records: only their
+        // descriptors are read, and the rest of the arrays is not even mapped.
+        let m = Mock::new(1);
+        write_printk(&m, 20, 20, 5, &["x", "y"]);
+        let (core, os) = m.os(Limits::default());
+        let texts: Vec<String> = os
+            .dmesg(&core)
+            .unwrap()
+            .into_iter()
+            .map(|r| r.text)
+            .collect();
+        assert_eq!(texts, ["x", "y"]);
+    });
+}
+
+/// Issue 14: `head_id = ~0` with `tail_id = 0` made `dmesg` print `[]` (every slot failed
+/// the id check): a head more records past the tail than the ring holds is an error.
+#[test]
+fn hostile_dmesg_head_beyond_the_ring_is_an_error() {
+    let m = Mock::new(1);
+    write_printk(&m, 4, 12, 0, &["a"]);
+    m.write_u64(RB + 24, u64::MAX);
+    let (core, os) = m.os(Limits::default());
+    let e = os.dmesg(&core).unwrap_err();
+    assert!(e.to_string().contains("head id"), "{e}");
 }
 
 #[test]
