@@ -7,6 +7,8 @@ use std::io::BufWriter;
 use anyhow::{Context, anyhow};
 use serde::Serialize;
 use serde_json::json;
+use std::cell::Cell;
+
 use vmi_arch_amd64::{Amd64, Registers};
 use vmi_core::{
     AccessContext, AddressContext, Pa, Registers as _, Va, VmiCore, VmiQueryRegisters, VmiRead,
@@ -36,8 +38,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 core: &core,
                 vmcoreinfo,
                 live: false,
+                warnings: Cell::new(0),
             };
-            ctx.run()
+            ctx.run()?;
+            ctx.incomplete()
         }
         Target::Qemu(core) => {
             if let Command::Trace {
@@ -55,8 +59,10 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
                 core: &core,
                 vmcoreinfo: None,
                 live: true,
+                warnings: Cell::new(0),
             };
-            ctx.run()
+            ctx.run()?;
+            ctx.incomplete()
         }
     }
 }
@@ -68,7 +74,13 @@ pub(crate) struct Ctx<'a, D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> 
     pub(crate) core: &'a VmiCore<D>,
     vmcoreinfo: Option<String>,
     live: bool,
+    /// Warnings printed: objects that could not be read, so the output is incomplete.
+    warnings: Cell<usize>,
 }
+
+/// Exit code of a command that printed its result but could not read all of it (the
+/// warnings on stderr say what is missing).
+pub const EXIT_INCOMPLETE: u8 = 4;
 
 fn hex(v: u64) -> String {
     format!("{v:#x}")
@@ -164,6 +176,25 @@ pub(crate) struct PsEntry {
 }
 
 impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
+    /// Prints a warning about something that could not be read, and counts it.
+    pub(crate) fn warn(&self, message: impl std::fmt::Display) {
+        eprintln!("warning: {message}");
+        self.warnings.set(self.warnings.get() + 1);
+    }
+
+    /// `Ok` when nothing was missing, else the [`EXIT_INCOMPLETE`] failure.
+    fn incomplete(&self) -> Result<(), Failure> {
+        match self.warnings.get() {
+            0 => Ok(()),
+            n => Err(Failure {
+                code: EXIT_INCOMPLETE,
+                error: anyhow!(
+                    "the result is incomplete: {n} object(s) could not be read (see the warnings above)"
+                ),
+            }),
+        }
+    }
+
     pub(crate) fn format(&self) -> Format {
         if self.cli.json {
             Format::Json
@@ -361,11 +392,11 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             })
             .collect();
         for (va, e) in &list.skipped {
-            eprintln!("warning: skipped the task at {va}: {e}");
+            self.warn(format_args!("skipped the task at {va}: {e}"));
         }
         for e in &entries {
             for err in &e.errors {
-                eprintln!("warning: process {} ({}): {err}", e.pid, e.name);
+                self.warn(format_args!("process {} ({}): {err}", e.pid, e.name));
             }
         }
         self.print_ps(&entries, tree)
@@ -466,7 +497,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         let list = os.module_list(self.core)?;
         let (mods, skipped) = (list.modules, list.skipped);
         for (va, e) in &skipped {
-            eprintln!("warning: skipped the module at {va}: {e}");
+            self.warn(format_args!("skipped the module at {va}: {e}"));
         }
         if self.format() == Format::Json {
             let rows: Vec<_> = mods
@@ -499,7 +530,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         let task = self.find(&os, pid)?;
         let list = os.vmas(self.core, &task)?;
         for (va, e) in &list.skipped {
-            eprintln!("warning: skipped the VMA at {va}: {e}");
+            self.warn(format_args!("skipped the VMA at {va}: {e}"));
         }
         if self.format() == Format::Json {
             let rows: Vec<_> = list
@@ -537,6 +568,14 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         };
         let task = self.find(&os, pid)?;
         let files = os.open_files(self.core, &task)?;
+        for f in &files {
+            if let Err(e) = &f.path {
+                self.warn(format_args!(
+                    "the path of fd {} ({:#x}): {e}",
+                    f.fd, f.file.0
+                ));
+            }
+        }
         if self.format() == Format::Json {
             let rows: Vec<_> = files
                 .iter()

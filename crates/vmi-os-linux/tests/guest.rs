@@ -227,3 +227,19 @@ fn trixie_five_level_smp2() {
             .kernel("trixie:linux-image-cloud-amd64".parse().unwrap()),
     );
 }
+
+#[test]
+fn bookworm_generic() {
+    run(
+        "generic",
+        GuestConfig::default().kernel("bookworm:linux-image-amd64".parse().unwrap()),
+    );
+}
+
+#[test]
+fn bookworm_rt() {
+    run(
+        "rt",
+        GuestConfig::default().kernel("bookworm:linux-image-rt-amd64".parse().unwrap()),
+    );
+}
