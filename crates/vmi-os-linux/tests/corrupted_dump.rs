@@ -113,9 +113,75 @@ fn corrupted_copy_of_a_real_guest() {
         let (core, os) = image.patched(&[(mm + mt, root)]);
         let t = os.find_process(&core, mapper.tgid).unwrap();
         match os.vmas(&core, &t) {
-            Ok(v) => assert!(!v.skipped.is_empty() || v.vmas.is_empty(), "root {root:#x}"),
+            // Never a silently empty answer: what was lost is reported.
+            Ok(v) => assert!(!v.skipped.is_empty(), "root {root:#x}: {v:?}"),
             Err(e) => eprintln!("root {root:#x}: {e}"),
         }
         assert_eq!(pids(&core, &os).0, all);
+    }
+
+    hostile_init_task_list_pointing_at_itself_is_not_an_empty_system(&image, &os);
+    hostile_pid_above_pid_max_is_not_a_process(&image, &sleeper, &all);
+    hostile_corrupted_mm_keeps_the_process_and_fails_its_maps(&image, &mapper, &all);
+}
+
+/// `init_task.tasks.next` (and `.prev`) pointing at itself: `ps` must not print an empty
+/// system (issue 14).
+fn hostile_init_task_list_pointing_at_itself_is_not_an_empty_system(image: &Image, os: &LinuxOs) {
+    let head = os.symbol_address("init_task").unwrap()
+        + os.profile().offset_of("task_struct", "tasks").unwrap();
+    for patches in [
+        vec![(head, head.0)],
+        vec![(head, head.0), (head + 8, head.0)],
+    ] {
+        let (core, os) = image.patched(&patches);
+        match os.process_list(&core) {
+            Ok(l) => assert!(
+                !l.skipped.is_empty() && !l.tasks.is_empty(),
+                "a damaged list looked complete: {} tasks, {:?}",
+                l.tasks.len(),
+                l.skipped
+            ),
+            Err(e) => assert!(e.to_string().contains("task list is empty"), "{e}"),
+        }
+    }
+}
+
+/// A task whose pid reads 4294967295 is not printed as a process (issue 14).
+fn hostile_pid_above_pid_max_is_not_a_process(
+    image: &Image,
+    sleeper: &vmi_os_linux::LinuxTask,
+    all: &BTreeSet<u32>,
+) {
+    let (clean_core, clean) = image.open(image.bytes.clone());
+    let pid_off = clean.profile().offset_of("task_struct", "pid").unwrap();
+    drop(clean_core);
+    let (core, os) = image.patched(&[(sleeper.task + pid_off, u64::MAX)]);
+    let (p, skipped) = pids(&core, &os);
+    assert!(!p.contains(&u32::MAX));
+    assert_eq!(p.len(), all.len() - 1);
+    assert_eq!(skipped.len(), 1, "{skipped:?}");
+    assert_eq!(skipped[0].0, sleeper.task);
+}
+
+/// A garbage `mm` pointer: the process is still listed (with the problem), and `maps`
+/// says why it cannot answer instead of "process not found" (issue 14).
+fn hostile_corrupted_mm_keeps_the_process_and_fails_its_maps(
+    image: &Image,
+    mapper: &vmi_os_linux::LinuxTask,
+    all: &BTreeSet<u32>,
+) {
+    let (clean_core, clean) = image.open(image.bytes.clone());
+    let mm_off = clean.profile().offset_of("task_struct", "mm").unwrap();
+    drop(clean_core);
+    for garbage in [0x4141_4141_4141_4141u64, 0xffff_8000_0000_0001] {
+        let (core, os) = image.patched(&[(mapper.task + mm_off, garbage)]);
+        assert_eq!(&pids(&core, &os).0, all, "mm {garbage:#x}");
+        let t = os.find_process(&core, mapper.tgid).expect("still found");
+        assert!(!t.problems.is_empty());
+        assert!(!t.is_kernel_thread());
+        let e = os.vmas(&core, &t).unwrap_err();
+        assert!(e.to_string().contains("unreadable"), "{e}");
+        assert!(os.cmdline(&core, &t).is_err());
     }
 }
