@@ -8,10 +8,11 @@ use std::time::Instant;
 use vmi_arch_amd64::{Amd64, PagingMode, Registers};
 use vmi_core::{Pa, Va, VcpuId, VmiCore, VmiError, VmiQueryRegisters, VmiRead};
 use vmi_profile::cache::{CacheKey, ProfileCache};
-use vmi_profile::{Metadata, OsKind, Profile, ProfileError, Symbol, SymbolTable, VmcoreInfo};
+use vmi_profile::{Metadata, OsKind, Profile, Symbol, SymbolTable, VmcoreInfo};
 
 use crate::discovery::{self, START_KERNEL_MAP};
 use crate::kmem::{CoreMemory, Kmem};
+use crate::ksyms;
 use crate::offsets::Offsets;
 use crate::{KernelInfo, Limits, LinuxOs, ProfileOrigin};
 
@@ -242,12 +243,15 @@ impl LinuxOsBuilder {
         };
         if let Some((mut p, origin)) = given {
             if p.symbols.is_empty() {
-                p.symbols = memory_symbols(&mem, info).map_err(|e| {
-                    os_error(
-                        "the given profile has no symbols and kallsyms cannot be read",
-                        e,
-                    )
-                })?;
+                p.symbols = ksyms::memory_symbols(k, info)
+                    .map_err(|e| {
+                        os_error(
+                            "the given profile has no symbols and kallsyms cannot be read                              (give a System.map: --system-map)",
+                            e,
+                        )
+                    })?
+                    .kallsyms
+                    .into_table();
             } else {
                 relocate_to_runtime(&mut p, info, slide);
             }
@@ -285,10 +289,10 @@ impl LinuxOsBuilder {
             }
             None => None,
         };
-        let mut symbols = match memory_symbols(&mem, info) {
+        let mut symbols = match ksyms::memory_symbols(k, info) {
             Ok(s) => {
-                sources.push(format!("kallsyms: guest memory ({} symbols)", s.len()));
-                s
+                sources.push(s.how);
+                s.kallsyms.into_table()
             }
             Err(e) => {
                 notes.push(format!("kallsyms from memory: {e}"));
@@ -314,6 +318,7 @@ impl LinuxOsBuilder {
             }
             sources.push(format!("System.map: {}", path.display()));
         }
+        let kernel_symbols = !symbols.is_empty();
         add_vmcoreinfo_symbols(&mut symbols, info);
         let types = match file_profile {
             Some(fp) => {
@@ -327,19 +332,35 @@ impl LinuxOsBuilder {
                 fp.types
             }
             None => {
+                if !kernel_symbols {
+                    return Err(no_profile(
+                        "no kernel symbols: kallsyms could not be found in guest memory",
+                        notes,
+                    ));
+                }
                 let start = symbols.address("__start_BTF");
                 let stop = symbols.address("__stop_BTF");
                 let (Some(start), Some(stop)) = (start, stop) else {
-                    return Err(os_error(
-                        "no BTF: the kernel has no __start_BTF/__stop_BTF symbols; give a vmlinux",
-                        ProfileError::UnknownSymbol {
-                            name: "__start_BTF".into(),
-                        },
+                    return Err(no_profile(
+                        "no kernel types: the kernel has no __start_BTF/__stop_BTF symbols \
+                         (built without CONFIG_DEBUG_INFO_BTF)",
+                        notes,
                     ));
                 };
                 sources.push(format!("btf: guest memory {start:#x}..{stop:#x}"));
-                vmi_profile::linux::btf_from_memory(&mem, start, stop)
-                    .map_err(|e| os_error("reading BTF from guest memory", e))?
+                match vmi_profile::linux::btf_from_memory(&mem, start, stop) {
+                    Ok(t) => t,
+                    Err(e) => {
+                        notes.push(format!("btf from memory: {e}"));
+                        return Err(no_profile(
+                            &format!(
+                                "no kernel types: the BTF at {start:#x}..{stop:#x} in guest \
+                                 memory cannot be read or parsed"
+                            ),
+                            notes,
+                        ));
+                    }
+                }
             }
         };
         let banner = symbols
@@ -389,12 +410,28 @@ impl LinuxOsBuilder {
     }
 }
 
-/// kallsyms decoded from guest memory through the table addresses in VMCOREINFO.
-fn memory_symbols<D: VmiRead<Architecture = Amd64>>(
-    mem: &CoreMemory<'_, D>,
-    info: &VmcoreInfo,
-) -> Result<SymbolTable, ProfileError> {
-    vmi_profile::kallsyms::from_vmcoreinfo(mem, info).map(|k| k.into_table())
+/// The error for a kernel whose profile cannot be built from memory alone: says what is
+/// missing, what to give instead (the CLI's `--kernel`, `--system-map`, `--profile`; the
+/// builder's [`LinuxOsBuilder::vmlinux`], [`system_map`](LinuxOsBuilder::system_map),
+/// [`isf`](LinuxOsBuilder::isf)), and why memory was not enough.
+fn no_profile(what: &str, notes: &[String]) -> VmiError {
+    let mut message = format!(
+        "{what}; give the kernel's types and symbols from files: --kernel <vmlinux or vmlinuz \
+         with BTF> for types (and symbols), --system-map <System.map> for symbols, or \
+         --profile <Volatility 3 ISF> for both"
+    );
+    for n in notes
+        .iter()
+        .filter(|n| n.starts_with("kallsyms") || n.starts_with("btf"))
+    {
+        message.push_str("; ");
+        message.push_str(n);
+    }
+    VmiError::Os {
+        os: "linux",
+        message,
+        source: None,
+    }
 }
 
 /// Adds VMCOREINFO's symbols (e.g. `swapper_pg_dir`, the kallsyms tables, which

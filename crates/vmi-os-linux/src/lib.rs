@@ -14,7 +14,8 @@
 //!    `swapper_pg_dir` through itself. Registers, where the driver has them, are
 //!    cross-checked (CR4.LA57, IDT gate 0 = `asm_exc_divide_error`, LSTAR).
 //! 2. **Profile.** kallsyms decoded from guest memory (VMCOREINFO lists the tables since
-//!    6.0) and BTF read between `__start_BTF` and `__stop_BTF` make a
+//!    6.0; on older kernels they are found by their structure in the read-only pages of the
+//!    kernel image, see `ksyms.rs`) and BTF read between `__start_BTF` and `__stop_BTF` make a
 //!    [`vmi_profile::Profile`]; it is cached on disk under the kernel's build id with
 //!    link-time addresses, so the next run of the same build loads in milliseconds.
 //!    Files are optional ([`LinuxOsBuilder::vmlinux`], [`system_map`](LinuxOsBuilder::system_map),
@@ -44,13 +45,19 @@
 //! # Ok::<(), vmi_core::VmiError>(())
 //! ```
 //!
-//! | feature | 6.1 | 6.12 | source |
-//! |---|---|---|---|
-//! | processes, threads | `thread_group` | `signal->thread_head` | `tasks` list |
-//! | VMAs | maple tree | maple tree | `mm->mm_mt` (VMA list before 6.1) |
-//! | modules | `core_layout` | `mem[MOD_TEXT]` | `modules` list |
-//! | current task | `current_task` | `pcpu_hot.current_task` | GS base or `__per_cpu_offset` |
-//! | dmesg | printk ring buffer | printk ring buffer | `prb` (5.10+) |
+//! | feature | 5.10 | 6.1 | 6.12 | source |
+//! |---|---|---|---|---|
+//! | kallsyms | found by structure | VMCOREINFO | VMCOREINFO | kernel `.rodata` |
+//! | processes, threads | `thread_group` | `thread_group` | `signal->thread_head` | `tasks` list |
+//! | VMAs | `mmap`/`vm_next` list | maple tree | maple tree | `mm->mmap` / `mm->mm_mt` |
+//! | modules | `core_layout` | `core_layout` | `mem[MOD_TEXT]` | `modules` list |
+//! | current task | `current_task` | `current_task` | `pcpu_hot.current_task` | GS base or `__per_cpu_offset` |
+//! | dmesg | printk ring buffer | printk ring buffer | printk ring buffer | `prb` (5.10+) |
+//!
+//! A kernel without BTF (`CONFIG_DEBUG_INFO_BTF` unset) cannot be read from memory alone:
+//! [`LinuxOsBuilder::build`] then fails with an error that says what is missing and names
+//! the files that replace it (`--kernel` vmlinux/vmlinuz with BTF, `--system-map`,
+//! `--profile` ISF in the CLI; [`LinuxOsBuilder::vmlinux`], `system_map`, `isf` here).
 
 //!
 //! # Measured
@@ -68,6 +75,7 @@ mod discovery;
 mod dmesg;
 mod files;
 mod kmem;
+mod ksyms;
 mod misc;
 mod mm;
 mod modules;

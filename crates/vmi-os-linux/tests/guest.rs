@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use common::{RamFile, check_all};
 use vmi_arch_amd64::Amd64;
-use vmi_core::{VmiCore, VmiError, VmiRead};
+use vmi_core::{Pa, Va, VmiCore, VmiError, VmiRead};
 use vmi_driver_dump::DumpDriver;
 use vmi_driver_qemu::QemuDriver;
 use vmi_os_linux::{LinuxOs, ProfileOrigin, VmcoreinfoOrigin};
@@ -100,6 +100,111 @@ fn dump_checks(label: &str, guest: &TestGuest, format: DumpFormat, file: &Path, 
     let _ = std::fs::remove_file(file);
 }
 
+/// The guest-physical address of kernel virtual address `va`.
+fn kernel_pa<D: VmiRead<Architecture = Amd64>>(core: &VmiCore<D>, os: &LinuxOs, va: u64) -> Pa {
+    core.translate((Va(va), os.kernel().kernel_root).into())
+        .unwrap_or_else(|e| panic!("translating {va:#x}: {e}"))
+        .pa
+}
+
+/// A kernel without usable BTF (its magic corrupted in a patched view of the RAM file)
+/// cannot be read from memory alone: the error says so and names the files that replace it.
+fn kernel_without_btf_names_the_files_to_give(label: &str, guest: &TestGuest, os: &LinuxOs) {
+    let env = guest.env();
+    let core = VmiCore::new(RamFile::open(guest.mem_file(), env.mem_size).unwrap()).unwrap();
+    let start = os.symbol_address("__start_BTF").expect("__start_BTF").0;
+    let magic = kernel_pa(&core, os, start);
+    let core = VmiCore::new(
+        RamFile::open(guest.mem_file(), env.mem_size)
+            .unwrap()
+            .patched(magic, &[0, 0]),
+    )
+    .unwrap();
+    let Err(err) = LinuxOs::builder().no_cache().build(&core) else {
+        panic!("[{label}] a kernel whose BTF is unreadable was accepted");
+    };
+    let text = err.to_string();
+    eprintln!("[{label}] without BTF: {text}");
+    for flag in ["--kernel", "--system-map", "--profile", "BTF"] {
+        assert!(text.contains(flag), "[{label}] {flag} not in: {text}");
+    }
+}
+
+/// kallsyms tables planted where the search must not look (the kernel's writable `.bss`,
+/// and physical memory outside the image) are never taken: with the real tables intact the
+/// real ones are found; with the real token index wiped, discovery fails instead of taking
+/// a planted copy. Only for kernels whose VMCOREINFO does not list the tables (< 6.0).
+fn kallsyms_planted_outside_rodata_are_not_taken(label: &str, guest: &TestGuest, os: &LinuxOs) {
+    if os.vmcoreinfo().symbol("kallsyms_names").is_some() {
+        return;
+    }
+    let env = guest.env();
+    let plain = || RamFile::open(guest.mem_file(), env.mem_size).unwrap();
+    let core = VmiCore::new(plain()).unwrap();
+    // The tables' link-time addresses from the vmlinux, moved by the slide.
+    let data = std::fs::read(guest.vmlinux()).expect("vmlinux");
+    let elf = vmi_profile::image::Vmlinux::parse(&data, "vmlinux").expect("vmlinux ELF");
+    let t = vmi_profile::linux::kallsyms_from_vmlinux(&elf)
+        .expect("kallsyms of the vmlinux")
+        .tables;
+    let slide = os.kernel().kaslr_offset;
+    let lo = [t.offsets, t.addresses, Some(t.num_syms)]
+        .into_iter()
+        .flatten()
+        .min()
+        .unwrap();
+    let hi = t.token_index + 512;
+    let (lo, hi) = (lo.wrapping_add(slide), hi.wrapping_add(slide));
+    let len = (hi - lo) as usize;
+    let mut block = vec![0u8; len];
+    core.read(
+        vmi_core::AccessContext::paging(Va(lo), os.kernel().kernel_root),
+        &mut block,
+    )
+    .expect("reading the real tables");
+    // Same alignment within a page, so that every alignment check of the search passes.
+    let bss = os.symbol_address("__bss_start").expect("__bss_start").0 + (lo & 0xfff);
+    let planted_bss = kernel_pa(&core, os, bss);
+    // And in physical memory outside the image.
+    let image = kernel_pa(&core, os, os.kernel().text.expect("_text").0).0
+        ..kernel_pa(&core, os, os.symbol_address("_end").expect("_end").0 - 1).0;
+    let planted_phys = [env.mem_size / 2, env.mem_size / 4]
+        .into_iter()
+        .map(|p| Pa((p & !0xfff) + (lo & 0xfff)))
+        .find(|p| !image.contains(&p.0) && !image.contains(&(p.0 + len as u64)))
+        .expect("room for a planted copy outside the image");
+    let planted = |r: RamFile| r.patched(planted_bss, &block).patched(planted_phys, &block);
+
+    let core = VmiCore::new(planted(plain())).unwrap();
+    let with_decoys = LinuxOs::builder()
+        .no_cache()
+        .build(&core)
+        .expect("the real tables with decoys planted");
+    let at = format!(
+        "found by structure at {:#x}",
+        t.token_table.wrapping_add(slide)
+    );
+    assert!(
+        with_decoys
+            .profile()
+            .metadata
+            .sources
+            .iter()
+            .any(|s| s.contains(&at)),
+        "[{label}] {:?} (want {at})",
+        with_decoys.profile().metadata.sources
+    );
+
+    let wiped = kernel_pa(&core, os, t.token_index.wrapping_add(slide));
+    let core = VmiCore::new(planted(plain()).patched(wiped, &[0xff; 512])).unwrap();
+    let Err(err) = LinuxOs::builder().no_cache().build(&core) else {
+        panic!("[{label}] planted kallsyms tables were taken");
+    };
+    let text = err.to_string();
+    eprintln!("[{label}] real tables wiped, decoys planted: {text}");
+    assert!(text.contains("--system-map"), "[{label}] {text}");
+}
+
 /// Boots `cfg` and runs every check over every access path.
 fn run(label: &str, cfg: GuestConfig) {
     let Some(guest) = TestGuest::boot_or_skip(cfg) else {
@@ -124,6 +229,8 @@ fn run(label: &str, cfg: GuestConfig) {
         VmcoreinfoOrigin::Scanned(_)
     ));
     check_all(&format!("{label}/raw"), &core, &os, truth);
+    kernel_without_btf_names_the_files_to_give(label, &guest, &os);
+    kallsyms_planted_outside_rodata_are_not_taken(label, &guest, &os);
     // Without registers, the current task comes from __per_cpu_offset.
     for cpu in 0..truth.ncpus {
         os.current_task(&core, cpu)
@@ -241,5 +348,13 @@ fn bookworm_rt() {
     run(
         "rt",
         GuestConfig::default().kernel("bookworm:linux-image-rt-amd64".parse().unwrap()),
+    );
+}
+
+#[test]
+fn bullseye_default() {
+    run(
+        "bullseye",
+        GuestConfig::default().kernel("bullseye:linux-image-cloud-amd64".parse().unwrap()),
     );
 }

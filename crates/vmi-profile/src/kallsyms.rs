@@ -491,7 +491,8 @@ fn num_syms(mem: &dyn KernelMemory, va: u64) -> Result<u32> {
 /// Decodes kallsyms from known table addresses.
 ///
 /// `expect` lists known (name, address) pairs: the first candidate encoding that gives all
-/// of them (those present in the table) wins. With no expectation, the sign pattern of the
+/// of them (those present in the table; for a name present more than once, one of its
+/// entries) wins. With no expectation, the sign pattern of the
 /// offsets decides. Either way the addresses must come out sorted, like the kernel's table.
 pub fn decode(
     mem: &dyn KernelMemory,
@@ -548,10 +549,19 @@ fn finish(
                 continue;
             }
         };
+        // A name may appear more than once (static symbols of different files): one of
+        // them must be at the expected address.
         let mismatch = expect.iter().find_map(|&(name, want)| {
-            let i = names.entries.iter().position(|(_, n)| n == name)?;
-            (addrs[i] != want)
-                .then(|| format!("{enc:?} puts {name} at {:#x}, expected {want:#x}", addrs[i]))
+            let mut found = names
+                .entries
+                .iter()
+                .zip(&addrs)
+                .filter(|((_, n), _)| n == name)
+                .map(|(_, &a)| a)
+                .peekable();
+            let first = *found.peek()?;
+            (!found.any(|a| a == want))
+                .then(|| format!("{enc:?} puts {name} at {first:#x}, expected {want:#x}"))
         });
         if let Some(m) = mismatch {
             last_problem = m;

@@ -18,6 +18,8 @@ use vmi_test_guest::{Truth, gpa_to_file_offset};
 pub struct RamFile {
     file: File,
     size: u64,
+    /// Bytes read in place of the file's, at these guest-physical addresses.
+    patches: Vec<(u64, Vec<u8>)>,
 }
 
 impl RamFile {
@@ -25,7 +27,14 @@ impl RamFile {
         Ok(Self {
             file: File::open(path)?,
             size,
+            patches: Vec::new(),
         })
+    }
+
+    /// Reads `bytes` at `pa` instead of the guest's (the file is not changed).
+    pub fn patched(mut self, pa: Pa, bytes: &[u8]) -> Self {
+        self.patches.push((pa.0, bytes.to_vec()));
+        self
     }
 }
 
@@ -55,7 +64,17 @@ impl VmiRead for RamFile {
         })?;
         self.file
             .read_exact_at(buf, off)
-            .map_err(|e| VmiError::io("reading the RAM file", e))
+            .map_err(|e| VmiError::io("reading the RAM file", e))?;
+        let end = gpa + buf.len() as u64;
+        for (at, bytes) in &self.patches {
+            let lo = (*at).max(gpa);
+            let hi = (at + bytes.len() as u64).min(end);
+            if lo < hi {
+                buf[(lo - gpa) as usize..(hi - gpa) as usize]
+                    .copy_from_slice(&bytes[(lo - at) as usize..(hi - at) as usize]);
+            }
+        }
+        Ok(())
     }
 
     fn physical_ranges(&self) -> Result<Vec<Range<Pa>>, VmiError> {
