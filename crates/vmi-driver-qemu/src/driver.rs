@@ -2,9 +2,10 @@
 
 use std::collections::VecDeque;
 use std::ops::Range;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::atomic::AtomicBool;
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
@@ -20,6 +21,8 @@ use crate::gdb::{GdbAddress, GdbConn, RegMap, StopReply, decode_hex, encode_le, 
 use crate::memory::{Access, AccessPath, Layout, Memory};
 use crate::qmp::QmpClient;
 use crate::regs;
+use crate::rundir::PrivateDir;
+use crate::watchdog::{Plan, RawAddr, Watchdog};
 
 const PAGE: u64 = 4096;
 
@@ -57,6 +60,13 @@ pub struct AttachOptions {
     /// When the VM is found in the `debug` state (stopped by a gdb client that went away,
     /// e.g. a killed VMI session), remove all gdbstub breakpoints and resume it.
     pub recover_debug_state: bool,
+    /// Allow writing guest memory and vCPU registers (default: off). A read-only attach
+    /// opens QEMU's RAM file and `/proc/<pid>/mem` read-only, and writes fail with
+    /// [`QemuError::ReadOnly`].
+    pub writable: bool,
+    /// Start the guard process that undoes breakpoints and pauses if this process dies
+    /// without detaching (default: on; see the crate docs).
+    pub guard: bool,
 }
 
 impl Default for AttachOptions {
@@ -68,6 +78,8 @@ impl Default for AttachOptions {
             command_timeout: Duration::from_secs(1),
             full_event_registers: false,
             recover_debug_state: true,
+            writable: false,
+            guard: true,
         }
     }
 }
@@ -106,6 +118,18 @@ impl AttachOptions {
     /// Reads full registers (HMP too) for each event.
     pub fn full_event_registers(mut self, on: bool) -> Self {
         self.full_event_registers = on;
+        self
+    }
+
+    /// Allows (or not) writing guest memory and registers; see [`AttachOptions::writable`].
+    pub fn writable(mut self, on: bool) -> Self {
+        self.writable = on;
+        self
+    }
+
+    /// Starts (or not) the guard process; see [`AttachOptions::guard`].
+    pub fn guard(mut self, on: bool) -> Self {
+        self.guard = on;
         self
     }
 }
@@ -154,8 +178,10 @@ struct GdbSession {
     /// A breakpoint removed for a step (KVM), to insert again after it.
     reinsert: Option<Installed>,
     installed: Vec<Installed>,
-    /// The gdbstub was started by us (private socket): stop it on drop.
-    started: Option<PathBuf>,
+    /// The gdbstub was started by us (socket in a private directory): stop it on drop.
+    started: Option<PrivateDir>,
+    /// The guard process, told about each breakpoint.
+    guard: Option<Arc<Watchdog>>,
     /// The VM was paused by someone else (a `T02` we did not ask for).
     external_pause: bool,
     /// Unknown stops already reported on stderr.
@@ -169,28 +195,43 @@ enum GdbState {
     Unavailable(String),
 }
 
+/// The guard process, started at the first action that changes the VM.
+#[derive(Debug)]
+enum GuardState {
+    NotStarted,
+    Armed(Arc<Watchdog>),
+    /// Disabled by [`AttachOptions::guard`], or it could not start (said on stderr).
+    Off,
+}
+
 #[derive(Debug)]
 struct Inner {
     gdb: GdbState,
     /// The user asked for the VM to be paused (or it was found paused).
     user_paused: bool,
+    /// Declared after `gdb`: dropped after the gdbstub connection is closed.
+    guard: GuardState,
 }
 
 /// A live QEMU guest, attached through its QMP socket. See the crate docs.
 #[derive(Debug)]
 pub struct QemuDriver {
+    // Field order matters: `qmp` closes before `inner` drops the guard, so that a guard
+    // left to clean up (our clean-up failed) finds the QMP socket free.
     qmp: Mutex<QmpClient>,
     memory: Memory,
     inner: Mutex<Inner>,
     options: AttachOptions,
+    /// The QMP socket path (for the guard).
+    qmp_path: PathBuf,
     vcpus: u16,
     pid: Option<u32>,
+    /// QEMU's user id (peer credentials of the QMP socket).
+    qemu_uid: Option<u32>,
     kvm: bool,
     found_running: bool,
     qemu_version: String,
 }
-
-static PRIVATE_SOCKETS: AtomicU32 = AtomicU32::new(0);
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A panic in another thread while holding the lock leaves plain data behind; keep going
@@ -233,7 +274,7 @@ fn query_status(qmp: &mut QmpClient) -> Result<String, QemuError> {
 
 /// The QEMU pid: the QMP socket's peer credentials, else a vCPU thread's thread group.
 fn qemu_pid(qmp: &mut QmpClient) -> Option<u32> {
-    if let Some(pid) = crate::sys::peer_pid(qmp.stream()) {
+    if let Some((pid, _)) = crate::sys::peer_cred(qmp.stream()) {
         return Some(pid);
     }
     let cpus = qmp.execute("query-cpus-fast", None).ok()?;
@@ -444,7 +485,18 @@ impl GdbSession {
         if self.installed.contains(&bp) {
             return Ok(());
         }
-        let r = self.conn.request(&bp.packet(true))?;
+        // The guard hears of it first: if we die between the two, it removes a
+        // breakpoint that may or may not be there (QEMU refuses the `z` of an absent one).
+        if let Some(g) = &self.guard {
+            g.note_insert(bp.ztype, bp.addr, bp.len);
+        }
+        let r = self.conn.request(&bp.packet(true));
+        if r.as_deref().ok() != Some("OK")
+            && let Some(g) = &self.guard
+        {
+            g.note_remove(bp.ztype, bp.addr, bp.len);
+        }
+        let r = r?;
         if r != "OK" {
             return Err(QemuError::GdbRefused {
                 request: bp.packet(true),
@@ -466,9 +518,13 @@ impl GdbSession {
         self.installed.remove(i);
         if self.reinsert == Some(bp) {
             self.reinsert = None;
-            return Ok(());
+        } else {
+            self.conn.request_ok(&bp.packet(false))?;
         }
-        self.conn.request_ok(&bp.packet(false))
+        if let Some(g) = &self.guard {
+            g.note_remove(bp.ztype, bp.addr, bp.len);
+        }
+        Ok(())
     }
 }
 
@@ -543,8 +599,20 @@ impl QemuDriver {
         }
         let layout = Layout::discover(&mut qmp)?;
         let pid = qemu_pid(&mut qmp);
-        let access = open_access(&layout, &mut qmp, pid, options.access_path)?;
+        let qemu_uid = crate::sys::peer_cred(qmp.stream()).map(|(_, uid)| uid);
+        let access = open_access(
+            &layout,
+            &mut qmp,
+            pid,
+            options.access_path,
+            options.writable,
+        )?;
         let found_running = status == "running";
+        // The guard connects after we are gone, possibly from elsewhere: an absolute path.
+        let qmp_path = std::path::absolute(path)
+            .ok()
+            .filter(|p| RawAddr::unix(p).is_some())
+            .unwrap_or_else(|| path.to_path_buf());
         Ok(QemuDriver {
             qmp: Mutex::new(qmp),
             memory: Memory {
@@ -555,10 +623,13 @@ impl QemuDriver {
             inner: Mutex::new(Inner {
                 gdb: GdbState::NotConnected,
                 user_paused: !found_running,
+                guard: GuardState::NotStarted,
             }),
             options,
+            qmp_path,
             vcpus,
             pid,
+            qemu_uid,
             kvm,
             found_running,
             qemu_version: version,
@@ -662,7 +733,8 @@ impl QemuDriver {
     /// Connects the gdbstub if needed; `Err` with the reason when unavailable.
     fn session<'a>(&self, inner: &'a mut Inner) -> Result<&'a mut GdbSession, QemuError> {
         if let GdbState::NotConnected = inner.gdb {
-            inner.gdb = match self.connect_gdb(inner.user_paused) {
+            let guard = self.arm_guard(inner);
+            inner.gdb = match self.connect_gdb(inner.user_paused, guard) {
                 Ok(s) => GdbState::Connected(Box::new(s)),
                 Err(e) => GdbState::Unavailable(e.to_string()),
             };
@@ -674,7 +746,94 @@ impl QemuDriver {
         }
     }
 
-    fn connect_gdb(&self, user_paused: bool) -> Result<GdbSession, QemuError> {
+    /// Starts the guard process unless it runs, was refused or could not start.
+    fn arm_guard(&self, inner: &mut Inner) -> Option<Arc<Watchdog>> {
+        if let GuardState::NotStarted = inner.guard {
+            inner.guard = if !self.options.guard {
+                GuardState::Off
+            } else {
+                let started = RawAddr::unix(&self.qmp_path)
+                    .ok_or_else(|| {
+                        QemuError::protocol(
+                            "QMP socket path",
+                            format!("{} does not fit a unix address", self.qmp_path.display()),
+                        )
+                    })
+                    .and_then(|qmp| {
+                        Watchdog::spawn(Plan {
+                            qmp,
+                            found_running: self.found_running,
+                        })
+                    });
+                match started {
+                    Ok(w) => GuardState::Armed(Arc::new(w)),
+                    Err(e) => {
+                        eprintln!(
+                            "vmi-driver-qemu: cannot start the guard process ({e}): if this \
+                             process dies without detaching, the VM may stay stopped or keep \
+                             breakpoints (recover with QemuDriver::recover)"
+                        );
+                        GuardState::Off
+                    }
+                }
+            };
+        }
+        match &inner.guard {
+            GuardState::Armed(w) => Some(Arc::clone(w)),
+            _ => None,
+        }
+    }
+
+    /// Makes a private directory and asks QEMU to start a gdbstub on a socket in it.
+    fn start_private_gdbstub(
+        &self,
+        qmp: &mut QmpClient,
+        guard: Option<&Watchdog>,
+    ) -> Result<(GdbAddress, PrivateDir), QemuError> {
+        let qemu_uid = self.qemu_uid.unwrap_or_else(crate::sys::euid);
+        let dir = PrivateDir::create(qemu_uid)?;
+        let path = dir.path().join("gdb.sock");
+        if let Some(g) = guard {
+            g.note_private(&path);
+        }
+        let spec = format!(
+            "unix:{},server=on,wait=off",
+            path.display().to_string().replace(',', ",,")
+        );
+        let started = qmp.hmp(&format!("gdbserver {spec}"), None).and_then(|out| {
+            match std::fs::symlink_metadata(&path) {
+                Ok(m) if m.file_type().is_socket() && m.uid() == qemu_uid => Ok(()),
+                Ok(m) => {
+                    let _ = qmp.hmp("gdbserver none", None);
+                    Err(QemuError::GdbUnavailable(format!(
+                        "{} is not QEMU's socket (type {:?}, uid {})",
+                        path.display(),
+                        m.file_type(),
+                        m.uid()
+                    )))
+                }
+                Err(_) => Err(QemuError::GdbUnavailable(format!(
+                    "HMP gdbserver {spec} failed: {}",
+                    out.trim()
+                ))),
+            }
+        });
+        match started {
+            Ok(()) => Ok((GdbAddress::Unix(path), dir)),
+            Err(e) => {
+                if let Some(g) = guard {
+                    g.note_private_gone();
+                }
+                Err(e)
+            }
+        }
+    }
+
+    fn connect_gdb(
+        &self,
+        user_paused: bool,
+        guard: Option<Arc<Watchdog>>,
+    ) -> Result<GdbSession, QemuError> {
         let (addr, started) = match &self.options.gdb {
             GdbMode::Disabled => {
                 return Err(QemuError::GdbUnavailable(
@@ -687,26 +846,15 @@ impl QemuDriver {
                 match find_gdbstub(&mut qmp)? {
                     Some(a) => (a, None),
                     None => {
-                        let n = PRIVATE_SOCKETS.fetch_add(1, Ordering::Relaxed);
-                        let path = std::env::temp_dir()
-                            .join(format!("vmi-qemu-gdb-{}-{n}.sock", std::process::id()));
-                        let _ = std::fs::remove_file(&path);
-                        let spec = format!(
-                            "unix:{},server=on,wait=off",
-                            path.display().to_string().replace(',', ",,")
-                        );
-                        let out = qmp.hmp(&format!("gdbserver {spec}"), None)?;
-                        if !path.exists() {
-                            return Err(QemuError::GdbUnavailable(format!(
-                                "HMP gdbserver {spec} failed: {}",
-                                out.trim()
-                            )));
-                        }
-                        (GdbAddress::Unix(path.clone()), Some(path))
+                        let (a, dir) = self.start_private_gdbstub(&mut qmp, guard.as_deref())?;
+                        (a, Some(dir))
                     }
                 }
             }
         };
+        if let Some(g) = &guard {
+            g.note_gdb(&addr);
+        }
         let handshake = gdb_handshake(
             &addr,
             self.options.greeting_timeout,
@@ -716,8 +864,14 @@ impl QemuDriver {
             Ok(x) => x,
             Err(e) => {
                 let mut qmp = lock(&self.qmp);
+                if let Some(g) = &guard {
+                    g.note_gdb_gone();
+                }
                 if started.is_some() {
                     let _ = qmp.hmp("gdbserver none", None);
+                    if let Some(g) = &guard {
+                        g.note_private_gone();
+                    }
                 }
                 // Accepting us stopped the VM: let it run again if it ran.
                 if !user_paused && query_status(&mut qmp).is_ok_and(|s| s != "running") {
@@ -740,6 +894,7 @@ impl QemuDriver {
             reinsert: None,
             installed: Vec::new(),
             started,
+            guard,
             external_pause: false,
             warned_unknown: false,
         };
@@ -839,6 +994,16 @@ impl QemuDriver {
         let response = handler(&event);
         let mut rip = event.registers.rip;
         if let Some(new) = &response.set_registers {
+            if !self.options.writable {
+                // The event is consumed unanswered; the next wait (or the clean-up on
+                // drop) lets the VM run again, over the breakpoint.
+                if let Some(b) = hit_bp {
+                    s.step_over = Some((vcpu, b.addr));
+                }
+                return Err(QemuError::ReadOnly {
+                    operation: "setting vCPU registers in an event response",
+                });
+            }
             s.write_registers(vcpu, &event.registers, new)?;
             rip = new.rip;
         }
@@ -971,11 +1136,9 @@ impl QemuDriver {
                 note(s.conn.request_ok("D;1"));
             }
             drop(s.conn);
-            if s.started.is_some() {
+            if let Some(dir) = s.started.take() {
                 note(lock(&self.qmp).hmp("gdbserver none", None).map(drop));
-                if let Some(p) = &s.started {
-                    let _ = std::fs::remove_file(p);
-                }
+                drop(dir);
             }
         }
         // Whatever happened, leave the run state as found.
@@ -990,7 +1153,15 @@ impl QemuDriver {
             }
             Err(e) => note(Err(e)),
         }
-        first_err.map_or(Ok(()), Err)
+        let result = first_err.map_or(Ok(()), Err);
+        // All undone: the guard may go. Otherwise it tries again once we are gone.
+        let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
+        if result.is_ok()
+            && let GuardState::Armed(w) = &inner.guard
+        {
+            w.disarm();
+        }
+        result
     }
 }
 
@@ -1016,6 +1187,7 @@ fn open_access(
     qmp: &mut QmpClient,
     pid: Option<u32>,
     force: Option<AccessPath>,
+    writable: bool,
 ) -> Result<Access, QemuError> {
     let mut why = Vec::new();
     let order: &[AccessPath] = match &force {
@@ -1028,11 +1200,14 @@ fn open_access(
     };
     for p in order {
         let r = match p {
-            AccessPath::Mmap => Access::open_mmap(layout),
+            AccessPath::Mmap => Access::open_mmap(layout, writable),
             AccessPath::ProcessMemory => match pid {
-                Some(pid) => Access::open_process(layout, qmp, pid),
+                Some(pid) => Access::open_process(layout, qmp, pid, writable),
                 None => Err("QEMU's pid is unknown".to_string()),
             },
+            AccessPath::MonitorXp if writable => {
+                Err("read-only (writes were asked for: AttachOptions::writable)".to_string())
+            }
             AccessPath::MonitorXp => Ok(Access::Xp),
         };
         match r {
@@ -1123,10 +1298,16 @@ impl VmiRead for QemuDriver {
 impl VmiWrite for QemuDriver {
     fn write_page(&self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), VmiError> {
         let gpa = Self::page_args(gfn, offset, data.len())?;
+        if !self.options.writable {
+            return Err(QemuError::ReadOnly {
+                operation: "writing guest memory",
+            }
+            .into());
+        }
         if !self.memory.access.writable() {
             return Err(VmiError::not_supported(
                 "writing guest memory on this access path",
-                "the QEMU driver (read-only mapping or HMP xp)",
+                "the QEMU driver (HMP xp)",
             ));
         }
         if self.memory.write(gpa, data)? {
@@ -1159,6 +1340,12 @@ impl VmiQueryRegisters for QemuDriver {
 impl VmiSetRegisters for QemuDriver {
     fn set_registers(&self, vcpu: VcpuId, registers: &Registers) -> Result<(), VmiError> {
         let v = self.check_vcpu(vcpu)?;
+        if !self.options.writable {
+            return Err(QemuError::ReadOnly {
+                operation: "setting vCPU registers",
+            }
+            .into());
+        }
         self.with_stopped(|s| {
             let old = s.read_registers(v)?;
             s.write_registers(v, &old, registers)
@@ -1175,6 +1362,7 @@ impl VmiSetRegisters for QemuDriver {
 impl VmiVmControl for QemuDriver {
     fn pause(&self) -> Result<(), VmiError> {
         let mut inner = lock(&self.inner);
+        self.arm_guard(&mut inner);
         inner.user_paused = true;
         if let GdbState::Connected(s) = &mut inner.gdb {
             s.ensure_stopped()?;
@@ -1186,6 +1374,7 @@ impl VmiVmControl for QemuDriver {
 
     fn resume(&self) -> Result<(), VmiError> {
         let mut inner = lock(&self.inner);
+        self.arm_guard(&mut inner);
         inner.user_paused = false;
         if let GdbState::Connected(s) = &mut inner.gdb {
             s.external_pause = false;

@@ -90,6 +90,16 @@ pub enum QemuError {
     #[error("no guest RAM found: {0}")]
     NoRam(String),
 
+    /// A write on a read-only attach (the default).
+    #[error(
+        "{operation} needs a writable attach: this one is read-only \
+         (attach with AttachOptions::writable(true))"
+    )]
+    ReadOnly {
+        /// What was refused.
+        operation: &'static str,
+    },
+
     /// The gdbstub is not available (taken, disabled or failed to start).
     #[error("gdbstub unavailable: {0}")]
     GdbUnavailable(String),

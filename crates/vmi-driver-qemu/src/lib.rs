@@ -18,7 +18,7 @@
 //! | what | how | notes |
 //! |---|---|---|
 //! | RAM layout | `query-memdev`, `qom-get …/mem-path`, HMP `info mtree -f` | guest-physical → backend offset, incl. the q35 split (RAM ≥ 2.75 GiB: 2 GiB below the PCI hole, the rest at 4 GiB = backend offset 2 GiB) |
-//! | memory, fastest | `mmap` (`MAP_SHARED`, read-write) of a `memory-backend-file,share=on` | memory speed; [`vmi_core::VmiInfo::cache_pages`] is `false` |
+//! | memory, fastest | `mmap` (`MAP_SHARED`) of a `memory-backend-file,share=on` | memory speed; [`vmi_core::VmiInfo::cache_pages`] is `false` |
 //! | memory, fallback | HMP `gpa2hva` per RAM block + `/proc/<pid>/mem` (pid from `SO_PEERCRED` of the QMP socket) | needs ptrace rights on QEMU |
 //! | memory, last resort | HMP `xp /Ngx` | slow, read-only, warned once on stderr |
 //! | registers | gdbstub `g`/`p` with the register map built from the target description XML, plus HMP `info registers` for segment descriptors, GDTR/IDTR, DR0–7 | without a gdbstub: `info registers` only (no KERNEL_GS_BASE/CR8) |
@@ -30,6 +30,26 @@
 //! a private unix socket (HMP `gdbserver unix:…,server=on,wait=off`) and stops it on
 //! drop. It connects lazily, at the first register read or event request: accepting a
 //! client stops the VM, and the driver resumes it when it was running.
+//!
+//! # Trust boundaries
+//!
+//! * **Read-only unless asked.** QEMU's RAM file and `/proc/<pid>/mem` are opened
+//!   read-only (the mapping is `PROT_READ`); writing guest memory or vCPU registers
+//!   (also from an event response) fails with [`QemuError::ReadOnly`] unless the
+//!   driver was attached with [`AttachOptions::writable`]`(true)`, which opens them
+//!   read-write (and refuses the read-only HMP `xp` path).
+//! * **The private gdbstub socket** lives in a directory `vmi-qemu-<16 random hex
+//!   digits>` made with `mkdir` (never reusing an existing name or following a planted
+//!   symlink), mode 0700, owner and mode checked with `lstat`, under
+//!   `$XDG_RUNTIME_DIR` when it is a private directory of ours, else the temporary
+//!   directory; the driver checks that the socket QEMU created there is a socket owned
+//!   by QEMU's user (`SO_PEERCRED` of the QMP socket). No other local user can bind the
+//!   path first and serve a fake stub. When QEMU runs as another user, only root can
+//!   share such a directory with it (it hands the directory to QEMU's user); others get
+//!   an error asking for QEMU's own `-gdb` socket ([`AttachOptions::gdb_socket`]). The
+//!   directory is removed on drop (or by the guard, below).
+//! * QMP and the gdbstub are trusted as much as QEMU itself: whoever can connect to the
+//!   QMP socket controls the VM anyway.
 //!
 //! # Leaving the guest as found
 //!
@@ -43,13 +63,35 @@
 //! [`vmi_core::VmiSession::handle_until`]; it returns within 100 ms of the flag being
 //! set, and dropping the driver then cleans up (see `examples/breakpoint.rs`).
 //!
-//! **`SIGKILL`** (or any death without unwinding): QEMU does *not* clean up after a gdb
-//! client that vanishes. The gdbstub keeps its breakpoints, and the VM stops at the next
-//! hit (state `debug`) and waits forever for the dead client. Recovery: the next
-//! [`QemuDriver::attach`] finds the VM in `debug` with a free gdbstub and detaches it
-//! (QEMU removes all gdb breakpoints and resumes), or call [`QemuDriver::recover`]
-//! explicitly. Under TCG, guest RAM was never modified; under KVM, QEMU's detach removes
-//! the `0xCC` bytes it wrote.
+//! **`SIGKILL`, the OOM killer, a crash** (any death without unwinding): QEMU does *not*
+//! clean up after a client that vanishes (measured on QEMU 7.2): the gdbstub keeps the
+//! dead client's breakpoints and watchpoints, and the VM stops at the next hit (state
+//! `debug`) and waits forever; a VM stopped with QMP `stop` stays `paused`; QMP `cont`
+//! alone does not help (the next hit stops it again). So at the first action that
+//! changes the VM (pause, resume, gdbstub connection) the driver starts a **guard
+//! process** ([`AttachOptions::guard`], on by default): a fork of this process that
+//! never `exec`s, runs only async-signal-safe system calls, keeps no descriptor of ours
+//! but one end of a socket pair, leaves our session (Ctrl-C and a kill of our process
+//! group do not reach it), and is told of each breakpoint and watchpoint. When our end
+//! of the pair closes without a clean detach, however we died, it connects to the
+//! gdbstub (free again) and sends `D` (QEMU removes every gdb breakpoint and watchpoint
+//! and resumes) for a VM that ran at attach, or `z` for each of ours for a VM found
+//! stopped; then over the QMP socket (free again) it stops a gdbstub the driver started
+//! and restores the run state found at attach; then it removes the private socket
+//! directory, says so on stderr and exits. On the test guest the VM runs again about
+//! 15 ms after `SIGKILL` of a process holding it at a breakpoint (tests/guard.rs). On a
+//! clean drop the driver undoes everything itself and dismisses the guard; if its own
+//! clean-up fails, the guard tries again.
+//!
+//! Limits of the guard: `SIGKILL` of the guard itself (or of the whole cgroup at once,
+//! e.g. the OOM killer's `memory.oom.group`) leaves the old behaviour; a process that
+//! `fork`s without `exec` while the driver lives keeps our end open in the copy (the
+//! guard acts when the last copy dies); the guard's resident size is that of this
+//! process when it started (copy-on-write pages), so attach early. Without the guard,
+//! or after it failed: the next [`QemuDriver::attach`] finds the VM in `debug` with a
+//! free gdbstub and detaches it (QEMU removes all gdb breakpoints and resumes), or call
+//! [`QemuDriver::recover`] explicitly. Under TCG, guest RAM was never modified; under
+//! KVM, QEMU's `z`/`D` remove the `0xCC` bytes it wrote.
 //!
 //! # TCG vs KVM
 //!
@@ -88,7 +130,9 @@ mod memory;
 mod mtree;
 mod qmp;
 mod regs;
+mod rundir;
 mod sys;
+mod watchdog;
 
 pub use driver::{AttachOptions, GdbMode, QemuDriver};
 pub use error::QemuError;

@@ -18,11 +18,11 @@ use crate::sys::SharedMap;
 #[non_exhaustive]
 pub enum AccessPath {
     /// `mmap` of a shared file backend (`memory-backend-file,share=on`, or memfd when
-    /// its path is visible): memory speed, read-write.
+    /// its path is visible): memory speed; read-only unless the attach is writable.
     Mmap,
     /// The QEMU process's memory (`gpa2hva` + `/proc/<pid>/mem`): a system call per
-    /// access, read-write; needs ptrace rights on QEMU (same user and a permissive
-    /// `ptrace_scope`, or root).
+    /// access; read-only unless the attach is writable; needs ptrace rights on QEMU
+    /// (same user and a permissive `ptrace_scope`, or root).
     ProcessMemory,
     /// HMP `xp` over QMP: slow (a monitor command per read), read-only.
     MonitorXp,
@@ -175,8 +175,9 @@ impl Access {
         }
     }
 
-    /// Maps every backend that the guest RAM ranges use; fails unless all are mappable.
-    pub(crate) fn open_mmap(layout: &Layout) -> Result<Access, String> {
+    /// Maps every backend that the guest RAM ranges use (read-write only when
+    /// `writable`); fails unless all are mappable.
+    pub(crate) fn open_mmap(layout: &Layout, writable: bool) -> Result<Access, String> {
         let mut maps: Vec<Option<SharedMap>> = Vec::new();
         for (i, b) in layout.backends.iter().enumerate() {
             if !layout.ranges.iter().any(|r| r.backend == i) {
@@ -193,13 +194,11 @@ impl Access {
                     path.display()
                 ));
             }
-            let (file, writable) = match OpenOptions::new().read(true).write(true).open(path) {
-                Ok(f) => (f, true),
-                Err(_) => (
-                    File::open(path).map_err(|e| format!("{}: {e}", path.display()))?,
-                    false,
-                ),
-            };
+            let file = OpenOptions::new()
+                .read(true)
+                .write(writable)
+                .open(path)
+                .map_err(|e| format!("{}: {e}", path.display()))?;
             let meta = file
                 .metadata()
                 .map_err(|e| format!("{}: {e}", path.display()))?;
@@ -226,20 +225,20 @@ impl Access {
         Ok(Access::Mmap(maps))
     }
 
-    /// Opens `/proc/<pid>/mem` and asks `gpa2hva` for each range.
+    /// Opens `/proc/<pid>/mem` (read-write only when `writable`) and asks `gpa2hva`
+    /// for each range.
     pub(crate) fn open_process(
         layout: &Layout,
         qmp: &mut QmpClient,
         pid: u32,
+        writable: bool,
     ) -> Result<Access, String> {
         let path = format!("/proc/{pid}/mem");
-        let (mem, writable) = match OpenOptions::new().read(true).write(true).open(&path) {
-            Ok(f) => (f, true),
-            Err(_) => (
-                File::open(&path).map_err(|e| format!("{path}: {e}"))?,
-                false,
-            ),
-        };
+        let mem = OpenOptions::new()
+            .read(true)
+            .write(writable)
+            .open(&path)
+            .map_err(|e| format!("{path}: {e}"))?;
         let mut hva = Vec::with_capacity(layout.ranges.len());
         for r in &layout.ranges {
             let out = qmp

@@ -1,5 +1,5 @@
-//! The only `unsafe` of the crate: a shared mapping of the guest RAM file and the peer
-//! credentials of the QMP socket.
+//! `unsafe` for a shared mapping of the guest RAM file, the peer credentials of the QMP
+//! socket and the effective uid (the guard process has its own, in `watchdog.rs`).
 #![allow(unsafe_code)]
 
 use std::fs::File;
@@ -95,8 +95,8 @@ impl SharedMap {
     }
 }
 
-/// The process id of the peer of a connected unix socket (`SO_PEERCRED`).
-pub(crate) fn peer_pid(stream: &UnixStream) -> Option<u32> {
+/// Process and user id of the peer of a connected unix socket (`SO_PEERCRED`).
+pub(crate) fn peer_cred(stream: &UnixStream) -> Option<(u32, u32)> {
     let mut cred = libc::ucred {
         pid: 0,
         uid: 0,
@@ -117,5 +117,11 @@ pub(crate) fn peer_pid(stream: &UnixStream) -> Option<u32> {
             &raw mut len,
         )
     };
-    (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
+    (rc == 0 && cred.pid > 0).then_some((cred.pid as u32, cred.uid))
+}
+
+/// The effective user id of this process.
+pub(crate) fn euid() -> u32 {
+    // SAFETY: `geteuid` takes no arguments, cannot fail and touches no memory of ours.
+    unsafe { libc::geteuid() }
 }

@@ -8,12 +8,14 @@ use std::time::{Duration, Instant};
 
 use serde_json::json;
 use vmi_arch_amd64::EventReason;
+use vmi_arch_amd64::Registers;
 use vmi_core::{
     AccessContext, BreakpointAddress, BreakpointKind, EventMonitor, MemoryAccess, OsProcess, Pa,
     Registers as _, Va, VcpuId, VmState, VmiContext, VmiCore, VmiDriver, VmiError, VmiEventControl,
     VmiEventResponse, VmiHandler, VmiOs, VmiQueryRegisters, VmiRead, VmiSession, VmiVmControl,
 };
-use vmi_driver_qemu::{AccessPath, AttachOptions, GdbMode, QemuDriver};
+use vmi_core::{VmiSetRegisters, VmiWrite};
+use vmi_driver_qemu::{AccessPath, AttachOptions, GdbMode, QemuDriver, QemuError};
 use vmi_test_guest::{GuestConfig, TestGuest, gpa_to_file_offset};
 
 fn status(g: &TestGuest) -> String {
@@ -31,6 +33,67 @@ fn ram_file_bytes(g: &TestGuest, gpa: u64, len: usize) -> Vec<u8> {
     let mut b = vec![0u8; len];
     f.read_exact(&mut b).unwrap();
     b
+}
+
+/// The refusal of a write on a read-only attach: typed, and it says how to allow writes.
+fn assert_read_only(e: &VmiError) {
+    let VmiError::Driver {
+        source: Some(src), ..
+    } = e
+    else {
+        panic!("not a driver error: {e}");
+    };
+    assert!(
+        matches!(
+            src.downcast_ref::<QemuError>(),
+            Some(QemuError::ReadOnly { .. })
+        ),
+        "{e}"
+    );
+    assert!(
+        e.to_string().contains("AttachOptions::writable(true)"),
+        "{e}"
+    );
+}
+
+/// This process holds QEMU's memory read-only: the RAM file is mapped `r--s`, and a
+/// `/proc/<pid>/mem` descriptor is open `O_RDONLY`.
+fn assert_read_only_handles(g: &TestGuest, path: AccessPath) {
+    let maps = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let ram = g.mem_file().to_str().unwrap();
+    let perms: Vec<&str> = maps
+        .lines()
+        .filter(|l| l.ends_with(ram))
+        .filter_map(|l| l.split_whitespace().nth(1))
+        .collect();
+    if path == AccessPath::Mmap {
+        assert!(!perms.is_empty(), "RAM file not mapped");
+    }
+    assert!(perms.iter().all(|p| !p.contains('w')), "{perms:?}");
+    let mut mem_fds = 0;
+    for e in std::fs::read_dir("/proc/self/fd").unwrap().flatten() {
+        let Ok(target) = std::fs::read_link(e.path()) else {
+            continue;
+        };
+        let t = target.to_string_lossy();
+        if t == ram || (t.starts_with("/proc/") && t.ends_with("/mem")) {
+            let info = std::fs::read_to_string(format!(
+                "/proc/self/fdinfo/{}",
+                e.file_name().to_string_lossy()
+            ))
+            .unwrap_or_default();
+            let flags = info
+                .lines()
+                .find_map(|l| l.strip_prefix("flags:"))
+                .map(|f| u32::from_str_radix(f.trim(), 8).unwrap())
+                .unwrap_or(0);
+            assert_eq!(flags & 3, 0, "{t} open with flags {flags:o}");
+            mem_fds += 1;
+        }
+    }
+    if path == AccessPath::ProcessMemory {
+        assert!(mem_fds > 0, "no /proc/<pid>/mem descriptor");
+    }
 }
 
 fn ksym(g: &TestGuest, name: &str) -> u64 {
@@ -65,7 +128,9 @@ fn memory_layout_registers_control() {
     let e = QemuDriver::attach(g.dir().join("nope.sock")).unwrap_err();
     assert!(e.to_string().contains("does not exist"), "{e}");
 
-    let d = QemuDriver::attach(g.qmp_socket()).expect("attach");
+    // Writable: this test also sets registers.
+    let d = QemuDriver::attach_with(g.qmp_socket(), AttachOptions::default().writable(true))
+        .expect("attach");
     assert_eq!(d.access_path(), AccessPath::Mmap);
     let info = d.info().unwrap();
     assert!(info.live && !info.cache_pages);
@@ -156,14 +221,27 @@ fn memory_layout_registers_control() {
     drop(core); // releases QMP socket and gdbstub
     assert_eq!(status(&g), "running");
     let _pause = g.pause();
+    let banner_orig = ram_file_bytes(&g, pa.0, 16);
     for path in [
         AccessPath::Mmap,
         AccessPath::ProcessMemory,
         AccessPath::MonitorXp,
     ] {
+        // Read-only by default: QEMU's memory is opened read-only, writes are refused
+        // with the typed error that says how to allow them.
         let d = QemuDriver::attach_with(g.qmp_socket(), AttachOptions::default().access_path(path))
             .unwrap_or_else(|e| panic!("{path:?}: {e}"));
         assert_eq!(d.access_path(), path);
+        assert_read_only_handles(&g, path);
+        let e = d
+            .write_page(vmi_core::Gfn(pa.0 >> 12), (pa.0 & 0xfff) as usize, b"X")
+            .unwrap_err();
+        assert_read_only(&e);
+        let e = d
+            .set_registers(VcpuId(0), &Registers::default())
+            .unwrap_err();
+        assert_read_only(&e);
+        assert_eq!(ram_file_bytes(&g, pa.0, 16), banner_orig);
         for (i, &gpa) in spots.iter().enumerate() {
             let mut b = vec![0u8; 4096];
             d.read_page(vmi_core::Gfn(gpa >> 12), 0, &mut b).unwrap();
@@ -176,6 +254,26 @@ fn memory_layout_registers_control() {
         assert_eq!(d.info().unwrap().cache_pages, path != AccessPath::Mmap);
         drop(d);
         assert_eq!(status(&g), "paused", "{path:?}: left as found");
+
+        // Writable on request: the bytes land in guest RAM (and are put back).
+        let w = QemuDriver::attach_with(
+            g.qmp_socket(),
+            AttachOptions::default().access_path(path).writable(true),
+        );
+        if path == AccessPath::MonitorXp {
+            let e = w.unwrap_err().to_string();
+            assert!(e.contains("writable"), "{e}");
+            continue;
+        }
+        let w = w.unwrap_or_else(|e| panic!("{path:?} writable: {e}"));
+        let mut changed = banner_orig.clone();
+        changed[..5].copy_from_slice(b"XINUL");
+        let (gfn, off) = (vmi_core::Gfn(pa.0 >> 12), (pa.0 & 0xfff) as usize);
+        w.write_page(gfn, off, &changed).unwrap();
+        assert_eq!(ram_file_bytes(&g, pa.0, 16), changed, "{path:?}");
+        w.write_page(gfn, off, &banner_orig).unwrap();
+        assert_eq!(ram_file_bytes(&g, pa.0, 16), banner_orig, "{path:?}");
+        drop(w);
     }
     g.resume().unwrap();
 
@@ -409,7 +507,8 @@ fn kill_child_helper() {
         .split(',')
         .map(|a| u64::from_str_radix(a, 16).unwrap())
         .collect();
-    let d = QemuDriver::attach(&qmp).unwrap();
+    // Without the guard process: what QEMU does on its own, and `recover`.
+    let d = QemuDriver::attach_with(&qmp, AttachOptions::default().guard(false)).unwrap();
     for (i, a) in addrs.iter().enumerate() {
         d.monitor_enable(EventMonitor::Breakpoint {
             address: BreakpointAddress::Virtual(Va(*a)),
