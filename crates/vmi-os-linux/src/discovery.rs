@@ -2,6 +2,7 @@
 //! memory), the KASLR slide, `phys_base`, the kernel page-table root and the paging mode;
 //! cross-checks against vCPU registers where they exist.
 
+use std::collections::HashSet;
 use std::ops::Range;
 
 use memchr::memmem;
@@ -12,10 +13,17 @@ use vmi_profile::VmcoreInfo;
 /// `__START_KERNEL_map`: where the kernel image is mapped before the KASLR slide.
 pub const START_KERNEL_MAP: u64 = 0xffff_ffff_8000_0000;
 
-/// How much physical memory is read per step of the VMCOREINFO scan.
+/// How much physical memory is read per step of the VMCOREINFO scan (a whole number of
+/// pages, so that chunks start on page boundaries).
 const SCAN_CHUNK: usize = 8 << 20;
-/// The most VMCOREINFO candidates validated during a scan.
-const MAX_CANDIDATES: usize = 64;
+/// Page size of the scan: a VMCOREINFO block never crosses the end of its page.
+const PAGE: u64 = 4096;
+/// Most distinct (swapper_pg_dir, phys_base, paging mode) claims remembered, so that a
+/// repeated claim is not validated again (beyond this every claim is validated: slower,
+/// never wrong).
+const MAX_REMEMBERED: usize = 1 << 20;
+/// Most rejection reasons kept word for word (the rest are counted).
+const MAX_REASONS: usize = 8;
 
 /// Where the VMCOREINFO text came from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -85,41 +93,103 @@ fn validate<D: VmiRead<Architecture = Amd64>>(
     }
 }
 
-/// Parses a VMCOREINFO block found at `pa` (text up to the first NUL).
-fn candidate_at<D: VmiRead<Architecture = Amd64>>(core: &VmiCore<D>, pa: Pa) -> Option<VmcoreInfo> {
-    let mut block = vec![0u8; 4096];
-    let n = core.read_available(AccessContext::direct(pa), &mut block);
-    block.truncate(n);
-    let end = memchr::memchr(0, &block).unwrap_or(block.len());
-    let block = &block[..end];
-    memmem::find(block, b"KERNELOFFSET=")?;
-    VmcoreInfo::parse(block).ok()
+/// What a VMCOREINFO scan looked at, for the notes and the error.
+#[derive(Debug, Default)]
+struct ScanStats {
+    /// `OSRELEASE=` found at the start of a block.
+    hits: u64,
+    /// Hits whose block does not parse, or has no `KERNELOFFSET`.
+    unparsable: u64,
+    /// Blocks whose claim (`swapper_pg_dir`, `phys_base`, paging mode) was already rejected.
+    repeated: u64,
+    /// Claims validated and rejected.
+    rejected: u64,
+    /// The first rejection reasons.
+    reasons: Vec<String>,
+}
+
+impl ScanStats {
+    fn reject(&mut self, why: String) {
+        self.rejected += 1;
+        if self.reasons.len() < MAX_REASONS {
+            self.reasons.push(why);
+        }
+    }
+
+    fn summary(&self) -> String {
+        format!(
+            "vmcoreinfo scan: {} blocks, {} not parsable, {} repeated claims, {} rejected",
+            self.hits, self.unparsable, self.repeated, self.rejected
+        )
+    }
+}
+
+/// The block starting at `hit` in `data` (read from `base`): up to the first NUL or the end
+/// of the page it starts in, whichever comes first. The kernel's `vmcoreinfo_data` is one
+/// page of its own, text from its first byte.
+fn block_at(data: &[u8], base: Pa, hit: usize) -> &[u8] {
+    let at = base.0 + hit as u64;
+    let page_end = (at | (PAGE - 1)) + 1;
+    let end = usize::try_from(page_end - base.0)
+        .unwrap_or(usize::MAX)
+        .min(data.len());
+    let block = &data[hit..end];
+    let nul = memchr::memchr(0, block).unwrap_or(block.len());
+    &block[..nul]
 }
 
 /// Scans guest-physical memory for VMCOREINFO blocks and returns the first that
-/// validates. `rejected` collects why other candidates failed.
+/// validates.
+///
+/// Bounded work whatever the guest writes: each byte of memory is read once and parsed at
+/// most once (a block ends at a NUL or at its page's end, and hits inside a block already
+/// parsed are part of it); a block that parses costs one page-table walk of at most five
+/// reads, and a claim seen before costs nothing. No count of decoys makes the scan give up
+/// before it reaches the real block.
 fn scan<D: VmiRead<Architecture = Amd64>>(
     core: &VmiCore<D>,
-    rejected: &mut Vec<String>,
+    stats: &mut ScanStats,
 ) -> Result<Option<Found>, VmiError> {
     const KEY: &[u8] = b"OSRELEASE=";
     let finder = memmem::Finder::new(KEY);
     let ranges: Vec<Range<Pa>> = core.driver().physical_ranges()?;
     let mut buf = vec![0u8; SCAN_CHUNK];
-    let mut tried = 0usize;
+    let mut remembered: HashSet<(u64, u64, bool)> = HashSet::new();
     for range in ranges {
         let mut pa = range.start;
         while pa < range.end {
-            let len = usize::try_from(range.end - pa)
-                .unwrap_or(usize::MAX)
-                .min(SCAN_CHUNK);
+            // Up to the chunk size, and up to a page boundary (so the next chunk starts on one).
+            let to_boundary = SCAN_CHUNK as u64 - (pa.0 % PAGE);
+            let len = usize::try_from((range.end - pa).min(to_boundary)).unwrap_or(SCAN_CHUNK);
             let n = core.read_available(AccessContext::direct(pa), &mut buf[..len]);
-            for hit in finder.find_iter(&buf[..n]) {
-                let at = pa + hit as u64;
-                let Some(info) = candidate_at(core, at) else {
+            let data = &buf[..n];
+            let mut parsed_to = 0usize;
+            for hit in finder.find_iter(data) {
+                if hit < parsed_to {
                     continue;
+                }
+                let block = block_at(data, pa, hit);
+                parsed_to = hit + block.len();
+                stats.hits += 1;
+                let info = match VmcoreInfo::parse(block) {
+                    Ok(info) if info.kernel_offset.is_some() => info,
+                    _ => {
+                        stats.unparsable += 1;
+                        continue;
+                    }
                 };
-                tried += 1;
+                let claim = (
+                    info.symbol("swapper_pg_dir")
+                        .or_else(|| info.symbol("init_top_pgt"))
+                        .unwrap_or(0),
+                    info.phys_base().unwrap_or(0),
+                    info.pgtable_l5_enabled().unwrap_or(false),
+                );
+                if remembered.contains(&claim) {
+                    stats.repeated += 1;
+                    continue;
+                }
+                let at = pa + hit as u64;
                 match validate(core, &info) {
                     Ok((root, mode, phys_base)) => {
                         return Ok(Some(Found {
@@ -128,23 +198,22 @@ fn scan<D: VmiRead<Architecture = Amd64>>(
                             root,
                             mode,
                             phys_base,
-                            rejected: std::mem::take(rejected),
+                            rejected: Vec::new(),
                         }));
                     }
-                    Err(why) => rejected.push(format!("vmcoreinfo at {at}: {why}")),
+                    Err(why) => stats.reject(format!("vmcoreinfo at {at}: {why}")),
                 }
-                if tried >= MAX_CANDIDATES {
-                    return Ok(None);
+                if remembered.len() < MAX_REMEMBERED {
+                    remembered.insert(claim);
                 }
             }
             let advance = if n == len {
-                // Overlap so that a key straddling the chunk end is found next time.
-                (len.saturating_sub(KEY.len() - 1)).max(1)
+                len as u64
             } else {
                 // Skip the unreadable page.
-                (n + 4096 - (n % 4096)).max(4096)
+                (n as u64 - n as u64 % PAGE) + PAGE
             };
-            pa = pa.checked_add(advance as u64).unwrap_or(range.end);
+            pa = pa.checked_add(advance).unwrap_or(range.end);
         }
     }
     Ok(None)
@@ -179,9 +248,17 @@ pub(crate) fn find_kernel<D: VmiRead<Architecture = Amd64>>(
             Err(e) => rejected.push(format!("given vmcoreinfo: {e}")),
         }
     }
-    if let Some(found) = scan(core, &mut rejected)? {
+    let mut stats = ScanStats::default();
+    if let Some(mut found) = scan(core, &mut stats)? {
+        if stats.rejected > 0 || stats.unparsable > 0 {
+            rejected.push(stats.summary());
+            rejected.append(&mut stats.reasons);
+        }
+        found.rejected = rejected;
         return Ok(found);
     }
+    rejected.push(stats.summary());
+    rejected.append(&mut stats.reasons);
     let mut detail = String::from(
         "no valid VMCOREINFO block (OSRELEASE=... with KERNELOFFSET=) in guest memory",
     );

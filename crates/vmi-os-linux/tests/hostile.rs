@@ -614,3 +614,108 @@ fn syscall_arguments_follow_the_abi() {
     assert_eq!(os.syscall_arguments(&core, &regs, 2).unwrap(), [1, 2]);
     assert!(os.syscall_arguments(&core, &regs, 7).is_err());
 }
+
+/// The count in `notes`' scan summary after `what` (e.g. "blocks").
+fn scan_count(os: &LinuxOs, what: &str) -> u64 {
+    let summary = os
+        .kernel()
+        .notes
+        .iter()
+        .find(|n| n.starts_with("vmcoreinfo scan:"))
+        .unwrap_or_else(|| panic!("no scan summary in {:?}", os.kernel().notes));
+    summary
+        .trim_start_matches("vmcoreinfo scan:")
+        .split(',')
+        .find_map(|part| {
+            let part = part.trim();
+            part.ends_with(what)
+                .then(|| part.split_whitespace().next()?.parse().ok())?
+        })
+        .unwrap_or_else(|| panic!("no {what} in {summary}"))
+}
+
+/// Issue 14: 64 VMCOREINFO blocks that parse but fail validation made the scan give up
+/// before the real one. About 20,000 of them, all distinct and all before the real block, are
+/// each rejected by one page-table walk, and the real block is still found.
+#[test]
+fn vmcoreinfo_decoys_that_parse_but_fail_validation_do_not_hide_the_kernel() {
+    let m = Mock::new(2);
+    let mut decoys = 0u64;
+    for page in 0x10_0000u64 / 4096..0x30_0000 / 4096 {
+        let mut text = Vec::new();
+        loop {
+            // Distinct claims: other phys_base values, some with the real swapper_pg_dir.
+            let block = format!(
+                "OSRELEASE=6.1.0-decoy\nKERNELOFFSET=0\nSYMBOL(swapper_pg_dir)={SWAPPER:x}\n\
+                 NUMBER(phys_base)={}\n\0",
+                (decoys + 1) * 4096
+            );
+            if text.len() + block.len() > 4096 {
+                break;
+            }
+            text.extend_from_slice(block.as_bytes());
+            decoys += 1;
+        }
+        m.driver.write_physical(Pa(page * 4096), &text);
+    }
+    assert!(decoys >= 19_000, "{decoys}");
+    m.driver
+        .write_physical(Pa(0x30_0123), vmcoreinfo().as_bytes());
+    let core = VmiCore::new(m.driver).unwrap();
+    let os = LinuxOs::builder()
+        .no_cache()
+        .profile(profile())
+        .build(&core)
+        .expect("the real VMCOREINFO behind the decoys");
+    assert_eq!(
+        os.kernel().vmcoreinfo_origin,
+        VmcoreinfoOrigin::Scanned(Pa(0x30_0123))
+    );
+    assert_eq!(os.kernel().kernel_root, Pa(ROOT));
+    assert_eq!(scan_count(&os, "rejected"), decoys);
+    // The notes keep a few reasons, not one per decoy.
+    assert!(
+        os.kernel().notes.len() < 16,
+        "{:?}",
+        os.kernel().notes.len()
+    );
+}
+
+/// Issue 14: hits of `OSRELEASE=` that do not parse each cost a 4 KiB read and were not
+/// counted. Pages full of `OSRELEASE=` without a NUL, and blocks repeating one rejected
+/// claim, cost one parse per page and no read beyond the scan's own.
+#[test]
+fn vmcoreinfo_hits_that_do_not_parse_are_counted_and_cost_one_parse_per_page() {
+    let m = Mock::new(2);
+    let spam: Vec<u8> = b"OSRELEASE=".iter().copied().cycle().take(4096).collect();
+    let pages = 0x10_0000u64 / 4096..0x20_0000 / 4096;
+    for page in pages.clone() {
+        m.driver.write_physical(Pa(page * 4096), &spam);
+    }
+    // One rejected claim, repeated 1,000 times.
+    let bad = format!(
+        "OSRELEASE=6.1.0-mock\nSYMBOL(swapper_pg_dir)={SWAPPER:x}\nNUMBER(phys_base)=0\n\
+         KERNELOFFSET=0\n"
+    );
+    for i in 0..1000u64 {
+        let mut block = bad.clone().into_bytes();
+        block.push(0);
+        m.driver.write_physical(Pa(0x20_0000 + i * 256), &block);
+    }
+    m.driver
+        .write_physical(Pa(0x30_0000), vmcoreinfo().as_bytes());
+    let core = VmiCore::new(m.driver).unwrap();
+    let os = LinuxOs::builder()
+        .no_cache()
+        .profile(profile())
+        .build(&core)
+        .expect("the real VMCOREINFO behind the spam");
+    assert_eq!(
+        os.kernel().vmcoreinfo_origin,
+        VmcoreinfoOrigin::Scanned(Pa(0x30_0000))
+    );
+    let spam_pages = pages.end - pages.start;
+    assert_eq!(scan_count(&os, "not parsable"), spam_pages);
+    assert_eq!(scan_count(&os, "rejected"), 1);
+    assert_eq!(scan_count(&os, "repeated claims"), 999);
+}
