@@ -10,6 +10,7 @@
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::os::unix::net::UnixStream;
+use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, channel};
@@ -136,6 +137,8 @@ impl Tracer {
             )
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
+            // its own process group, as a shell job would be
+            .process_group(0)
             .spawn()
             .unwrap();
         let (tx, lines) = channel();
@@ -205,13 +208,14 @@ impl Tracer {
 }
 
 /// Child half: attach, insert the monitors, run the event loop until killed. In `hold`
-/// mode the handler never returns from the first event (the VM stays stopped there).
+/// mode the handler never returns from the first event (the VM stays stopped there); in
+/// `abort` mode it aborts the process there (`SIGABRT`, no destructor runs).
 #[test]
 fn guard_child_helper() {
     let Ok(qmp) = std::env::var("VMI_QEMU_GUARD_CHILD_QMP") else {
         return; // only as the child of the tests below
     };
-    let hold = std::env::var("VMI_QEMU_GUARD_CHILD_MODE").unwrap() == "hold";
+    let mode = std::env::var("VMI_QEMU_GUARD_CHILD_MODE").unwrap();
     let d = QemuDriver::attach(&qmp).unwrap();
     for m in std::env::var("VMI_QEMU_GUARD_CHILD_MONITORS")
         .unwrap()
@@ -249,9 +253,12 @@ fn guard_child_helper() {
     println!("READY");
     loop {
         d.wait_for_events(Duration::from_millis(100), &mut |_| {
-            if hold {
+            if mode != "run" {
                 println!("HIT");
                 std::io::stdout().flush().unwrap();
+                if mode == "abort" {
+                    std::process::abort();
+                }
                 loop {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
@@ -260,6 +267,18 @@ fn guard_child_helper() {
         })
         .unwrap();
     }
+}
+
+/// Starts a gdbstub of the test's own (QEMU has none of the driver's left) to look at
+/// breakpoints with; breakpoints survive a gdbserver restart in QEMU.
+fn probe_socket(g: &TestGuest) -> PathBuf {
+    let probe = g.dir().join("probe-gdb.sock");
+    g.hmp(&format!(
+        "gdbserver unix:{},server=on,wait=off",
+        probe.display()
+    ))
+    .unwrap();
+    probe
 }
 
 /// `unix:/dir/gdb.sock,server=on` (or `disconnected:unix:…`) → the socket path.
@@ -399,18 +418,57 @@ fn killed_tracer_leaves_guest_running_without_breakpoints() {
     );
     assert!(!dir.exists(), "{} left behind", dir.display());
     // Breakpoints outlive a gdbserver restart in QEMU: look with a fresh one.
-    let probe = g.dir().join("probe-gdb.sock");
-    g.hmp(&format!(
-        "gdbserver unix:{},server=on,wait=off",
-        probe.display()
-    ))
-    .unwrap();
-    let r = gdb_probe(&probe, &[format!("z0,{nanosleep:x},1")], true);
+    let r = gdb_probe(&probe_socket(&g), &[format!("z0,{nanosleep:x},1")], true);
     assert!(e22(&r[..1]), "breakpoint left behind: {r:?}");
     g.hmp("gdbserver none").unwrap();
     stays_running(&g, Duration::from_millis(1500));
 
-    // 5. A clean detach with a private gdbstub: stopped and removed by the driver itself
+    // 5. The tracer crashes at its breakpoint (abort: SIGABRT, no unwinding).
+    let mut t = Tracer::start(&g, "abort", &[("sw", nanosleep)]);
+    let dir = assert_private_dir(&chardev_path(&t.expect("GDB")));
+    t.expect("READY");
+    t.expect("HIT");
+    let hit = Instant::now();
+    let to_running = wait_status(&g, "running", hit, Duration::from_secs(1));
+    let (report, _) = t.guard_report(hit);
+    assert!(
+        report.contains("breakpoints removed; VM running"),
+        "{report}"
+    );
+    figures.push(format!(
+        "abort at a breakpoint: running {to_running:?} after the hit"
+    ));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    stays_running(&g, Duration::from_millis(1500));
+
+    // 6. SIGTERM to the tracer's whole process group (a shell's job control, a service
+    //    manager): the guard has left the group and cleans up after the tracer.
+    let mut t = Tracer::start(&g, "hold", &[("hw", do_nanosleep)]);
+    let dir = assert_private_dir(&chardev_path(&t.expect("GDB")));
+    t.expect("READY");
+    t.expect("HIT");
+    let killed = Instant::now();
+    let ok = Command::new("kill")
+        .args(["-TERM", "--", &format!("-{}", t.child.id())])
+        .status()
+        .unwrap();
+    assert!(ok.success());
+    t.child.wait().unwrap();
+    let to_running = wait_status(&g, "running", killed, Duration::from_secs(1));
+    let (report, _) = t.guard_report(killed);
+    assert!(
+        report.contains("breakpoints removed; VM running"),
+        "{report}"
+    );
+    figures.push(format!(
+        "SIGTERM to the process group: running {to_running:?} after it"
+    ));
+    assert!(!dir.exists(), "{} left behind", dir.display());
+    let r = gdb_probe(&probe_socket(&g), &[format!("z1,{do_nanosleep:x},1")], true);
+    assert!(e22(&r[..1]), "breakpoint left behind: {r:?}");
+    g.hmp("gdbserver none").unwrap();
+
+    // 7. A clean detach with a private gdbstub: stopped and removed by the driver itself
     //    (the guard is told and leaves the VM alone).
     let d = QemuDriver::attach(g.qmp_socket()).unwrap();
     d.registers(VcpuId(0)).unwrap();
