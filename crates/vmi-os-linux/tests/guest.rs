@@ -358,3 +358,26 @@ fn bullseye_default() {
         GuestConfig::default().kernel("bullseye:linux-image-cloud-amd64".parse().unwrap()),
     );
 }
+
+/// 5.10 with page-table isolation (an Intel CPU model without the Meltdown fix). Debian
+/// 11's kernels are built without `CONFIG_X86_5LEVEL`, so 5.10 has no 5-level variant.
+#[test]
+fn bullseye_kpti() {
+    run(
+        "bullseye-kpti",
+        GuestConfig::default()
+            .cpu("qemu64,vendor=GenuineIntel")
+            .kernel("bullseye:linux-image-cloud-amd64".parse().unwrap()),
+    );
+}
+
+/// Debian 11's generic 5.10 kernel (XZ-compressed bzImage), two vCPUs.
+#[test]
+fn bullseye_generic_smp2() {
+    run(
+        "bullseye-generic-smp2",
+        GuestConfig::default()
+            .smp(2)
+            .kernel("bullseye:linux-image-amd64".parse().unwrap()),
+    );
+}
