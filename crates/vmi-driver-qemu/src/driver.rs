@@ -1156,10 +1156,12 @@ impl QemuDriver {
         let result = first_err.map_or(Ok(()), Err);
         // All undone: the guard may go. Otherwise it tries again once we are gone.
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
-        if result.is_ok()
-            && let GuardState::Armed(w) = &inner.guard
-        {
-            w.disarm();
+        if let GuardState::Armed(w) = &inner.guard {
+            if result.is_ok() {
+                w.disarm();
+            } else {
+                w.note_cleanup_failed();
+            }
         }
         result
     }

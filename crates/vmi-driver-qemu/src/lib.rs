@@ -78,8 +78,10 @@
 //! and resumes) for a VM that ran at attach, or `z` for each of ours for a VM found
 //! stopped; then over the QMP socket (free again) it stops a gdbstub the driver started
 //! and restores the run state found at attach; then it removes the private socket
-//! directory, says so on stderr and exits. On the test guest the VM runs again about
-//! 15 ms after `SIGKILL` of a process holding it at a breakpoint (tests/guard.rs). On a
+//! directory, says so on stderr and exits. On the test guest the VM runs again 4-14 ms
+//! after `SIGKILL` of a process holding it at a breakpoint (`tests/guard.rs`, which also
+//! covers `abort` and `SIGTERM` to the process group), and 8-205 ms after `kill -9` of a
+//! `vmi trace` stopped at a hit, on a 2-core host under load 8. On a
 //! clean drop the driver undoes everything itself and dismisses the guard; if its own
 //! clean-up fails, the guard tries again.
 //!
