@@ -10,6 +10,7 @@
 //! cargo xtask guest reap
 //! cargo xtask xen smoke  [--xen 4.17|4.20] [--events N] [--timeout SECS]
 //! cargo xtask xen headers [--xen 4.17|4.20]
+//! cargo xtask hostile campaign --dump DUMP.elf [--mutations N] [--variants N] [--out DIR]
 //! ```
 //! All logic lives in the `vmi-test-guest` crate; this is a thin CLI over it.
 
@@ -20,6 +21,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use vmi_test_guest::{Accel, DumpFormat, GuestConfig, GuestEnv, KernelSpec, TestGuest};
 
+mod hostile;
 mod xen;
 
 #[derive(Parser)]
@@ -37,6 +39,43 @@ enum Top {
     /// Nested Xen under QEMU TCG: the smoke test of vmi-driver-xen.
     #[command(subcommand)]
     Xen(XenCmd),
+    /// Hostile inputs: mutated dumps and decoy-planting guests against the `vmi` CLI.
+    #[command(subcommand)]
+    Hostile(HostileCmd),
+}
+
+#[derive(Subcommand)]
+enum HostileCmd {
+    /// Mutate a clean ELF dump of the test guest (headers, notes, kernel structures, page
+    /// tables) and plant decoys in an unprivileged process's memory; run info, ps,
+    /// modules, maps, files and dmesg on each; exit 0 only if nothing panicked, hung,
+    /// exceeded the memory limit, or (decoys) changed the output.
+    Campaign {
+        /// The clean ELF dump (`cargo xtask guest dump`); it is copied, never modified.
+        #[arg(long)]
+        dump: PathBuf,
+        /// The `vmi` binary (default: target/release/vmi, built if missing).
+        #[arg(long)]
+        vmi: Option<PathBuf>,
+        /// Output directory (report.json).
+        #[arg(long, default_value = "target/hostile")]
+        out: PathBuf,
+        /// Mutated dumps.
+        #[arg(long, default_value_t = 1000)]
+        mutations: usize,
+        /// Decoy variants.
+        #[arg(long, default_value_t = 50)]
+        variants: usize,
+        /// Seed.
+        #[arg(long, default_value_t = 14)]
+        seed: u64,
+        /// Seconds per command before it counts as hung.
+        #[arg(long, default_value_t = 60)]
+        timeout: u64,
+        /// Peak memory per command, MiB.
+        #[arg(long, default_value_t = 2048)]
+        max_rss_mib: u64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -142,6 +181,43 @@ fn main() -> Result<()> {
             timeout,
         }) => {
             if !xen::smoke(&xen, events, Duration::from_secs(timeout))? {
+                std::process::exit(1);
+            }
+            Ok(())
+        }
+        Top::Hostile(HostileCmd::Campaign {
+            dump,
+            vmi,
+            out,
+            mutations,
+            variants,
+            seed,
+            timeout,
+            max_rss_mib,
+        }) => {
+            let vmi = match vmi {
+                Some(v) => v,
+                None => {
+                    let st = std::process::Command::new("cargo")
+                        .args(["build", "--release", "-q", "-p", "vmi-cli"])
+                        .status()?;
+                    if !st.success() {
+                        bail!("cargo build --release -p vmi-cli failed");
+                    }
+                    PathBuf::from("target/release/vmi")
+                }
+            };
+            let ok = hostile::run(&hostile::Campaign {
+                dump,
+                vmi,
+                out,
+                mutations,
+                variants,
+                seed,
+                timeout: Duration::from_secs(timeout),
+                max_rss_kib: max_rss_mib * 1024,
+            })?;
+            if !ok {
                 std::process::exit(1);
             }
             Ok(())
