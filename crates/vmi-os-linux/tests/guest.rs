@@ -205,6 +205,58 @@ fn kallsyms_planted_outside_rodata_are_not_taken(label: &str, guest: &TestGuest,
     assert!(text.contains("--system-map"), "[{label}] {text}");
 }
 
+/// On kernels whose VMCOREINFO lists the kallsyms tables (6.0+), the search by structure
+/// that older kernels need finds the same tables and the same symbols when those lines are
+/// taken out of VMCOREINFO (an independent check of the search on 6.1's and 6.12's layouts).
+fn kallsyms_search_agrees_with_vmcoreinfo(label: &str, guest: &TestGuest, os: &LinuxOs) {
+    let (Some(token_table), VmcoreinfoOrigin::Scanned(at)) = (
+        os.vmcoreinfo().symbol("kallsyms_token_table"),
+        os.kernel().vmcoreinfo_origin,
+    ) else {
+        return;
+    };
+    let env = guest.env();
+    let core = VmiCore::new(RamFile::open(guest.mem_file(), env.mem_size).unwrap()).unwrap();
+    let mut text = vec![0u8; 4096];
+    core.read(vmi_core::AccessContext::direct(at), &mut text)
+        .expect("reading VMCOREINFO");
+    let end = text.iter().position(|&b| b == 0).unwrap_or(text.len());
+    let stripped: String = String::from_utf8_lossy(&text[..end])
+        .lines()
+        .filter(|l| !l.contains("kallsyms"))
+        .map(|l| format!("{l}\n"))
+        .collect();
+    let searched = LinuxOs::builder()
+        .no_cache()
+        .vmcoreinfo(stripped)
+        .build(&core)
+        .unwrap_or_else(|e| panic!("[{label}] kallsyms by structure: {e}"));
+    eprintln!(
+        "[{label}] kallsyms without VMCOREINFO's tables: {:?}",
+        searched.profile().metadata.sources
+    );
+    let want = format!("found by structure at {token_table:#x}");
+    assert!(
+        searched
+            .profile()
+            .metadata
+            .sources
+            .iter()
+            .any(|s| s.contains(&want)),
+        "[{label}] {:?} (want {want})",
+        searched.profile().metadata.sources
+    );
+    let kallsyms = |os: &LinuxOs| -> Vec<(String, u64)> {
+        os.profile()
+            .symbols
+            .iter()
+            .filter(|s| s.kind.is_some())
+            .map(|s| (s.name.clone(), s.address))
+            .collect()
+    };
+    assert_eq!(kallsyms(&searched), kallsyms(os), "[{label}] symbols");
+}
+
 /// Boots `cfg` and runs every check over every access path.
 fn run(label: &str, cfg: GuestConfig) {
     let Some(guest) = TestGuest::boot_or_skip(cfg) else {
@@ -231,6 +283,7 @@ fn run(label: &str, cfg: GuestConfig) {
     check_all(&format!("{label}/raw"), &core, &os, truth);
     kernel_without_btf_names_the_files_to_give(label, &guest, &os);
     kallsyms_planted_outside_rodata_are_not_taken(label, &guest, &os);
+    kallsyms_search_agrees_with_vmcoreinfo(label, &guest, &os);
     // Without registers, the current task comes from __per_cpu_offset.
     for cpu in 0..truth.ncpus {
         os.current_task(&core, cpu)
