@@ -1,9 +1,10 @@
 //! `cargo xtask`: developer tasks for this workspace.
 //!
 //! ```text
-//! cargo xtask guest build [--kernel SPEC]
+//! cargo xtask guest build [--kernel SPEC] [--userland busybox|realistic]
 //! cargo xtask guest up    --dir DIR [--kernel SPEC] [--cpu MODEL] [--smp N] [--mem MB]
 //!                         [--no-kaslr] [--kallsyms] [--append WORD]... [--accel auto|tcg|kvm]
+//!                         [--userland busybox|realistic]
 //! cargo xtask guest dump  --dir DIR --format elf|kdump-zlib OUT
 //! cargo xtask guest qmp   --dir DIR '<json>'|'hmp:<command>'...
 //! cargo xtask guest down  --dir DIR
@@ -108,6 +109,10 @@ enum GuestCmd {
         /// Kernel: `[suite:]package` (default bookworm:linux-image-cloud-amd64).
         #[arg(long, default_value = vmi_test_guest::DEFAULT_KERNEL)]
         kernel: String,
+        /// Userland: `busybox` (default) or `realistic` (Debian programs, every process in
+        /// the truth).
+        #[arg(long, default_value = "busybox")]
+        userland: String,
     },
     /// Build what is missing, boot, wait for the ready marker, write DIR/guest.env.
     Up {
@@ -141,6 +146,9 @@ enum GuestCmd {
         /// Seconds to wait for the ready marker.
         #[arg(long, default_value_t = 240)]
         timeout: u64,
+        /// Userland: `busybox` (default) or `realistic`.
+        #[arg(long, default_value = "busybox")]
+        userland: String,
     },
     /// Dump guest memory through QMP (`dump-guest-memory`, paging=false).
     Dump {
@@ -231,9 +239,9 @@ fn main() -> Result<()> {
 
 fn guest(cmd: GuestCmd) -> Result<()> {
     match cmd {
-        GuestCmd::Build { kernel } => {
+        GuestCmd::Build { kernel, userland } => {
             let spec: KernelSpec = kernel.parse()?;
-            let k = vmi_test_guest::kernel::prepare(&spec)?;
+            let k = vmi_test_guest::kernel::prepare_for(&spec, userland.parse()?)?;
             println!("KERNEL_PACKAGE={}", k.package);
             println!("KERNEL_VERSION={}", k.version);
             println!("KERNEL_RELEASE={}", k.release);
@@ -253,6 +261,7 @@ fn guest(cmd: GuestCmd) -> Result<()> {
             append,
             accel,
             timeout,
+            userland,
         } => {
             let accel = match accel.as_str() {
                 "auto" => Accel::Auto,
@@ -269,7 +278,8 @@ fn guest(cmd: GuestCmd) -> Result<()> {
                 .kaslr(!no_kaslr)
                 .kallsyms(kallsyms)
                 .accel(accel)
-                .boot_timeout(Duration::from_secs(timeout));
+                .boot_timeout(Duration::from_secs(timeout))
+                .userland(userland.parse()?);
             for w in &append {
                 cfg = cfg.append(w);
             }

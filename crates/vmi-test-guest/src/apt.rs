@@ -268,6 +268,61 @@ impl Apt {
         }
     }
 
+    /// The candidate version of each of `packages` (plain packages, no metapackage
+    /// resolution), in the given order, with one `apt-cache show` call; runs
+    /// `apt-get update` once if the lists are missing or do not know a package.
+    pub fn versions(&self, packages: &[&str]) -> Result<Vec<Resolved>> {
+        if !self.has_lists() {
+            self.update_if_missing()?;
+        }
+        match self.versions_cached_lists(packages) {
+            Ok(r) => Ok(r),
+            Err(first) => {
+                eprintln!("[vmi-test-guest] {first}; updating apt lists");
+                self.update()?;
+                self.versions_cached_lists(packages)
+            }
+        }
+    }
+
+    fn versions_cached_lists(&self, packages: &[&str]) -> Result<Vec<Resolved>> {
+        let fail = |detail: String| Error::KernelResolve {
+            spec: packages.join(" "),
+            detail,
+        };
+        let out = cache::run(
+            self.command("apt-cache")
+                .args(["show", "--no-all-versions"])
+                .args(packages),
+        )
+        .map_err(|e| fail(e.to_string()))?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        let mut found = std::collections::HashMap::new();
+        for stanza in text.split("\n\n") {
+            let field = |k: &str| {
+                stanza
+                    .lines()
+                    .find_map(|l| l.strip_prefix(k))
+                    .map(|v| v.trim().to_owned())
+            };
+            if let (Some(p), Some(v)) = (field("Package: "), field("Version: ")) {
+                found.entry(p).or_insert(v);
+            }
+        }
+        packages
+            .iter()
+            .map(|p| {
+                let version = found
+                    .get(*p)
+                    .ok_or_else(|| fail(format!("`apt-cache show` has no version of {p}")))?;
+                Ok(Resolved {
+                    package: (*p).to_owned(),
+                    version: version.clone(),
+                })
+            })
+            .collect()
+    }
+
     /// Download `r`'s `.deb` into `dir` (if not there yet); returns its path.
     pub fn download(&self, r: &Resolved, dir: &Path) -> Result<PathBuf> {
         let target = dir.join(r.deb_name());

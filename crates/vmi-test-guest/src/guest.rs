@@ -14,6 +14,7 @@ use crate::error::{Error, Result};
 use crate::kernel::{self, PreparedKernel};
 use crate::qmp;
 use crate::truth::{self, Truth};
+use crate::userland::Userland;
 
 /// Default time allowed from QEMU start to the ready marker (CI machines are slow).
 pub const DEFAULT_BOOT_TIMEOUT: Duration = Duration::from_secs(240);
@@ -77,6 +78,8 @@ pub struct GuestConfig {
     pub boot_timeout: Duration,
     /// Guest directory; `None`: a fresh unique one under [`cache::guests_base_dir`].
     pub dir: Option<PathBuf>,
+    /// The userland in the initramfs (default: busybox only).
+    pub userland: Userland,
 }
 
 impl Default for GuestConfig {
@@ -92,6 +95,7 @@ impl Default for GuestConfig {
             accel: Accel::Auto,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             dir: None,
+            userland: Userland::Busybox,
         }
     }
 }
@@ -145,6 +149,12 @@ impl GuestConfig {
     /// Use this guest directory (created if missing).
     pub fn dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+    /// Choose the userland ([`Userland::Realistic`]: Debian programs, production-shaped
+    /// processes, the truth of every process).
+    pub fn userland(mut self, userland: Userland) -> Self {
+        self.userland = userland;
         self
     }
 
@@ -267,6 +277,8 @@ pub struct GuestEnv {
     pub kallsyms: Option<PathBuf>,
     /// Seconds from QEMU start to the ready marker.
     pub boot_seconds: f64,
+    /// The userland booted (`busybox` or `realistic`).
+    pub userland: Userland,
 }
 
 impl GuestEnv {
@@ -303,6 +315,7 @@ impl GuestEnv {
             kv("KALLSYMS", &k.display());
         }
         kv("BOOT_SECONDS", &format!("{:.2}", self.boot_seconds));
+        kv("USERLAND", &self.userland);
         s
     }
 
@@ -357,6 +370,10 @@ impl GuestEnv {
                 .ok()
                 .and_then(|v| v.parse().ok())
                 .unwrap_or(0.0),
+            userland: get("USERLAND")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .unwrap_or_default(),
         })
     }
 
@@ -573,7 +590,7 @@ impl TestGuest {
             tool: "qemu-system-x86_64",
             hint: "apt-get install qemu-system-x86",
         })?;
-        let kernel = kernel::prepare(&cfg.kernel)?;
+        let kernel = kernel::prepare_for(&cfg.kernel, cfg.userland)?;
         let (dir, remove_dir) = match &cfg.dir {
             Some(d) => (d.clone(), false),
             None => {
@@ -767,6 +784,7 @@ fn launch(
         cmdline: cfg.cmdline(),
         kallsyms: cfg.kallsyms.then(|| dir.join("kallsyms.txt")),
         boot_seconds: 0.0,
+        userland: cfg.userland,
         dir,
     };
     for p in [

@@ -13,6 +13,10 @@
 //! | `vmi_loop` | shell script looping `sleep 1` (its `sleep` child is transient) | a process that regularly runs |
 //! | `vmi_user` | busybox `sleep 100004` as uid/gid 1000 (user `vmi`, via `su`) | non-root credentials |
 
+//!
+//! The realistic userland ([`build_realistic`], files in `src/realistic/`) adds Debian
+//! programs and production-shaped processes; see the crate README.
+
 use std::io::Write;
 
 use crate::cpio::CpioBuilder;
@@ -89,6 +93,14 @@ wait
 while :; do sleep 3600; done
 "#;
 
+/// The shell lines starting the classic processes (both userlands).
+const CLASSIC_START: &str = r#"( export VMI_ENV_MARKER=VMI-ENV-MARKER-5a17c0de; exec -a sleep /bin/vmi_sleeper 100000 ) &
+( exec 3</etc/vmi-fd-target 4>/tmp/vmi-fd-out; exec -a sleep /bin/vmi_mapper 100001 ) &
+/bin/vmi_parent &
+/bin/vmi_loop &
+su -s /bin/sh vmi -c 'exec -a sleep /bin/vmi_user 100004' &
+"#;
+
 fn init_script() -> String {
     let ksym_re = TRUTH_KSYMS.join("|");
     format!(
@@ -107,16 +119,25 @@ hostname vmiguest
 for m in $(cat /lib/modules/load-order 2>/dev/null); do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
 
 # --- recognisable long-lived processes ---
-( export VMI_ENV_MARKER=VMI-ENV-MARKER-5a17c0de; exec -a sleep /bin/vmi_sleeper 100000 ) &
-( exec 3</etc/vmi-fd-target 4>/tmp/vmi-fd-out; exec -a sleep /bin/vmi_mapper 100001 ) &
-/bin/vmi_parent &
-/bin/vmi_loop &
-su -s /bin/sh vmi -c 'exec -a sleep /bin/vmi_user 100004' &
-# let them exec before the snapshot
+{CLASSIC_START}# let them exec before the snapshot
 i=0
 while [ $i -lt 300 ]; do
   [ "$(pidof vmi_child | wc -w)" = 2 ] && [ "$(pidof vmi_sleeper vmi_mapper vmi_loop vmi_user | wc -w)" = 4 ] && break
   sleep 0.1; i=$((i+1))
+done
+# The processes blocked by design (all but vmi_loop): wait until they sleep, so the state
+# the truth prints is the one memory holds later.
+blocked=$(pidof vmi_sleeper vmi_mapper vmi_parent vmi_child vmi_user)
+i=0
+while [ $i -lt 200 ]; do
+  busy=
+  for p in $blocked; do
+    {{ read -r s < /proc/$p/stat; }} 2>/dev/null
+    s=${{s##*) }}
+    [ "${{s%% *}}" = S ] || busy=1
+  done
+  [ -z "$busy" ] && break
+  sleep 0.05; i=$((i+1))
 done
 
 # --- ground truth for the host ---
@@ -131,6 +152,8 @@ echo "cpuflags $(grep -m1 ^flags /proc/cpuinfo | cut -d: -f2)"
 for v in /sys/devices/system/cpu/vulnerabilities/*; do
   [ -r "$v" ] && echo "vuln ${{v##*/}} $(cat $v)"
 done
+echo "userland busybox"
+for p in $blocked; do echo "blocked $p"; done
 marked=
 for d in /proc/[0-9]*; do
   name= state= tgid= pid= ppid= uid=
@@ -187,6 +210,82 @@ while :; do sleep 3600; done
 /// (`(name, uncompressed .ko bytes)`, loaded in the given order).
 pub fn build(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
     let mut c = CpioBuilder::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    add_common(&mut c, &mut dirs, modules)?;
+    let mut links = vec!["bin/busybox".to_owned()];
+    links.extend(BUSYBOX_LINKS.iter().map(|l| format!("bin/{l}")));
+    let link_refs: Vec<&str> = links.iter().map(String::as_str).collect();
+    c.hard_linked(&link_refs, 0o755, busybox.to_vec());
+    c.symlink("bin/sh", "busybox");
+    c.file("init", 0o755, init_script());
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    gz.write_all(&c.to_bytes())
+        .map_err(Error::io("gzip", "initramfs"))?;
+    gz.finish().map_err(Error::io("gzip", "initramfs"))
+}
+
+/// Files of the realistic guest (`src/realistic/`): `(path in the guest, mode, contents)`.
+pub const REALISTIC_FILES: &[(&str, u32, &str)] = &[
+    (
+        "opt/vmi/vmilib.py",
+        0o644,
+        include_str!("realistic/vmilib.py"),
+    ),
+    (
+        "opt/vmi/vmi_server",
+        0o755,
+        include_str!("realistic/vmi_server"),
+    ),
+    (
+        "opt/vmi/vmi_manyvma",
+        0o755,
+        include_str!("realistic/vmi_manyvma"),
+    ),
+    (
+        "opt/vmi/vmi_files",
+        0o755,
+        include_str!("realistic/vmi_files"),
+    ),
+    (
+        "opt/vmi/vmi_zparent",
+        0o755,
+        include_str!("realistic/vmi_zparent"),
+    ),
+    (
+        "opt/vmi/vmi_ctr_init",
+        0o755,
+        include_str!("realistic/vmi_ctr_init"),
+    ),
+    (
+        "opt/vmi/vmi_ctr_app",
+        0o755,
+        include_str!("realistic/vmi_ctr_app"),
+    ),
+    (
+        "opt/vmi/vmi_userbash",
+        0o755,
+        include_str!("realistic/vmi_userbash"),
+    ),
+    (
+        "opt/vmi/vmi_truth",
+        0o755,
+        include_str!("realistic/vmi_truth"),
+    ),
+];
+
+const REALISTIC_INIT: &str = include_str!("realistic/init.sh");
+
+fn realistic_init_script() -> String {
+    REALISTIC_INIT.replace("@CLASSIC@\n", CLASSIC_START)
+}
+
+/// The files both userlands share: device nodes, the classic scripts, `/etc`, the kernel
+/// modules. `dirs` records the directories created.
+fn add_common(
+    c: &mut CpioBuilder,
+    dirs: &mut std::collections::BTreeSet<String>,
+    modules: &[(String, Vec<u8>)],
+) -> Result<()> {
     for d in [
         "bin",
         "dev",
@@ -198,16 +297,12 @@ pub fn build(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
         "lib",
         "lib/modules",
     ] {
-        c.dir(d, 0o755);
+        if dirs.insert(d.to_owned()) {
+            c.dir(d, 0o755);
+        }
     }
     c.char_dev("dev/console", 0o600, 5, 1);
     c.char_dev("dev/null", 0o666, 1, 3);
-    let mut links = vec!["bin/busybox".to_owned()];
-    links.extend(BUSYBOX_LINKS.iter().map(|l| format!("bin/{l}")));
-    let link_refs: Vec<&str> = links.iter().map(String::as_str).collect();
-    c.hard_linked(&link_refs, 0o755, busybox.to_vec());
-    c.symlink("bin/sh", "busybox");
-    c.file("init", 0o755, init_script());
     c.file("bin/vmi_loop", 0o755, VMI_LOOP);
     c.file("bin/vmi_parent", 0o755, VMI_PARENT);
     c.file("etc/vmi-fd-target", 0o644, FD_TARGET_CONTENT);
@@ -232,10 +327,61 @@ pub fn build(busybox: &[u8], modules: &[(String, Vec<u8>)]) -> Result<Vec<u8>> {
         order.push('\n');
     }
     c.file("lib/modules/load-order", 0o644, order);
-    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::best());
+    Ok(())
+}
+
+/// Build the gzip-compressed initramfs of the realistic userland from the unpacked
+/// packages and the kernel modules. Returns the archive and what went into it.
+pub fn build_realistic(
+    staged: &crate::userland::Staged,
+    modules: &[(String, Vec<u8>)],
+) -> Result<(Vec<u8>, crate::userland::Added)> {
+    use crate::userland;
+    let mut c = CpioBuilder::new();
+    let mut dirs = std::collections::BTreeSet::new();
+    add_common(&mut c, &mut dirs, modules)?;
+    let busybox_path = staged.root.join(userland::BUSYBOX);
+    let busybox = crate::cache::read(&busybox_path)?;
+    let mut links = vec![userland::BUSYBOX.to_owned()];
+    links.extend(BUSYBOX_LINKS.iter().map(|l| format!("bin/{l}")));
+    let link_refs: Vec<&str> = links.iter().map(String::as_str).collect();
+    c.hard_linked(&link_refs, 0o755, busybox);
+    c.symlink("bin/sh", "busybox");
+    let added = userland::add_files(staged, &mut c, &mut dirs)?;
+    for d in ["opt", "opt/vmi", "srv", "etc/vmi", "etc/dropbear"] {
+        if dirs.insert(d.to_owned()) {
+            c.dir(d, 0o755);
+        }
+    }
+    for (path, mode, text) in REALISTIC_FILES {
+        c.file(path, *mode, *text);
+    }
+    c.symlink("opt/vmi/vmi_cat", "/bin/cat");
+    c.symlink("opt/vmi/vmi_orphan", "/bin/sleep");
+    let mut ksyms = TRUTH_KSYMS.join("\n");
+    ksyms.push('\n');
+    c.file("etc/vmi/ksyms", 0o644, ksyms);
+    c.file("init", 0o755, realistic_init_script());
+    // Level 1: the archive is ~30 MB; compressing harder saves little and costs seconds.
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
     gz.write_all(&c.to_bytes())
         .map_err(Error::io("gzip", "initramfs"))?;
-    gz.finish().map_err(Error::io("gzip", "initramfs"))
+    let img = gz.finish().map_err(Error::io("gzip", "initramfs"))?;
+    Ok((img, added))
+}
+
+/// A digest of the realistic guest's own files (scripts, init), part of its cache key.
+pub fn realistic_digest() -> u64 {
+    let mut h = Fnv::default();
+    h.write(&script_digest().to_le_bytes());
+    h.write(realistic_init_script().as_bytes());
+    for (path, mode, text) in REALISTIC_FILES {
+        h.write(path.as_bytes());
+        h.write(&mode.to_le_bytes());
+        h.write(text.as_bytes());
+        h.write(&[0]);
+    }
+    h.0
 }
 
 /// A digest of everything that goes into the initramfs except busybox and the modules (so

@@ -18,6 +18,7 @@ use crate::apt::{Apt, KernelSpec};
 use crate::cache::{self, CacheLock};
 use crate::error::{Error, Result};
 use crate::initramfs::{self, Fnv};
+use crate::userland::{self, Userland};
 use crate::vmlinuz;
 
 /// Modules put into the initramfs and loaded by `/init`, in order (those without
@@ -50,13 +51,21 @@ pub struct PreparedKernel {
     pub dir: PathBuf,
 }
 
-/// Download (if needed) and unpack a kernel package and build its initramfs; safe to call
-/// from parallel processes (file lock per package).
+/// Download (if needed) and unpack a kernel package and build its busybox initramfs; safe
+/// to call from parallel processes (file lock per package).
 pub fn prepare(spec: &KernelSpec) -> Result<PreparedKernel> {
-    let busybox = cache::read(Path::new(BUSYBOX)).map_err(|_| Error::MissingTool {
-        tool: "busybox",
-        hint: "apt-get install busybox-static (a static /bin/busybox)",
-    })?;
+    prepare_for(spec, Userland::Busybox)
+}
+
+/// [`prepare`] with the initramfs of the given userland.
+pub fn prepare_for(spec: &KernelSpec, userland: Userland) -> Result<PreparedKernel> {
+    let busybox = match userland {
+        Userland::Busybox => cache::read(Path::new(BUSYBOX)).map_err(|_| Error::MissingTool {
+            tool: "busybox",
+            hint: "apt-get install busybox-static (a static /bin/busybox)",
+        })?,
+        Userland::Realistic => Vec::new(),
+    };
     if cache::which("dpkg-deb").is_none() || cache::which("apt-get").is_none() {
         return Err(Error::MissingTool {
             tool: "dpkg-deb",
@@ -109,6 +118,15 @@ pub fn prepare(spec: &KernelSpec) -> Result<PreparedKernel> {
     let mut digest = Fnv::default();
     digest.write(&initramfs::script_digest().to_le_bytes());
     digest.write(&busybox);
+    let staged = match userland {
+        Userland::Busybox => None,
+        Userland::Realistic => {
+            let s = userland::stage()?;
+            digest.write(&initramfs::realistic_digest().to_le_bytes());
+            digest.write(&s.digest.to_le_bytes());
+            Some(s)
+        }
+    };
     for m in GUEST_MODULES {
         let p = dir.join("modules").join(format!("{m}.ko"));
         if let Ok(ko) = std::fs::read(&p) {
@@ -117,9 +135,29 @@ pub fn prepare(spec: &KernelSpec) -> Result<PreparedKernel> {
             modules.push(((*m).to_owned(), ko));
         }
     }
-    let initrd = dir.join(format!("initramfs-{:016x}.cpio.gz", digest.0));
+    let initrd = match &staged {
+        None => dir.join(format!("initramfs-{:016x}.cpio.gz", digest.0)),
+        Some(_) => dir.join(format!("initramfs-realistic-{:016x}.cpio.gz", digest.0)),
+    };
     if !initrd.is_file() {
-        let img = initramfs::build(&busybox, &modules)?;
+        let img = match &staged {
+            None => initramfs::build(&busybox, &modules)?,
+            Some(s) => {
+                let t = std::time::Instant::now();
+                let (img, added) = initramfs::build_realistic(s, &modules)?;
+                eprintln!(
+                    "[vmi-test-guest] realistic initramfs: {} files, {:.1} MB ({:.1} MB gzip'd), \
+                     {} libraries, {} Python modules left out, {:.1} s",
+                    added.files,
+                    added.bytes as f64 / 1e6,
+                    img.len() as f64 / 1e6,
+                    added.libraries.len(),
+                    added.skipped_modules.len(),
+                    t.elapsed().as_secs_f64()
+                );
+                img
+            }
+        };
         cache::write_atomic(&initrd, &img)?;
     }
     Ok(PreparedKernel {

@@ -44,6 +44,7 @@ pub mod kernel;
 pub mod oracle;
 pub mod qmp;
 pub mod truth;
+pub mod userland;
 pub mod vmlinuz;
 
 pub use apt::{DEFAULT_KERNEL, KernelSpec};
@@ -54,5 +55,6 @@ pub use guest::{
 };
 pub use oracle::volatility;
 pub use truth::{
-    ENV_MARKER, Fd, IomemRange, MapEntry, Module, Process, Task, Truth, VmcoreinfoNote,
+    ENV_MARKER, Fd, IomemRange, MapEntry, Module, Process, Task, Thread, Truth, VmcoreinfoNote,
 };
+pub use userland::Userland;

@@ -30,6 +30,21 @@
 //! | `vmcoreinfo_note` | `/sys/kernel/vmcoreinfo` (`<paddr hex> <size hex>`) |
 //! | `bootmsg` | a boot message of interest (paging mode, page-table isolation, ...) |
 //! | `dmesg` | one of the last 20 lines of `dmesg` |
+//! | `userland` | `busybox` or `realistic` |
+//! | `blocked` | `<pid>` of a process blocked by design: its state (and its threads') cannot change after the truth is printed |
+//!
+//! The realistic userland prints `proc`, `argv`, `environ`, `maps` and `fd` lines for
+//! **every** process (kernel threads and zombies included), plus:
+//!
+//! | keyword | fields |
+//! |---|---|
+//! | `ids` | `<pid> <gid> <NSpid> <NStgid>` (real gid; the pid and tgid in each PID namespace, outermost first, comma-separated) |
+//! | `thread` | `<pid> <tid> <state> <comm>` (every entry of `/proc/<pid>/task`) |
+//! | `ns` | `<pid> <kind> <inode>` (`readlink /proc/<pid>/ns/<kind>` for `pid`, `mnt`, `uts`) |
+//! | `uts` | `<inode> <hostname>` (the host name of each UTS namespace) |
+//! | `printer` | `<pid>` of the process printing the truth (it exits right after: leave it out) |
+//! | `warning` | something the printer could not ensure (e.g. a process not settled in time) |
+//! | `printed` | how long the printer waited and printed |
 //!
 //! Unknown lines (e.g. a kernel message that got interleaved) are kept in
 //! [`Truth::unknown_lines`] instead of failing the parse.
@@ -72,6 +87,33 @@ pub struct Task {
     pub state: String,
     /// `comm` (the `Name:` of `/proc/<pid>/status`).
     pub comm: String,
+    /// Real group id (realistic userland only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub gid: Option<u32>,
+    /// `NSpid`: the pid in each PID namespace it belongs to, outermost first (realistic
+    /// userland only; one entry outside containers).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ns_pid: Vec<u32>,
+    /// `NStgid`: the tgid in each PID namespace, outermost first (realistic userland only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ns_tgid: Vec<u32>,
+    /// Every thread (`/proc/<pid>/task`, the leader included; realistic userland only).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub threads: Vec<Thread>,
+    /// Namespace inodes by kind (`pid`, `mnt`, `uts`; realistic userland only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub namespaces: BTreeMap<String, u64>,
+}
+
+/// One thread of a process (`/proc/<pid>/task/<tid>`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Thread {
+    /// Thread id.
+    pub tid: u32,
+    /// State letter.
+    pub state: String,
+    /// The thread's own `comm`.
+    pub comm: String,
 }
 
 /// One line of `/proc/<pid>/maps`.
@@ -105,7 +147,8 @@ pub struct Fd {
     pub target: String,
 }
 
-/// Details of one of the guest's marked processes (`vmi_*`).
+/// Details of a process: the marked `vmi_*` ones in the busybox userland, every process in
+/// the realistic one.
 #[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
 pub struct Process {
     /// PID.
@@ -218,6 +261,27 @@ pub struct Truth {
     pub dmesg_tail: Vec<String>,
     /// File holding the full `/proc/kallsyms` (only with the `vmi_kallsyms` option).
     pub kallsyms_path: Option<PathBuf>,
+    /// The userland that printed this truth (`busybox`, `realistic`; `None` for logs older
+    /// than the `userland` line).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub userland: Option<String>,
+    /// Processes blocked by design: their state, and their threads', cannot change after
+    /// the truth was printed, so tests may compare it (see [`Truth::blocked_by_design`]).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub blocked: Vec<u32>,
+    /// PID of the process that printed the truth (realistic userland): it exited before
+    /// the guest was ready, leave it out of comparisons.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub printer_pid: Option<u32>,
+    /// Host name of each UTS namespace, by namespace inode (realistic userland).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub uts_hostnames: BTreeMap<u64, String>,
+    /// What the printer could not ensure (should be empty).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub warnings: Vec<String>,
+    /// How long the printer waited for the workload and printed (realistic userland).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub printed: Option<String>,
     /// Lines of the block that matched no keyword (should be empty).
     pub unknown_lines: Vec<String>,
 }
@@ -231,6 +295,33 @@ impl Truth {
     /// The first marked process whose `comm` is `comm` (e.g. `vmi_sleeper`).
     pub fn process(&self, comm: &str) -> Option<&Process> {
         self.processes.iter().find(|p| p.comm == comm)
+    }
+
+    /// The task with this pid.
+    pub fn task_by_pid(&self, pid: u32) -> Option<&Task> {
+        self.tasks.iter().find(|t| t.pid == pid)
+    }
+
+    /// The detailed process with this pid.
+    pub fn process_by_pid(&self, pid: u32) -> Option<&Process> {
+        self.processes.iter().find(|p| p.pid == pid)
+    }
+
+    /// Whether the guest guarantees that `pid` (and its threads) stayed blocked since the
+    /// truth was printed: only then may a test compare its state.
+    pub fn blocked_by_design(&self, pid: u32) -> bool {
+        self.blocked.contains(&pid)
+    }
+
+    /// Whether every process got details (`processes`), not only the marked ones.
+    pub fn every_process_detailed(&self) -> bool {
+        self.userland.as_deref() == Some("realistic")
+    }
+
+    /// The host name `pid` sees (its UTS namespace's), if the truth has it.
+    pub fn hostname_of(&self, pid: u32) -> Option<&str> {
+        let ino = self.task_by_pid(pid)?.namespaces.get("uts")?;
+        self.uts_hostnames.get(ino).map(String::as_str)
     }
 
     /// Marked processes whose parent is `ppid`.
@@ -354,6 +445,18 @@ fn dec<T: std::str::FromStr>(line: usize, what: &str, s: &str) -> Result<T> {
         .map_err(|_| err(line, format!("{what}: `{s}` is not a decimal number")))
 }
 
+/// A comma-separated list of decimal numbers (at most 64: PID namespaces nest 32 deep).
+fn dec_list(line: usize, what: &str, s: &str) -> Result<Vec<u32>> {
+    let v = s
+        .split(',')
+        .map(|x| dec(line, what, x))
+        .collect::<Result<Vec<u32>>>()?;
+    if v.len() > 64 {
+        return Err(err(line, format!("{what}: {} entries", v.len())));
+    }
+    Ok(v)
+}
+
 fn hex(line: usize, what: &str, s: &str) -> Result<u64> {
     let t = s.strip_prefix("0x").unwrap_or(s);
     u64::from_str_radix(t, 16).map_err(|_| err(line, format!("{what}: `{s}` is not hex")))
@@ -465,8 +568,56 @@ impl Truth {
                         uid: dec(n, "uid", f[3])?,
                         state: f[4].to_owned(),
                         comm: comm.to_owned(),
+                        gid: None,
+                        ns_pid: Vec::new(),
+                        ns_tgid: Vec::new(),
+                        threads: Vec::new(),
+                        namespaces: BTreeMap::new(),
                     });
                 }
+                "ids" | "thread" | "ns" => {
+                    let (f, value) = fields(n, rest, 1, key)?;
+                    let pid: u32 = dec(n, "pid", f[0])?;
+                    let task =
+                        t.tasks
+                            .iter_mut()
+                            .rev()
+                            .find(|x| x.pid == pid)
+                            .ok_or_else(|| {
+                                err(n, format!("{key} for pid {pid} before its task line"))
+                            })?;
+                    match key {
+                        "ids" => {
+                            let (g, _) = fields(n, value, 3, "ids")?;
+                            task.gid = Some(dec(n, "gid", g[0])?);
+                            task.ns_pid = dec_list(n, "NSpid", g[1])?;
+                            task.ns_tgid = dec_list(n, "NStgid", g[2])?;
+                        }
+                        "thread" => {
+                            let (g, comm) = fields(n, value, 2, "thread")?;
+                            task.threads.push(Thread {
+                                tid: dec(n, "tid", g[0])?,
+                                state: g[1].to_owned(),
+                                comm: comm.to_owned(),
+                            });
+                        }
+                        _ => {
+                            let (g, _) = fields(n, value, 2, "ns")?;
+                            task.namespaces
+                                .insert(g[0].to_owned(), dec(n, "ns inode", g[1])?);
+                        }
+                    }
+                }
+                "uts" => {
+                    let (f, host) = fields(n, rest, 1, "uts")?;
+                    t.uts_hostnames
+                        .insert(dec(n, "uts inode", f[0])?, host.to_owned());
+                }
+                "blocked" => t.blocked.push(dec(n, "blocked pid", rest.trim())?),
+                "printer" => t.printer_pid = Some(dec(n, "printer pid", rest.trim())?),
+                "userland" => t.userland = Some(rest.trim().to_owned()),
+                "warning" => t.warnings.push(rest.to_owned()),
+                "printed" => t.printed = Some(rest.to_owned()),
                 "proc" => {
                     let (f, comm) = fields(n, rest, 5, "proc")?;
                     let pid = dec(n, "pid", f[0])?;

@@ -4,7 +4,7 @@
 use std::path::Path;
 
 use serde_json::json;
-use vmi_test_guest::{DumpFormat, ENV_MARKER, GuestConfig, TestGuest, Truth};
+use vmi_test_guest::{DumpFormat, ENV_MARKER, GuestConfig, TestGuest, Truth, Userland};
 
 const FOUR_G: u64 = 1 << 32;
 
@@ -313,6 +313,184 @@ fn trixie_6_12_cloud_kernel_boots() {
         g.truth().release
     );
     assert!(Path::new(&g.env().vmlinux).is_file());
+}
+
+/// What the realistic userland adds: every process detailed, and each production-shaped
+/// process as designed.
+fn realistic_sanity(g: &TestGuest) {
+    let t = g.truth();
+    assert_eq!(g.env().userland, Userland::Realistic);
+    assert_eq!(t.userland.as_deref(), Some("realistic"));
+    assert!(t.warnings.is_empty(), "{:?}", t.warnings);
+    eprintln!(
+        "realistic truth: {} tasks, {} processes, {} maps lines; printer: {:?}",
+        t.tasks.len(),
+        t.processes.len(),
+        t.processes.iter().map(|p| p.maps.len()).sum::<usize>(),
+        t.printed
+    );
+    let printer = t.printer_pid.expect("printer pid");
+    assert!(!t.blocked_by_design(printer));
+    for task in &t.tasks {
+        assert!(task.gid.is_some() && !task.ns_pid.is_empty(), "{task:?}");
+        assert!(!task.threads.is_empty(), "{task:?}");
+        assert!(t.process_by_pid(task.pid).is_some(), "no details: {task:?}");
+        if t.blocked_by_design(task.pid) {
+            for th in &task.threads {
+                assert!(th.state == "S" || th.state == "Z", "{task:?}");
+            }
+        }
+    }
+    let by_comm = |c: &str| t.task(c).unwrap_or_else(|| panic!("{c} missing"));
+    let details = |c: &str| t.process(c).unwrap_or_else(|| panic!("{c} missing"));
+    for c in [
+        "vmi_sleeper",
+        "vmi_server",
+        "vmi_manyvma",
+        "vmi_files",
+        "vmi_zombie",
+        "vmi_ctr_app",
+        "vmi_cat",
+        "dropbear",
+    ] {
+        assert!(t.blocked_by_design(by_comm(c).pid), "{c} not blocked");
+    }
+    assert!(!t.blocked_by_design(by_comm("vmi_loop").pid));
+
+    let server = by_comm("vmi_server");
+    let names: Vec<&str> = server.threads.iter().map(|x| x.comm.as_str()).collect();
+    assert!(server.threads.len() >= 10, "{names:?}");
+    assert!(names.contains(&"worker-7") && names.contains(&"unix-accept"));
+    let sockets = details("vmi_server")
+        .fds
+        .iter()
+        .filter(|f| f.target.starts_with("socket:["))
+        .count();
+    assert!(sockets >= 4, "{sockets} sockets");
+    let py = details("vmi_server");
+    assert!(
+        py.maps
+            .iter()
+            .any(|m| m.path.as_deref() == Some("/usr/bin/python3.11"))
+    );
+    assert!(
+        py.maps
+            .iter()
+            .any(|m| m.path.as_deref() == Some("/lib/x86_64-linux-gnu/libc.so.6"))
+    );
+
+    let many = details("vmi_manyvma");
+    assert!(many.maps.len() > 1000, "{} VMAs", many.maps.len());
+
+    let files = details("vmi_files");
+    let fd = |target: &str| files.fds.iter().any(|f| f.target.starts_with(target));
+    for want in [
+        "/memfd:vmi-memfd (deleted)",
+        "/tmp/vmi-deleted-open.dat (deleted)",
+        "/tmp/vmi-deleted-mapped.dat (deleted)",
+        "/tmp/vmi-shared.dat",
+        "pipe:[",
+        "socket:[",
+        "anon_inode:[eventfd]",
+        "anon_inode:[eventpoll]",
+        "anon_inode:[timerfd]",
+        "anon_inode:inotify",
+    ] {
+        assert!(fd(want), "vmi_files has no fd {want}: {:?}", files.fds);
+    }
+    let map = |path: &str| files.maps.iter().find(|m| m.path.as_deref() == Some(path));
+    for want in [
+        "/memfd:vmi-memfd (deleted)",
+        "/tmp/vmi-deleted-mapped.dat (deleted)",
+        "/dev/zero (deleted)",
+        "[heap]",
+        "[stack]",
+        "[vdso]",
+    ] {
+        assert!(map(want).is_some(), "vmi_files maps no {want}");
+    }
+    assert_eq!(
+        map("/tmp/vmi-shared.dat").map(|m| m.perms.as_str()),
+        Some("rw-s")
+    );
+    let config = std::fs::read_to_string(&g.env().kernel_config).unwrap_or_default();
+    let named = config.lines().any(|l| l == "CONFIG_ANON_VMA_NAME=y");
+    for n in ["[anon:vmi-anon-a]", "[anon:vmi-anon-b]"] {
+        assert_eq!(
+            map(n).is_some(),
+            named,
+            "{n} (CONFIG_ANON_VMA_NAME={named})"
+        );
+    }
+
+    let zparent = by_comm("vmi_zparent");
+    let zombie = by_comm("vmi_zombie");
+    assert_eq!((zombie.state.as_str(), zombie.ppid), ("Z", zparent.pid));
+    assert!(details("vmi_zombie").maps.is_empty());
+    assert_eq!(by_comm("vmi_orphan").ppid, 1);
+
+    let ctr_init = by_comm("vmi_ctr_init");
+    let app = by_comm("vmi_ctr_app");
+    assert_eq!(ctr_init.ns_pid, [ctr_init.pid, 1]);
+    assert_eq!(app.ns_pid.len(), 2);
+    assert_ne!(app.ns_pid[1], app.pid);
+    assert_eq!(app.ppid, ctr_init.pid);
+    assert_eq!(t.hostname_of(app.pid), Some("vmictr"));
+    assert_eq!(t.hostname_of(1), Some("vmiguest"));
+    assert_ne!(
+        app.namespaces.get("mnt"),
+        by_comm("init").namespaces.get("mnt")
+    );
+    assert!(
+        details("vmi_ctr_app")
+            .fds
+            .iter()
+            .any(|f| f.target == "/srv/ctr-data")
+    );
+
+    let bash = by_comm("vmi_userbash");
+    assert_eq!((bash.uid, bash.gid), (1000, Some(1000)));
+    assert_eq!(by_comm("vmi_cat").ppid, bash.pid);
+    assert!(
+        details("vmi_userbash")
+            .maps
+            .iter()
+            .any(|m| m.path.as_deref() == Some("/bin/bash"))
+    );
+    assert!(
+        details("dropbear")
+            .fds
+            .iter()
+            .any(|f| f.target.starts_with("socket:["))
+    );
+    assert!(
+        g.env().boot_seconds < 60.0,
+        "realistic boot took {:.1} s",
+        g.env().boot_seconds
+    );
+}
+
+#[test]
+fn realistic_userland_on_bookworm() {
+    let Some(g) = boot(GuestConfig::default().userland(Userland::Realistic)) else {
+        return;
+    };
+    sanity(&g);
+    realistic_sanity(&g);
+}
+
+#[test]
+fn realistic_userland_on_trixie() {
+    let spec = "trixie:linux-image-cloud-amd64".parse().expect("spec");
+    let Some(g) = boot(
+        GuestConfig::default()
+            .kernel(spec)
+            .userland(Userland::Realistic),
+    ) else {
+        return;
+    };
+    sanity(&g);
+    realistic_sanity(&g);
 }
 
 #[test]

@@ -97,9 +97,13 @@ pub fn skip(msg: &str) {
     eprintln!("SKIPPED: {msg}");
 }
 
-/// Tasks whose presence does not depend on timing: the `vmi_*` processes, init, kthreadd
-/// and kernel threads other than workers.
-fn long_lived(t: &vmi_test_guest::Task) -> bool {
+/// Tasks whose presence does not depend on timing: the `vmi_*` processes (but the truth
+/// printer of the realistic userland, gone once the guest is ready), init, kthreadd and
+/// kernel threads other than workers.
+pub fn long_lived(truth: &Truth, t: &vmi_test_guest::Task) -> bool {
+    if truth.printer_pid == Some(t.pid) {
+        return false;
+    }
     t.comm.starts_with("vmi_") || t.pid <= 2 || (t.ppid == 2 && !t.comm.starts_with("kworker"))
 }
 
@@ -167,7 +171,7 @@ pub fn check_all<D: VmiRead<Architecture = Amd64>>(
     for t in truth
         .tasks
         .iter()
-        .filter(|t| t.pid == t.tgid && long_lived(t))
+        .filter(|t| t.pid == t.tgid && long_lived(truth, t))
     {
         let ours = list
             .tasks
@@ -182,7 +186,9 @@ pub fn check_all<D: VmiRead<Architecture = Amd64>>(
             "[{label}] process {}",
             t.pid
         );
-        if t.comm.starts_with("vmi_") {
+        // Only a process blocked by design keeps the state the truth printed (vmi_loop
+        // wakes every second: comparing it flaked with "R" vs "S").
+        if truth.blocked_by_design(t.pid) {
             assert_eq!(
                 ours.state.letter().to_string(),
                 t.state,
@@ -196,7 +202,7 @@ pub fn check_all<D: VmiRead<Architecture = Amd64>>(
 
     // Threads: every truth thread of a long-lived process is found.
     let threads = os.all_threads(core).expect("threads");
-    for t in truth.tasks.iter().filter(|t| long_lived(t)) {
+    for t in truth.tasks.iter().filter(|t| long_lived(truth, t)) {
         assert!(
             threads
                 .tasks
@@ -208,8 +214,16 @@ pub fn check_all<D: VmiRead<Architecture = Amd64>>(
         );
     }
 
-    // User memory: environment marker, command lines.
-    for p in &truth.processes {
+    // User memory: environment marker, command lines (of the long-lived `vmi_*` processes
+    // with an address space: the realistic userland details every process, zombies and
+    // transient ones too; tests/realistic.rs compares those).
+    for p in truth.processes.iter().filter(|p| {
+        p.comm.starts_with("vmi_")
+            && !p.maps.is_empty()
+            && truth
+                .task_by_pid(p.pid)
+                .is_some_and(|t| long_lived(truth, t))
+    }) {
         let task = list
             .tasks
             .iter()

@@ -44,3 +44,68 @@ fn parses_sample() {
     );
     assert!(t.unknown_lines.is_empty());
 }
+
+/// The lines only the realistic userland prints (taken from a real boot, shortened).
+const REALISTIC: &str = "release 6.1.0-57-cloud-amd64\n\
+userland realistic\nprinter 113\n\
+task 104 1 104 0 S vmi_server\nids 104 0 104 104\n\
+thread 104 104 S vmi_server\nthread 104 125 S worker-0\n\
+ns 104 pid 4026531836\nns 104 mnt 4026531841\nns 104 uts 4026531838\nblocked 104\n\
+task 117 114 117 0 S vmi_ctr_app\nids 117 0 117,4 117,4\n\
+ns 117 uts 4026532115\nblocked 117\n\
+proc 117 1 2 3 4 vmi_ctr_app\n\
+maps 117 7f63b62f7000-7f63b62f8000 r--p 00000000 00:15 4                          /tmp/x.dat (deleted)\n\
+fd 117 3 /srv/ctr-data\nfd 117 5 socket:[10256]\n\
+uts 4026531838 vmiguest\nuts 4026532115 vmictr\n\
+warning not settled\nprinted started at uptime 10.29 s\n";
+
+#[test]
+fn parses_realistic_lines() {
+    let t = Truth::parse_block(REALISTIC).unwrap();
+    assert!(t.unknown_lines.is_empty(), "{:?}", t.unknown_lines);
+    assert!(t.every_process_detailed());
+    assert_eq!(t.printer_pid, Some(113));
+    assert_eq!(t.blocked, [104, 117]);
+    assert!(t.blocked_by_design(117) && !t.blocked_by_design(113));
+    let server = t.task_by_pid(104).unwrap();
+    assert_eq!(server.gid, Some(0));
+    assert_eq!(
+        (server.ns_pid.as_slice(), server.ns_tgid.as_slice()),
+        (&[104][..], &[104][..])
+    );
+    assert_eq!(
+        server.threads[1],
+        Thread {
+            tid: 125,
+            state: "S".into(),
+            comm: "worker-0".into()
+        }
+    );
+    assert_eq!(server.namespaces["uts"], 4026531838);
+    assert_eq!(t.task_by_pid(117).unwrap().ns_pid, [117, 4]);
+    assert_eq!(t.hostname_of(104), Some("vmiguest"));
+    assert_eq!(t.hostname_of(117), Some("vmictr"));
+    let app = t.process_by_pid(117).unwrap();
+    assert_eq!(app.maps[0].path.as_deref(), Some("/tmp/x.dat (deleted)"));
+    assert_eq!(app.fds[1].target, "socket:[10256]");
+    assert_eq!(t.warnings, ["not settled"]);
+    assert_eq!(t.printed.as_deref(), Some("started at uptime 10.29 s"));
+    // JSON round trip keeps the new fields; the busybox sample serializes without them.
+    let back: Truth = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+    assert_eq!(back, t);
+    let old = serde_json::to_string(&Truth::from_serial_log(SAMPLE).unwrap()).unwrap();
+    assert!(!old.contains("ns_pid") && !old.contains("blocked"));
+}
+
+#[test]
+fn realistic_lines_need_their_task_line() {
+    for bad in [
+        "release r\nids 5 0 5 5\n",
+        "release r\nthread 5 5 S x\n",
+        "release r\nns 5 uts 1\n",
+        "release r\ntask 5 1 5 0 S x\nids 5 0 5,x 5\n",
+        "release r\nblocked x\n",
+    ] {
+        assert!(Truth::parse_block(bad).is_err(), "{bad}");
+    }
+}
