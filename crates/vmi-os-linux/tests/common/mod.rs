@@ -3,6 +3,8 @@
 
 #![allow(dead_code, missing_docs)]
 
+pub mod procs;
+
 use std::fs::File;
 use std::ops::Range;
 use std::os::unix::fs::FileExt;

@@ -1,0 +1,342 @@
+//! Every process of a truth that details every process (the realistic userland) against
+//! the OS layer: ids, credentials, threads, namespaced pids, host names, command lines,
+//! environments, every VMA as `/proc/PID/maps` prints it and every open file as
+//! `readlink /proc/PID/fd/N` prints it. Mismatches are collected, not asserted one by
+//! one, so a run reports all of them at once.
+
+use std::collections::BTreeMap;
+use std::fmt::Write as _;
+
+use vmi_arch_amd64::Amd64;
+use vmi_core::{VmiCore, VmiRead};
+use vmi_os_linux::{LinuxOs, LinuxTask};
+use vmi_test_guest::{Task, Truth};
+
+/// What was compared, and every mismatch (one line each).
+#[derive(Debug, Default)]
+pub struct Report {
+    /// Mismatches, `pid comm: what: layer … vs truth …`.
+    pub mismatches: Vec<String>,
+    /// Counts of compared items, by kind.
+    pub compared: BTreeMap<&'static str, usize>,
+}
+
+impl Report {
+    fn count(&mut self, what: &'static str, n: usize) {
+        *self.compared.entry(what).or_default() += n;
+    }
+
+    fn miss(&mut self, t: &Task, what: &str, detail: String) {
+        self.mismatches
+            .push(format!("{} {}: {what}: {detail}", t.pid, t.comm));
+    }
+
+    /// Print everything and panic when there is a mismatch.
+    pub fn assert_clean(&self, label: &str) {
+        eprintln!("[{label}] compared {:?}", self.compared);
+        if self.mismatches.is_empty() {
+            return;
+        }
+        let mut s = String::new();
+        for m in self.mismatches.iter().take(400) {
+            let _ = writeln!(s, "  {m}");
+        }
+        eprintln!(
+            "[{label}] {} mismatches between the OS layer and /proc:\n{s}",
+            self.mismatches.len()
+        );
+        panic!(
+            "[{label}] {} mismatches, first: {}",
+            self.mismatches.len(),
+            self.mismatches[0]
+        );
+    }
+}
+
+/// Processes of the truth that may be gone when memory is read: the truth printer (it
+/// exits before the guest is ready) and the `sleep` children of `vmi_loop` (one a second).
+pub fn transient(truth: &Truth, t: &Task) -> bool {
+    if truth.printer_pid == Some(t.pid) {
+        return true;
+    }
+    truth
+        .task_by_pid(t.ppid)
+        .is_some_and(|p| p.comm == "vmi_loop")
+}
+
+/// Whether `/proc`'s name of a task (`Name:`, `comm`) is the layer's `comm`: equal, or
+/// for a kernel thread the kernel's longer name (`kthread->full_name`, e.g. 6.12's
+/// `kworker/R-kvfree_rcu_reclaim`, 15 bytes of it in `comm`) or a workqueue worker's
+/// `comm` plus `-<workqueue>` / `+<workqueue>`. (`LinuxTask::comm` is `task->comm`; the
+/// layer gives no full kernel-thread name.)
+pub fn same_name(proc_name: &str, comm: &str, kernel_thread: bool) -> bool {
+    if proc_name == comm {
+        return true;
+    }
+    if !kernel_thread {
+        return false;
+    }
+    let worker_suffix = comm.starts_with("kworker")
+        && proc_name
+            .strip_prefix(comm)
+            .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('+'));
+    worker_suffix || (comm.len() == 15 && proc_name.starts_with(comm))
+}
+
+/// Compare every process of `truth` (but [`transient`] ones) with the layer's view.
+pub fn compare_every_process<D: VmiRead<Architecture = Amd64>>(
+    core: &VmiCore<D>,
+    os: &LinuxOs,
+    truth: &Truth,
+) -> Report {
+    let mut r = Report::default();
+    assert!(
+        truth.every_process_detailed(),
+        "the truth does not detail every process (busybox userland?)"
+    );
+    let list = os.process_list(core).expect("process list");
+    for (what, why) in &list.skipped {
+        r.mismatches
+            .push(format!("process list skipped {what}: {why}"));
+    }
+    let layer: BTreeMap<u32, &LinuxTask> = list.tasks.iter().map(|t| (t.pid, t)).collect();
+
+    // Processes of the layer absent from the truth: only transient ones may appear later.
+    let loop_pid = truth.task("vmi_loop").map(|t| t.pid);
+    for t in layer.values() {
+        let known = truth.task_by_pid(t.pid).is_some();
+        let later = Some(t.ppid) == loop_pid || t.comm.starts_with("kworker");
+        if !known && !later {
+            r.mismatches.push(format!(
+                "{} {}: in the layer, not in the truth (ppid {})",
+                t.pid, t.comm, t.ppid
+            ));
+        }
+    }
+
+    for t in truth.tasks.iter().filter(|t| !transient(truth, t)) {
+        let Some(ours) = layer.get(&t.pid) else {
+            r.miss(t, "process", "missing from the layer".into());
+            continue;
+        };
+        r.count("processes", 1);
+        compare_task(&mut r, core, os, truth, t, ours);
+    }
+    r
+}
+
+fn compare_task<D: VmiRead<Architecture = Amd64>>(
+    r: &mut Report,
+    core: &VmiCore<D>,
+    os: &LinuxOs,
+    truth: &Truth,
+    t: &Task,
+    ours: &LinuxTask,
+) {
+    let kthread = ours.is_kernel_thread();
+    if !same_name(&t.comm, &ours.comm, kthread) {
+        r.miss(t, "comm", format!("{:?} vs {:?}", ours.comm, t.comm));
+    }
+    let want = (t.tgid, t.ppid, t.uid, t.gid);
+    let got = (ours.tgid, ours.ppid, ours.uid, Some(ours.gid));
+    if got != want {
+        r.miss(t, "tgid/ppid/uid/gid", format!("{got:?} vs {want:?}"));
+    }
+    let blocked = truth.blocked_by_design(t.pid);
+    if blocked && ours.state.letter().to_string() != t.state {
+        r.miss(
+            t,
+            "state",
+            format!("{} vs {}", ours.state.letter(), t.state),
+        );
+    }
+    if !t.ns_pid.is_empty() && ours.ns_pids != t.ns_pid {
+        r.miss(t, "NSpid", format!("{:?} vs {:?}", ours.ns_pids, t.ns_pid));
+    }
+    if !ours.problems.is_empty() {
+        r.miss(t, "problems", format!("{:?}", ours.problems));
+    }
+
+    // Namespaces: the PID namespace and the host name the task sees.
+    match os.task_namespaces(core, ours) {
+        Ok(ns) => {
+            if let Some(&ino) = t.namespaces.get("pid")
+                && ns.pid_ns.map(u64::from) != Some(ino)
+            {
+                r.miss(t, "pid namespace", format!("{:?} vs {ino}", ns.pid_ns));
+            }
+            if let Some(host) = truth.hostname_of(t.pid)
+                && ns.hostname.as_deref() != Some(host)
+            {
+                r.miss(t, "hostname", format!("{:?} vs {host:?}", ns.hostname));
+            }
+        }
+        Err(e) => r.miss(t, "namespaces", format!("error {e}")),
+    }
+
+    // Threads: every tid with its comm (and state when blocked by design).
+    match os.threads_of(core, ours.task) {
+        Ok(list) => {
+            if !list.skipped.is_empty() {
+                r.miss(t, "threads skipped", format!("{:?}", list.skipped));
+            }
+            let got: BTreeMap<u32, &LinuxTask> = list.tasks.iter().map(|x| (x.pid, x)).collect();
+            let want: Vec<u32> = t.threads.iter().map(|x| x.tid).collect();
+            let got_ids: Vec<u32> = got.keys().copied().collect();
+            if got_ids != want {
+                r.miss(t, "thread ids", format!("{got_ids:?} vs {want:?}"));
+            }
+            for th in &t.threads {
+                let Some(x) = got.get(&th.tid) else { continue };
+                r.count("threads", 1);
+                if !same_name(&th.comm, &x.comm, kthread) || x.tgid != t.pid {
+                    r.miss(
+                        t,
+                        "thread",
+                        format!(
+                            "{} {:?} tgid {} vs {:?} tgid {}",
+                            th.tid, x.comm, x.tgid, th.comm, t.pid
+                        ),
+                    );
+                }
+                if blocked && x.state.letter().to_string() != th.state {
+                    r.miss(
+                        t,
+                        "thread state",
+                        format!("{} {} vs {}", th.tid, x.state.letter(), th.state),
+                    );
+                }
+            }
+        }
+        Err(e) => r.miss(t, "threads", format!("error {e}")),
+    }
+
+    let Some(p) = truth.process_by_pid(t.pid) else {
+        r.miss(t, "truth", "no details in the truth".into());
+        return;
+    };
+    let no_mm = ours.mm.is_none();
+
+    // Command line and environment.
+    for (what, got, want) in [
+        ("cmdline", os.cmdline(core, ours), &p.argv),
+        ("environ", os.environment(core, ours), &p.environ),
+    ] {
+        r.count(what, 1);
+        match got {
+            Ok(v) if v == *want => {}
+            Err(_) if no_mm && want.is_empty() => {}
+            Ok(v) => r.miss(t, what, format!("{v:?} vs {want:?}")),
+            Err(e) => r.miss(t, what, format!("error {e} vs {want:?}")),
+        }
+    }
+
+    // VMAs, as /proc/PID/maps prints them.
+    let vmas = os.vmas(core, ours);
+    match &vmas {
+        Err(_) if no_mm && p.maps.is_empty() => {}
+        Err(e) => r.miss(
+            t,
+            "maps",
+            format!("error {e} ({} lines in /proc)", p.maps.len()),
+        ),
+        Ok(list) => {
+            if !list.skipped.is_empty() {
+                r.miss(t, "maps skipped", format!("{:?}", list.skipped));
+            }
+            let got: Vec<String> = list.vmas.iter().map(|v| v.maps_line()).collect();
+            let want: Vec<String> = p
+                .maps
+                .iter()
+                .map(|m| {
+                    let head = format!(
+                        "{:08x}-{:08x} {} {:08x} {} {}",
+                        m.start, m.end, m.perms, m.offset, m.dev, m.inode
+                    );
+                    match &m.path {
+                        Some(n) => format!("{head:<72} {n}"),
+                        None => head,
+                    }
+                })
+                .collect();
+            r.count("vmas", want.len());
+            diff_lines(r, t, "maps", &got, &want);
+        }
+    }
+
+    // Open files, as readlink /proc/PID/fd/N prints them.
+    match os.open_files(core, ours) {
+        Ok(files) => {
+            let got: Vec<String> = files
+                .iter()
+                .map(|f| match &f.path {
+                    Ok(p) => format!("{} {p}", f.fd),
+                    Err(e) => format!("{} <error {e}>", f.fd),
+                })
+                .collect();
+            let want: Vec<String> = p
+                .fds
+                .iter()
+                .map(|f| format!("{} {}", f.fd, f.target))
+                .collect();
+            r.count("fds", want.len());
+            diff_lines(r, t, "fds", &got, &want);
+        }
+        Err(e) => r.miss(t, "fds", format!("error {e} ({} in /proc)", p.fds.len())),
+    }
+}
+
+/// Report the lines only one side has (at most 8 of each side per process, plus counts).
+fn diff_lines(r: &mut Report, t: &Task, what: &str, got: &[String], want: &[String]) {
+    if got == want {
+        return;
+    }
+    let only_got: Vec<&String> = got.iter().filter(|g| !want.contains(g)).collect();
+    let only_want: Vec<&String> = want.iter().filter(|w| !got.contains(w)).collect();
+    if only_got.is_empty() && only_want.is_empty() {
+        r.miss(
+            t,
+            what,
+            format!("same {} lines, different order", got.len()),
+        );
+        return;
+    }
+    r.miss(
+        t,
+        what,
+        format!(
+            "{} lines vs {} in /proc; {} only in the layer, {} only in /proc",
+            got.len(),
+            want.len(),
+            only_got.len(),
+            only_want.len()
+        ),
+    );
+    for g in only_got.iter().take(8) {
+        r.miss(t, what, format!("layer only: {g}"));
+    }
+    for w in only_want.iter().take(8) {
+        r.miss(t, what, format!("/proc only: {w}"));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_name;
+
+    #[test]
+    fn kernel_thread_names() {
+        assert!(same_name("vmi_server", "vmi_server", false));
+        assert!(!same_name("vmi_serverX", "vmi_server", false));
+        assert!(same_name("kworker/0:1-events", "kworker/0:1", true));
+        assert!(same_name("kworker/u2:0+flush", "kworker/u2:0", true));
+        assert!(!same_name("kworker/0:10", "kworker/0:1", true));
+        assert!(same_name("ext4-rsv-conversion", "ext4-rsv-conver", true));
+        assert!(same_name(
+            "kworker/R-kvfree_rcu_reclaim",
+            "kworker/R-kvfre",
+            true
+        ));
+        assert!(!same_name("kworker/0:1-events", "kworker/0:1", false));
+    }
+}
