@@ -42,6 +42,7 @@
 //! | `thread` | `<pid> <tid> <state> <comm>` (every entry of `/proc/<pid>/task`) |
 //! | `ns` | `<pid> <kind> <inode>` (`readlink /proc/<pid>/ns/<kind>` for `pid`, `mnt`, `uts`) |
 //! | `uts` | `<inode> <hostname>` (the host name of each UTS namespace) |
+//! | `root` | `<pid> <path>`: the process's root directory (`readlink /proc/<pid>/root`) when it is not the printer's; its `maps` and `fd` lines are then read from that root, as the process sees them |
 //! | `printer` | `<pid>` of the process printing the truth (it exits right after: leave it out) |
 //! | `warning` | something the printer could not ensure (e.g. a process not settled in time) |
 //! | `printed` | how long the printer waited and printed |
@@ -175,6 +176,11 @@ pub struct Process {
     pub maps: Vec<MapEntry>,
     /// `/proc/<pid>/fd/*`.
     pub fds: Vec<Fd>,
+    /// The root directory (`readlink /proc/<pid>/root`) when it differs from the truth
+    /// printer's (a chroot'ed container); [`Process::maps`] and [`Process::fds`] are then
+    /// as the process itself sees them (paths from its root).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<String>,
 }
 
 /// One line of `/proc/modules`.
@@ -634,7 +640,7 @@ impl Truth {
                         ..Process::default()
                     });
                 }
-                "argv" | "environ" | "maps" | "fd" => {
+                "argv" | "environ" | "maps" | "fd" | "root" => {
                     let (f, value) = fields(n, rest, 1, key)?;
                     let pid: u32 = dec(n, "pid", f[0])?;
                     let p = t
@@ -647,6 +653,7 @@ impl Truth {
                     match key {
                         "argv" => p.argv.push(value.to_owned()),
                         "environ" => p.environ.push(value.to_owned()),
+                        "root" => p.root = Some(value.to_owned()),
                         "maps" => p.maps.push(
                             parse_maps_line(value)
                                 .ok_or_else(|| err(n, format!("bad maps line `{value}`")))?,

@@ -441,11 +441,15 @@ fn realistic_sanity(g: &TestGuest) {
         app.namespaces.get("mnt"),
         by_comm("init").namespaces.get("mnt")
     );
+    // chroot'ed into /srv: its files as it sees them
+    let app_details = details("vmi_ctr_app");
+    assert_eq!(app_details.root.as_deref(), Some("/srv"));
+    assert!(app_details.fds.iter().any(|f| f.target == "/data/ctr-data"));
     assert!(
-        details("vmi_ctr_app")
-            .fds
+        app_details
+            .maps
             .iter()
-            .any(|f| f.target == "/srv/ctr-data")
+            .any(|m| m.path.as_deref() == Some("/usr/bin/python3.11"))
     );
 
     let bash = by_comm("vmi_userbash");

@@ -53,7 +53,7 @@ thread 104 104 S vmi_server\nthread 104 125 S worker-0\n\
 ns 104 pid 4026531836\nns 104 mnt 4026531841\nns 104 uts 4026531838\nblocked 104\n\
 task 117 114 117 0 S vmi_ctr_app\nids 117 0 117,4 117,4\n\
 ns 117 uts 4026532115\nblocked 117\n\
-proc 117 1 2 3 4 vmi_ctr_app\n\
+proc 117 1 2 3 4 vmi_ctr_app\nroot 117 /srv\n\
 maps 117 7f63b62f7000-7f63b62f8000 r--p 00000000 00:15 4                          /tmp/x.dat (deleted)\n\
 fd 117 3 /srv/ctr-data\nfd 117 5 socket:[10256]\n\
 uts 4026531838 vmiguest\nuts 4026532115 vmictr\n\
@@ -88,6 +88,7 @@ fn parses_realistic_lines() {
     let app = t.process_by_pid(117).unwrap();
     assert_eq!(app.maps[0].path.as_deref(), Some("/tmp/x.dat (deleted)"));
     assert_eq!(app.fds[1].target, "socket:[10256]");
+    assert_eq!(app.root.as_deref(), Some("/srv"));
     assert_eq!(t.warnings, ["not settled"]);
     assert_eq!(t.printed.as_deref(), Some("started at uptime 10.29 s"));
     // JSON round trip keeps the new fields; the busybox sample serializes without them.
