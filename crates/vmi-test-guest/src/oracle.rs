@@ -37,3 +37,70 @@ pub fn volatility() -> Result<PathBuf, String> {
         ))
     }
 }
+
+/// The drgn release the benchmarks compare against.
+pub const DRGN: &str = "drgn==0.3.0";
+
+/// Finds `drgn`: `$VMI_DRGN` if set, else the project venv (installed there with pip if
+/// missing). `Err` says why it is unavailable.
+pub fn drgn() -> Result<PathBuf, String> {
+    if let Some(v) = std::env::var_os("VMI_DRGN").filter(|v| !v.is_empty()) {
+        return Ok(v.into());
+    }
+    let venv = crate::cache::workspace_root().join("target/venv");
+    let drgn = venv.join("bin/drgn");
+    if drgn.exists() {
+        return Ok(drgn);
+    }
+    let ok = (venv.join("bin/pip").exists()
+        || Command::new("python3")
+            .args(["-m", "venv"])
+            .arg(&venv)
+            .status()
+            .is_ok_and(|s| s.success()))
+        && Command::new(venv.join("bin/pip"))
+            .args(["install", "-q", "--disable-pip-version-check", DRGN])
+            .status()
+            .is_ok_and(|s| s.success());
+    if ok && drgn.exists() {
+        Ok(drgn)
+    } else {
+        Err(format!("could not install {DRGN} into {}", venv.display()))
+    }
+}
+
+/// The DWARF `vmlinux` of a Debian kernel (`release` as `uname -r` prints it), from its
+/// `linux-image-<release>-dbg` package in `suite`: downloaded once (hundreds of MB) and
+/// only that file unpacked, into the shared cache. What drgn needs for types.
+pub fn debug_vmlinux(suite: &str, release: &str) -> Result<PathBuf, String> {
+    let dir = crate::cache::cache_dir().join("dbg").join(release);
+    let out = dir.join("vmlinux");
+    if out.is_file() {
+        return Ok(out);
+    }
+    std::fs::create_dir_all(&dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let spec: crate::KernelSpec = format!("{suite}:linux-image-{release}-dbg")
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let apt = crate::apt::Apt::for_spec(&spec);
+    let resolved = apt.resolve(&spec.package).map_err(|e| e.to_string())?;
+    let deb = apt.download(&resolved, &dir).map_err(|e| e.to_string())?;
+    let member = format!("./usr/lib/debug/boot/vmlinux-{release}");
+    let tmp = dir.join(format!("vmlinux.tmp{}", std::process::id()));
+    let status = Command::new("sh")
+        .arg("-c")
+        .arg(r#"dpkg-deb --fsys-tarfile "$1" | tar -xO "$2" > "$3""#)
+        .args(["sh"])
+        .arg(&deb)
+        .arg(&member)
+        .arg(&tmp)
+        .status()
+        .map_err(|e| e.to_string())?;
+    if !status.success() {
+        let _ = std::fs::remove_file(&tmp);
+        return Err(format!("extracting {member} from {}", deb.display()));
+    }
+    std::fs::rename(&tmp, &out).map_err(|e| e.to_string())?;
+    let _ = std::fs::remove_file(&deb);
+    Ok(out)
+}
