@@ -177,3 +177,23 @@ fn realistic_trixie() {
         GuestConfig::default().kernel("trixie:linux-image-cloud-amd64".parse().unwrap()),
     );
 }
+
+#[test]
+fn realistic_bookworm_generic_five_level() {
+    run(
+        "realistic-generic-la57",
+        GuestConfig::default()
+            .cpu("max")
+            .kernel("bookworm:linux-image-amd64".parse().unwrap()),
+    );
+}
+
+#[test]
+fn realistic_bookworm_rt_kpti() {
+    run(
+        "realistic-rt-kpti",
+        GuestConfig::default()
+            .cpu("qemu64,vendor=GenuineIntel")
+            .kernel("bookworm:linux-image-rt-amd64".parse().unwrap()),
+    );
+}

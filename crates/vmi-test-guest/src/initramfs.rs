@@ -267,6 +267,11 @@ pub const REALISTIC_FILES: &[(&str, u32, &str)] = &[
         include_str!("realistic/vmi_userbash"),
     ),
     (
+        "opt/vmi/vmi_adversary",
+        0o755,
+        include_str!("realistic/vmi_adversary"),
+    ),
+    (
         "opt/vmi/vmi_truth",
         0o755,
         include_str!("realistic/vmi_truth"),

@@ -30,6 +30,8 @@ export VMI_ROLE=workload
 /opt/vmi/vmi_zparent &
 unshare -p -m -u -f /opt/vmi/vmi_ctr_init &
 su -s /bin/bash vmi -c 'exec /opt/vmi/vmi_userbash' &
+# An unprivileged user planting decoys for VMI tools in its own memory (issue 14).
+su -s /bin/sh vmi -c 'exec /opt/vmi/vmi_adversary' &
 sh -c '/opt/vmi/vmi_orphan infinity &'
 /usr/sbin/dropbear -F -E -R -p 127.0.0.1:2222 -P /run/dropbear.pid 2>>/run/dropbear.log &
 unset VMI_ROLE
