@@ -211,6 +211,14 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     fn os(&self) -> Result<Os, Failure> {
         let linux = match self.linux() {
             Ok(os) => return Ok(Os::Linux(Box::new(os))),
+            // The kernel was found, its profile was not: that error, not a Windows attempt.
+            Err(e)
+                if e.error
+                    .downcast_ref::<vmi_core::VmiError>()
+                    .is_some_and(target::linux_found) =>
+            {
+                return Err(e);
+            }
             Err(e) => e,
         };
         match crate::windows::detect(self.core, self.cli) {

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use anyhow::anyhow;
 use vmi_arch_amd64::{Amd64, Registers};
-use vmi_core::{VcpuId, VmiCore, VmiDriver, VmiQueryRegisters, VmiRead};
+use vmi_core::{VcpuId, VmiCore, VmiDriver, VmiError, VmiQueryRegisters, VmiRead};
 use vmi_driver_dump::DumpDriver;
 use vmi_driver_qemu::QemuDriver;
 use vmi_os_linux::LinuxOs;
@@ -93,8 +93,17 @@ where
     spinner.finish_and_clear();
     result.map_err(|e| {
         let kind = core.info().kind;
-        target_failure(
-            anyhow!(e).context(format!("no Linux kernel recognised in the {kind} target")),
-        )
+        let context = if linux_found(&e) {
+            format!("the Linux kernel of the {kind} target was found but cannot be read")
+        } else {
+            format!("no Linux kernel recognised in the {kind} target")
+        };
+        target_failure(anyhow!(e).context(context))
     })
+}
+
+/// Whether a [`LinuxOs`] build error comes after the kernel was found (its VMCOREINFO
+/// validated): the profile or the offsets are what failed, so no other OS is worth trying.
+pub fn linux_found(e: &VmiError) -> bool {
+    matches!(e, VmiError::Os { os: "linux", .. })
 }

@@ -257,8 +257,10 @@ pub(crate) fn find_kernel<D: VmiRead<Architecture = Amd64>>(
         found.rejected = rejected;
         return Ok(found);
     }
-    rejected.push(stats.summary());
-    rejected.append(&mut stats.reasons);
+    if stats.hits > 0 {
+        rejected.push(stats.summary());
+        rejected.append(&mut stats.reasons);
+    }
     let mut detail = String::from(
         "no valid VMCOREINFO block (OSRELEASE=... with KERNELOFFSET=) in guest memory",
     );
