@@ -37,9 +37,9 @@ fn checks<D: VmiRead<Architecture = Amd64>>(
     }
 }
 
-/// The comparison is not vacuous: a truth with five planted differences (a VMA name, an
-/// open file, a thread name, a namespaced pid, an environment variable) gives exactly
-/// those five mismatches.
+/// The comparison is not vacuous: a truth with six planted differences (a VMA name, an
+/// open file, a thread name, a namespaced pid, a start time, an environment variable)
+/// gives exactly those six mismatches.
 fn comparison_can_fail<D: VmiRead<Architecture = Amd64>>(
     label: &str,
     core: &VmiCore<D>,
@@ -58,6 +58,7 @@ fn comparison_can_fail<D: VmiRead<Architecture = Amd64>>(
     s.threads.last_mut().unwrap().comm = "planted".into();
     let a = t.tasks.iter_mut().find(|x| x.pid == app).unwrap();
     *a.ns_pid.last_mut().unwrap() += 1000;
+    a.start_ticks = a.start_ticks.map(|x| x + 1);
     let report = compare_every_process(core, os, &t);
     let mut kinds: Vec<&str> = report
         .mismatches
@@ -68,7 +69,7 @@ fn comparison_can_fail<D: VmiRead<Architecture = Amd64>>(
     kinds.sort_unstable();
     assert_eq!(
         kinds,
-        ["NSpid", "environ", "fds", "maps", "thread"],
+        ["NSpid", "environ", "fds", "maps", "start time", "thread"],
         "[{label}] planted differences: {:?}",
         report.mismatches
     );

@@ -38,7 +38,8 @@
 //!
 //! | keyword | fields |
 //! |---|---|
-//! | `ids` | `<pid> <gid> <NSpid> <NStgid>` (real gid; the pid and tgid in each PID namespace, outermost first, comma-separated) |
+//! | `ids` | `<pid> <gid> <NSpid> <NStgid> <euid> <egid> <starttime>` (real gid; the pid and tgid in each PID namespace, outermost first, comma-separated; effective ids; start time in clock ticks since boot, `stat` field 22) |
+//! | `exe` | `<pid> <path>`: `readlink /proc/<pid>/exe` (none for kernel threads and zombies) |
 //! | `thread` | `<pid> <tid> <state> <comm>` (every entry of `/proc/<pid>/task`) |
 //! | `ns` | `<pid> <kind> <inode>` (`readlink /proc/<pid>/ns/<kind>` for `pid`, `mnt`, `uts`) |
 //! | `uts` | `<inode> <hostname>` (the host name of each UTS namespace) |
@@ -101,6 +102,16 @@ pub struct Task {
     /// Every thread (`/proc/<pid>/task`, the leader included; realistic userland only).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub threads: Vec<Thread>,
+    /// Effective user id (realistic userland only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub euid: Option<u32>,
+    /// Effective group id (realistic userland only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub egid: Option<u32>,
+    /// Start time in clock ticks (`USER_HZ`, 100 on x86-64) since boot, `stat` field 22
+    /// (realistic userland only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_ticks: Option<u64>,
     /// Namespace inodes by kind (`pid`, `mnt`, `uts`; realistic userland only).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub namespaces: BTreeMap<String, u64>,
@@ -181,6 +192,10 @@ pub struct Process {
     /// as the process itself sees them (paths from its root).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub root: Option<String>,
+    /// `readlink /proc/<pid>/exe` (realistic userland; `None` for kernel threads and
+    /// zombies), as the process sees it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exe: Option<String>,
 }
 
 /// One line of `/proc/modules`.
@@ -575,6 +590,9 @@ impl Truth {
                         state: f[4].to_owned(),
                         comm: comm.to_owned(),
                         gid: None,
+                        euid: None,
+                        egid: None,
+                        start_ticks: None,
                         ns_pid: Vec::new(),
                         ns_tgid: Vec::new(),
                         threads: Vec::new(),
@@ -594,10 +612,13 @@ impl Truth {
                             })?;
                     match key {
                         "ids" => {
-                            let (g, _) = fields(n, value, 3, "ids")?;
+                            let (g, _) = fields(n, value, 6, "ids")?;
                             task.gid = Some(dec(n, "gid", g[0])?);
                             task.ns_pid = dec_list(n, "NSpid", g[1])?;
                             task.ns_tgid = dec_list(n, "NStgid", g[2])?;
+                            task.euid = Some(dec(n, "euid", g[3])?);
+                            task.egid = Some(dec(n, "egid", g[4])?);
+                            task.start_ticks = Some(dec(n, "starttime", g[5])?);
                         }
                         "thread" => {
                             let (g, comm) = fields(n, value, 2, "thread")?;
@@ -640,7 +661,7 @@ impl Truth {
                         ..Process::default()
                     });
                 }
-                "argv" | "environ" | "maps" | "fd" | "root" => {
+                "argv" | "environ" | "maps" | "fd" | "root" | "exe" => {
                     let (f, value) = fields(n, rest, 1, key)?;
                     let pid: u32 = dec(n, "pid", f[0])?;
                     let p = t
@@ -654,6 +675,7 @@ impl Truth {
                         "argv" => p.argv.push(value.to_owned()),
                         "environ" => p.environ.push(value.to_owned()),
                         "root" => p.root = Some(value.to_owned()),
+                        "exe" => p.exe = Some(value.to_owned()),
                         "maps" => p.maps.push(
                             parse_maps_line(value)
                                 .ok_or_else(|| err(n, format!("bad maps line `{value}`")))?,

@@ -137,10 +137,28 @@ fn compare_task<D: VmiRead<Architecture = Amd64>>(
     if !same_name(&t.comm, &ours.comm, kthread) {
         r.miss(t, "comm", format!("{:?} vs {:?}", ours.comm, t.comm));
     }
-    let want = (t.tgid, t.ppid, t.uid, t.gid);
-    let got = (ours.tgid, ours.ppid, ours.uid, Some(ours.gid));
+    let want = (t.tgid, t.ppid, t.uid, t.gid, t.euid, t.egid);
+    let got = (
+        ours.tgid,
+        ours.ppid,
+        ours.uid,
+        Some(ours.gid),
+        Some(ours.euid),
+        Some(ours.egid),
+    );
     if got != want {
-        r.miss(t, "tgid/ppid/uid/gid", format!("{got:?} vs {want:?}"));
+        r.miss(
+            t,
+            "tgid/ppid/uid/gid/euid/egid",
+            format!("{got:?} vs {want:?}"),
+        );
+    }
+    // /proc's start time is in clock ticks (USER_HZ = 100 on x86-64) since boot.
+    if let Some(ticks) = t.start_ticks {
+        let ours_ticks = ours.start_boottime_ns.map(|ns| ns / 10_000_000);
+        if ours_ticks != Some(ticks) {
+            r.miss(t, "start time", format!("{ours_ticks:?} ticks vs {ticks}"));
+        }
     }
     let blocked = truth.blocked_by_design(t.pid);
     if blocked && ours.state.letter().to_string() != t.state {
@@ -216,6 +234,14 @@ fn compare_task<D: VmiRead<Architecture = Amd64>>(
         return;
     };
     let no_mm = ours.mm.is_none();
+
+    // The executable, as the process sees its path.
+    r.count("exe", 1);
+    match (os.exe_path(core, ours), &p.exe) {
+        (Ok(got), want) if got.as_ref() == want.as_ref() => {}
+        (Err(_), None) if no_mm => {}
+        (got, want) => r.miss(t, "exe", format!("{got:?} vs {want:?}")),
+    }
 
     // Command line and environment.
     for (what, got, want) in [

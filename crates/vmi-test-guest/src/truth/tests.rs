@@ -48,12 +48,12 @@ fn parses_sample() {
 /// The lines only the realistic userland prints (taken from a real boot, shortened).
 const REALISTIC: &str = "release 6.1.0-57-cloud-amd64\n\
 userland realistic\nprinter 113\n\
-task 104 1 104 0 S vmi_server\nids 104 0 104 104\n\
+task 104 1 104 0 S vmi_server\nids 104 0 104 104 0 0 312\n\
 thread 104 104 S vmi_server\nthread 104 125 S worker-0\n\
 ns 104 pid 4026531836\nns 104 mnt 4026531841\nns 104 uts 4026531838\nblocked 104\n\
-task 117 114 117 0 S vmi_ctr_app\nids 117 0 117,4 117,4\n\
+task 117 114 117 0 S vmi_ctr_app\nids 117 0 117,4 117,4 0 0 420\n\
 ns 117 uts 4026532115\nblocked 117\n\
-proc 117 1 2 3 4 vmi_ctr_app\nroot 117 /srv\n\
+proc 117 1 2 3 4 vmi_ctr_app\nroot 117 /srv\nexe 117 /usr/bin/python3.11\n\
 maps 117 7f63b62f7000-7f63b62f8000 r--p 00000000 00:15 4                          /tmp/x.dat (deleted)\n\
 fd 117 3 /srv/ctr-data\nfd 117 5 socket:[10256]\n\
 uts 4026531838 vmiguest\nuts 4026532115 vmictr\n\
@@ -69,6 +69,10 @@ fn parses_realistic_lines() {
     assert!(t.blocked_by_design(117) && !t.blocked_by_design(113));
     let server = t.task_by_pid(104).unwrap();
     assert_eq!(server.gid, Some(0));
+    assert_eq!(
+        (server.euid, server.egid, server.start_ticks),
+        (Some(0), Some(0), Some(312))
+    );
     assert_eq!(
         (server.ns_pid.as_slice(), server.ns_tgid.as_slice()),
         (&[104][..], &[104][..])
@@ -89,6 +93,7 @@ fn parses_realistic_lines() {
     assert_eq!(app.maps[0].path.as_deref(), Some("/tmp/x.dat (deleted)"));
     assert_eq!(app.fds[1].target, "socket:[10256]");
     assert_eq!(app.root.as_deref(), Some("/srv"));
+    assert_eq!(app.exe.as_deref(), Some("/usr/bin/python3.11"));
     assert_eq!(t.warnings, ["not settled"]);
     assert_eq!(t.printed.as_deref(), Some("started at uptime 10.29 s"));
     // JSON round trip keeps the new fields; the busybox sample serializes without them.
@@ -104,7 +109,9 @@ fn realistic_lines_need_their_task_line() {
         "release r\nids 5 0 5 5\n",
         "release r\nthread 5 5 S x\n",
         "release r\nns 5 uts 1\n",
-        "release r\ntask 5 1 5 0 S x\nids 5 0 5,x 5\n",
+        "release r\ntask 5 1 5 0 S x\nids 5 0 5,x 5 0 0 1\n",
+        "release r\ntask 5 1 5 0 S x\nids 5 0 5 5\n",
+        "release r\nexe 5 /bin/x\n",
         "release r\nblocked x\n",
     ] {
         assert!(Truth::parse_block(bad).is_err(), "{bad}");
