@@ -252,6 +252,11 @@ pub const REALISTIC_FILES: &[(&str, u32, &str)] = &[
         include_str!("realistic/vmi_zparent"),
     ),
     (
+        "opt/vmi/vmi_fileless",
+        0o755,
+        include_str!("realistic/vmi_fileless"),
+    ),
+    (
         "opt/vmi/vmi_ctr_init",
         0o755,
         include_str!("realistic/vmi_ctr_init"),

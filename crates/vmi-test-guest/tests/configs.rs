@@ -452,6 +452,23 @@ fn realistic_sanity(g: &TestGuest) {
             .any(|m| m.path.as_deref() == Some("/usr/bin/python3.11"))
     );
 
+    let fileless = t
+        .processes
+        .iter()
+        .find(|p| p.exe.as_deref() == Some("/memfd:vmi-fileless (deleted)"))
+        .expect("the fileless process");
+    assert!(t.blocked_by_design(fileless.pid));
+    assert!(
+        fileless.maps.iter().any(
+            |m| m.perms == "r-xp" && m.path.as_deref() == Some("/memfd:vmi-fileless (deleted)")
+        )
+    );
+    assert_eq!(
+        details("vmi_delexe").exe.as_deref(),
+        Some("/tmp/vmi_delexe (deleted)")
+    );
+    assert!(t.blocked_by_design(by_comm("vmi_delexe").pid));
+
     let bash = by_comm("vmi_userbash");
     assert_eq!((bash.uid, bash.gid), (1000, Some(1000)));
     assert_eq!(by_comm("vmi_cat").ppid, bash.pid);

@@ -28,6 +28,10 @@ export VMI_ROLE=workload
 /opt/vmi/vmi_manyvma &
 /opt/vmi/vmi_files &
 /opt/vmi/vmi_zparent &
+/opt/vmi/vmi_fileless &
+# a program deleted once it runs
+cp /bin/busybox /tmp/vmi_delexe
+( exec -a sleep /tmp/vmi_delexe 100005 ) &
 unshare -p -m -u -f /opt/vmi/vmi_ctr_init &
 su -s /bin/bash vmi -c 'exec /opt/vmi/vmi_userbash' &
 # An unprivileged user planting decoys for VMI tools in its own memory (issue 14).
@@ -35,6 +39,10 @@ su -s /bin/sh vmi -c 'exec /opt/vmi/vmi_adversary' &
 sh -c '/opt/vmi/vmi_orphan infinity &'
 /usr/sbin/dropbear -F -E -R -p 127.0.0.1:2222 -P /run/dropbear.pid 2>>/run/dropbear.log &
 unset VMI_ROLE
+
+i=0
+while [ -z "$(pidof vmi_delexe)" ] && [ $i -lt 600 ]; do sleep 0.05; i=$((i+1)); done
+rm /tmp/vmi_delexe
 
 # --- ground truth for the host (printed once everything above is blocked) ---
 /opt/vmi/vmi_truth
