@@ -109,10 +109,10 @@ enum GuestCmd {
         /// Kernel: `[suite:]package` (default bookworm:linux-image-cloud-amd64).
         #[arg(long, default_value = vmi_test_guest::DEFAULT_KERNEL)]
         kernel: String,
-        /// Userland: `busybox` (default) or `realistic` (Debian programs, every process in
-        /// the truth).
-        #[arg(long, default_value = "busybox")]
-        userland: String,
+        /// Userland: `busybox` or `realistic` (Debian programs, every process in the
+        /// truth); default `$VMI_GUEST_USERLAND`, else busybox.
+        #[arg(long)]
+        userland: Option<String>,
     },
     /// Build what is missing, boot, wait for the ready marker, write DIR/guest.env.
     Up {
@@ -146,9 +146,9 @@ enum GuestCmd {
         /// Seconds to wait for the ready marker.
         #[arg(long, default_value_t = 240)]
         timeout: u64,
-        /// Userland: `busybox` (default) or `realistic`.
-        #[arg(long, default_value = "busybox")]
-        userland: String,
+        /// Userland: `busybox` or `realistic`; default `$VMI_GUEST_USERLAND`, else busybox.
+        #[arg(long)]
+        userland: Option<String>,
     },
     /// Dump guest memory through QMP (`dump-guest-memory`, paging=false).
     Dump {
@@ -241,7 +241,11 @@ fn guest(cmd: GuestCmd) -> Result<()> {
     match cmd {
         GuestCmd::Build { kernel, userland } => {
             let spec: KernelSpec = kernel.parse()?;
-            let k = vmi_test_guest::kernel::prepare_for(&spec, userland.parse()?)?;
+            let userland = match userland {
+                Some(u) => u.parse()?,
+                None => vmi_test_guest::Userland::from_env()?,
+            };
+            let k = vmi_test_guest::kernel::prepare_for(&spec, userland)?;
             println!("KERNEL_PACKAGE={}", k.package);
             println!("KERNEL_VERSION={}", k.version);
             println!("KERNEL_RELEASE={}", k.release);
@@ -278,8 +282,10 @@ fn guest(cmd: GuestCmd) -> Result<()> {
                 .kaslr(!no_kaslr)
                 .kallsyms(kallsyms)
                 .accel(accel)
-                .boot_timeout(Duration::from_secs(timeout))
-                .userland(userland.parse()?);
+                .boot_timeout(Duration::from_secs(timeout));
+            if let Some(u) = userland {
+                cfg = cfg.userland(u.parse()?);
+            }
             for w in &append {
                 cfg = cfg.append(w);
             }

@@ -78,7 +78,7 @@ pub struct GuestConfig {
     pub boot_timeout: Duration,
     /// Guest directory; `None`: a fresh unique one under [`cache::guests_base_dir`].
     pub dir: Option<PathBuf>,
-    /// The userland in the initramfs (default: busybox only).
+    /// The userland in the initramfs (default: busybox only, or `$VMI_GUEST_USERLAND`).
     pub userland: Userland,
 }
 
@@ -95,7 +95,7 @@ impl Default for GuestConfig {
             accel: Accel::Auto,
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             dir: None,
-            userland: Userland::Busybox,
+            userland: Userland::from_env().unwrap_or_default(),
         }
     }
 }
@@ -175,6 +175,7 @@ impl GuestConfig {
     }
 
     fn validate(&self) -> Result<()> {
+        Userland::from_env()?;
         if self.smp == 0 || self.smp > 64 {
             return Err(Error::Config(format!("smp {} out of 1..=64", self.smp)));
         }

@@ -42,6 +42,21 @@ pub enum Userland {
 }
 
 impl Userland {
+    /// The default of [`crate::GuestConfig`]: `$VMI_GUEST_USERLAND` (`busybox` or
+    /// `realistic`) if set, else [`Userland::Busybox`]; so every test that boots the
+    /// default configuration can run on the realistic userland unchanged. An unknown value
+    /// is an error (booting then fails with it).
+    pub fn from_env() -> Result<Userland> {
+        match std::env::var("VMI_GUEST_USERLAND") {
+            Ok(v) if !v.is_empty() => v.parse().map_err(|_| {
+                Error::Config(format!(
+                    "VMI_GUEST_USERLAND=`{v}` is not a userland (busybox|realistic)"
+                ))
+            }),
+            _ => Ok(Userland::Busybox),
+        }
+    }
+
     /// The name used on the command line and in `guest.env` (`busybox`, `realistic`).
     pub fn name(self) -> &'static str {
         match self {
