@@ -403,13 +403,18 @@ fn unmapped_objects_are_skipped() {
     m.write_u64(task_va(2) + off("real_cred"), 0xffff_ffff_9000_1000);
     let (core, os) = m.os(Limits::default());
     let (p, skipped) = pids(&os, &core);
-    assert_eq!(p, [1, 3, 5].into_iter().collect());
+    // The task whose mm is unreadable exists: it stays listed, with the problem; the one
+    // whose credentials are unreadable cannot be described and is skipped.
+    assert_eq!(p, [1, 3, 4, 5].into_iter().collect());
     let bad: BTreeSet<Va> = skipped.iter().map(|s| s.0).collect();
-    assert_eq!(bad, [Va(task_va(2)), Va(task_va(4))].into_iter().collect());
+    assert_eq!(bad, [Va(task_va(2))].into_iter().collect());
     assert!(
         skipped.iter().all(|(_, e)| e.is_memory_unavailable()),
         "{skipped:?}"
     );
+    let t4 = os.find_process(&core, 4).expect("task 4 listed");
+    assert!(!t4.problems.is_empty());
+    assert!(os.vmas(&core, &t4).is_err());
 }
 
 #[test]
