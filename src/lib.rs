@@ -13,6 +13,7 @@
 //! | `driver-qemu`  | [`driver::qemu`]: a running QEMU/KVM by its QMP socket         |
 //! | `profile`      | [`profile`]: BTF, kallsyms, System.map, ISF, PDB, DWARF         |
 //! | `os-linux`     | [`os::linux`]: the Linux OS layer                              |
+//! | `utils`        | [`utils`]: breakpoint manager, process tracker, syscall tracing |
 //!
 //! See `DESIGN.md` for the layering.
 //!
@@ -64,3 +65,7 @@ pub mod os {
     #[cfg(feature = "os-linux")]
     pub use vmi_os_linux as linux;
 }
+
+/// Active introspection: breakpoint manager, process tracker, system-call tracing.
+#[cfg(feature = "utils")]
+pub use vmi_utils as utils;

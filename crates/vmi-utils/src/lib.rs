@@ -1,0 +1,15 @@
+//! Active introspection on top of the `vmi` framework: what makes live VMI useful for
+//! dynamic analysis.
+//!
+//! | module | what |
+//! |---|---|
+//! | [`bpm`] | [`BreakpointManager`](bpm::BreakpointManager): many breakpoints keyed by (address space, virtual address) with user tags, pending until their page is present, removed on drop |
+//!
+//! Key decision: the manager owns no event loop of its own kind — it wraps the driver's
+//! [`wait_for_events`](vmi_core::VmiEventControl::wait_for_events), matches each hit
+//! against its table and hands the handler the hits with their tags, so a tool keeps
+//! one loop for breakpoints, single-steps and watchpoints.
+
+#![forbid(unsafe_code)]
+
+pub mod bpm;

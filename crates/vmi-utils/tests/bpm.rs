@@ -1,0 +1,211 @@
+//! The breakpoint manager on the mock driver: keying by address space, pending
+//! breakpoints armed when their page comes in, shared driver breakpoints, removal from a
+//! handler, handles and drop.
+
+use std::time::Duration;
+
+use vmi_arch_amd64::{Cr3, EventReason, Registers};
+use vmi_core::{
+    BreakpointAddress, BreakpointKind, EventMonitor, Pa, Va, VcpuId, VmiCore, VmiEvent,
+    VmiEventResponse,
+};
+use vmi_driver_mock::{MockDriver, PageSize, PageTableBuilder};
+use vmi_utils::bpm::{AddressSpace, BreakpointManager, BreakpointState};
+
+const KERNEL: Va = Va(0xffff_ffff_8100_0000);
+const USER: Va = Va(0x40_1000);
+
+fn bp(va: Va) -> EventMonitor {
+    EventMonitor::Breakpoint {
+        address: BreakpointAddress::Virtual(va),
+        kind: BreakpointKind::Software,
+    }
+}
+
+fn hit(va: Va, root: Pa) -> VmiEvent<vmi_arch_amd64::Amd64> {
+    let registers = Registers {
+        rip: va.0,
+        cr3: Cr3(root.0),
+        ..Registers::default()
+    };
+    VmiEvent {
+        vcpu: VcpuId(0),
+        reason: EventReason::Breakpoint {
+            va,
+            pa: None,
+            kind: BreakpointKind::Software,
+        },
+        registers,
+    }
+}
+
+/// Two address spaces sharing the kernel half, `USER` mapped in the first only.
+fn two_spaces() -> (VmiCore<MockDriver>, Pa, Pa) {
+    let driver = MockDriver::new(32 << 20).live();
+    let mut a = PageTableBuilder::new(&driver, Pa(0x10_0000), Pa(0x20_0000));
+    a.map(KERNEL, Pa(0x5000), PageSize::Size4K);
+    a.map(USER, Pa(0x6000), PageSize::Size4K);
+    let mut b = PageTableBuilder::new(&driver, Pa(0x40_0000), Pa(0x50_0000));
+    b.map(KERNEL, Pa(0x5000), PageSize::Size4K);
+    let (ra, rb) = (a.root(), b.root());
+    (VmiCore::new(driver).unwrap(), ra, rb)
+}
+
+#[test]
+fn hits_are_matched_by_address_space() {
+    let (core, ra, rb) = two_spaces();
+    let bpm = BreakpointManager::new(&core);
+    let k = bpm.add(AddressSpace::Kernel(ra), KERNEL, "kernel").unwrap();
+    let u = bpm.add(AddressSpace::Process(ra), USER, "user a").unwrap();
+    assert_eq!(bpm.state(k), Some(BreakpointState::Armed));
+    assert_eq!(bpm.state(u), Some(BreakpointState::Armed));
+    assert_eq!(core.driver().monitors(), vec![bp(KERNEL), bp(USER)]);
+
+    // The kernel breakpoint fires in both spaces; the user one only in its own.
+    for ev in [hit(KERNEL, rb), hit(USER, rb), hit(USER, ra)] {
+        core.driver().push_event(ev);
+    }
+    let mut seen = Vec::new();
+    let n = bpm
+        .wait(Duration::ZERO, |_, hits| {
+            seen.push(hits.iter().map(|h| h.tag).collect::<Vec<_>>());
+            VmiEventResponse::continue_()
+        })
+        .unwrap();
+    assert_eq!(n, 3);
+    assert_eq!(seen, vec![vec!["kernel"], vec!["user a"]]);
+    let stats = bpm.stats();
+    assert_eq!((stats.hits, stats.foreign_hits), (2, 1));
+}
+
+#[test]
+fn pending_breakpoint_is_armed_when_its_page_comes_in() {
+    let driver = MockDriver::new(32 << 20).live();
+    let mut tables = PageTableBuilder::new(&driver, Pa(0x10_0000), Pa(0x20_0000));
+    tables.map(KERNEL, Pa(0x5000), PageSize::Size4K);
+    let root = tables.root();
+    let core = VmiCore::new(driver).unwrap();
+    let bpm = BreakpointManager::new(&core);
+    let id = bpm.add(AddressSpace::Process(root), USER, 7u32).unwrap();
+    assert_eq!(bpm.state(id), Some(BreakpointState::Pending));
+    assert!(
+        core.driver().monitors().is_empty(),
+        "no driver breakpoint yet"
+    );
+    assert_eq!(bpm.refresh().unwrap(), 0);
+
+    // The page comes in (the builder writes the entries, as the guest's kernel would).
+    let mut tables = PageTableBuilder::new(core.driver(), root, Pa(0x30_0000));
+    tables.map(USER, Pa(0x7000), PageSize::Size4K);
+    core.driver().push_event(hit(USER, root));
+    let mut tags = Vec::new();
+    bpm.wait(Duration::ZERO, |_, hits| {
+        tags.extend(hits.iter().map(|h| h.tag));
+        VmiEventResponse::continue_()
+    })
+    .unwrap();
+    assert_eq!(bpm.state(id), Some(BreakpointState::Armed));
+    assert_eq!(core.driver().monitors(), vec![bp(USER)]);
+    assert_eq!(tags, [7], "armed before the wait, so the hit is reported");
+    assert_eq!(bpm.stats().armed_later, 1);
+}
+
+#[test]
+fn shared_address_keeps_one_driver_breakpoint_until_the_last_entry_goes() {
+    let (core, ra, _) = two_spaces();
+    let bpm = BreakpointManager::new(&core);
+    let a = bpm.add(AddressSpace::Kernel(ra), KERNEL, 1).unwrap();
+    let b = bpm.add(AddressSpace::Kernel(ra), KERNEL, 2).unwrap();
+    assert_eq!(core.driver().monitors().len(), 1);
+    assert_eq!(bpm.remove(a).unwrap(), Some(1));
+    assert_eq!(core.driver().monitors().len(), 1);
+    assert_eq!(bpm.remove(b).unwrap(), Some(2));
+    assert!(core.driver().monitors().is_empty());
+    assert_eq!(bpm.remove(b).unwrap(), None);
+}
+
+#[test]
+fn handler_adds_and_removes_during_an_event() {
+    let (core, ra, _) = two_spaces();
+    let bpm = BreakpointManager::new(&core);
+    bpm.add(AddressSpace::Kernel(ra), KERNEL, "entry").unwrap();
+    core.driver().push_event(hit(KERNEL, ra));
+    core.driver().push_event(hit(KERNEL, ra));
+    let mut calls = 0;
+    bpm.wait(Duration::ZERO, |_, hits| {
+        calls += 1;
+        // A return breakpoint, then the entry breakpoint removed by the response.
+        bpm.add(AddressSpace::Process(ra), USER, "return").unwrap();
+        assert_eq!(hits[0].tag, "entry");
+        VmiEventResponse::continue_().and_remove_monitor()
+    })
+    .unwrap();
+    assert_eq!(calls, 1, "the second hit is foreign: its entry is gone");
+    assert_eq!(bpm.stats().foreign_hits, 1);
+    assert_eq!(core.driver().monitors(), vec![bp(USER)]);
+    assert!(
+        core.driver().responses().iter().all(|r| !r.remove_monitor),
+        "the driver's breakpoint is never removed by a response"
+    );
+}
+
+#[test]
+fn handles_and_drop_leave_no_driver_breakpoint() {
+    let (core, ra, _) = two_spaces();
+    {
+        let bpm = BreakpointManager::new(&core);
+        {
+            let _h = bpm
+                .add_scoped(AddressSpace::Kernel(ra), KERNEL, ())
+                .unwrap();
+            assert_eq!(core.driver().monitors().len(), 1);
+        }
+        assert!(core.driver().monitors().is_empty());
+        let kept = bpm
+            .add_scoped(AddressSpace::Process(ra), USER, ())
+            .unwrap()
+            .keep();
+        assert_eq!(bpm.state(kept), Some(BreakpointState::Armed));
+        assert_eq!(core.driver().monitors().len(), 1);
+    }
+    assert!(core.driver().monitors().is_empty());
+}
+
+#[test]
+fn a_panicking_handler_leaves_no_driver_breakpoint() {
+    let (core, ra, _) = two_spaces();
+    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        let bpm = BreakpointManager::new(&core);
+        bpm.add(AddressSpace::Kernel(ra), KERNEL, ()).unwrap();
+        core.driver().push_event(hit(KERNEL, ra));
+        let _ = bpm.wait(Duration::ZERO, |_, _| panic!("handler bug"));
+    }));
+    assert!(result.is_err());
+    assert!(core.driver().monitors().is_empty());
+}
+
+#[test]
+fn non_canonical_address_is_refused() {
+    let (core, ra, _) = two_spaces();
+    let bpm = BreakpointManager::<_, ()>::new(&core);
+    let err = bpm
+        .add(AddressSpace::Kernel(ra), Va(0x8000_0000_0000_0000), ())
+        .unwrap_err();
+    assert!(err.to_string().contains("non-canonical"), "{err}");
+    assert!(bpm.is_empty());
+}
+
+#[test]
+fn kpti_user_root_matches_with_ignored_bit() {
+    let (core, ra, _) = two_spaces();
+    let bpm = BreakpointManager::new(&core).ignore_root_bits(0x1000);
+    bpm.add(AddressSpace::Process(ra), USER, ()).unwrap();
+    core.driver().push_event(hit(USER, Pa(ra.0 | 0x1000)));
+    let mut n = 0;
+    bpm.wait(Duration::ZERO, |_, hits| {
+        n += hits.len();
+        VmiEventResponse::continue_()
+    })
+    .unwrap();
+    assert_eq!(n, 1);
+}

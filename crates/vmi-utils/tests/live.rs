@@ -1,0 +1,138 @@
+//! The breakpoint manager, tracker and syscall tracer against the live test guest
+//! (skipped visibly without QEMU; failing when `VMI_REQUIRE_GUEST=1`).
+
+use std::cell::RefCell;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use vmi_core::{Pa, Registers as _, Va, VmiCore, VmiEventResponse};
+use vmi_driver_qemu::QemuDriver;
+use vmi_os_linux::LinuxOs;
+use vmi_test_guest::{GuestConfig, TestGuest};
+use vmi_utils::bpm::{AddressSpace, BreakpointManager, BreakpointState};
+
+fn status(g: &TestGuest) -> String {
+    g.qmp(serde_json::json!({"execute": "query-status"}))
+        .expect("query-status")["status"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string()
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum Tag {
+    Nanosleep,
+    Wait4,
+    UserReturn,
+}
+
+/// Kernel breakpoints on two functions `vmi_loop` and its `sleep 1` reach every second,
+/// then a user-space breakpoint, set from a handler, in `vmi_loop`'s own address space at
+/// the address its `wait4` returns to: it fires in `vmi_loop` only (the `sleep` children
+/// run the same busybox binary). When the manager goes, no breakpoint is left and the
+/// guest runs.
+#[test]
+fn breakpoint_manager_on_the_live_guest() {
+    let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default()) else {
+        return;
+    };
+    let loop_pid = guest.truth().process("vmi_loop").expect("vmi_loop").pid;
+    let core = VmiCore::new(QemuDriver::attach(guest.qmp_socket()).unwrap()).unwrap();
+    let os = {
+        let _pause = core.pause_guard().unwrap();
+        LinuxOs::new(&core).unwrap()
+    };
+    let kernel = AddressSpace::Kernel(os.kernel().kernel_root);
+    let kpti = os.kernel().kpti == Some(true);
+    let sym = |n: &str| os.symbol_address(n).unwrap_or_else(|| panic!("{n}"));
+    let loop_root: Pa = os
+        .find_process(&core, loop_pid)
+        .unwrap()
+        .user_root
+        .expect("vmi_loop has an address space");
+    {
+        let bpm = BreakpointManager::new(&core).ignore_root_bits(if kpti { 0x1000 } else { 0 });
+        let nanosleep = bpm
+            .add(kernel, sym("hrtimer_nanosleep"), Tag::Nanosleep)
+            .unwrap();
+        let wait4 = bpm.add(kernel, sym("__x64_sys_wait4"), Tag::Wait4).unwrap();
+        assert_eq!(bpm.state(nanosleep), Some(BreakpointState::Armed));
+        assert_eq!(bpm.state(wait4), Some(BreakpointState::Armed));
+        assert_eq!(bpm.driver_breakpoints(), 2);
+
+        let stop = AtomicBool::new(false);
+        let seen = RefCell::new(Vec::new());
+        let user_bp = RefCell::new(None);
+        let deadline = Instant::now() + Duration::from_secs(60);
+        bpm.run_until(&stop, |event, hits| {
+            assert!(
+                Instant::now() < deadline,
+                "no user hit within 60 s: {:?}",
+                seen.borrow()
+            );
+            let task = os
+                .current_task_from_registers(&core, &event.registers)
+                .unwrap();
+            for h in hits {
+                seen.borrow_mut()
+                    .push((h.tag.clone(), task.tgid, task.comm.clone()));
+                match h.tag {
+                    Tag::Wait4 if task.tgid == loop_pid && user_bp.borrow().is_none() => {
+                        // Where vmi_loop's wait4 returns to in user space.
+                        let frame = os.syscall_frame(&core, &task).unwrap();
+                        let space = AddressSpace::Process(loop_root);
+                        let id = bpm.add(space, Va(frame.ip), Tag::UserReturn).unwrap();
+                        *user_bp.borrow_mut() = Some((id, frame.ip));
+                    }
+                    Tag::UserReturn => {
+                        assert_eq!(task.tgid, loop_pid, "user hit in another process");
+                        assert_eq!(
+                            event.registers.instruction_pointer().0,
+                            user_bp.borrow().unwrap().1
+                        );
+                    }
+                    _ => {}
+                }
+            }
+            let seen = seen.borrow();
+            if seen.iter().any(|(t, _, _)| *t == Tag::UserReturn)
+                && seen.iter().any(|(t, _, _)| *t == Tag::Nanosleep)
+            {
+                stop.store(true, Ordering::SeqCst);
+            }
+            VmiEventResponse::continue_()
+        })
+        .unwrap();
+        let seen = seen.into_inner();
+        assert!(
+            seen.iter()
+                .any(|(t, _, c)| *t == Tag::Nanosleep && c == "sleep"),
+            "{seen:?}"
+        );
+        assert!(
+            seen.iter()
+                .any(|(t, p, _)| *t == Tag::Wait4 && *p == loop_pid),
+            "{seen:?}"
+        );
+        assert_eq!(bpm.driver_breakpoints(), 3);
+        let stats = bpm.stats();
+        eprintln!("manager: {stats:?}");
+        assert!(stats.hits >= 3);
+    }
+    // The manager dropped: no breakpoint is left, the driver sees no event in 2.5 s
+    // (vmi_loop runs `sleep 1` every second), the guest runs.
+    let mut events = 0;
+    let until = Instant::now() + Duration::from_millis(2500);
+    while Instant::now() < until {
+        events += vmi_core::VmiEventControl::wait_for_events(
+            core.driver(),
+            Duration::from_millis(250),
+            &mut |_| VmiEventResponse::continue_(),
+        )
+        .unwrap();
+    }
+    assert_eq!(events, 0, "a breakpoint was left behind");
+    assert_eq!(status(&guest), "running");
+    drop(core);
+    assert_eq!(status(&guest), "running");
+}
