@@ -52,6 +52,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             {
                 return crate::commands::trace::run(&cli, &core, location, *count, *software);
             }
+            if let Command::Watch(what) = &cli.command {
+                return crate::commands::watch::run(&cli, &core, what);
+            }
             // A consistent view: pause while we look (resumed on drop only if we paused).
             let _pause = core.pause_guard()?;
             let ctx = Ctx {
@@ -68,6 +71,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
 }
 
 mod trace;
+mod watch;
 
 pub(crate) struct Ctx<'a, D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> {
     pub(crate) cli: &'a Cli,
@@ -262,10 +266,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
                 self.translate(address, *pid, cr3.as_deref())
             }
             Command::Dump { out } => self.dump(out),
-            Command::Trace { .. } => Err(Failure {
+            Command::Trace { .. } | Command::Watch(_) => Err(Failure {
                 code: 1,
                 error: anyhow!(
-                    "trace needs a live target (qemu:<QMP socket>); {} is a dump",
+                    "trace and watch need a live target (qemu:<QMP socket>); {} is a dump",
                     self.core.info().kind
                 ),
             }),

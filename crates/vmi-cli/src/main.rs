@@ -130,9 +130,24 @@ pub enum Command {
         #[arg(long)]
         software: bool,
     },
+    /// Watch what happens in a live target, one line per event.
+    #[command(subcommand)]
+    Watch(WatchCommand),
     /// Profile operations.
     #[command(subcommand)]
     Profile(ProfileCommand),
+}
+
+/// `vmi watch` sub-commands.
+#[derive(Subcommand, Debug)]
+pub enum WatchCommand {
+    /// Process and thread lifecycle (Linux): fork/clone, exec with file name and argv,
+    /// exit with code or signal.
+    Procs {
+        /// Stop after this many events (default: until Ctrl-C).
+        #[arg(long, short = 'n')]
+        count: Option<u64>,
+    },
 }
 
 /// `vmi read` arguments.

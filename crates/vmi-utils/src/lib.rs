@@ -4,6 +4,7 @@
 //! | module | what |
 //! |---|---|
 //! | [`bpm`] | [`BreakpointManager`](bpm::BreakpointManager): many breakpoints keyed by (address space, virtual address) with user tags, pending until their page is present, removed on drop |
+//! | [`tracker`] | [`ProcessTracker`](tracker::ProcessTracker): Linux fork/clone, exec (file name, argv), exit (code or signal) |
 //!
 //! Key decision: the manager owns no event loop of its own kind — it wraps the driver's
 //! [`wait_for_events`](vmi_core::VmiEventControl::wait_for_events), matches each hit
@@ -13,3 +14,4 @@
 #![forbid(unsafe_code)]
 
 pub mod bpm;
+pub mod tracker;

@@ -1,0 +1,138 @@
+//! `vmi watch procs` and `vmi trace --syscall` against the live test guest: the `sleep 1`
+//! that the guest's `vmi_loop` script runs every second must appear with its exact argv,
+//! and after every session (normal end, Ctrl-C) the guest runs with no breakpoint left.
+
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use vmi_test_guest::{GuestConfig, TestGuest};
+
+fn vmi(target: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .arg("--target")
+        .arg(target)
+        .args(args)
+        .env(
+            "VMI_PROFILE_CACHE",
+            std::env::temp_dir().join("vmi-cli-test-profiles"),
+        )
+        .output()
+        .expect("run vmi")
+}
+
+fn lines(out: &Output) -> Vec<Value> {
+    assert!(
+        out.status.success(),
+        "vmi failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect()
+}
+
+fn status(g: &TestGuest) -> String {
+    g.qmp(serde_json::json!({"execute": "query-status"}))
+        .unwrap()["status"]
+        .as_str()
+        .unwrap_or("?")
+        .to_string()
+}
+
+/// The guest keeps running `sleep 1` after a session: a fresh `watch` sees an exec.
+fn assert_runs_clean(g: &TestGuest, live: &str) {
+    assert_eq!(status(g), "running");
+    let events = lines(&vmi(live, &["--json", "watch", "procs", "--count", "3"]));
+    assert_eq!(events.len(), 3);
+}
+
+#[test]
+fn watch_procs_reports_vmi_loop_sleeps() {
+    let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default()) else {
+        return;
+    };
+    let live = format!("qemu:{}", guest.qmp_socket().display());
+    let loop_pid = u64::from(guest.truth().process("vmi_loop").expect("vmi_loop").pid);
+    let events = lines(&vmi(&live, &["--json", "watch", "procs", "--count", "20"]));
+    for e in &events {
+        eprintln!("{e}");
+    }
+    assert_eq!(events.len(), 20);
+    // Each `sleep 1` of vmi_loop: fork (child of vmi_loop), exec with the exact argv,
+    // exit with code 0, in this order.
+    let execs: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "exec" && e["ppid"] == loop_pid)
+        .collect();
+    assert!(execs.len() >= 3, "{events:?}");
+    for x in &execs {
+        assert_eq!(x["argv"], serde_json::json!(["sleep", "1"]), "{x}");
+        // busybox ash runs its own applets through /proc/self/exe; the kernel names the
+        // task after the file until busybox renames itself to the applet.
+        let filename = x["filename"].as_str().unwrap();
+        assert!(["/proc/self/exe", "/bin/sleep"].contains(&filename), "{x}");
+        assert_eq!(x["comm"], filename.rsplit('/').next().unwrap(), "{x}");
+        assert_eq!(x["problems"], serde_json::json!([]), "{x}");
+        let pid = &x["pid"];
+        let at = |kind: &str| {
+            events
+                .iter()
+                .position(|e| e["event"] == kind && e["pid"] == *pid && e["tid"] == *pid)
+        };
+        let exec_at = at("exec").unwrap();
+        if let Some(fork_at) = at("fork") {
+            assert!(fork_at < exec_at);
+            assert_eq!(events[fork_at]["ppid"], loop_pid);
+            assert_eq!(events[fork_at]["thread"], false);
+        }
+        if let Some(exit_at) = at("exit") {
+            assert!(exit_at > exec_at);
+            assert_eq!(events[exit_at]["exit_code"], 0);
+            assert_eq!(events[exit_at]["comm"], "sleep");
+        }
+    }
+    // Every exec of the window came with its fork and exit, except at the edges.
+    let forks = events
+        .iter()
+        .filter(|e| e["event"] == "fork" && e["ppid"] == loop_pid)
+        .count();
+    assert!(forks + 1 >= execs.len(), "{events:?}");
+    assert_runs_clean(&guest, &live);
+
+    // Ctrl-C in the middle of a session.
+    let child = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["--target", &live, "--json", "watch", "procs"])
+        .env(
+            "VMI_PROFILE_CACHE",
+            std::env::temp_dir().join("vmi-cli-test-profiles"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(Duration::from_secs(6));
+    let pid = child.id().to_string();
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &pid])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let started = Instant::now();
+    let out = child.wait_with_output().unwrap();
+    assert!(started.elapsed() < Duration::from_secs(5), "slow to stop");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stdout).contains("\"event\":\"exec\""),
+        "no exec in 6 s: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    assert_runs_clean(&guest, &live);
+}
