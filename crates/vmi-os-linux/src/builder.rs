@@ -259,24 +259,8 @@ impl LinuxOsBuilder {
             return Ok((p, origin));
         }
 
-        let cache = self.cache();
-        let key = info.build_id.clone().map(CacheKey::BuildId);
-        if let (Some(cache), Some(key)) = (&cache, &key) {
-            match cache.load(key) {
-                Ok(Some(mut p)) => {
-                    p.symbols = p.symbols.relocated(slide);
-                    add_vmcoreinfo_symbols(&mut p.symbols, info);
-                    if banner_matches(&k, &p) {
-                        return Ok((p, ProfileOrigin::Cache(cache.path_for(key))));
-                    }
-                    notes.push("cached profile's banner differs from memory: rebuilt".into());
-                }
-                Ok(None) => {}
-                Err(e) => notes.push(format!("profile cache: {e}")),
-            }
-        }
-
         // Built from memory (and files).
+        let mut cached = None;
         let mut sources = Vec::new();
         let mut files = Vec::new();
         let file_profile = match &self.vmlinux {
@@ -348,8 +332,11 @@ impl LinuxOsBuilder {
                     ));
                 };
                 sources.push(format!("btf: guest memory {start:#x}..{stop:#x}"));
-                match vmi_profile::linux::btf_from_memory(&mem, start, stop) {
-                    Ok(t) => t,
+                match btf_types_cached(&mem, start, stop, self.cache(), notes) {
+                    Ok((t, entry)) => {
+                        cached = entry;
+                        t
+                    }
                     Err(e) => {
                         notes.push(format!("btf from memory: {e}"));
                         return Err(no_profile(
@@ -378,30 +365,9 @@ impl LinuxOsBuilder {
             symbols,
             types,
         );
-        let key = key.or_else(|| profile.metadata.banner.clone().map(CacheKey::Banner));
-        if let (Some(cache), Some(key)) = (&cache, &key) {
-            // Stored with link-time addresses, so that any boot of this build can use it.
-            // VMCOREINFO's own entries (kind `None`) are left out: some are values, not
-            // addresses (`SYMBOL(mem_section)`), and they are re-read on every load.
-            let mut stored = profile.clone();
-            stored.symbols = stored
-                .symbols
-                .iter()
-                .filter(|s| s.kind.is_some())
-                .map(|s| Symbol {
-                    address: if matches!(s.kind, Some('A' | 'a')) {
-                        s.address
-                    } else {
-                        s.address.wrapping_sub(slide)
-                    },
-                    ..s.clone()
-                })
-                .collect();
-            if let Err(e) = cache.store(key, &stored) {
-                notes.push(format!("profile cache: {e}"));
-            }
-        }
-        let origin = if files.is_empty() {
+        let origin = if let Some(path) = cached {
+            ProfileOrigin::Cache(path)
+        } else if files.is_empty() {
             ProfileOrigin::Memory
         } else {
             ProfileOrigin::Files(files)
@@ -476,12 +442,45 @@ fn relocate_to_runtime(p: &mut Profile, info: &VmcoreInfo, slide: u64) {
     }
 }
 
-/// Whether the profile's banner equals `linux_banner` read through its own symbol.
-fn banner_matches<D: VmiRead<Architecture = Amd64>>(k: &Kmem<'_, D>, p: &Profile) -> bool {
-    let (Some(want), Some(at)) = (&p.metadata.banner, p.symbols.address("linux_banner")) else {
-        return false;
-    };
-    k.cstring(Va(at), MAX_BANNER).is_ok_and(|b| &b == want)
+/// The kernel's types from its BTF in guest memory, through the profile cache when there is
+/// one. The cache is keyed by the SHA-256 of the BTF bytes just read, never by what the
+/// guest claims to be (build id, banner): an entry is used only for the very bytes it was
+/// parsed from, so a hostile guest cannot plant types that another guest loads. Returns the
+/// cache entry's path when the types came from it.
+fn btf_types_cached(
+    mem: &dyn vmi_profile::kallsyms::KernelMemory,
+    start: u64,
+    stop: u64,
+    cache: Option<ProfileCache>,
+    notes: &mut Vec<String>,
+) -> Result<(vmi_profile::Types, Option<PathBuf>), vmi_profile::ProfileError> {
+    let bytes = vmi_profile::linux::btf_bytes_from_memory(mem, start, stop)?;
+    let key = CacheKey::for_btf(&bytes);
+    if let Some(cache) = &cache {
+        match cache.load(&key) {
+            Ok(Some(p)) => return Ok((p.types, Some(cache.path_for(&key)))),
+            Ok(None) => {}
+            Err(e) => notes.push(format!("profile cache: {e}")),
+        }
+    }
+    let source = format!("guest memory {start:#x}..{stop:#x}");
+    let types = vmi_profile::btf::parse_btf(&bytes, &source)?;
+    if let Some(cache) = &cache {
+        let entry = Profile::new(
+            Metadata {
+                os: OsKind::Linux,
+                sources: vec![format!("btf: {source}")],
+                ..Metadata::default()
+            },
+            SymbolTable::default(),
+            types,
+        );
+        if let Err(e) = cache.store(&key, &entry) {
+            notes.push(format!("profile cache: {e}"));
+        }
+        return Ok((entry.types, None));
+    }
+    Ok((types, None))
 }
 
 /// `__pa_symbol(va)`: physical address of a kernel-image symbol.

@@ -563,6 +563,164 @@ fn hostile_dmesg_head_beyond_the_ring_is_an_error() {
     assert!(e.to_string().contains("head id"), "{e}");
 }
 
+/// A BTF blob for the synthetic kernel's structs (every field an int of its size, or a
+/// byte array), with task_struct's `pid` and `tgid` offsets as given.
+fn btf_blob(pid_at: u64, tgid_at: u64) -> Vec<u8> {
+    let mut types: Vec<u8> = Vec::new();
+    let mut strings: Vec<u8> = vec![0];
+    let name = |strings: &mut Vec<u8>, n: &str| {
+        let off = strings.len() as u32;
+        strings.extend_from_slice(n.as_bytes());
+        strings.push(0);
+        off
+    };
+    let put = |types: &mut Vec<u8>, words: &[u32]| {
+        for w in words {
+            types.extend_from_slice(&w.to_le_bytes());
+        }
+    };
+    // Ids 1..=4: u8, u16, u32, u64.
+    for size in [1u32, 2, 4, 8] {
+        let n = name(&mut strings, &format!("u{}", size * 8));
+        put(&mut types, &[n, 1 << 24, size, size * 8]);
+    }
+    let mut next = 5u32;
+    let task: Vec<(&'static str, u64, u64)> = TASK_FIELDS
+        .iter()
+        .map(|&(f, o, sz)| match f {
+            "pid" => (f, pid_at, sz),
+            "tgid" => (f, tgid_at, sz),
+            _ => (f, o, sz),
+        })
+        .collect();
+    type Owned = Vec<(&'static str, u64, u64)>;
+    let structs: Vec<(&str, u64, Owned)> = [
+        ("task_struct", 0x800, task),
+        ("cred", 0x40, CRED_FIELDS.to_vec()),
+        ("mm_struct", 0x200, MM_FIELDS.to_vec()),
+        ("vm_area_struct", 0x100, VMA_FIELDS.to_vec()),
+    ]
+    .into_iter()
+    .chain(PRINTK_STRUCTS.iter().map(|&(n, sz, f)| (n, sz, f.to_vec())))
+    .collect();
+    for (sname, size, fields) in structs {
+        // Byte arrays for the fields that are not ints, then the struct.
+        let mut member_types = Vec::new();
+        for &(_, _, fsize) in &fields {
+            match fsize {
+                1 => member_types.push(1),
+                2 => member_types.push(2),
+                4 => member_types.push(3),
+                8 => member_types.push(4),
+                _ => {
+                    put(&mut types, &[0, 3 << 24, 0, 1, 3, fsize as u32]);
+                    member_types.push(next);
+                    next += 1;
+                }
+            }
+        }
+        let n = name(&mut strings, sname);
+        put(
+            &mut types,
+            &[n, (4 << 24) | fields.len() as u32, size as u32],
+        );
+        for (&(fname, off, _), ty) in fields.iter().zip(member_types) {
+            let m = name(&mut strings, fname);
+            put(&mut types, &[m, ty, (off * 8) as u32]);
+        }
+        next += 1;
+    }
+    let mut out = Vec::new();
+    out.extend_from_slice(&0xEB9Fu16.to_le_bytes());
+    out.extend_from_slice(&[1, 0]);
+    for w in [
+        24u32,
+        0,
+        types.len() as u32,
+        types.len() as u32,
+        strings.len() as u32,
+    ] {
+        out.extend_from_slice(&w.to_le_bytes());
+    }
+    out.extend_from_slice(&types);
+    out.extend_from_slice(&strings);
+    out
+}
+
+/// Where the synthetic kernel keeps its BTF.
+const BTF_VA: u64 = 0xffff_ffff_82b4_0000;
+
+/// Builds `LinuxOs` from guest memory alone (System.map for the symbols, BTF from memory)
+/// with the profile cache in `cache`, on a kernel claiming build id `aa…` whose BTF puts
+/// `task_struct.pid` at `pid_at`.
+fn build_from_memory(
+    dir: &std::path::Path,
+    cache: &std::path::Path,
+    pid_at: u64,
+) -> (VmiCore<MockDriver>, LinuxOs) {
+    let m = Mock::new(3);
+    let btf = btf_blob(pid_at, off("tgid"));
+    m.write(BTF_VA, &btf);
+    let map = dir.join("System.map");
+    std::fs::write(
+        &map,
+        format!(
+            "{INIT_TASK:016x} D init_task\n{BANNER:016x} D linux_banner\n{PRB:016x} D prb\n\
+             {BTF_VA:016x} R __start_BTF\n{:016x} R __stop_BTF\n",
+            BTF_VA + btf.len() as u64
+        ),
+    )
+    .unwrap();
+    let core = VmiCore::new(m.driver).unwrap();
+    let os = LinuxOs::builder()
+        .cache_dir(cache)
+        .vmcoreinfo(format!("{}BUILD-ID={}\n", vmcoreinfo(), "aa".repeat(20)))
+        .system_map(&map)
+        .build(&core)
+        .expect("kernel from memory");
+    (core, os)
+}
+
+/// Issue 14: the profile cache stored a profile built from guest memory under the
+/// guest-claimed build id, and a reload checked only the banner: a hostile guest that
+/// forges its BTF (here `task_struct.pid` read from `tgid`'s neighbour) planted offsets
+/// that every clean guest claiming that build id then loaded. Entries are now keyed by the
+/// SHA-256 of the BTF bytes read, so the clean guest never sees the forged entry.
+#[test]
+fn hostile_guest_cannot_poison_the_profile_cache() {
+    let dir = std::env::temp_dir().join(format!("vmi-hostile-cache-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).unwrap();
+    let cache = dir.join("cache");
+    // The hostile guest: same build id and banner, pid at comm's first bytes.
+    let (core, os) = build_from_memory(&dir, &cache, off("comm"));
+    let built =
+        |o: &vmi_os_linux::ProfileOrigin| matches!(o, vmi_os_linux::ProfileOrigin::Files(_));
+    assert!(
+        built(&os.kernel().profile_origin),
+        "{:?}",
+        os.kernel().profile_origin
+    );
+    let (forged, _) = pids(&os, &core);
+    assert_ne!(forged, all(3), "the forged layout reads other pids");
+    // The clean guest builds its own profile (its BTF hashes differently) and is right.
+    let (core, os) = build_from_memory(&dir, &cache, off("pid"));
+    assert!(
+        built(&os.kernel().profile_origin),
+        "{:?}",
+        os.kernel().profile_origin
+    );
+    assert_eq!(pids(&os, &core).0, all(3));
+    // A second clean run loads its own entry.
+    let (core, os) = build_from_memory(&dir, &cache, off("pid"));
+    assert!(matches!(
+        os.kernel().profile_origin,
+        vmi_os_linux::ProfileOrigin::Cache(_)
+    ));
+    assert_eq!(pids(&os, &core).0, all(3));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
 #[test]
 fn seeded_random_corruption_never_panics() {
     let mut rng = SmallRng::seed_from_u64(0x0005_eed7);

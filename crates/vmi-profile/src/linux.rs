@@ -103,6 +103,13 @@ pub fn profile_from_btf(bytes: &[u8], source: &str) -> Result<Profile> {
 /// Reads the kernel's BTF out of guest memory (`__start_BTF`..`__stop_BTF`, e.g. from
 /// kallsyms) and parses it.
 pub fn btf_from_memory(mem: &dyn KernelMemory, start: u64, stop: u64) -> Result<Types> {
+    let buf = btf_bytes_from_memory(mem, start, stop)?;
+    parse_btf(&buf, &format!("guest memory {start:#x}..{stop:#x}"))
+}
+
+/// The raw BTF bytes between `__start_BTF` and `__stop_BTF` (at most [`MAX_BTF_SIZE`]), for
+/// callers that hash them before parsing (the profile cache keys types by these bytes).
+pub fn btf_bytes_from_memory(mem: &dyn KernelMemory, start: u64, stop: u64) -> Result<Vec<u8>> {
     let len = stop.checked_sub(start).ok_or_else(|| ProfileError::Btf {
         source_name: "guest memory".into(),
         offset: 0,
@@ -126,5 +133,5 @@ pub fn btf_from_memory(mem: &dyn KernelMemory, start: u64, stop: u64) -> Result<
                 source,
             })?;
     }
-    parse_btf(&buf, &format!("guest memory {start:#x}..{stop:#x}"))
+    Ok(buf)
 }

@@ -435,6 +435,65 @@ fn cache_round_trip_and_rejections() {
     );
 }
 
+/// Issue 14: cache files were written to predictable `*.tmp<pid>` names with `fs::write`,
+/// which follows a symlink planted there, and loaded through symlinks. Now the directory is
+/// private (0700, ours, not a symlink), temporaries are created `O_EXCL` under unpredictable
+/// names, and entries are opened with `O_NOFOLLOW`.
+#[test]
+fn hostile_cache_symlinks_are_not_followed() {
+    use std::os::unix::fs::{PermissionsExt as _, symlink};
+    let root = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join("profile-cache-hostile");
+    let _ = std::fs::remove_dir_all(&root);
+    std::fs::create_dir_all(&root).unwrap();
+    let victim = root.join("victim");
+    std::fs::write(&victim, b"precious").unwrap();
+    let dir = root.join("cache");
+    let cache = ProfileCache::new(&dir);
+    let p = small_profile();
+    let key = CacheKey::for_btf(b"some btf bytes");
+    let entry = cache.path_for(&key);
+    // Created private.
+    cache.store(&CacheKey::for_btf(b"other"), &p).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    // The old predictable temporary names, planted as symlinks to the victim: unused.
+    for pid in [std::process::id(), 1, 2, 3] {
+        symlink(&victim, entry.with_extension(format!("tmp{pid}"))).unwrap();
+    }
+    // The entry itself planted as a symlink: loading refuses it, storing replaces the link.
+    symlink(&victim, &entry).unwrap();
+    assert!(cache.load(&key).is_err(), "a symlinked entry is not read");
+    cache.store(&key, &p).unwrap();
+    assert_eq!(std::fs::read(&victim).unwrap(), b"precious");
+    assert!(
+        !std::fs::symlink_metadata(&entry)
+            .unwrap()
+            .file_type()
+            .is_symlink()
+    );
+    assert_eq!(cache.load(&key).unwrap().unwrap(), p);
+    // No temporary file is left behind.
+    let left: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(left.is_empty(), "{left:?}");
+    // A group/world-accessible directory is tightened; a symlinked directory is refused.
+    std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+    cache.store(&key, &p).unwrap();
+    let mode = std::fs::metadata(&dir).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o700, "{mode:o}");
+    let linked = root.join("linked-cache");
+    symlink(&dir, &linked).unwrap();
+    let e = ProfileCache::new(&linked).store(&key, &p).unwrap_err();
+    assert!(e.to_string().contains("symlink"), "{e}");
+    // Keys of content read from guest memory are the content's hash, never a guest claim.
+    assert_ne!(CacheKey::for_btf(b"a"), CacheKey::for_btf(b"b"));
+    assert!(CacheKey::for_btf(b"a").text().starts_with("btf-sha256:"));
+    let _ = std::fs::remove_dir_all(&root);
+}
+
 #[test]
 fn fuzz_cache_decoding() {
     let mut p = small_profile();
