@@ -346,9 +346,9 @@ fn hostile_elf_note_headers_sharing_one_area_are_bounded() {
     let shifted = elf_with_note_headers(0xfffe, &area, |k| k % 1000);
     let input = shifted.clone();
     exercise_bounded("65534 PT_NOTE over shifted areas", input);
-    let e = DumpDriver::from_bytes(shifted, DumpOptions::default())
-        .err()
-        .expect("too many notes");
+    let Err(e) = DumpDriver::from_bytes(shifted, DumpOptions::default()) else {
+        panic!("too many notes")
+    };
     assert!(e.to_string().contains("notes"), "{e}");
 }
 
@@ -372,9 +372,9 @@ fn hostile_windows_bitmap_of_alternating_bits_is_checked_first() {
     dump.resize(first_page as usize + 16 * 4096, 0xaa);
     let input = dump.clone();
     exercise_bounded("alternating bitmap", input);
-    let e = DumpDriver::from_bytes(dump, DumpOptions::default())
-        .err()
-        .expect("pages missing");
+    let Err(e) = DumpDriver::from_bytes(dump, DumpOptions::default()) else {
+        panic!("pages missing")
+    };
     assert!(e.to_string().contains("past the end of the file"), "{e}");
 }
 
@@ -399,9 +399,9 @@ fn hostile_kdump_alternating_bitmap_is_bounded_by_the_descriptors() {
     out.resize(2 * PAGE + 2 * half, 0x55);
     let input = out.clone();
     exercise_bounded("alternating kdump bitmap", input);
-    let e = DumpDriver::from_bytes(out, DumpOptions::default())
-        .err()
-        .expect("no descriptors");
+    let Err(e) = DumpDriver::from_bytes(out, DumpOptions::default()) else {
+        panic!("no descriptors")
+    };
     assert!(e.to_string().contains("page descriptors"), "{e}");
 }
 
