@@ -3,9 +3,12 @@
 use vmi_arch_amd64::Amd64;
 use vmi_core::{Va, VmiCore, VmiError, VmiRead};
 
-use crate::kmem::fixed_cstr;
+use crate::kmem::{fixed_cstr, malformed};
 use crate::walk::walk_list;
 use crate::{LinuxOs, Skipped};
+
+/// Most `mod_mem_type` values accepted (the kernel has 7 since 6.4).
+const MAX_MOD_MEM: u64 = 16;
 
 /// `module.state`.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -95,12 +98,33 @@ impl LinuxOs {
                 let (base, size) = if let (Some(mem), Some(msz), Some(mb), Some(ms), Some(text)) =
                     (o.mem, o.mem_size, o.mm_base, o.mm_size, o.mod_text)
                 {
-                    let n = o.mod_mem_num.unwrap_or(text + 1).clamp(1, 16) as u64;
-                    let text = u64::try_from(text).unwrap_or(0);
-                    let base = k.u64(m + mem + text * msz + mb)?;
+                    // Enum values and sizes come from the profile (guest BTF): checked.
+                    let text = u64::try_from(text)
+                        .ok()
+                        .filter(|&t| t < MAX_MOD_MEM)
+                        .ok_or_else(|| {
+                            malformed("enum mod_mem_type", m.0, format!("MOD_TEXT = {text}"))
+                        })?;
+                    let n = o
+                        .mod_mem_num
+                        .map_or(text + 1, |n| n.clamp(1, MAX_MOD_MEM as i64) as u64);
+                    let slot = |i: u64, field: u64| {
+                        i.checked_mul(msz)
+                            .and_then(|x| x.checked_add(mem))
+                            .and_then(|x| x.checked_add(field))
+                            .map(|x| m + x)
+                            .ok_or_else(|| {
+                                malformed(
+                                    "module.mem",
+                                    m.0,
+                                    format!("entry {i} of {msz} bytes overflows"),
+                                )
+                            })
+                    };
+                    let base = k.u64(slot(text, mb)?)?;
                     let mut size = 0u64;
                     for i in 0..n {
-                        size = size.saturating_add(u64::from(k.u32(m + mem + i * msz + ms)?));
+                        size = size.saturating_add(u64::from(k.u32(slot(i, ms)?)?));
                     }
                     (base, size)
                 } else if let (Some(core_l), Some(init_l), Some(lb), Some(ls)) =
