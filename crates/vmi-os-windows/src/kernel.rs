@@ -103,7 +103,10 @@ fn scan_back<D: VmiRead>(
             continue;
         }
         if let Some((pe, cv)) = kernel_at(core, root, va)
-            && va.0 + u64::from(pe.size_of_image) > code
+            && va
+                .0
+                .checked_add(u64::from(pe.size_of_image))
+                .is_some_and(|end| end > code)
         {
             return Some((va, pe, cv));
         }

@@ -46,6 +46,7 @@ mod error;
 mod kernel;
 mod offsets;
 pub mod pe;
+mod walk;
 
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
@@ -64,6 +65,40 @@ pub use kernel::{
 };
 use offsets::Offsets;
 use pe::{CodeView, PeImage};
+
+/// Objects a walk could not read: the address of the object, or of the list entry whose
+/// link broke, and why.
+pub type Skipped = Vec<(Va, VmiError)>;
+
+/// What a walk of guest lists or trees found: every object it could read, and every one it
+/// had to skip (a broken link, an unreadable object, a cycle, the limit). A walk that
+/// read nothing and skipped something is an error instead, never an empty listing.
+#[derive(Debug)]
+pub struct Listing<T> {
+    /// The objects read, in walk order.
+    pub items: Vec<T>,
+    /// What was skipped, and why.
+    pub skipped: Skipped,
+}
+
+impl<T> Listing<T> {
+    fn new(items: Vec<T>, mut skipped: Skipped) -> Result<Self, VmiError> {
+        if items.is_empty() && !skipped.is_empty() {
+            return Err(skipped.swap_remove(0).1);
+        }
+        Ok(Self { items, skipped })
+    }
+
+    /// The objects when nothing was skipped, else the first skip's error (the
+    /// all-or-nothing answer of the `win_*` methods).
+    pub fn complete(mut self) -> Result<Vec<T>, VmiError> {
+        if self.skipped.is_empty() {
+            Ok(self.items)
+        } else {
+            Err(self.skipped.swap_remove(0).1)
+        }
+    }
+}
 
 /// Longest list this layer walks (processes, threads, modules).
 pub const MAX_LIST: usize = 65_536;
@@ -503,30 +538,54 @@ impl WindowsOs {
         })
     }
 
-    /// Every process on `PsActiveProcessHead`.
+    /// Every process on `PsActiveProcessHead`; an error if any link or process could not
+    /// be read (see [`process_list`](Self::process_list) for what can be read).
     pub fn win_processes<D: VmiRead>(
         &self,
         core: &VmiCore<D>,
     ) -> Result<Vec<WinProcess>, VmiError> {
-        let head = self.sym(self.off.ps_active_process_head);
-        self.walk_list(core, self.root, head, "PsActiveProcessHead list")?
-            .into_iter()
-            .map(|l| self.process_at(core, Va(l.0.wrapping_sub(self.off.ep_links))))
-            .collect()
+        self.process_list(core)?.complete()
     }
 
-    /// The process with `pid`.
+    /// The processes on `PsActiveProcessHead` that can be read, and what was skipped: a
+    /// broken link costs only the processes between it and the next break (the walk
+    /// resumes backwards from the head), an unreadable `EPROCESS` only itself.
+    pub fn process_list<D: VmiRead>(
+        &self,
+        core: &VmiCore<D>,
+    ) -> Result<Listing<WinProcess>, VmiError> {
+        let head = self.sym(self.off.ps_active_process_head);
+        let walk = walk::walk_list(core, self.root, head, "PsActiveProcessHead list", MAX_LIST);
+        let mut skipped = walk.errors;
+        let mut items = Vec::with_capacity(walk.nodes.len());
+        for l in walk.nodes {
+            let ep = Va(l.0.wrapping_sub(self.off.ep_links));
+            match self.process_at(core, ep) {
+                Ok(p) => items.push(p),
+                Err(e) => skipped.push((ep, e)),
+            }
+        }
+        Listing::new(items, skipped)
+    }
+
+    /// The process with `pid`, among those that can be read.
     pub fn win_process<D: VmiRead>(
         &self,
         core: &VmiCore<D>,
         pid: u64,
     ) -> Result<WinProcess, VmiError> {
-        self.win_processes(core)?
+        let list = self.process_list(core)?;
+        let skipped = list.skipped.len();
+        list.items
             .into_iter()
             .find(|p| p.pid == pid)
             .ok_or_else(|| VmiError::NotFound {
                 kind: "process",
-                name: pid.to_string(),
+                name: if skipped == 0 {
+                    pid.to_string()
+                } else {
+                    format!("{pid} (the process list skipped {skipped} unreadable objects)")
+                },
             })
     }
 
@@ -732,21 +791,39 @@ impl WindowsOs {
         })
     }
 
-    /// The threads of a process (`EPROCESS.ThreadListHead`).
+    /// The threads of a process (`EPROCESS.ThreadListHead`); an error if any could not be
+    /// read (see [`thread_list`](Self::thread_list)).
     pub fn win_threads<D: VmiRead>(
         &self,
         core: &VmiCore<D>,
         p: &WinProcess,
     ) -> Result<Vec<WinThread>, VmiError> {
-        self.walk_list(
+        self.thread_list(core, p)?.complete()
+    }
+
+    /// The threads of a process that can be read, and what was skipped.
+    pub fn thread_list<D: VmiRead>(
+        &self,
+        core: &VmiCore<D>,
+        p: &WinProcess,
+    ) -> Result<Listing<WinThread>, VmiError> {
+        let walk = walk::walk_list(
             core,
             self.root,
             p.eprocess + self.off.ep_thread_head,
             "EPROCESS.ThreadListHead list",
-        )?
-        .into_iter()
-        .map(|l| self.thread_at(core, Va(l.0.wrapping_sub(self.off.th_list_entry))))
-        .collect()
+            MAX_LIST,
+        );
+        let mut skipped = walk.errors;
+        let mut items = Vec::with_capacity(walk.nodes.len());
+        for l in walk.nodes {
+            let et = Va(l.0.wrapping_sub(self.off.th_list_entry));
+            match self.thread_at(core, et) {
+                Ok(t) => items.push(t),
+                Err(e) => skipped.push((et, e)),
+            }
+        }
+        Listing::new(items, skipped)
     }
 
     /// The thread running on the vCPU with `regs`: KPCR (GS base in kernel mode, kernel
@@ -783,38 +860,68 @@ impl WindowsOs {
 
     // ---- modules --------------------------------------------------------------------
 
-    /// Kernel modules (`PsLoadedModuleList`).
+    /// Kernel modules (`PsLoadedModuleList`); an error if any could not be read (see
+    /// [`kernel_module_list`](Self::kernel_module_list)).
     pub fn kernel_modules<D: VmiRead>(
         &self,
         core: &VmiCore<D>,
     ) -> Result<Vec<WinModule>, VmiError> {
+        self.kernel_module_list(core)?.complete()
+    }
+
+    /// The kernel modules that can be read, and what was skipped.
+    pub fn kernel_module_list<D: VmiRead>(
+        &self,
+        core: &VmiCore<D>,
+    ) -> Result<Listing<WinModule>, VmiError> {
         let o = &self.off;
         let head = self.sym(o.ps_loaded_module_list);
-        self.walk_list(core, self.root, head, "PsLoadedModuleList list")?
-            .into_iter()
-            .map(|l| {
-                let e = Va(l.0.wrapping_sub(o.kldr_type_links));
-                Ok(WinModule {
+        let walk = walk::walk_list(core, self.root, head, "PsLoadedModuleList list", MAX_LIST);
+        let mut skipped = walk.errors;
+        let mut items = Vec::with_capacity(walk.nodes.len());
+        for l in walk.nodes {
+            let e = Va(l.0.wrapping_sub(o.kldr_type_links));
+            let module = (|| {
+                Ok::<_, VmiError>(WinModule {
                     name: self.read_unicode_string(core, self.root, e + o.kldr_basename)?,
                     path: self.read_unicode_string(core, self.root, e + o.kldr_full)?,
                     base: Va(self.kq(core, e + o.kldr_base)?),
                     size: u64::from(core.read_u32(self.k(e + o.kldr_size))?),
                     entry: e,
                 })
-            })
-            .collect()
+            })();
+            match module {
+                Ok(m) => items.push(m),
+                Err(err) => skipped.push((e, err)),
+            }
+        }
+        Listing::new(items, skipped)
     }
 
-    /// User modules of a process from one loader list of its PEB.
+    /// User modules of a process from one loader list of its PEB; an error if any could
+    /// not be read (see [`user_module_list`](Self::user_module_list)).
     pub fn user_modules<D: VmiRead>(
         &self,
         core: &VmiCore<D>,
         p: &WinProcess,
         list: LdrList,
     ) -> Result<Vec<WinModule>, VmiError> {
+        self.user_module_list(core, p, list)?.complete()
+    }
+
+    /// The user modules of one loader list that can be read, and what was skipped.
+    pub fn user_module_list<D: VmiRead>(
+        &self,
+        core: &VmiCore<D>,
+        p: &WinProcess,
+        list: LdrList,
+    ) -> Result<Listing<WinModule>, VmiError> {
         let o = &self.off;
         if p.peb.0 == 0 {
-            return Ok(vec![]);
+            return Ok(Listing {
+                items: vec![],
+                skipped: vec![],
+            });
         }
         let ldr = Va(self.read_process_u64(core, p, p.peb + o.peb_ldr)?);
         let (head_off, link_off) = match list {
@@ -822,19 +929,26 @@ impl WindowsOs {
             LdrList::Memory => (o.pld_mem, o.ldr_mem_links),
             LdrList::Init => (o.pld_init, o.ldr_init_links),
         };
-        self.walk_list(core, p.dtb, ldr + head_off, "PEB loader list")?
-            .into_iter()
-            .map(|l| {
-                let e = Va(l.0.wrapping_sub(link_off));
-                Ok(WinModule {
+        let walk = walk::walk_list(core, p.dtb, ldr + head_off, "PEB loader list", MAX_LIST);
+        let mut skipped = walk.errors;
+        let mut items = Vec::with_capacity(walk.nodes.len());
+        for l in walk.nodes {
+            let e = Va(l.0.wrapping_sub(link_off));
+            let module = (|| {
+                Ok::<_, VmiError>(WinModule {
                     name: self.read_unicode_string(core, p.dtb, e + o.ldr_basename)?,
                     path: self.read_unicode_string(core, p.dtb, e + o.ldr_full)?,
                     base: Va(self.read_process_u64(core, p, e + o.ldr_base)?),
                     size: u64::from(core.read_u32(AccessContext::paging(e + o.ldr_size, p.dtb))?),
                     entry: e,
                 })
-            })
-            .collect()
+            })();
+            match module {
+                Ok(m) => items.push(m),
+                Err(err) => skipped.push((e, err)),
+            }
+        }
+        Listing::new(items, skipped)
     }
 
     /// Parses the PE headers of the image at `base` in `root`.
@@ -877,42 +991,78 @@ impl WindowsOs {
 
     // ---- VADs -----------------------------------------------------------------------
 
-    /// The VAD tree of a process, in address order.
+    /// The VAD tree of a process, in address order; an error if any node could not be
+    /// read (see [`vad_list`](Self::vad_list)).
     pub fn vads<D: VmiRead>(
         &self,
         core: &VmiCore<D>,
         p: &WinProcess,
     ) -> Result<Vec<WinVad>, VmiError> {
+        self.vad_list(core, p)?.complete()
+    }
+
+    /// The VADs that can be read, in address order, and what was skipped: an unreadable
+    /// node costs its subtree, a node reached twice (a cycle) is skipped there.
+    pub fn vad_list<D: VmiRead>(
+        &self,
+        core: &VmiCore<D>,
+        p: &WinProcess,
+    ) -> Result<Listing<WinVad>, VmiError> {
         let o = &self.off;
-        let root = self.kq(core, p.eprocess + o.ep_vad_root)?;
+        let root_at = p.eprocess + o.ep_vad_root;
+        let root = self.kq(core, root_at)?;
         let mut out = vec![];
+        let mut skipped: Skipped = vec![];
         let mut seen = HashSet::new();
-        let mut stack = vec![root];
-        while let Some(node) = stack.pop() {
+        // (node, the field that pointed to it)
+        let mut stack = vec![(root, root_at)];
+        while let Some((node, from)) = stack.pop() {
             if node == 0 {
                 continue;
             }
             if !seen.insert(node) {
-                return Err(VmiError::WalkLimit {
-                    what: "VAD tree",
-                    count: out.len(),
-                    reason: "cycle",
-                });
+                skipped.push((
+                    from,
+                    VmiError::WalkLimit {
+                        what: "VAD tree",
+                        count: out.len(),
+                        reason: "cycle",
+                    },
+                ));
+                continue;
             }
-            if out.len() >= MAX_VADS {
-                return Err(VmiError::WalkLimit {
-                    what: "VAD tree",
-                    count: out.len(),
-                    reason: "limit",
-                });
+            if seen.len() > MAX_VADS {
+                skipped.push((
+                    from,
+                    VmiError::WalkLimit {
+                        what: "VAD tree",
+                        count: out.len(),
+                        reason: "limit",
+                    },
+                ));
+                break;
             }
             let n = Va(node);
-            stack.push(self.kq(core, n + o.vad_right)?);
-            stack.push(self.kq(core, n + o.vad_left)?);
-            out.push(self.vad_at(core, n)?);
+            let children = self
+                .kq(core, n + o.vad_right)
+                .and_then(|r| Ok((r, self.kq(core, n + o.vad_left)?)));
+            match children {
+                Ok((right, left)) => {
+                    stack.push((right, n + o.vad_right));
+                    stack.push((left, n + o.vad_left));
+                }
+                Err(e) => {
+                    skipped.push((n, e));
+                    continue;
+                }
+            }
+            match self.vad_at(core, n) {
+                Ok(v) => out.push(v),
+                Err(e) => skipped.push((n, e)),
+            }
         }
         out.sort_by_key(|v| v.start);
-        Ok(out)
+        Listing::new(out, skipped)
     }
 
     fn vad_at<D: VmiRead>(&self, core: &VmiCore<D>, n: Va) -> Result<WinVad, VmiError> {
@@ -957,7 +1107,9 @@ impl WindowsOs {
         Ok(WinVad {
             node: n,
             start: Va(sv << 12),
-            end: Va(((ev + 1) << 12).wrapping_sub(1)),
+            // The last byte of page `ev`: `((ev + 1) << 12) - 1` without the overflow a
+            // guest's EndingVpn of 2^64-1 would cause.
+            end: Va((ev << 12) | 0xFFF),
             protection,
             private,
             tag,
@@ -1039,42 +1191,83 @@ impl WindowsOs {
 
     /// The handles of a process: level 0, 1 and 2 tables, each entry's object type
     /// (cookie-decoded on Windows 10+) and display name.
+    ///
+    /// Table pages that cannot be read (handle tables live in paged pool) and objects
+    /// whose header cannot be read are left out; [`handle_list`](Self::handle_list)
+    /// reports them.
     pub fn handles<D: VmiRead>(
         &self,
         core: &VmiCore<D>,
         p: &WinProcess,
     ) -> Result<Vec<WinHandle>, VmiError> {
+        Ok(self.handle_list(core, p)?.items)
+    }
+
+    /// The handles that can be read, and what was skipped (unreadable table pages and
+    /// object headers).
+    pub fn handle_list<D: VmiRead>(
+        &self,
+        core: &VmiCore<D>,
+        p: &WinProcess,
+    ) -> Result<Listing<WinHandle>, VmiError> {
         let o = &self.off;
         let table = self.kq(core, p.eprocess + o.ep_object_table)?;
         if table == 0 {
-            return Ok(vec![]);
+            return Ok(Listing {
+                items: vec![],
+                skipped: vec![],
+            });
         }
+        let mut skipped: Skipped = vec![];
         let code = self.kq(core, Va(table) + o.ht_code)?;
         let level = code & 3;
         let base = code & !7;
         let esz = o.hte_size.max(8);
         let per = 0x1000 / esz;
+        // One page of 512 table pointers at `at`; a table that would end past the top of
+        // the address space is malformed, an unreadable one is reported and skipped.
+        let pointers = |at: u64| -> Result<Vec<u64>, VmiError> {
+            if at.checked_add(0x1000).is_none() {
+                return Err(error::malformed(
+                    "HANDLE_TABLE.TableCode",
+                    table,
+                    format!("table page at {at:#x} wraps the address space"),
+                ));
+            }
+            let mut page = vec![0u8; 0x1000];
+            core.read(self.k(Va(at)), &mut page)?;
+            Ok(page
+                .chunks_exact(8)
+                .map(|c| u64::from_le_bytes(c.try_into().unwrap_or_default()))
+                .collect())
+        };
         let mut leaves: Vec<(u64, u64)> = vec![];
         match level {
             0 => leaves.push((base, 0)),
             1 | 2 => {
                 let mut mids = vec![(base, 0u64)];
                 if level == 2 {
-                    mids = (0..512)
-                        .filter_map(|i| {
-                            self.kq(core, Va(base + i * 8))
-                                .ok()
-                                .filter(|&v| v != 0)
-                                .map(|v| (v, i * 512))
-                        })
-                        .collect();
+                    mids = match pointers(base) {
+                        Ok(top) => (0u64..)
+                            .zip(top)
+                            .filter(|&(_, v)| v != 0)
+                            .map(|(i, v)| (v, i * 512))
+                            .collect(),
+                        Err(e) => {
+                            skipped.push((Va(base), e));
+                            vec![]
+                        }
+                    };
                 }
                 for (m, first) in mids {
-                    for i in 0..512u64 {
-                        match self.kq(core, Va(m + i * 8)) {
-                            Ok(0) | Err(_) => {}
-                            Ok(leaf) => leaves.push((leaf, first + i)),
-                        }
+                    match pointers(m) {
+                        Ok(mid) => leaves.extend(
+                            (0u64..)
+                                .zip(mid)
+                                .filter(|&(_, leaf)| leaf != 0)
+                                .map(|(i, leaf)| (leaf, first + i)),
+                        ),
+                        Err(e) => skipped.push((Va(m), e)),
                     }
                 }
             }
@@ -1090,7 +1283,8 @@ impl WindowsOs {
         let mut types = std::collections::HashMap::new();
         for (leaf, leaf_index) in leaves {
             let mut page = vec![0u8; 0x1000];
-            if core.read(self.k(Va(leaf & !0xFFF)), &mut page).is_err() {
+            if let Err(e) = core.read(self.k(Va(leaf & !0xFFF)), &mut page) {
+                skipped.push((Va(leaf), e));
                 continue;
             }
             for i in 0..per {
@@ -1126,8 +1320,12 @@ impl WindowsOs {
                     });
                 }
                 let header = Va(header);
-                let Ok(ti) = self.object_type_index(core, header) else {
-                    continue;
+                let ti = match self.object_type_index(core, header) {
+                    Ok(ti) => ti,
+                    Err(e) => {
+                        skipped.push((header, e));
+                        continue;
+                    }
                 };
                 let type_name = types
                     .entry(ti)
@@ -1148,7 +1346,7 @@ impl WindowsOs {
                 });
             }
         }
-        Ok(out)
+        Listing::new(out, skipped)
     }
 
     fn handle_name<D: VmiRead>(
@@ -1295,7 +1493,8 @@ impl<D: VmiRead<Architecture = Amd64>> VmiOs<D> for WindowsOs {
 
     fn processes(&self, core: &VmiCore<D>) -> Result<Vec<OsProcess>, VmiError> {
         Ok(self
-            .win_processes(core)?
+            .process_list(core)?
+            .items
             .iter()
             .map(Self::os_process)
             .collect())

@@ -216,3 +216,153 @@ fn seeded_random_corruption_never_panics() {
         let _ = Va(0);
     }
 }
+
+/// Issue 14: one bad `EPROCESS` link made `ps` an error. The listings now keep every object
+/// they can reach (the walk resumes backwards from the head) and report what they skipped,
+/// as the Linux layer does; the `win_*` methods stay all-or-nothing.
+#[test]
+fn hostile_one_bad_link_costs_only_what_it_hides() {
+    let mut img = image(KEY, Options::default());
+    let (_, os) = opened(&img);
+    let m = img.manifest.clone();
+    let links = off(&os, "_EPROCESS", "ActiveProcessLinks");
+    let all: Vec<u64> = m.processes.iter().map(|p| p.pid).collect();
+    // A garbage Flink in the second process, a session pointer into nowhere in the third.
+    assert!(img.patch_kernel(
+        m.processes[1].eprocess + links,
+        &0x4141_4141_4141_4140u64.to_le_bytes()
+    ));
+    assert!(img.patch_kernel(
+        m.processes[2].eprocess + off(&os, "_EPROCESS", "Session"),
+        &0xFFFF_8000_DEAD_0000u64.to_le_bytes()
+    ));
+    // A thread list whose first Flink is broken.
+    let t = &m.processes[3];
+    let thread_links = off(&os, "_ETHREAD", "ThreadListEntry");
+    assert!(t.threads.len() >= 2);
+    assert!(img.patch_kernel(
+        t.threads[0].ethread + thread_links,
+        &0xFFFF_8000_DEAD_1000u64.to_le_bytes()
+    ));
+    let (core, os) = opened(&img);
+    let list = os.process_list(&core).unwrap();
+    let got: Vec<u64> = list.items.iter().map(|p| p.pid).collect();
+    let want: Vec<u64> = all
+        .iter()
+        .copied()
+        .filter(|&pid| pid != m.processes[2].pid)
+        .collect();
+    assert_eq!(got, want, "{:?}", list.skipped);
+    assert_eq!(list.skipped.len(), 2, "{:?}", list.skipped);
+    assert_eq!(list.skipped[0].0, Va(m.processes[1].eprocess + links));
+    assert_eq!(list.skipped[1].0, Va(m.processes[2].eprocess));
+    assert!(
+        os.win_processes(&core).is_err(),
+        "all-or-nothing stays strict"
+    );
+    // The VmiOs view and the lookup by pid use what could be read.
+    let p3 = os.win_process(&core, t.pid).unwrap();
+    let threads = os.thread_list(&core, &p3).unwrap();
+    let tids: Vec<u64> = threads.items.iter().map(|t| t.tid).collect();
+    let want: Vec<u64> = t.threads.iter().map(|t| t.tid).collect();
+    assert_eq!(tids, want, "the tail is recovered backwards");
+    assert_eq!(threads.skipped.len(), 1, "{:?}", threads.skipped);
+    assert!(os.win_threads(&core, &p3).is_err());
+
+    // A VAD whose left child is garbage: that subtree is lost and reported, the rest kept.
+    let mut img = image(KEY, Options::default());
+    let vad_root = os.profile().offset_of("_EPROCESS", "VadRoot").unwrap();
+    let (core0, _) = opened(&img);
+    let root = core0
+        .read_u64(vmi_core::AccessContext::paging(
+            Va(t.eprocess + vad_root),
+            os.kernel_root(),
+        ))
+        .unwrap();
+    let left = ["VadNode.Left", "LeftChild"]
+        .iter()
+        .find_map(|f| os.profile().offset_of("_MMVAD_SHORT", f).ok())
+        .unwrap();
+    assert!(img.patch_kernel(root + left, &0xFFFF_8000_DEAD_2000u64.to_le_bytes()));
+    let (core, os) = opened(&img);
+    let p3 = os.win_process(&core, t.pid).unwrap();
+    let vads = os.vad_list(&core, &p3).unwrap();
+    assert!(!vads.items.is_empty());
+    assert!(
+        vads.items.len() < t.vads.len(),
+        "{} of {}",
+        vads.items.len(),
+        t.vads.len()
+    );
+    assert_eq!(vads.skipped.len(), 1, "{:?}", vads.skipped);
+    assert_eq!(vads.skipped[0].0, Va(0xFFFF_8000_DEAD_2000));
+    assert!(os.vads(&core, &p3).is_err());
+    // Every VAD listed is one of the process's.
+    let starts: std::collections::BTreeSet<u64> = t.vads.iter().map(|v| v.start).collect();
+    assert!(vads.items.iter().all(|v| starts.contains(&v.start.0)));
+}
+
+/// Issue 14: guest values in address arithmetic. A `TableCode` near the top of the address
+/// space overflowed `TableCode + i * 8`; a Windows 7 `EndingVpn` of 2^64-1 overflowed
+/// `EndingVpn + 1` (panics in debug and test builds, wrapped in release).
+#[test]
+fn hostile_table_code_and_ending_vpn_do_not_overflow() {
+    const KEYS: [&str; 10] = [
+        "0CE4A95C0CD782A7596B034D8648E585-1",
+        "22597D0B40394E23936F6A24C6C52D5B-1",
+        "32C1A669D5FFEFD41091F636CFDB6E99-1",
+        "339E74133576439CBCDF7E0229DA3773-1",
+        "35A038B1F6E2E8CAF642111E6EC66F57-1",
+        "517E128F7B7C4EA79491DE6B9B9CE190-1",
+        "5F0CF5D532F385333A9B4ABA25CA6596-1",
+        "8B11040A5928757B11390AC78F6B6925-1",
+        "9C00B19DBDE003DBFE4AB4216993C843-1",
+        "C2EADB24A615E9472CE47C8ADD31F130-1",
+    ];
+    let mut win7 = 0;
+    for key in KEYS {
+        let mut img = image(key, Options::default());
+        let core = core_of(&img, true);
+        let os = open(key, &core, true);
+        let m = img.manifest.clone();
+        let t = m
+            .processes
+            .iter()
+            .rev()
+            .find(|p| !p.handles.is_empty())
+            .unwrap();
+        // A level-1 TableCode whose base is the last 8 bytes of the address space.
+        let table = core
+            .read_u64(vmi_core::AccessContext::paging(
+                Va(t.eprocess + off(&os, "_EPROCESS", "ObjectTable")),
+                os.kernel_root(),
+            ))
+            .unwrap();
+        let code_at = table + off(&os, "_HANDLE_TABLE", "TableCode");
+        assert!(img.patch_kernel(code_at, &0xFFFF_FFFF_FFFF_FFF9u64.to_le_bytes()));
+        // Windows 7 keeps StartingVpn/EndingVpn as full 64-bit values.
+        let vad = t.vads.first().map(|v| v.va);
+        let full_vpn = os
+            .profile()
+            .offset_of("_MMVAD_SHORT", "EndingVpnHigh")
+            .is_err();
+        if let (true, Some(vad)) = (full_vpn, vad) {
+            win7 += 1;
+            let end = off(&os, "_MMVAD_SHORT", "EndingVpn");
+            assert!(img.patch_kernel(vad + end, &u64::MAX.to_le_bytes()));
+        }
+        let core = core_of(&img, true);
+        let os = open(key, &core, true);
+        let p = os.win_process(&core, t.pid).unwrap();
+        // Reading the table at 2^64-8 fails: nothing is readable, so an error.
+        assert!(os.handle_list(&core, &p).is_err(), "{key}");
+        if full_vpn {
+            let vads = os.vad_list(&core, &p).unwrap();
+            assert!(
+                vads.items.iter().any(|v| v.end == Va(u64::MAX)),
+                "{key}: the last page of the address space"
+            );
+        }
+    }
+    assert!(win7 > 0, "no Windows 7 profile among the fixtures");
+}
