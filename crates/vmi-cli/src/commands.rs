@@ -418,20 +418,45 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         if self.format() == Format::Json {
             return Ok(output::json(&entries)?);
         }
-        let mut table = Table::new(&[">PID", ">PPID", ">UID", "S", "NAME", "CMDLINE"]);
+        // Containers: the namespaced pid and the UTS host name, shown when some process
+        // lives in another PID or UTS namespace than init's.
+        let init = entries.iter().find(|e| e.pid == 1);
+        let host = init.and_then(|e| e.hostname.clone());
+        let other_ns = |e: &PsEntry| e.ns_pid.is_some_and(|n| n != e.pid);
+        let other_host = |e: &PsEntry| e.hostname.is_some() && e.hostname != host;
+        let containers = entries.iter().any(|e| other_ns(e) || other_host(e));
+        let mut head = vec![">PID", ">PPID", ">UID", "S"];
+        if containers {
+            head.extend([">NSPID", "HOST"]);
+        }
+        head.extend(["NAME", "CMDLINE"]);
+        let mut table = Table::new(&head);
         let row = |e: &PsEntry, indent: usize| {
-            vec![
+            let mut r = vec![
                 e.pid.to_string(),
                 e.ppid.to_string(),
                 e.uid.map_or("-".into(), |u| u.to_string()),
                 e.state.clone(),
-                format!("{}{}", "  ".repeat(indent), e.name),
-                if e.kernel_thread {
-                    format!("[{}]", e.name)
+            ];
+            if containers {
+                r.push(if other_ns(e) {
+                    e.ns_pid.map(|n| n.to_string()).unwrap_or_default()
                 } else {
-                    e.cmdline.clone()
-                },
-            ]
+                    String::new()
+                });
+                r.push(if other_host(e) {
+                    e.hostname.clone().unwrap_or_default()
+                } else {
+                    String::new()
+                });
+            }
+            r.push(format!("{}{}", "  ".repeat(indent), e.name));
+            r.push(if e.kernel_thread {
+                format!("[{}]", e.name)
+            } else {
+                e.cmdline.clone()
+            });
+            r
         };
         if tree {
             let mut children: BTreeMap<u64, Vec<&PsEntry>> = BTreeMap::new();
