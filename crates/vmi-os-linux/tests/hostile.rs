@@ -737,22 +737,30 @@ fn seeded_random_corruption_never_panics() {
             };
             m.write_u64(at & !7, v);
         }
-        let core = VmiCore::new(m.driver).unwrap();
-        let Ok(os) = LinuxOs::builder()
-            .no_cache()
-            .vmcoreinfo(vmcoreinfo())
-            .profile(profile())
-            .build(&core)
-        else {
-            continue;
-        };
-        let list = os.process_list(&core).unwrap();
-        assert!(list.tasks.len() <= 8 + 1, "round {round}");
-        let _ = os.all_threads(&core);
-        for t in &list.tasks {
-            let _ = os.cmdline(&core, t);
-            let _ = os.vmas(&core, t);
+        // The printk ring too, sometimes with a corrupted header word.
+        if round % 3 == 0 {
+            write_printk(&m, 4, 12, round, &["a", "bb", "ccc"]);
+            m.write_u64(RB + 8 * rng.gen_range(0..10u64), rng.r#gen());
         }
+        within("corrupted mock kernel", CASE_LIMIT, move || {
+            let core = VmiCore::new(m.driver).unwrap();
+            let Ok(os) = LinuxOs::builder()
+                .no_cache()
+                .vmcoreinfo(vmcoreinfo())
+                .profile(profile())
+                .build(&core)
+            else {
+                return;
+            };
+            let list = os.process_list(&core).unwrap();
+            assert!(list.tasks.len() <= 8 + 1, "round {round}");
+            let _ = os.all_threads(&core);
+            for t in &list.tasks {
+                let _ = os.cmdline(&core, t);
+                let _ = os.vmas(&core, t);
+            }
+            let _ = os.dmesg(&core);
+        });
     }
 }
 

@@ -10,6 +10,12 @@ use std::process::Command;
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use vmi_profile::dwarf::{load_dwarf, parse_dwarf};
 use vmi_profile::{Profile, Type};
+use vmi_test_guest::bounded::{CASE_LIMIT, within};
+
+/// Every test of this binary together stays under 1 GiB of live heap: a blow-up on hostile
+/// input aborts the binary instead of exhausting the machine.
+#[global_allocator]
+static ALLOC: vmi_test_guest::bounded::MemoryCap = vmi_test_guest::bounded::memory_cap(1 << 30);
 
 const SNIPPET: &str = r#"
 #include <stddef.h>
@@ -282,14 +288,17 @@ fn fuzz_dwarf() {
                 }
             }
         }
-        if let Ok(p) = parse_dwarf(&v, "fuzz.o") {
-            parsed += 1;
+        parsed += usize::from(within("dwarf mutant", CASE_LIMIT, move || {
+            let Ok(p) = parse_dwarf(&v, "fuzz.o") else {
+                return false;
+            };
             for (id, _) in p.types.iter() {
                 let _ = p.types.size_of(id);
                 let _ = p.types.describe(id);
             }
             let _ = p.offset_of("task", "tasks");
-        }
+            true
+        }));
     }
     eprintln!("fuzz_dwarf: {parsed} of 400 mutants parsed");
     let _ = std::fs::remove_dir_all(&dir);

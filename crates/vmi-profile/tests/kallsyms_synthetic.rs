@@ -5,6 +5,12 @@
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use vmi_profile::kallsyms::{self, AddressEncoding, ImageMemory, KallsymsTables};
 use vmi_profile::{KernelMemory, VmcoreInfo};
+use vmi_test_guest::bounded::{CASE_LIMIT, within};
+
+/// Every test of this binary together stays under 1 GiB of live heap: a blow-up on hostile
+/// input aborts the binary instead of exhausting the machine.
+#[global_allocator]
+static ALLOC: vmi_test_guest::bounded::MemoryCap = vmi_test_guest::bounded::memory_cap(1 << 30);
 
 const RODATA: u64 = 0xffff_ffff_8200_0000;
 const TEXT: u64 = 0xffff_ffff_8100_0000;
@@ -338,16 +344,19 @@ fn fuzz_kallsyms_decoder_and_search() {
                     _ => 0,
                 };
             }
-            let mem = Counting(
-                ImageMemory::new(vec![(RODATA, &img[..])]),
-                Default::default(),
-            );
-            let _ = kallsyms::decode(&mem, &b.tables, None, &[]);
-            if round % 10 == 0 {
-                let extent = RODATA..RODATA + img.len() as u64;
-                let _ = kallsyms::search(&mem, extent, TEXT..RODATA + 0x100_0000, &[]);
-            }
-            assert!(mem.1.get() < 1 << 30, "unbounded reads");
+            let tables = b.tables;
+            within("kallsyms mutant", CASE_LIMIT, move || {
+                let mem = Counting(
+                    ImageMemory::new(vec![(RODATA, &img[..])]),
+                    Default::default(),
+                );
+                let _ = kallsyms::decode(&mem, &tables, None, &[]);
+                if round % 10 == 0 {
+                    let extent = RODATA..RODATA + img.len() as u64;
+                    let _ = kallsyms::search(&mem, extent, TEXT..RODATA + 0x100_0000, &[]);
+                }
+                assert!(mem.1.get() < 1 << 30, "unbounded reads");
+            });
         }
     }
 }

@@ -226,9 +226,12 @@ fn fuzz_system_map() {
     let mut rng = SmallRng::seed_from_u64(0x5157_e3a9);
     for _ in 0..3000 {
         let v = mutate(&mut rng, SYSMAP.as_bytes());
-        if let Ok(m) = parse_system_map(&v, "fuzz") {
-            let _ = m.symbols.nearest(rng.r#gen());
-        }
+        let at: u64 = rng.r#gen();
+        within("system map mutant", CASE_LIMIT, move || {
+            if let Ok(m) = parse_system_map(&v, "fuzz") {
+                let _ = m.symbols.nearest(at);
+            }
+        });
     }
 }
 
@@ -372,10 +375,12 @@ fn fuzz_isf_import() {
     let mut rng = SmallRng::seed_from_u64(0x15f);
     for _ in 0..1500 {
         let v = mutate(&mut rng, &seed);
-        if let Ok(p) = parse_isf(&v, "fuzz") {
-            let _ = p.field("task_struct", "tasks.prev");
-            let _ = export_isf(&p, &ExportOptions::default());
-        }
+        within("isf mutant", CASE_LIMIT, move || {
+            if let Ok(p) = parse_isf(&v, "fuzz") {
+                let _ = p.field("task_struct", "tasks.prev");
+                let _ = export_isf(&p, &ExportOptions::default());
+            }
+        });
     }
 }
 
@@ -522,12 +527,15 @@ fn fuzz_cache_decoding() {
                 v[24..28].copy_from_slice(&c.to_le_bytes());
             }
         }
-        if let Ok(p) = cache::decode(&v, &key, path) {
-            let _ = p.field("task_struct", "tasks.prev");
-            for (id, _) in p.types.iter() {
-                let _ = p.types.describe(id);
+        let key = key.clone();
+        within("cache mutant", CASE_LIMIT, move || {
+            if let Ok(p) = cache::decode(&v, &key, path) {
+                let _ = p.field("task_struct", "tasks.prev");
+                for (id, _) in p.types.iter() {
+                    let _ = p.types.describe(id);
+                }
             }
-        }
+        });
     }
 }
 

@@ -14,6 +14,12 @@ use vmi_profile::pdb::{load_pdb, parse_pdb};
 use vmi_profile::pe::{ImageLayout, codeview_from_file, codeview_from_image};
 use vmi_profile::symsrv::{Store, SymbolPath, SymbolPathEntry, SymbolServer, store_path};
 use vmi_profile::{OsKind, PdbId, Profile, ProfileError};
+use vmi_test_guest::bounded::{CASE_LIMIT, within};
+
+/// Every test of this binary together stays under 1 GiB of live heap: a blow-up on hostile
+/// input aborts the binary instead of exhausting the machine.
+#[global_allocator]
+static ALLOC: vmi_test_guest::bounded::MemoryCap = vmi_test_guest::bounded::memory_cap(1 << 30);
 
 fn fixture(rel: &str) -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
@@ -463,15 +469,18 @@ fn fuzz_pdb() {
     let mut ok = 0;
     for _ in 0..300 {
         let input = mutate(&mut rng, &seed);
-        if let Ok(p) = parse_pdb(&input, "fuzz.pdb") {
-            ok += 1;
+        ok += usize::from(within("pdb mutant", CASE_LIMIT, move || {
+            let Ok(p) = parse_pdb(&input, "fuzz.pdb") else {
+                return false;
+            };
             // Lookups on whatever came out stay in bounds.
             let _ = p.offset_of("_EPROCESS", "ActiveProcessLinks");
             for (id, _) in p.types.iter() {
                 let _ = p.types.size_of(id);
                 let _ = p.types.describe(id);
             }
-        }
+            true
+        }));
     }
     eprintln!("fuzz_pdb: {ok} of 300 mutants still parsed");
 }
@@ -482,8 +491,10 @@ fn fuzz_pe_codeview() {
     let mut rng = SmallRng::seed_from_u64(0x5045);
     for _ in 0..3000 {
         let input = mutate(&mut rng, &seed);
-        let _ = codeview_from_image(&input, ImageLayout::File, "fuzz.exe");
-        let _ = codeview_from_image(&input, ImageLayout::Memory, "fuzz.exe");
+        within("pe mutant", CASE_LIMIT, move || {
+            let _ = codeview_from_image(&input, ImageLayout::File, "fuzz.exe");
+            let _ = codeview_from_image(&input, ImageLayout::Memory, "fuzz.exe");
+        });
     }
 }
 
