@@ -18,9 +18,10 @@
 //! File layout (little-endian): `b"VMIPROF\0"`, format version `u32`, key length `u32`,
 //! payload length `u64`, CRC-32 of key and payload `u32`, the key text, the payload.
 //!
-//! Payload (version 4; 3 had the same layout but build-id and banner keys for profiles
-//! from guest memory, so its entries are not trusted): the metadata (postcard, length-prefixed), the symbols and the types
-//! as flat arrays of fixed-size little-endian records (see `compact.rs`), each followed by
+//! Payload (version 5; 3 had the same layout but build-id and banner keys for profiles
+//! from guest memory, so its entries are not trusted, and 4 was a short-lived parallel
+//! layout): the metadata (postcard, length-prefixed), the symbols and the types as flat
+//! arrays of fixed-size little-endian records (see `compact.rs`), each followed by
 //! its name indexes (sorted hash arrays). Version 1 used postcard for everything; decoding a
 //! 6.1 kernel's profile (87k symbols, 95k types) took 45-80 ms, mostly varint decoding of
 //! every field and rebuilding the name indexes (hashing every name). Records decode in a
@@ -38,7 +39,7 @@ use crate::profile::{PdbId, Profile};
 /// File magic.
 pub const MAGIC: [u8; 8] = *b"VMIPROF\0";
 /// Format version; bump on any change of the encoded types.
-pub const VERSION: u32 = 4;
+pub const VERSION: u32 = 5;
 /// Largest cache file accepted.
 pub const MAX_CACHE_FILE: u64 = 1 << 30;
 
