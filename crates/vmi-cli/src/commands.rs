@@ -44,13 +44,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             ctx.incomplete()
         }
         Target::Qemu(core) => {
-            if let Command::Trace {
-                location,
-                count,
-                software,
-            } = &cli.command
-            {
-                return crate::commands::trace::run(&cli, &core, location, *count, *software);
+            if let Command::Trace { .. } = &cli.command {
+                return crate::commands::trace::run(&cli, &core);
             }
             if let Command::Watch(what) = &cli.command {
                 return crate::commands::watch::run(&cli, &core, what);

@@ -120,15 +120,27 @@ pub enum Command {
         out: PathBuf,
     },
     /// Break on a kernel function or address of a live target and print each hit.
+    ///
+    /// With `--syscall`, trace Linux system calls instead, with decoded arguments.
     Trace {
         /// Kernel symbol or address.
-        location: String,
+        #[arg(required_unless_present = "syscall", conflicts_with = "syscall")]
+        location: Option<String>,
         /// Stop after this many hits (default: until Ctrl-C).
         #[arg(long, short = 'n')]
         count: Option<u64>,
         /// Use a software breakpoint instead of a hardware one.
         #[arg(long)]
         software: bool,
+        /// System calls to trace, by name (`openat,execve`).
+        #[arg(long, value_delimiter = ',')]
+        syscall: Vec<String>,
+        /// Only system calls of this process.
+        #[arg(long, requires = "syscall")]
+        pid: Option<u32>,
+        /// Report each system call at its return, with `ret`.
+        #[arg(long = "return", requires = "syscall")]
+        returns: bool,
     },
     /// Watch what happens in a live target, one line per event.
     #[command(subcommand)]

@@ -136,3 +136,105 @@ fn watch_procs_reports_vmi_loop_sleeps() {
     );
     assert_runs_clean(&guest, &live);
 }
+
+#[test]
+fn trace_syscalls_of_vmi_loop_with_decoded_arguments() {
+    let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default()) else {
+        return;
+    };
+    let live = format!("qemu:{}", guest.qmp_socket().display());
+    let loop_pid = u64::from(guest.truth().process("vmi_loop").expect("vmi_loop").pid);
+
+    // vmi_loop's `echo "$n" > /tmp/vmi_loop.count` and its child's exec of `sleep 1`,
+    // at their returns.
+    let calls = lines(&vmi(
+        &live,
+        &[
+            "--json",
+            "trace",
+            "--syscall",
+            "openat,execve",
+            "--return",
+            "--count",
+            "6",
+        ],
+    ));
+    for c in &calls {
+        eprintln!("{c}");
+    }
+    assert_eq!(calls.len(), 6);
+    let opens: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["syscall"] == "openat" && c["pid"] == loop_pid)
+        .collect();
+    let execs: Vec<&Value> = calls
+        .iter()
+        .filter(|c| c["syscall"] == "execve" && c["comm"] == "vmi_loop")
+        .collect();
+    assert!(opens.len() >= 2 && execs.len() >= 2, "{calls:?}");
+    // vmi_loop alternates the two; a return breakpoint set too late would pair an
+    // entry with a later call's return and repeat it.
+    for w in calls.windows(2) {
+        assert_ne!(w[0]["syscall"], w[1]["syscall"], "{calls:?}");
+    }
+    for o in &opens {
+        assert_eq!(o["args"]["filename"], "/tmp/vmi_loop.count", "{o}");
+        assert_eq!(o["args"]["flags"], "O_WRONLY|O_CREAT|O_TRUNC", "{o}");
+        assert_eq!(o["args"]["dfd"], -100, "AT_FDCWD: {o}");
+        assert_eq!(o["args"]["mode"], "0o666", "{o}");
+        assert!(o["ret"].as_i64().unwrap() >= 0, "{o}");
+        assert_eq!(o["tid"], o["pid"]);
+    }
+    for x in &execs {
+        assert_eq!(x["args"]["argv"], serde_json::json!(["sleep", "1"]), "{x}");
+        assert!(
+            ["/proc/self/exe", "/bin/sleep"].contains(&x["args"]["filename"].as_str().unwrap()),
+            "{x}"
+        );
+        assert_eq!(x["ret"], 0, "{x}");
+        assert_eq!(x["problems"], serde_json::json!([]), "{x}");
+    }
+
+    // --pid: only vmi_loop's calls, at their entries (no `ret`).
+    let calls = lines(&vmi(
+        &live,
+        &[
+            "--json",
+            "trace",
+            "--syscall",
+            "wait4,openat",
+            "--pid",
+            &loop_pid.to_string(),
+            "--count",
+            "4",
+        ],
+    ));
+    assert_eq!(calls.len(), 4);
+    for c in &calls {
+        assert_eq!(c["pid"], loop_pid, "{c}");
+        assert!(c.get("ret").is_none(), "{c}");
+        if c["syscall"] == "wait4" {
+            assert_eq!(c["args"]["upid"], -1, "{c}");
+        }
+    }
+    assert!(calls.iter().any(|c| c["syscall"] == "wait4"), "{calls:?}");
+    assert_runs_clean(&guest, &live);
+
+    // The function form still works next to --syscall.
+    let hits = lines(&vmi(
+        &live,
+        &["--json", "trace", "hrtimer_nanosleep", "--count", "1"],
+    ));
+    assert_eq!(hits.len(), 1);
+    assert_eq!(hits[0]["comm"], "sleep");
+
+    // A name without an entry point: an error, nothing left behind.
+    let out = vmi(&live, &["trace", "--syscall", "openat,no_such_call"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("__x64_sys_no_such_call"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_runs_clean(&guest, &live);
+}

@@ -1,6 +1,6 @@
 //! Events delivered by a driver and the handler's answer.
 
-use crate::{Architecture, VcpuId};
+use crate::{Architecture, EventMonitor, VcpuId};
 
 /// One event: which vCPU, why, and its registers at that moment.
 #[derive(Clone, Debug)]
@@ -24,6 +24,15 @@ pub enum EventAction {
     SingleStep,
 }
 
+/// A monitor to start or stop as part of an event's answer.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum MonitorChange {
+    /// Start reporting it.
+    Enable(EventMonitor),
+    /// Stop reporting it.
+    Disable(EventMonitor),
+}
+
 /// The handler's answer to an event.
 ///
 /// ```
@@ -41,6 +50,12 @@ pub struct VmiEventResponse<A: Architecture> {
     pub set_registers: Option<Box<A::Registers>>,
     /// Remove the breakpoint/watchpoint that caused the event.
     pub remove_monitor: bool,
+    /// Monitors to start or stop, in order, before the vCPU goes on: a handler cannot
+    /// call [`VmiEventControl::monitor_enable`](crate::VmiEventControl::monitor_enable)
+    /// while the driver waits for its answer, and a change made after the vCPU ran
+    /// would miss what it did meanwhile (the return of a fast function). A driver that
+    /// cannot apply one fails the wait with the error.
+    pub monitors: Vec<MonitorChange>,
 }
 
 impl<A: Architecture> Default for VmiEventResponse<A> {
@@ -49,6 +64,7 @@ impl<A: Architecture> Default for VmiEventResponse<A> {
             action: EventAction::Continue,
             set_registers: None,
             remove_monitor: false,
+            monitors: Vec::new(),
         }
     }
 }
@@ -70,6 +86,12 @@ impl<A: Architecture> VmiEventResponse<A> {
     /// Also set these registers.
     pub fn with_registers(mut self, registers: A::Registers) -> Self {
         self.set_registers = Some(Box::new(registers));
+        self
+    }
+
+    /// Also start or stop a monitor before the vCPU goes on.
+    pub fn and_change(mut self, change: MonitorChange) -> Self {
+        self.monitors.push(change);
         self
     }
 

@@ -48,6 +48,6 @@ pub use crate::driver::{
     VmiVmControl, VmiWrite,
 };
 pub use crate::error::{FaultKind, PageAbsence, PageFault, VmiError};
-pub use crate::event::{EventAction, VmiEvent, VmiEventResponse};
+pub use crate::event::{EventAction, MonitorChange, VmiEvent, VmiEventResponse};
 pub use crate::os::{OsModule, OsProcess, OsRegion, OsThread, RegionProtection, VmiOs};
 pub use crate::session::{ArchitectureOf, VmiContext, VmiHandler, VmiOsState, VmiSession};

@@ -32,9 +32,9 @@ use std::time::Duration;
 use vmi_arch_amd64::paging::pte;
 use vmi_arch_amd64::{Amd64, PagingMode, Registers};
 use vmi_core::{
-    EventCallback, EventMonitor, Gfn, Pa, PageAbsence, Va, VcpuId, VmState, VmiDriver, VmiError,
-    VmiEvent, VmiEventControl, VmiEventResponse, VmiInfo, VmiQueryRegisters, VmiRead,
-    VmiSetRegisters, VmiVmControl, VmiWrite,
+    EventCallback, EventMonitor, Gfn, MonitorChange, Pa, PageAbsence, Va, VcpuId, VmState,
+    VmiDriver, VmiError, VmiEvent, VmiEventControl, VmiEventResponse, VmiInfo, VmiQueryRegisters,
+    VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 
 const PAGE: u64 = 4096;
@@ -380,6 +380,12 @@ impl VmiEventControl for MockDriver {
             let response = handler(&event);
             if let Some(regs) = &response.set_registers {
                 self.set_vcpu(event.vcpu, (**regs).clone());
+            }
+            for change in &response.monitors {
+                match *change {
+                    MonitorChange::Enable(m) => self.monitor_enable(m)?,
+                    MonitorChange::Disable(m) => self.monitor_disable(m)?,
+                }
             }
             lock(&self.responses).push(response);
             handled += 1;

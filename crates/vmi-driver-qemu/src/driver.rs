@@ -12,8 +12,8 @@ use serde_json::Value;
 use vmi_arch_amd64::{Amd64, EventReason, Registers};
 use vmi_core::{
     BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor, Gfn, MemoryAccess,
-    Pa, PageAbsence, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent, VmiEventControl, VmiInfo,
-    VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+    MonitorChange, Pa, PageAbsence, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent,
+    VmiEventControl, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 
 use crate::error::QemuError;
@@ -938,7 +938,7 @@ impl QemuDriver {
         s: &mut GdbSession,
         stop: StopReply,
         handler: &mut EventCallback<'_, Amd64>,
-    ) -> Result<bool, QemuError> {
+    ) -> Result<bool, VmiError> {
         let vcpu = s.vcpu_of(stop.thread.as_deref());
         if let Some(b) = s.reinsert.take() {
             s.conn.request_ok(&b.packet(true))?;
@@ -1002,7 +1002,8 @@ impl QemuDriver {
                 }
                 return Err(QemuError::ReadOnly {
                     operation: "setting vCPU registers in an event response",
-                });
+                }
+                .into());
             }
             s.write_registers(vcpu, &event.registers, new)?;
             rip = new.rip;
@@ -1020,6 +1021,13 @@ impl QemuDriver {
                 for i in w {
                     s.uninstall(i)?;
                 }
+            }
+        }
+        // Monitors the handler started or stopped, while the VM is still stopped.
+        for change in &response.monitors {
+            match *change {
+                MonitorChange::Enable(m) => s.install(Self::monitor_to_bp(m)?)?,
+                MonitorChange::Disable(m) => s.uninstall(Self::monitor_to_bp(m)?)?,
             }
         }
         let at_bp = hit_bp

@@ -8,8 +8,8 @@ use std::time::Duration;
 use vmi_arch_amd64::{Amd64, Cr3, DescriptorTable, EventReason, Registers, Segment, efer};
 use vmi_core::{
     BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor, Gfn, MemoryAccess,
-    Pa, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent, VmiEventControl, VmiEventResponse,
-    VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+    MonitorChange, Pa, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent, VmiEventControl,
+    VmiEventResponse, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -1017,6 +1017,8 @@ pub fn event_reason(req: &VmEvent) -> Option<EventReason> {
 
 /// A follow-up the driver performs for a response before the vCPU goes on.
 enum FollowUp {
+    /// A monitor the handler started or stopped.
+    Change(MonitorChange),
     RemoveBreakpoint(u64),
     ResetAccess(u64),
     Disable(MonitorOp),
@@ -1074,6 +1076,7 @@ impl<X: XenInterface> XenDriver<X> {
             registers_into_event(regs, &mut rsp.regs);
             rsp.flags |= flags::SET_REGISTERS;
         }
+        follow.extend(answer.monitors.iter().copied().map(FollowUp::Change));
         match reason {
             EventReason::MemoryAccess { pa, .. } => {
                 if answer.remove_monitor {
@@ -1353,6 +1356,8 @@ impl<X: XenInterface> VmiEventControl for XenDriver<X> {
             let mut first_err = None;
             for f in follow {
                 let r = match f {
+                    FollowUp::Change(MonitorChange::Enable(m)) => self.monitor_enable(m),
+                    FollowUp::Change(MonitorChange::Disable(m)) => self.monitor_disable(m),
                     FollowUp::RemoveBreakpoint(pa) => self.remove_breakpoint(pa),
                     FollowUp::ResetAccess(gfn) => {
                         self.set_mem_access(ViewId(0), Gfn(gfn), XenMemAccess::RWX)

@@ -39,9 +39,11 @@
 //! # Handlers and the driver
 //!
 //! The driver calls the handler while it holds the vCPU stopped, so adding or removing
-//! breakpoints from a handler cannot talk to the driver then: the table changes at once
-//! (a removed breakpoint is not reported again) and the driver is brought in line right
-//! after the event, before the guest runs the next wait. A handler's
+//! breakpoints from a handler cannot call the driver then: the table changes at once (a
+//! removed breakpoint is not reported again) and the driver changes travel in the event's
+//! answer ([`VmiEventResponse::monitors`]), applied before the vCPU goes on — a return
+//! breakpoint set at a function's entry is in place before the function can return. A
+//! handler's
 //! [`VmiEventResponse::remove_monitor`] removes the entries that were hit, never a driver
 //! breakpoint that other entries share.
 
@@ -52,8 +54,9 @@ use std::time::Duration;
 
 use vmi_arch_amd64::{Amd64, EventReason};
 use vmi_core::{
-    AddressContext, Architecture, BreakpointAddress, BreakpointKind, EventMonitor, FaultKind, Pa,
-    Registers as _, Va, VmiCore, VmiError, VmiEvent, VmiEventControl, VmiEventResponse, VmiRead,
+    AddressContext, Architecture, BreakpointAddress, BreakpointKind, EventMonitor, FaultKind,
+    MonitorChange, Pa, Registers as _, Va, VmiCore, VmiError, VmiEvent, VmiEventControl,
+    VmiEventResponse, VmiRead,
 };
 
 /// Architectures whose events the manager can read: where a breakpoint event stopped.
@@ -400,7 +403,9 @@ where
             self.core.invalidate_caches();
             let Some(va) = D::Architecture::breakpoint_va(&event.reason) else {
                 lock(&self.state).stats.other_events += 1;
-                return handler(event, &[]);
+                let mut response = handler(event, &[]);
+                response.monitors.extend(self.plan(&mut lock(&self.state)));
+                return response;
             };
             let root = Pa(event.registers.translation_root().0 & mask);
             let hits: Vec<Hit<T>> = {
@@ -433,14 +438,16 @@ where
                 return VmiEventResponse::continue_();
             }
             let mut response = handler(event, &hits);
+            let mut s = lock(&self.state);
             if response.remove_monitor {
                 // Never the driver's breakpoint itself: other entries may share it.
                 response.remove_monitor = false;
-                let mut s = lock(&self.state);
                 for h in &hits {
                     s.entries.remove(&h.id);
                 }
             }
+            // What the handler added or removed, before the vCPU goes on.
+            response.monitors.extend(self.plan(&mut s));
             response
         });
         drop(dispatching);
@@ -488,6 +495,32 @@ where
             address: BreakpointAddress::Virtual(va),
             kind: self.kind,
         }
+    }
+
+    /// The driver changes that make driver breakpoints match the armed entries, for an
+    /// event's answer; `installed` is updated as if they were applied (a driver that
+    /// fails one fails the wait).
+    fn plan(&self, s: &mut State<T>) -> Vec<MonitorChange> {
+        let wanted: BTreeSet<Va> = s
+            .entries
+            .values()
+            .filter(|e| e.state == BreakpointState::Armed)
+            .map(|e| e.va)
+            .collect();
+        let mut changes = Vec::new();
+        let stale: Vec<Va> = s.installed.difference(&wanted).copied().collect();
+        for va in stale {
+            s.installed.remove(&va);
+            s.stats.driver_removes += 1;
+            changes.push(MonitorChange::Disable(self.monitor(va)));
+        }
+        let missing: Vec<Va> = wanted.difference(&s.installed).copied().collect();
+        for va in missing {
+            s.installed.insert(va);
+            s.stats.driver_inserts += 1;
+            changes.push(MonitorChange::Enable(self.monitor(va)));
+        }
+        changes
     }
 
     /// Arms pending entries whose page is present, then sets and removes driver

@@ -5,6 +5,7 @@
 //! |---|---|
 //! | [`bpm`] | [`BreakpointManager`](bpm::BreakpointManager): many breakpoints keyed by (address space, virtual address) with user tags, pending until their page is present, removed on drop |
 //! | [`tracker`] | [`ProcessTracker`](tracker::ProcessTracker): Linux fork/clone, exec (file name, argv), exit (code or signal) |
+//! | [`syscalls`] | [`SyscallTracer`](syscalls::SyscallTracer): Linux system calls with decoded arguments (paths, argv, open flags) and return values |
 //!
 //! Key decision: the manager owns no event loop of its own kind — it wraps the driver's
 //! [`wait_for_events`](vmi_core::VmiEventControl::wait_for_events), matches each hit
@@ -14,4 +15,5 @@
 #![forbid(unsafe_code)]
 
 pub mod bpm;
+pub mod syscalls;
 pub mod tracker;

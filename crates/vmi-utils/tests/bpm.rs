@@ -6,8 +6,8 @@ use std::time::Duration;
 
 use vmi_arch_amd64::{Cr3, EventReason, Registers};
 use vmi_core::{
-    BreakpointAddress, BreakpointKind, EventMonitor, Pa, Va, VcpuId, VmiCore, VmiEvent,
-    VmiEventResponse,
+    BreakpointAddress, BreakpointKind, EventMonitor, MonitorChange, Pa, Va, VcpuId, VmiCore,
+    VmiEvent, VmiEventResponse,
 };
 use vmi_driver_mock::{MockDriver, PageSize, PageTableBuilder};
 use vmi_utils::bpm::{AddressSpace, BreakpointManager, BreakpointState};
@@ -143,6 +143,14 @@ fn handler_adds_and_removes_during_an_event() {
     assert_eq!(calls, 1, "the second hit is foreign: its entry is gone");
     assert_eq!(bpm.stats().foreign_hits, 1);
     assert_eq!(core.driver().monitors(), vec![bp(USER)]);
+    assert_eq!(
+        core.driver().responses()[0].monitors,
+        vec![
+            MonitorChange::Disable(bp(KERNEL)),
+            MonitorChange::Enable(bp(USER))
+        ],
+        "driver changes travel in the answer, before the vCPU goes on"
+    );
     assert!(
         core.driver().responses().iter().all(|r| !r.remove_monitor),
         "the driver's breakpoint is never removed by a response"

@@ -1,7 +1,6 @@
 //! `vmi trace`: a breakpoint on a live target, one line per hit.
 
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 
 use anyhow::anyhow;
 use serde_json::json;
@@ -12,9 +11,10 @@ use vmi_core::{
 };
 use vmi_driver_qemu::QemuDriver;
 use vmi_os_linux::LinuxOs;
+use vmi_utils::syscalls::{ArgValue, SyscallOptions, SyscallTracer};
 
 use super::parse_address_with;
-use crate::{Cli, Failure, target};
+use crate::{Cli, Command, Failure, target};
 
 struct Tracer<'a> {
     os: &'a LinuxOs,
@@ -68,22 +68,37 @@ impl VmiHandler<QemuDriver, LinuxOs> for Tracer<'_> {
 }
 
 /// Runs `vmi trace`.
-pub fn run(
-    cli: &Cli,
-    core: &VmiCore<QemuDriver>,
-    location: &str,
-    count: Option<u64>,
-    software: bool,
-) -> Result<(), Failure> {
+pub fn run(cli: &Cli, core: &VmiCore<QemuDriver>) -> Result<(), Failure> {
+    let Command::Trace {
+        location,
+        count,
+        software,
+        syscall,
+        pid,
+        returns,
+    } = &cli.command
+    else {
+        return Err(anyhow!("not a trace command").into());
+    };
+    let count = *count;
     let os = {
         let _pause = core.pause_guard()?;
         target::linux(core, cli, None)?
+    };
+    if !syscall.is_empty() {
+        return syscalls(cli, core, &os, syscall, *pid, count, *returns);
+    }
+    let Some(location) = location.as_deref() else {
+        return Err(Failure {
+            code: 2,
+            error: anyhow!("give a kernel function or address, or --syscall NAMES"),
+        });
     };
     let va = Va(parse_address_with(
         location,
         Some(&|name: &str| os.symbol_address(name)),
     )?);
-    let kind = if software {
+    let kind = if *software {
         BreakpointKind::Software
     } else {
         BreakpointKind::Hardware
@@ -93,10 +108,7 @@ pub fn run(
         kind,
     };
 
-    let stop = Arc::new(AtomicBool::new(false));
-    let flag = Arc::clone(&stop);
-    ctrlc::set_handler(move || flag.store(true, Ordering::SeqCst))
-        .map_err(|e| anyhow!("cannot install the Ctrl-C handler: {e}"))?;
+    let stop = super::watch::stop_on_ctrl_c()?;
 
     core.monitor_enable(monitor)?;
     eprintln!("tracing {location} at {va} ({kind:?} breakpoint); Ctrl-C to stop");
@@ -113,5 +125,110 @@ pub fn run(
     result?;
     removed?;
     eprintln!("{} hit(s); breakpoint removed", tracer.hits);
+    Ok(())
+}
+
+/// One argument value as JSON: strings and arrays as such, numbers as numbers.
+fn arg_json(v: &ArgValue) -> serde_json::Value {
+    match v {
+        ArgValue::Int(i) => json!(i),
+        ArgValue::Uint(u) => json!(u),
+        ArgValue::Text(t) => json!(t),
+        ArgValue::Str(s) => json!(s),
+        ArgValue::StrArray(a) => json!(a),
+    }
+}
+
+fn arg_text(v: &ArgValue) -> String {
+    match v {
+        ArgValue::Int(i) => i.to_string(),
+        ArgValue::Uint(u) => u.to_string(),
+        ArgValue::Text(t) => t.clone(),
+        ArgValue::Str(Some(s)) => format!("{s:?}"),
+        ArgValue::StrArray(Some(a)) => format!("{a:?}"),
+        ArgValue::Str(None) | ArgValue::StrArray(None) => "?".into(),
+    }
+}
+
+/// `vmi trace --syscall NAMES`: one line per call.
+fn syscalls(
+    cli: &Cli,
+    core: &VmiCore<QemuDriver>,
+    os: &LinuxOs,
+    names: &[String],
+    pid: Option<u32>,
+    count: Option<u64>,
+    returns: bool,
+) -> Result<(), Failure> {
+    let stop = super::watch::stop_on_ctrl_c()?;
+    let names: Vec<&str> = names.iter().map(String::as_str).collect();
+    let tracer = SyscallTracer::new(core, os, &names, SyscallOptions { pid, returns })?;
+    eprintln!(
+        "tracing system calls {}{}; Ctrl-C to stop",
+        names.join(", "),
+        pid.map_or(String::new(), |p| format!(" of pid {p}"))
+    );
+    let mut seen = 0u64;
+    let mut out_err = None;
+    let result = tracer.run_until(&stop, |e| {
+        if count.is_some_and(|n| seen >= n) || out_err.is_some() {
+            return;
+        }
+        seen += 1;
+        let line = if cli.json {
+            let args: serde_json::Map<String, serde_json::Value> = e
+                .args
+                .iter()
+                .map(|(k, v)| (k.clone(), arg_json(v)))
+                .collect();
+            let mut v = json!({
+                "time_ns": e.time_ns, "vcpu": e.vcpu.0, "pid": e.pid, "tid": e.tid,
+                "comm": e.comm, "syscall": e.syscall, "args": args, "problems": e.problems,
+            });
+            if returns {
+                v["ret"] = json!(e.ret);
+            }
+            v.to_string()
+        } else {
+            let args: Vec<String> = e
+                .args
+                .iter()
+                .map(|(k, v)| format!("{k}={}", arg_text(v)))
+                .collect();
+            let mut line = format!(
+                "{:<6} {:<6} {:<16} {}({})",
+                e.pid,
+                e.tid,
+                e.comm,
+                e.syscall,
+                args.join(", ")
+            );
+            if let Some(r) = e.ret {
+                line.push_str(&format!(" = {r}"));
+            }
+            for p in &e.problems {
+                line.push_str(&format!("  [{p}]"));
+            }
+            line
+        };
+        if let Err(err) = super::watch::write_line(&line) {
+            out_err = Some(err);
+            stop.store(true, Ordering::SeqCst);
+        }
+        if count.is_some_and(|n| seen >= n) {
+            stop.store(true, Ordering::SeqCst);
+        }
+    });
+    let stats = tracer.stats();
+    // Every breakpoint goes here, whatever happened.
+    drop(tracer);
+    result?;
+    if let Some(e) = out_err {
+        return Err(e.into());
+    }
+    eprintln!(
+        "{seen} call(s); {} breakpoint hit(s), {} not ours; breakpoints removed",
+        stats.hits, stats.foreign_hits
+    );
     Ok(())
 }
