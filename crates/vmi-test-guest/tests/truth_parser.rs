@@ -36,6 +36,42 @@ fn real_serial_log_matches_golden_json() {
     assert_eq!(back, t);
 }
 
+fn realistic_log() -> String {
+    std::fs::read_to_string(fixture("serial-realistic-excerpt.log")).expect("fixture")
+}
+
+#[test]
+fn realistic_serial_log_excerpt() {
+    let t = Truth::from_serial_log(&realistic_log()).expect("parses");
+    assert!(t.unknown_lines.is_empty(), "{:?}", t.unknown_lines);
+    assert!(t.every_process_detailed() && t.warnings.is_empty());
+    let server = t.task("vmi_server").expect("server");
+    assert_eq!(server.threads.len(), 10);
+    assert!(t.blocked_by_design(server.pid));
+    assert_eq!(server.start_ticks.map(|s| s > 0), Some(true));
+    let app = t.task("vmi_ctr_app").expect("container app");
+    assert_eq!(app.ns_pid.len(), 2);
+    assert_eq!(t.hostname_of(app.pid), Some("vmictr"));
+    let details = t.process_by_pid(app.pid).expect("details");
+    assert_eq!(details.root.as_deref(), Some("/srv"));
+    assert_eq!(details.exe.as_deref(), Some("/usr/bin/python3.11"));
+    assert!(details.fds.iter().any(|f| f.target == "/data/ctr-data"));
+    let zombie = t.task("vmi_zombie").expect("zombie");
+    assert_eq!(zombie.state, "Z");
+    let z = t.process_by_pid(zombie.pid).expect("zombie details");
+    assert!(z.maps.is_empty() && z.exe.is_none() && z.argv.is_empty());
+    let files = t.process("vmi_files").expect("files");
+    assert!(
+        files
+            .maps
+            .iter()
+            .any(|m| m.path.as_deref() == Some("/memfd:vmi-memfd (deleted)"))
+    );
+    // JSON round trip
+    let back: Truth = serde_json::from_str(&serde_json::to_string(&t).unwrap()).unwrap();
+    assert_eq!(back, t);
+}
+
 #[test]
 fn real_serial_log_contents() {
     let t = Truth::from_serial_log(&real_log()).expect("parses");
@@ -135,11 +171,14 @@ fn mutate(rng: &mut SmallRng, input: &[u8]) -> Vec<u8> {
 /// (Ok or Err) without panicking.
 #[test]
 fn fuzz_truth_parser() {
-    let log = real_log();
-    let block = truth::section(&log, truth::TRUTH_BEGIN, truth::TRUTH_END).expect("block");
+    let blocks: Vec<String> = [real_log(), realistic_log()]
+        .iter()
+        .map(|log| truth::section(log, truth::TRUTH_BEGIN, truth::TRUTH_END).expect("block"))
+        .collect();
     let mut rng = SmallRng::seed_from_u64(0x5eed_7207);
     let (mut ok, mut err) = (0, 0);
-    for _ in 0..3000 {
+    for i in 0..3000 {
+        let block = &blocks[i % blocks.len()];
         let m = mutate(&mut rng, block.as_bytes());
         let text = String::from_utf8_lossy(&m);
         match Truth::parse_block(&text) {
