@@ -12,6 +12,15 @@
 //! against its table and hands the handler the hits with their tags, so a tool keeps
 //! one loop for breakpoints, single-steps and watchpoints.
 
+//! # Measured
+//!
+//! `benches/roundtrip.rs`, hook round trip (hit → handler → resume) on `ktime_get` of the
+//! live test guest under QEMU TCG, the manager over the QEMU driver against a bare gdbstub
+//! client sending the same packets, 5 alternating runs of 300 hits on a 2-core host at
+//! load 9-12: manager 96-249 hits/s, bare 86-214 hits/s, manager/bare 1.17 overall
+//! (0.45-1.84 per run: the guest's own pace between hits and the host's load dominate, the
+//! manager's table lookup does not show).
+
 #![forbid(unsafe_code)]
 
 pub mod bpm;
