@@ -136,3 +136,140 @@ fn breakpoint_manager_on_the_live_guest() {
     drop(core);
     assert_eq!(status(&guest), "running");
 }
+
+/// The tracker and the syscall tracer (with returns) on one guest: `vmi_loop`'s
+/// `sleep 1` as fork → exec `[sleep, 1]` → exit 0, its `openat` of its counter file and
+/// its child's `execve`, with what they returned.
+fn tracker_and_syscalls(cfg: GuestConfig) {
+    use vmi_utils::syscalls::{ArgValue, SyscallOptions, SyscallTracer};
+    use vmi_utils::tracker::{ProcessEventKind, ProcessTracker};
+
+    let Some(guest) = TestGuest::boot_or_skip(cfg) else {
+        return;
+    };
+    let loop_pid = guest.truth().process("vmi_loop").expect("vmi_loop").pid;
+    let core = VmiCore::new(QemuDriver::attach(guest.qmp_socket()).unwrap()).unwrap();
+    let os = {
+        let _pause = core.pause_guard().unwrap();
+        LinuxOs::new(&core).unwrap()
+    };
+    let release = os.kernel().release.clone().unwrap_or_default();
+
+    let mut events = Vec::new();
+    {
+        let tracker = ProcessTracker::new(&core, &os).unwrap();
+        let stop = AtomicBool::new(false);
+        tracker
+            .run_until(&stop, |e| {
+                events.push(e);
+                // Two whole sleeps: fork, exec, exit twice after a first exec.
+                let done = events
+                    .iter()
+                    .filter(|e| e.kind == ProcessEventKind::Exit && e.ppid == loop_pid)
+                    .count();
+                if done >= 2 {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            })
+            .unwrap();
+    }
+    let sleeps: Vec<u32> = events
+        .iter()
+        .filter(|e| e.kind == ProcessEventKind::Exec && e.ppid == loop_pid)
+        .map(|e| e.pid)
+        .collect();
+    assert!(!sleeps.is_empty(), "{release}: {events:#?}");
+    for pid in sleeps {
+        let of = |k: ProcessEventKind| events.iter().position(|e| e.kind == k && e.tid == pid);
+        let exec = &events[of(ProcessEventKind::Exec).unwrap()];
+        assert_eq!(
+            exec.argv.as_deref(),
+            Some(&["sleep".to_string(), "1".into()][..]),
+            "{release}: {exec:?}"
+        );
+        assert!(exec.problems.is_empty(), "{release}: {exec:?}");
+        if let Some(exit) = of(ProcessEventKind::Exit) {
+            assert!(exit > of(ProcessEventKind::Exec).unwrap());
+            assert_eq!(
+                events[exit].exit_code,
+                Some(0),
+                "{release}: {:?}",
+                events[exit]
+            );
+        }
+        if let Some(fork) = of(ProcessEventKind::Fork) {
+            assert!(fork < of(ProcessEventKind::Exec).unwrap());
+            assert_eq!(events[fork].ppid, loop_pid);
+        }
+    }
+
+    let mut calls = Vec::new();
+    {
+        let options = SyscallOptions {
+            pid: None,
+            returns: true,
+        };
+        let tracer = SyscallTracer::new(&core, &os, &["openat", "execve"], options).unwrap();
+        let stop = AtomicBool::new(false);
+        tracer
+            .run_until(&stop, |c| {
+                calls.push(c);
+                if calls.len() >= 4 {
+                    stop.store(true, Ordering::SeqCst);
+                }
+            })
+            .unwrap();
+    }
+    for c in &calls {
+        let arg = |n: &str| c.args.iter().find(|(k, _)| k == n).map(|(_, v)| v.clone());
+        assert!(c.problems.is_empty(), "{release}: {c:?}");
+        match c.syscall.as_str() {
+            "openat" => {
+                assert_eq!(c.pid, loop_pid, "{release}: {c:?}");
+                assert_eq!(
+                    arg("filename"),
+                    Some(ArgValue::Str(Some("/tmp/vmi_loop.count".into())))
+                );
+                assert_eq!(
+                    arg("flags"),
+                    Some(ArgValue::Text("O_WRONLY|O_CREAT|O_TRUNC".into()))
+                );
+                assert!(c.ret.unwrap() >= 0, "{release}: {c:?}");
+            }
+            "execve" => {
+                assert_eq!(
+                    arg("argv"),
+                    Some(ArgValue::StrArray(Some(vec!["sleep".into(), "1".into()]))),
+                    "{release}: {c:?}"
+                );
+                assert_eq!(c.ret, Some(0), "{release}: {c:?}");
+            }
+            other => panic!("{other}"),
+        }
+    }
+    for w in calls.windows(2) {
+        assert_ne!(w[0].syscall, w[1].syscall, "{release}: {calls:#?}");
+    }
+    eprintln!(
+        "{release}: {} lifecycle events, {} calls",
+        events.len(),
+        calls.len()
+    );
+    drop(os);
+    drop(core);
+    assert_eq!(status(&guest), "running");
+}
+
+#[test]
+fn tracker_and_syscalls_on_bullseye_5_10() {
+    tracker_and_syscalls(
+        GuestConfig::default().kernel("bullseye:linux-image-cloud-amd64".parse().unwrap()),
+    );
+}
+
+#[test]
+fn tracker_and_syscalls_on_trixie_6_12() {
+    tracker_and_syscalls(
+        GuestConfig::default().kernel("trixie:linux-image-cloud-amd64".parse().unwrap()),
+    );
+}
