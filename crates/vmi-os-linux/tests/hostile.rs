@@ -130,6 +130,13 @@ fn off(name: &str) -> u64 {
 }
 
 fn profile() -> Profile {
+    profile_with(false)
+}
+
+/// The synthetic profile; with `maple`, `mm_struct.mm_mt` and the maple-tree node types of
+/// 6.1 (`maple_range_64`: 15 pivots, 16 slots, metadata in the last slot's place;
+/// `maple_arange_64`: 9 pivots, 10 slots, 10 gaps, metadata), so VMAs come from the tree.
+fn profile_with(maple: bool) -> Profile {
     let mut b = TypesBuilder::new();
     let mut ints = std::collections::HashMap::new();
     for size in [1u32, 2, 4, 8] {
@@ -174,10 +181,111 @@ fn profile() -> Profile {
     };
     strukt(&mut b, "task_struct", 0x800, TASK_FIELDS);
     strukt(&mut b, "cred", 0x40, CRED_FIELDS);
-    strukt(&mut b, "mm_struct", 0x200, MM_FIELDS);
+    let mut mm_fields = MM_FIELDS.to_vec();
+    if maple {
+        // mm_struct gains mm_mt (found by name; its own type does not matter here).
+        mm_fields.push(("mm_mt", MM_MT, 16));
+    }
+    strukt(&mut b, "mm_struct", 0x200, &mm_fields);
     strukt(&mut b, "vm_area_struct", 0x100, VMA_FIELDS);
     for &(name, size, fields) in PRINTK_STRUCTS {
         strukt(&mut b, name, size, fields);
+    }
+    if maple {
+        strukt(&mut b, "maple_tree", 16, &[("ma_root", 8, 8)]);
+        // mm_struct gains mm_mt (found by name; its own type does not matter here).
+        let mut fields = MM_FIELDS.to_vec();
+        fields.push(("mm_mt", MM_MT, 16));
+        strukt(
+            &mut b,
+            "mm_struct",
+            0x200,
+            Box::leak(fields.into_boxed_slice()),
+        );
+        let meta_members = [("end", 0u64), ("gap", 1)]
+            .iter()
+            .map(|&(f, off)| Member {
+                name: b.name(f),
+                ty: ints[&1],
+                bit_offset: off * 8,
+                bitfield_size: 0,
+            })
+            .collect::<Vec<_>>();
+        let members = b.members(meta_members);
+        let name = b.name("maple_metadata");
+        let meta = Some(b.push(Type::Struct(Composite {
+            name,
+            size: 2,
+            members,
+        })));
+        let u64t = ints[&8];
+        let node = |b: &mut TypesBuilder, name: &str, arrays: &[(&str, u64, u32)], meta_at: u64| {
+            let mut members: Vec<Member> = arrays
+                .iter()
+                .map(|&(f, off, count)| {
+                    let ty = b.push(Type::Array {
+                        element: u64t,
+                        index,
+                        count,
+                    });
+                    Member {
+                        name: b.name(f),
+                        ty,
+                        bit_offset: off * 8,
+                        bitfield_size: 0,
+                    }
+                })
+                .collect();
+            if let Some(meta) = meta {
+                members.push(Member {
+                    name: b.name("meta"),
+                    ty: meta,
+                    bit_offset: meta_at * 8,
+                    bitfield_size: 0,
+                });
+            }
+            let members = b.members(members);
+            let name = b.name(name);
+            b.push(Type::Struct(Composite {
+                name,
+                size: 256,
+                members,
+            }));
+        };
+        node(
+            &mut b,
+            "maple_range_64",
+            &[("pivot", 8, 15), ("slot", 128, 16)],
+            248,
+        );
+        node(
+            &mut b,
+            "maple_arange_64",
+            &[("pivot", 8, 9), ("slot", 80, 10), ("gap", 160, 10)],
+            240,
+        );
+        node(&mut b, "maple_node", &[("slot", 8, 31)], 248);
+        let values = [
+            "maple_dense",
+            "maple_leaf_64",
+            "maple_range_64",
+            "maple_arange_64",
+        ]
+        .iter()
+        .enumerate()
+        .map(|(i, n)| vmi_profile::Enumerator {
+            name: b.name(n),
+            value: i as i64,
+        })
+        .collect::<Vec<_>>();
+        let values = b.enumerators(values);
+        let name = b.name("maple_type");
+        b.push(Type::Enum {
+            name,
+            size: 4,
+            signed: false,
+            values,
+        });
     }
     let types = b.build().unwrap();
     let symbols = SymbolTable::new(vec![
@@ -263,11 +371,15 @@ impl Mock {
     }
 
     fn os(self, limits: Limits) -> (VmiCore<MockDriver>, LinuxOs) {
+        self.os_with(limits, profile())
+    }
+
+    fn os_with(self, limits: Limits, profile: Profile) -> (VmiCore<MockDriver>, LinuxOs) {
         let core = VmiCore::new(self.driver).unwrap();
         let os = LinuxOs::builder()
             .no_cache()
             .vmcoreinfo(vmcoreinfo())
-            .profile(profile())
+            .profile(profile)
             .limits(limits)
             .build(&core)
             .expect("mock kernel");
@@ -479,6 +591,134 @@ fn vma_list_cycle_and_garbage() {
     )));
     // The user memory behind the root is not mapped: a typed error.
     assert!(os.cmdline(&core, task).is_err());
+}
+
+/// Offset of `mm_struct.mm_mt` in the maple profile (`ma_root` 8 bytes further).
+const MM_MT: u64 = 0x140;
+
+/// A maple tree of three levels as the kernel builds one for `n` VMAs: leaves
+/// (`maple_leaf_64`) alternating a VMA and the gap after it (8 VMAs per full leaf, the
+/// last leaf's data ended by its metadata), internal `maple_arange_64` nodes whose child
+/// slots are encoded nodes without the root bit, an `maple_arange_64` root with it.
+/// Returns the VMA addresses and the root entry.
+fn write_maple_tree(m: &Mock, mm: u64, n: u64) -> (Vec<u64>, u64) {
+    let vma = |i: u64| 0xffff_ffff_82b1_0000u64 + i * 0x100;
+    let mut node_at = 0xffff_ffff_82b8_0000u64;
+    let mut alloc = || {
+        node_at += 0x100;
+        node_at
+    };
+    let mut leaves = Vec::new(); // (node, max)
+    let vmas: Vec<u64> = (0..n).map(vma).collect();
+    for (i, &v) in vmas.iter().enumerate() {
+        let start = 0x10_0000 + i as u64 * 0x2000;
+        m.write_u64(v, start);
+        m.write_u64(v + 8, start + 0x1000);
+        m.write_u64(v + 0x40, mm);
+        m.write_u64(v + 0x50, 0x73);
+    }
+    for (l, chunk) in vmas.chunks(8).enumerate() {
+        let leaf = alloc();
+        let last_leaf = (l + 1) * 8 >= vmas.len();
+        let mut slot = 0u64;
+        for (j, &v) in chunk.iter().enumerate() {
+            let i = (l * 8 + j) as u64;
+            let start = 0x10_0000 + i * 0x2000;
+            m.write_u64(leaf + 128 + slot * 8, v);
+            m.write_u64(leaf + 8 + slot * 8, start + 0xfff);
+            slot += 1;
+            // The gap up to the next VMA (or the end of the address space).
+            m.write_u64(leaf + 128 + slot * 8, 0);
+            if slot < 15 {
+                let gap_end = if last_leaf && j + 1 == chunk.len() {
+                    u64::MAX
+                } else {
+                    start + 0x1fff
+                };
+                m.write_u64(leaf + 8 + slot * 8, gap_end);
+            }
+            slot += 1;
+        }
+        let max = if last_leaf {
+            u64::MAX
+        } else {
+            0x10_0000 + (l as u64 * 8 + 8) * 0x2000 - 1
+        };
+        if slot < 16 {
+            m.write(leaf + 248, &[(slot - 1) as u8]); // meta.end
+        }
+        leaves.push((leaf, max));
+    }
+    let mut parents = Vec::new();
+    for group in leaves.chunks(10) {
+        let p = alloc();
+        for (k, &(leaf, max)) in group.iter().enumerate() {
+            // maple_leaf_64 = 1, ENODE_NULL set on every other child.
+            let enc = leaf | (1 << 3) | if k % 2 == 0 { 4 } else { 0 };
+            m.write_u64(p + 80 + k as u64 * 8, enc);
+            if k < 9 {
+                m.write_u64(p + 8 + k as u64 * 8, max);
+            }
+        }
+        m.write(p + 240, &[(group.len() - 1) as u8]);
+        parents.push((p, group.last().unwrap().1));
+    }
+    let root = alloc();
+    for (k, &(p, max)) in parents.iter().enumerate() {
+        m.write_u64(root + 80 + k as u64 * 8, p | (3 << 3));
+        if k < 9 {
+            m.write_u64(root + 8 + k as u64 * 8, max);
+        }
+    }
+    m.write(root + 240, &[(parents.len() - 1) as u8]);
+    let root_entry = root | (3 << 3) | 2;
+    m.write_u64(mm + MM_MT + 8, root_entry);
+    (vmas, root_entry)
+}
+
+/// Regression (issue 13): the walk skipped every child of an internal node as "not a
+/// node" (child slots carry no root bit), so any tree of more than one leaf gave no VMAs.
+#[test]
+fn maple_tree_of_three_levels_lists_every_vma_in_order() {
+    let m = Mock::new(2);
+    let mm = 0xffff_ffff_82b0_0000u64;
+    m.write_u64(task_va(1) + off("mm"), mm);
+    m.write_u64(mm + 0x48, 0xffff_8880_0010_0000);
+    let (vmas, root) = write_maple_tree(&m, mm, 300);
+    let (core, os) = m.os_with(Limits::default(), profile_with(true));
+    let task = os.find_process(&core, 1).unwrap();
+    let got = os.vmas(&core, &task).unwrap();
+    assert!(got.skipped.is_empty(), "{:?}", got.skipped);
+    let found: Vec<u64> = got.vmas.iter().map(|v| v.vma.0).collect();
+    assert_eq!(found, vmas);
+    assert_eq!(got.vmas[299].start.0, 0x10_0000 + 299 * 0x2000);
+
+    // A child slot pointing back at the root: reported as a cycle, the rest still listed.
+    let m = Mock::new(2);
+    m.write_u64(task_va(1) + off("mm"), mm);
+    m.write_u64(mm + 0x48, 0xffff_8880_0010_0000);
+    let (vmas, root2) = write_maple_tree(&m, mm, 300);
+    assert_eq!(root, root2);
+    let root_node = root & !0xff;
+    // The root's second child (80 VMAs below it) now points at the root itself.
+    m.write_u64(root_node + 80 + 8, root_node | (3 << 3));
+    let (core, os) = m.os_with(Limits::default(), profile_with(true));
+    let task = os.find_process(&core, 1).unwrap();
+    let got = within("maple cycle", CASE_LIMIT, move || {
+        os.vmas(&core, &task).unwrap()
+    });
+    assert!(
+        got.skipped.iter().any(|(_, e)| matches!(
+            e,
+            VmiError::WalkLimit {
+                reason: "cycle",
+                ..
+            }
+        )),
+        "{:?}",
+        got.skipped
+    );
+    assert_eq!(got.vmas.len(), vmas.len() - 80);
 }
 
 /// Writes a printk ring of `2^count_bits` descriptors and `2^size_bits` text bytes holding
