@@ -102,6 +102,8 @@ fn dump_checks(label: &str, guest: &TestGuest, format: DumpFormat, file: &Path, 
 
 /// The guest-physical address of kernel virtual address `va`.
 fn kernel_pa<D: VmiRead<Architecture = Amd64>>(core: &VmiCore<D>, os: &LinuxOs, va: u64) -> Pa {
+    // A fresh core walks 4 levels until told otherwise (LinuxOs tells its own core).
+    core.set_paging_mode(os.kernel().paging_mode);
     core.translate((Va(va), os.kernel().kernel_root).into())
         .unwrap_or_else(|e| panic!("translating {va:#x}: {e}"))
         .pa
