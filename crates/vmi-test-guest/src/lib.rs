@@ -32,6 +32,11 @@
 //!   build each kernel once.
 //! * **Other Debian suites through a private apt configuration** ([`apt`]), never touching
 //!   the host's apt state.
+//! * **Two userlands**: busybox only (the default, fastest) or [`Userland::Realistic`]
+//!   ([`userland`]): Debian's glibc programs, Python, a daemon, processes shaped like
+//!   production ones (threads, sockets, 1,000+ VMAs, memfd and deleted files, a chroot'ed
+//!   container in its own namespaces, a zombie, an orphan, fileless execution) and the
+//!   truth of **every** process; `VMI_GUEST_USERLAND=realistic` makes it the default.
 
 pub mod apt;
 pub mod bounded;
