@@ -72,6 +72,15 @@ impl<'a, D: VmiRead<Architecture = Amd64>> Kmem<'a, D> {
     /// Checks that `value` (read at `at`, naming `what`) is a non-null, 8-byte aligned
     /// canonical kernel address.
     pub(crate) fn check_ptr(&self, value: u64, what: &'static str, at: Va) -> Result<Va, VmiError> {
+        let va = self.check_kernel_value(value, what, at)?;
+        if value & 7 != 0 {
+            return Err(malformed(what, at.0, format!("{value:#x} is misaligned")));
+        }
+        Ok(va)
+    }
+
+    /// `value`, read at `at`, as a non-null kernel address (any alignment).
+    fn check_kernel_value(&self, value: u64, what: &'static str, at: Va) -> Result<Va, VmiError> {
         if value == 0 {
             return Err(malformed(what, at.0, "null pointer"));
         }
@@ -81,27 +90,13 @@ impl<'a, D: VmiRead<Architecture = Amd64>> Kmem<'a, D> {
                 at.0,
                 format!("{value:#x} is not a kernel address"),
             ));
-        }
-        if value & 7 != 0 {
-            return Err(malformed(what, at.0, format!("{value:#x} is misaligned")));
         }
         Ok(Va(value))
     }
 
     /// Reads a pointer to kernel bytes (a string: no alignment) at `at`, non-null.
     pub(crate) fn bytes_ptr(&self, at: Va, what: &'static str) -> Result<Va, VmiError> {
-        let value = self.u64(at)?;
-        if value == 0 {
-            return Err(malformed(what, at.0, "null pointer"));
-        }
-        if !is_kernel_address(value, self.mode) {
-            return Err(malformed(
-                what,
-                at.0,
-                format!("{value:#x} is not a kernel address"),
-            ));
-        }
-        Ok(Va(value))
+        self.check_kernel_value(self.u64(at)?, what, at)
     }
 
     /// Reads a kernel pointer at `at` that must be valid and non-null.
