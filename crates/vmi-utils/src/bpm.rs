@@ -12,17 +12,23 @@
 //! while the vCPU was already on its way) is answered with *continue* and counted as
 //! foreign, the handler never sees it.
 //!
-//! # Pending breakpoints
+//! # Pending breakpoints and the page-table monitor
 //!
 //! A breakpoint whose page is not present in its address space is *pending*: no driver
 //! breakpoint is set for it (a driver that patches an `int3` into guest memory cannot,
 //! and a hypervisor that matches guest-physical addresses has nothing to match). Pending
 //! entries are checked again — by a fresh page walk, not through the translation cache —
-//! before every wait for events ([`BreakpointManager::wait`]), that is after every event
-//! and at least every `timeout` (100 ms in [`BreakpointManager::run_until`]), and armed
-//! when their page is present. Code that runs between the page-in and the next check is
-//! missed: a page-table monitor (write watchpoints on the entries) would close that
-//! window and is not built yet.
+//! after every event and before every wait ([`BreakpointManager::wait`]: at least every
+//! 100 ms in [`BreakpointManager::run_until`]), and armed when their page is present.
+//!
+//! That alone misses code that runs right after its page comes in (a program's first
+//! instructions). With [`BreakpointManager::with_page_table_monitor`] each pending
+//! breakpoint also gets a write watchpoint on the page-table entry that keeps its page
+//! absent, seen through the kernel's direct map: the kernel's write of that entry stops
+//! the vCPU, the manager walks again and arms the breakpoint (or moves the watchpoint
+//! down to the table level just created) in the same stop, before the faulting
+//! instruction runs again. These events are the manager's own; the handler does not see
+//! them ([`ManagerStats::page_table_writes`] counts them).
 //!
 //! An armed breakpoint stays armed when its page goes out: QEMU's gdbstub breakpoints
 //! match the virtual address, so they fire again once the page is back.
@@ -52,17 +58,27 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, MutexGuard};
 use std::time::Duration;
 
-use vmi_arch_amd64::{Amd64, EventReason};
+use vmi_arch_amd64::{Amd64, EventReason, PagingMode};
 use vmi_core::{
-    AddressContext, Architecture, BreakpointAddress, BreakpointKind, EventMonitor, FaultKind,
-    MonitorChange, Pa, Registers as _, Va, VmiCore, VmiError, VmiEvent, VmiEventControl,
-    VmiEventResponse, VmiRead,
+    AccessContext, AddressContext, Architecture, BreakpointAddress, BreakpointKind, EventMonitor,
+    FaultKind, MemoryAccess, MonitorChange, Pa, Registers as _, Va, VmiCore, VmiError, VmiEvent,
+    VmiEventControl, VmiEventResponse, VmiRead,
 };
 
-/// Architectures whose events the manager can read: where a breakpoint event stopped.
+/// Architectures whose events and page tables the manager can read.
 pub trait BreakpointEvents: Architecture {
     /// The address of the breakpoint that `reason` reports, `None` for other events.
     fn breakpoint_va(reason: &Self::EventReason) -> Option<Va>;
+
+    /// The guest-virtual address a memory-access (watchpoint) event reports.
+    fn watchpoint_va(reason: &Self::EventReason) -> Option<Va>;
+
+    /// The guest-physical address of the page-table entry that makes `ctx.va` absent
+    /// (the first non-present entry of the walk), `None` when the address is mapped.
+    fn absent_entry<D: VmiRead<Architecture = Self>>(
+        core: &VmiCore<D>,
+        ctx: AddressContext,
+    ) -> Result<Option<Pa>, VmiError>;
 }
 
 impl BreakpointEvents for Amd64 {
@@ -71,6 +87,41 @@ impl BreakpointEvents for Amd64 {
             EventReason::Breakpoint { va, .. } => Some(*va),
             _ => None,
         }
+    }
+
+    fn watchpoint_va(reason: &EventReason) -> Option<Va> {
+        match reason {
+            EventReason::MemoryAccess { va, .. } => *va,
+            _ => None,
+        }
+    }
+
+    fn absent_entry<D: VmiRead<Architecture = Self>>(
+        core: &VmiCore<D>,
+        ctx: AddressContext,
+    ) -> Result<Option<Pa>, VmiError> {
+        /// Physical address bits of an entry (12-51).
+        const ADDRESS: u64 = 0x000f_ffff_ffff_f000;
+        const PRESENT: u64 = 1;
+        const LARGE: u64 = 1 << 7;
+        let top: u8 = match core.paging_mode() {
+            PagingMode::Level4 => 4,
+            PagingMode::Level5 => 5,
+        };
+        let mut table = ctx.root.0 & ADDRESS;
+        for level in (1..=top).rev() {
+            let index = (ctx.va.0 >> (12 + 9 * (u32::from(level) - 1))) & 511;
+            let at = Pa(table + index * 8);
+            let entry = core.read_u64(AccessContext::direct(at))?;
+            if entry & PRESENT == 0 {
+                return Ok(Some(at));
+            }
+            if level == 1 || (matches!(level, 2 | 3) && entry & LARGE != 0) {
+                return Ok(None);
+            }
+            table = entry & ADDRESS;
+        }
+        Ok(None)
     }
 }
 
@@ -133,6 +184,8 @@ pub struct ManagerStats {
     pub driver_inserts: u64,
     /// Driver breakpoints removed.
     pub driver_removes: u64,
+    /// Writes to watched page-table entries (page-table monitor).
+    pub page_table_writes: u64,
 }
 
 #[derive(Debug)]
@@ -141,14 +194,25 @@ struct Entry<T> {
     va: Va,
     tag: T,
     state: BreakpointState,
+    /// Pending with the page-table monitor on: the direct-map address of the entry that
+    /// keeps the page absent.
+    watch: Option<Va>,
+}
+
+/// A driver monitor the manager sets: a breakpoint, or a write watchpoint on a
+/// page-table entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
+enum Monitor {
+    Breakpoint(Va),
+    Watch(Va),
 }
 
 #[derive(Debug)]
 struct State<T> {
     next_id: u64,
     entries: BTreeMap<BreakpointId, Entry<T>>,
-    /// Addresses where a driver breakpoint is in place.
-    installed: BTreeSet<Va>,
+    /// Driver breakpoints and watchpoints in place.
+    installed: BTreeSet<Monitor>,
     /// A handler runs: driver calls are deferred to the end of the event.
     dispatching: bool,
     stats: ManagerStats,
@@ -199,6 +263,7 @@ pub struct BreakpointManager<'a, D: VmiRead + VmiEventControl, T> {
     core: &'a VmiCore<D>,
     kind: BreakpointKind,
     root_mask: u64,
+    direct_map: Option<Va>,
     state: Mutex<State<T>>,
 }
 
@@ -219,6 +284,7 @@ where
             core,
             kind: BreakpointKind::Software,
             root_mask: !0,
+            direct_map: None,
             state: Mutex::new(State {
                 next_id: 1,
                 entries: BTreeMap::new(),
@@ -241,6 +307,17 @@ where
     /// `0x1000`).
     pub fn ignore_root_bits(mut self, bits: u64) -> Self {
         self.root_mask = !bits;
+        self
+    }
+
+    /// Turns the page-table monitor on: each pending breakpoint gets a write watchpoint
+    /// on the page-table entry that keeps its page absent, seen at `direct_map` plus the
+    /// entry's physical address (the kernel's direct map of physical memory, where it
+    /// writes page tables: `page_offset_base` on Linux). A write re-walks at once, so a
+    /// breakpoint is armed before the code that faulted its page in runs (a new table
+    /// level moves the watchpoint down to it).
+    pub fn with_page_table_monitor(mut self, direct_map: Va) -> Self {
+        self.direct_map = Some(direct_map);
         self
     }
 
@@ -271,6 +348,7 @@ where
                 va,
                 tag,
                 state,
+                watch: None,
             },
         );
         if !s.dispatching
@@ -352,7 +430,20 @@ where
 
     /// Number of driver breakpoints in place.
     pub fn driver_breakpoints(&self) -> usize {
-        lock(&self.state).installed.len()
+        lock(&self.state)
+            .installed
+            .iter()
+            .filter(|m| matches!(m, Monitor::Breakpoint(_)))
+            .count()
+    }
+
+    /// Number of page-table entries watched for pending breakpoints.
+    pub fn watched_entries(&self) -> usize {
+        lock(&self.state)
+            .installed
+            .iter()
+            .filter(|m| matches!(m, Monitor::Watch(_)))
+            .count()
     }
 
     /// Counters.
@@ -401,10 +492,26 @@ where
         let result = self.core.driver().wait_for_events(timeout, &mut |event| {
             // The guest ran: nothing cached is current.
             self.core.invalidate_caches();
+            if let Some(wva) = D::Architecture::watchpoint_va(&event.reason) {
+                let mut s = lock(&self.state);
+                let ours = s.installed.iter().any(|m| {
+                    matches!(m, Monitor::Watch(w) if w.0 <= wva.0 && wva.0 < w.0.saturating_add(8))
+                });
+                if ours {
+                    // A page-table entry of a pending breakpoint was written: walk again
+                    // and arm (or watch the next level) before the guest goes on.
+                    s.stats.page_table_writes += 1;
+                    let mut response = VmiEventResponse::continue_();
+                    response.monitors = self.settle(&mut s);
+                    return response;
+                }
+            }
             let Some(va) = D::Architecture::breakpoint_va(&event.reason) else {
                 lock(&self.state).stats.other_events += 1;
                 let mut response = handler(event, &[]);
-                response.monitors.extend(self.plan(&mut lock(&self.state)));
+                response
+                    .monitors
+                    .extend(self.settle(&mut lock(&self.state)));
                 return response;
             };
             let root = Pa(event.registers.translation_root().0 & mask);
@@ -447,7 +554,7 @@ where
                 }
             }
             // What the handler added or removed, before the vCPU goes on.
-            response.monitors.extend(self.plan(&mut s));
+            response.monitors.extend(self.settle(&mut s));
             response
         });
         drop(dispatching);
@@ -497,70 +604,122 @@ where
         }
     }
 
-    /// The driver changes that make driver breakpoints match the armed entries, for an
-    /// event's answer; `installed` is updated as if they were applied (a driver that
-    /// fails one fails the wait).
-    fn plan(&self, s: &mut State<T>) -> Vec<MonitorChange> {
-        let wanted: BTreeSet<Va> = s
-            .entries
+    /// The driver monitors the table asks for: a breakpoint where an entry is armed, a
+    /// watchpoint on the absent entry of each pending one (with the monitor on).
+    fn wanted(s: &State<T>) -> BTreeSet<Monitor> {
+        s.entries
             .values()
-            .filter(|e| e.state == BreakpointState::Armed)
-            .map(|e| e.va)
-            .collect();
-        let mut changes = Vec::new();
-        let stale: Vec<Va> = s.installed.difference(&wanted).copied().collect();
-        for va in stale {
-            s.installed.remove(&va);
-            s.stats.driver_removes += 1;
-            changes.push(MonitorChange::Disable(self.monitor(va)));
+            .filter_map(|e| match e.state {
+                BreakpointState::Armed => Some(Monitor::Breakpoint(e.va)),
+                BreakpointState::Pending => e.watch.map(Monitor::Watch),
+            })
+            .collect()
+    }
+
+    fn driver_monitor(&self, m: Monitor) -> EventMonitor {
+        match m {
+            Monitor::Breakpoint(va) => self.monitor(va),
+            Monitor::Watch(va) => EventMonitor::Watchpoint {
+                address: BreakpointAddress::Virtual(va),
+                len: 8,
+                access: MemoryAccess::Write,
+            },
         }
-        let missing: Vec<Va> = wanted.difference(&s.installed).copied().collect();
-        for va in missing {
-            s.installed.insert(va);
+    }
+
+    /// The driver changes that make driver monitors match the table, for an event's
+    /// answer; `installed` is updated as if they were applied (a driver that fails one
+    /// fails the wait).
+    fn plan(&self, s: &mut State<T>) -> Vec<MonitorChange> {
+        let wanted = Self::wanted(s);
+        let mut changes = Vec::new();
+        let stale: Vec<Monitor> = s.installed.difference(&wanted).copied().collect();
+        for m in stale {
+            s.installed.remove(&m);
+            s.stats.driver_removes += 1;
+            changes.push(MonitorChange::Disable(self.driver_monitor(m)));
+        }
+        let missing: Vec<Monitor> = wanted.difference(&s.installed).copied().collect();
+        for m in missing {
+            s.installed.insert(m);
             s.stats.driver_inserts += 1;
-            changes.push(MonitorChange::Enable(self.monitor(va)));
+            changes.push(MonitorChange::Enable(self.driver_monitor(m)));
         }
         changes
     }
 
-    /// Arms pending entries whose page is present, then sets and removes driver
-    /// breakpoints so that one exists exactly where an armed entry is.
-    fn sync(&self, s: &mut State<T>) -> Result<(), VmiError> {
-        let mut armed = 0;
-        let mut first_err = None;
-        if s.entries
+    /// Within an event: checks pending entries (those the handler added too) and plans
+    /// the driver changes for the answer. A walk that fails leaves its entry pending, to
+    /// be reported by the next [`wait`](Self::wait).
+    fn settle(&self, s: &mut State<T>) -> Vec<MonitorChange> {
+        if let Ok(n) = self.check_pending(s) {
+            s.stats.armed_later += n;
+        }
+        self.plan(s)
+    }
+
+    /// Walks the page tables of every pending entry afresh: arms those now present,
+    /// finds the absent entry of the others (page-table monitor). Returns how many were
+    /// armed; the first error is returned after every entry was looked at.
+    fn check_pending(&self, s: &mut State<T>) -> Result<u64, VmiError> {
+        if !s
+            .entries
             .values()
             .any(|e| e.state == BreakpointState::Pending)
         {
-            // The guest may have run since anything was cached: walk its tables afresh.
-            self.core.invalidate_caches();
+            return Ok(0);
         }
+        // The guest may have run since anything was cached.
+        self.core.invalidate_caches();
+        let mut armed = 0;
+        let mut first_err = None;
         for e in s.entries.values_mut() {
-            if e.state == BreakpointState::Pending {
-                match self.page_state(e.space, e.va) {
-                    Ok(BreakpointState::Armed) => {
-                        e.state = BreakpointState::Armed;
-                        armed += 1;
+            if e.state != BreakpointState::Pending {
+                continue;
+            }
+            match self.page_state(e.space, e.va) {
+                Ok(BreakpointState::Armed) => {
+                    e.state = BreakpointState::Armed;
+                    e.watch = None;
+                    armed += 1;
+                }
+                Ok(BreakpointState::Pending) => {
+                    if let Some(base) = self.direct_map {
+                        let ctx = AddressContext {
+                            va: e.va,
+                            root: e.space.root(),
+                        };
+                        match D::Architecture::absent_entry(self.core, ctx) {
+                            Ok(at) => e.watch = at.and_then(|pa| base.checked_add(pa.0)),
+                            Err(err) => {
+                                e.watch = None;
+                                first_err.get_or_insert(err);
+                            }
+                        }
                     }
-                    Ok(BreakpointState::Pending) => {}
-                    Err(err) => {
-                        first_err.get_or_insert(err);
-                    }
+                }
+                Err(err) => {
+                    first_err.get_or_insert(err);
                 }
             }
         }
-        s.stats.armed_later += armed;
-        let wanted: BTreeSet<Va> = s
-            .entries
-            .values()
-            .filter(|e| e.state == BreakpointState::Armed)
-            .map(|e| e.va)
-            .collect();
-        let stale: Vec<Va> = s.installed.difference(&wanted).copied().collect();
-        for va in stale {
-            match self.core.monitor_disable(self.monitor(va)) {
+        first_err.map_or(Ok(armed), Err)
+    }
+
+    /// Arms pending entries whose page is present, then sets and removes driver
+    /// monitors so that they match the table.
+    fn sync(&self, s: &mut State<T>) -> Result<(), VmiError> {
+        let mut first_err = None;
+        match self.check_pending(s) {
+            Ok(n) => s.stats.armed_later += n,
+            Err(e) => first_err = Some(e),
+        }
+        let wanted = Self::wanted(s);
+        let stale: Vec<Monitor> = s.installed.difference(&wanted).copied().collect();
+        for m in stale {
+            match self.core.monitor_disable(self.driver_monitor(m)) {
                 Ok(()) => {
-                    s.installed.remove(&va);
+                    s.installed.remove(&m);
                     s.stats.driver_removes += 1;
                 }
                 Err(e) => {
@@ -568,17 +727,29 @@ where
                 }
             }
         }
-        let missing: Vec<Va> = wanted.difference(&s.installed).copied().collect();
-        for va in missing {
-            match self.core.monitor_enable(self.monitor(va)) {
+        let missing: Vec<Monitor> = wanted.difference(&s.installed).copied().collect();
+        for m in missing {
+            match self.core.monitor_enable(self.driver_monitor(m)) {
                 Ok(()) => {
-                    s.installed.insert(va);
+                    s.installed.insert(m);
                     s.stats.driver_inserts += 1;
                 }
                 Err(e) => {
-                    // Not armed after all: pending until the next check.
-                    for entry in s.entries.values_mut().filter(|entry| entry.va == va) {
-                        entry.state = BreakpointState::Pending;
+                    match m {
+                        // Not armed after all: pending until the next check.
+                        Monitor::Breakpoint(va) => {
+                            for entry in s.entries.values_mut().filter(|entry| entry.va == va) {
+                                entry.state = BreakpointState::Pending;
+                            }
+                        }
+                        // No watchpoint: the entry is re-checked at each wait instead.
+                        Monitor::Watch(va) => {
+                            for entry in s.entries.values_mut() {
+                                if entry.watch == Some(va) {
+                                    entry.watch = None;
+                                }
+                            }
+                        }
                     }
                     first_err.get_or_insert(e);
                 }
@@ -594,10 +765,17 @@ impl<D: VmiRead + VmiEventControl, T> Drop for BreakpointManager<'_, D, T> {
         // reported from here; the driver removes what is left when it detaches.
         let s = self.state.get_mut().unwrap_or_else(|p| p.into_inner());
         s.entries.clear();
-        for va in std::mem::take(&mut s.installed) {
-            let _ = self.core.monitor_disable(EventMonitor::Breakpoint {
-                address: BreakpointAddress::Virtual(va),
-                kind: self.kind,
+        for m in std::mem::take(&mut s.installed) {
+            let _ = self.core.monitor_disable(match m {
+                Monitor::Breakpoint(va) => EventMonitor::Breakpoint {
+                    address: BreakpointAddress::Virtual(va),
+                    kind: self.kind,
+                },
+                Monitor::Watch(va) => EventMonitor::Watchpoint {
+                    address: BreakpointAddress::Virtual(va),
+                    len: 8,
+                    access: MemoryAccess::Write,
+                },
             });
         }
     }

@@ -3,7 +3,7 @@
 //!
 //! | module | what |
 //! |---|---|
-//! | [`bpm`] | [`BreakpointManager`](bpm::BreakpointManager): many breakpoints keyed by (address space, virtual address) with user tags, pending until their page is present, removed on drop |
+//! | [`bpm`] | [`BreakpointManager`](bpm::BreakpointManager): many breakpoints keyed by (address space, virtual address) with user tags, pending until their page is present (page-table monitor: armed in the stop of the kernel's write of the entry), removed on drop |
 //! | [`tracker`] | [`ProcessTracker`](tracker::ProcessTracker): Linux fork/clone, exec (file name, argv), exit (code or signal) |
 //! | [`syscalls`] | [`SyscallTracer`](syscalls::SyscallTracer): Linux system calls with decoded arguments (paths, argv, open flags) and return values |
 //!

@@ -217,3 +217,94 @@ fn kpti_user_root_matches_with_ignored_bit() {
     .unwrap();
     assert_eq!(n, 1);
 }
+
+#[test]
+fn page_table_monitor_arms_at_the_write_of_the_entry() {
+    let driver = MockDriver::new(32 << 20).live();
+    let mut tables = PageTableBuilder::new(&driver, Pa(0x10_0000), Pa(0x20_0000));
+    tables.map(KERNEL, Pa(0x5000), PageSize::Size4K);
+    let root = tables.root();
+    let core = VmiCore::new(driver).unwrap();
+    let direct_map = Va(0xffff_8880_0000_0000);
+    let bpm = BreakpointManager::new(&core).with_page_table_monitor(direct_map);
+    let id = bpm.add(AddressSpace::Process(root), USER, ()).unwrap();
+    assert_eq!(bpm.state(id), Some(BreakpointState::Pending));
+    // USER's PML4 entry (index 0) is the absent one: watched through the direct map.
+    let watch = EventMonitor::Watchpoint {
+        address: BreakpointAddress::Virtual(Va(direct_map.0 + root.0)),
+        len: 8,
+        access: vmi_core::MemoryAccess::Write,
+    };
+    assert_eq!(core.driver().monitors(), vec![watch]);
+    assert_eq!(bpm.watched_entries(), 1);
+
+    // A write to the watched entry that leaves the page absent: the manager's own
+    // event (the handler never sees it), the page still pending.
+    let watch_event = VmiEvent {
+        vcpu: VcpuId(0),
+        reason: EventReason::MemoryAccess {
+            va: Some(Va(direct_map.0 + root.0)),
+            pa: None,
+            access: vmi_core::MemoryAccess::Write,
+        },
+        registers: Registers::default(),
+    };
+    core.driver().push_event(watch_event);
+    let mut called = 0;
+    bpm.wait(Duration::ZERO, |_, _| {
+        called += 1;
+        VmiEventResponse::continue_()
+    })
+    .unwrap();
+    assert_eq!(called, 0, "the manager's own event");
+    assert_eq!(bpm.stats().page_table_writes, 1);
+    assert_eq!(bpm.state(id), Some(BreakpointState::Pending));
+    assert_eq!(core.driver().monitors(), vec![watch]);
+
+    // A neighbour 2 MiB away is mapped (new PDPT, PD): the watch moves down to USER's
+    // PD entry in the same stop; then USER itself is mapped: armed in that stop.
+    let k = bpm.add(AddressSpace::Kernel(root), KERNEL, ()).unwrap();
+    core.driver().push_event(hit(KERNEL, root));
+    core.driver().push_event(hit(KERNEL, root));
+    let mut step = 0;
+    bpm.wait(Duration::ZERO, |_, _| {
+        let mut tables =
+            PageTableBuilder::new(core.driver(), root, Pa(0x30_0000 + step * 0x10_0000));
+        let va = if step == 0 {
+            Va(USER.0 + (2 << 20))
+        } else {
+            USER
+        };
+        tables.map(va, Pa(0x7000), PageSize::Size4K);
+        step += 1;
+        VmiEventResponse::continue_()
+    })
+    .unwrap();
+    let responses = core.driver().responses();
+    let moved = &responses[1].monitors;
+    assert_eq!(moved.len(), 2, "{moved:?}");
+    assert_eq!(moved[0], MonitorChange::Disable(watch));
+    assert!(
+        matches!(
+            moved[1],
+            MonitorChange::Enable(EventMonitor::Watchpoint { .. })
+        ) && moved[1] != MonitorChange::Enable(watch),
+        "{moved:?}"
+    );
+    let MonitorChange::Enable(deeper) = moved[1] else {
+        unreachable!()
+    };
+    assert_eq!(
+        responses[2].monitors,
+        vec![
+            MonitorChange::Disable(deeper),
+            MonitorChange::Enable(bp(USER))
+        ],
+        "armed in the same stop"
+    );
+    assert_eq!(bpm.state(id), Some(BreakpointState::Armed));
+    bpm.remove(k).unwrap();
+    assert_eq!(core.driver().monitors(), vec![bp(USER)]);
+    drop(bpm);
+    assert!(core.driver().monitors().is_empty());
+}

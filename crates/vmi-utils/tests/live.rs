@@ -273,3 +273,109 @@ fn tracker_and_syscalls_on_trixie_6_12() {
         GuestConfig::default().kernel("trixie:linux-image-cloud-amd64".parse().unwrap()),
     );
 }
+
+/// `AT_ENTRY` from `mm->saved_auxv`.
+fn auxv_entry(core: &VmiCore<QemuDriver>, os: &LinuxOs, mm: Va) -> u64 {
+    const AT_ENTRY: u64 = 9;
+    let off = os.profile().offset_of("mm_struct", "saved_auxv").unwrap();
+    let root = os.kernel().kernel_root;
+    for i in 0..64u64 {
+        let at = |k: u64| {
+            core.read_u64(vmi_core::AccessContext::paging(
+                mm + off + (2 * i + k) * 8,
+                root,
+            ))
+            .unwrap()
+        };
+        match at(0) {
+            0 => break,
+            AT_ENTRY => return at(1),
+            _ => {}
+        }
+    }
+    panic!("no AT_ENTRY in saved_auxv");
+}
+
+/// A breakpoint on a program's entry point, set when the kernel finishes `execve` (the
+/// new address space has no page of the program's text yet): pending, watched by the
+/// page-table monitor, armed when the first instruction fetch faults the page in, and hit
+/// by that very first execution, in that process only.
+#[test]
+fn pending_breakpoint_on_an_entry_point_fires_at_its_first_execution() {
+    let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default()) else {
+        return;
+    };
+    let loop_pid = guest.truth().process("vmi_loop").expect("vmi_loop").pid;
+    let core = VmiCore::new(QemuDriver::attach(guest.qmp_socket()).unwrap()).unwrap();
+    let os = {
+        let _pause = core.pause_guard().unwrap();
+        LinuxOs::new(&core).unwrap()
+    };
+    let kpti = os.kernel().kpti == Some(true);
+    let bpm = BreakpointManager::new(&core)
+        .ignore_root_bits(if kpti { 0x1000 } else { 0 })
+        .with_page_table_monitor(os.kernel().page_offset_base);
+    let kernel = AddressSpace::Kernel(os.kernel().kernel_root);
+    bpm.add(
+        kernel,
+        os.symbol_address("finalize_exec").unwrap(),
+        Tag::Nanosleep,
+    )
+    .unwrap();
+    let stop = AtomicBool::new(false);
+    let target = RefCell::new(None);
+    let mut hit = None;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut handler = |event: &vmi_core::VmiEvent<vmi_arch_amd64::Amd64>,
+                       hits: &[vmi_utils::bpm::Hit<Tag>]| {
+        let task = os
+            .current_task_from_registers(&core, &event.registers)
+            .unwrap();
+        let mut response = VmiEventResponse::continue_();
+        for h in hits {
+            match h.tag {
+                Tag::Nanosleep if task.ppid == loop_pid && target.borrow().is_none() => {
+                    // finalize_exec of vmi_loop's `sleep`: where it will start, AT_ENTRY
+                    // of the auxiliary vector the kernel just built (the user registers
+                    // get it only after finalize_exec).
+                    let entry = auxv_entry(&core, &os, task.mm.unwrap());
+                    let space = AddressSpace::Process(task.user_root.unwrap());
+                    let id = bpm.add(space, Va(entry), Tag::UserReturn).unwrap();
+                    *target.borrow_mut() = Some((id, task.pid, entry, bpm.state(id)));
+                    response = response.and_remove_monitor();
+                }
+                Tag::UserReturn => {
+                    hit = Some((task.pid, event.registers.instruction_pointer().0));
+                    stop.store(true, Ordering::SeqCst);
+                }
+                _ => {}
+            }
+        }
+        response
+    };
+    while !stop.load(Ordering::SeqCst) {
+        assert!(
+            Instant::now() < deadline,
+            "no hit within 60 s: {:?} {:?} {:?}",
+            target.borrow(),
+            bpm.stats(),
+            bpm.list()
+        );
+        bpm.wait(Duration::from_millis(100), &mut handler).unwrap();
+    }
+    let (_, pid, entry, state) = target.into_inner().unwrap();
+    assert_eq!(
+        state,
+        Some(BreakpointState::Pending),
+        "the entry page was present at exec"
+    );
+    assert_eq!(hit, Some((pid, entry)));
+    let stats = bpm.stats();
+    eprintln!("manager: {stats:?}");
+    assert!(
+        stats.page_table_writes >= 1 && stats.armed_later == 1,
+        "{stats:?}"
+    );
+    drop(bpm);
+    assert_eq!(status(&guest), "running");
+}
