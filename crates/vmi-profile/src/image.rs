@@ -189,8 +189,9 @@ pub fn decompress_payload(payload: &[u8], source: &str) -> Result<Vec<u8>> {
             std::io::copy(&mut bzip2::read::BzDecoder::new(stream), &mut out).map_err(io)?;
         }
         Compression::Xz => {
-            lzma_rs::xz_decompress(&mut std::io::BufReader::new(stream), &mut out)
-                .map_err(|e| fail(e.to_string()))?;
+            // lzma-rust2 runs the whole filter chain: Debian's generic kernels put the x86
+            // BCJ filter before LZMA2 (lzma-rs knows no filter: "unknown filter id 4").
+            std::io::copy(&mut lzma_rust2::XzReader::new(stream, true), &mut out).map_err(io)?;
         }
         Compression::Lzma => {
             lzma_rs::lzma_decompress(&mut std::io::BufReader::new(stream), &mut out)

@@ -22,7 +22,7 @@ profile_struct! {
         pid: u64 = offset("task_struct", "pid"),
         comm: u64 = offset("task_struct", "comm"),
         mm: u64 = offset("task_struct", "mm"),
-        state: vmi_profile::FieldInfo = field("task_struct", "__state"),
+        state: Option<vmi_profile::FieldInfo> = field("task_struct", "__state"),
         old_state: Option<vmi_profile::FieldInfo> = field("task_struct", "state"),
         thread_sp: u64 = offset("task_struct", "thread.sp"),
         pgd: u64 = offset("mm_struct", "pgd"),
@@ -117,12 +117,11 @@ fn check_kernel(path: &Path) {
         p.symbols.len()
     );
     let t = TaskOffsets::load(&p).expect("every entry");
-    assert_eq!(
-        t.state.size,
-        Some(4),
-        "__state is an unsigned int since 5.14"
-    );
-    assert!(t.old_state.is_none());
+    match (t.state, t.old_state) {
+        (Some(s), None) => assert_eq!(s.size, Some(4), "__state is an unsigned int since 5.14"),
+        (None, Some(s)) => assert_eq!(s.size, Some(8), "state was a long before 5.14"),
+        other => panic!("exactly one of __state and state: {other:?}"),
+    }
     assert_eq!(t.pidtype_tgid, 1);
     let banner = p.metadata.banner.as_deref().expect("banner");
     assert!(
@@ -138,12 +137,13 @@ fn check_kernel(path: &Path) {
     std::fs::write(&vmlinux, &elf).unwrap();
     match bpftool_dump(&vmlinux) {
         Some(dump) => {
+            let state = if t.state.is_some() { "__state" } else { "state" };
             for name in [
                 "tasks",
                 "pid",
                 "comm",
                 "mm",
-                "__state",
+                state,
                 "thread",
                 "real_parent",
                 "cred",
@@ -177,7 +177,10 @@ fn check_kernel(path: &Path) {
             (t.tasks, t.comm, t.mm, t.pid, t.pgd),
             (0x890, 0xba0, 0x8e0, 0x970, 0x48)
         );
-        assert_eq!((t.size, t.thread_sp, t.state.offset), (9728, 0x14d8, 0x18));
+        assert_eq!(
+            (t.size, t.thread_sp, t.state.map(|s| s.offset)),
+            (9728, 0x14d8, Some(0x18))
+        );
         assert_eq!(p.symbols.address("_text"), Some(0xffff_ffff_8100_0000));
         assert_eq!(
             p.symbols.address("linux_banner"),

@@ -134,9 +134,17 @@ pub fn kernel_images() -> Vec<PathBuf> {
     out
 }
 
-/// The first kernel image, or `None` after printing why the test is skipped.
+/// The kernel image the single-kernel tests pin their known values to: bookworm's 6.1
+/// cloud kernel when the cache has it (the cache also holds the other kernels of the test
+/// matrix: 5.10, 6.12, generic and RT flavours), else the first one; `None` after
+/// printing why the test is skipped.
 pub fn kernel_image_or_skip(test: &str) -> Option<PathBuf> {
-    let img = kernel_images().into_iter().next();
+    let all = kernel_images();
+    let is_default = |p: &PathBuf| {
+        let s = p.to_string_lossy();
+        s.contains("linux-image-6.1.0-") && s.contains("-cloud-amd64")
+    };
+    let img = all.iter().find(|p| is_default(p)).or(all.first()).cloned();
     if img.is_none() {
         let msg = format!(
             "SKIPPED {test}: no Debian kernel image (.deb not in {} and apt-get download failed)",
