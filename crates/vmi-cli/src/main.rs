@@ -138,8 +138,8 @@ pub enum Command {
         /// Only system calls of this process.
         #[arg(long, requires = "syscall")]
         pid: Option<u32>,
-        /// Report each system call at its return, with `ret`.
-        #[arg(long = "return", requires = "syscall")]
+        /// Report each call at its return, with its return value `ret`.
+        #[arg(long = "return")]
         returns: bool,
     },
     /// Watch what happens in a live target, one line per event.

@@ -228,6 +228,29 @@ fn trace_syscalls_of_vmi_loop_with_decoded_arguments() {
     assert_eq!(hits.len(), 1);
     assert_eq!(hits[0]["comm"], "sleep");
 
+    // A function with its return value: do_sys_openat2(dfd, filename, how) returns
+    // vmi_loop's new descriptor (3, as openat above).
+    let calls = lines(&vmi(
+        &live,
+        &[
+            "--json",
+            "trace",
+            "do_sys_openat2",
+            "--return",
+            "--count",
+            "2",
+        ],
+    ));
+    assert_eq!(calls.len(), 2);
+    for c in &calls {
+        assert_eq!(c["pid"], loop_pid, "{c}");
+        // An int argument: the upper half of rdi is the caller's.
+        let dfd = u64::from_str_radix(c["args"][0].as_str().unwrap().trim_start_matches("0x"), 16)
+            .unwrap();
+        assert_eq!(dfd & 0xffff_ffff, 0xffff_ff9c, "AT_FDCWD: {c}");
+        assert_eq!(c["ret"], "0x3", "{c}");
+    }
+
     // A name without an entry point: an error, nothing left behind.
     let out = vmi(&live, &["trace", "--syscall", "openat,no_such_call"]);
     assert_eq!(out.status.code(), Some(1));

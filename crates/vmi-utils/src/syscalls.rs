@@ -32,8 +32,6 @@
 //! sizes as numbers, pointers as hex strings. What cannot be read (a string in a page not
 //! yet faulted in) is reported in [`SyscallEvent::problems`]; other calls get `arg0`..`arg5`.
 
-use std::collections::BTreeMap;
-use std::sync::Mutex;
 use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -45,13 +43,13 @@ use vmi_core::{
 use vmi_os_linux::LinuxOs;
 
 use crate::bpm::{AddressSpace, BreakpointId, BreakpointManager, ManagerStats};
+use crate::returns::Waiting;
 
 /// Most bytes of one string argument (`PATH_MAX`).
 pub const MAX_STRING: usize = 4096;
 /// Most entries of an `argv` array.
 pub const MAX_ARGV: usize = 1024;
-/// Most calls waiting for their return at once.
-pub const MAX_PENDING_RETURNS: usize = 4096;
+pub use crate::returns::MAX_PENDING_RETURNS;
 
 /// How an argument is shown.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -320,8 +318,8 @@ pub struct SyscallTracer<'a, D: VmiRead + VmiEventControl> {
     names: Vec<String>,
     options: SyscallOptions,
     pt: Pt,
-    /// Calls waiting for their return: by return breakpoint, in arrival order.
-    waiting: Mutex<BTreeMap<BreakpointId, SyscallEvent>>,
+    /// Calls waiting for their return.
+    waiting: Waiting<SyscallEvent>,
 }
 
 fn now_ns() -> u128 {
@@ -384,7 +382,7 @@ where
             names: names.iter().map(|n| n.to_string()).collect(),
             options,
             pt,
-            waiting: Mutex::new(BTreeMap::new()),
+            waiting: Waiting::new(),
         })
     }
 
@@ -439,7 +437,7 @@ where
             }
         };
         let args = self.decode_args(&name, Va(regs.rdi), root, &mut problems);
-        let mut event = SyscallEvent {
+        let event = SyscallEvent {
             time_ns: now_ns(),
             vcpu,
             pid,
@@ -453,32 +451,13 @@ where
         if !self.options.returns {
             return Some(event);
         }
-        let sp = regs.rsp;
-        let at = self
-            .core
-            .read_va(AccessContext::paging(Va(sp), root))
-            .and_then(|ret| {
-                self.bpm.add(
-                    AddressSpace::Kernel(self.os.kernel().kernel_root),
-                    ret,
-                    Tag::Return {
-                        tid,
-                        sp: sp.wrapping_add(8),
-                    },
-                )
-            });
-        match at {
-            Ok(id) => {
-                let mut waiting = self.waiting.lock().unwrap_or_else(|p| p.into_inner());
-                waiting.insert(id, event);
-                if waiting.len() > MAX_PENDING_RETURNS
-                    && let Some((old, _)) = waiting.pop_first()
-                {
-                    let _ = self.bpm.remove(old);
-                }
-                None
-            }
-            Err(e) => {
+        let space = AddressSpace::Kernel(self.os.kernel().kernel_root);
+        match self
+            .waiting
+            .park(&self.bpm, space, regs, |sp| Tag::Return { tid, sp }, event)
+        {
+            Ok(()) => None,
+            Err((mut event, e)) => {
                 // Report the call without its return rather than lose it.
                 event.problems.push(format!("return address: {e}"));
                 Some(event)
@@ -495,12 +474,7 @@ where
         if task.pid != tid {
             return None;
         }
-        let _ = self.bpm.remove(id);
-        let mut event = self
-            .waiting
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .remove(&id)?;
+        let mut event = self.waiting.take(&self.bpm, id)?;
         event.ret = Some(regs.rax as i64);
         Some(event)
     }

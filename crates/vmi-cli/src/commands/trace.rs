@@ -11,6 +11,7 @@ use vmi_core::{
 };
 use vmi_driver_qemu::QemuDriver;
 use vmi_os_linux::LinuxOs;
+use vmi_utils::calls::FunctionTracer;
 use vmi_utils::syscalls::{ArgValue, SyscallOptions, SyscallTracer};
 
 use super::parse_address_with;
@@ -98,6 +99,9 @@ pub fn run(cli: &Cli, core: &VmiCore<QemuDriver>) -> Result<(), Failure> {
         location,
         Some(&|name: &str| os.symbol_address(name)),
     )?);
+    if *returns {
+        return function_returns(cli, core, &os, location, va, count);
+    }
     let kind = if *software {
         BreakpointKind::Software
     } else {
@@ -229,6 +233,64 @@ fn syscalls(
     eprintln!(
         "{seen} call(s); {} breakpoint hit(s), {} not ours; breakpoints removed",
         stats.hits, stats.foreign_hits
+    );
+    Ok(())
+}
+
+/// `vmi trace FUNCTION --return`: one line per call, at its return.
+fn function_returns(
+    cli: &Cli,
+    core: &VmiCore<QemuDriver>,
+    os: &LinuxOs,
+    location: &str,
+    va: Va,
+    count: Option<u64>,
+) -> Result<(), Failure> {
+    let stop = super::watch::stop_on_ctrl_c()?;
+    let tracer = FunctionTracer::new(core, os, va, true)?;
+    eprintln!("tracing {location} at {va} with returns; Ctrl-C to stop");
+    let mut seen = 0u64;
+    let mut out_err = None;
+    let result = tracer.run_until(&stop, |c| {
+        if count.is_some_and(|n| seen >= n) || out_err.is_some() {
+            return;
+        }
+        seen += 1;
+        let args: Vec<String> = c.args.iter().map(|a| format!("{a:#x}")).collect();
+        let ret = c.ret.map(|r| format!("{r:#x}"));
+        let line = if cli.json {
+            json!({"hit": seen, "vcpu": c.vcpu.0, "rip": format!("{:#x}", c.rip), "pid": c.pid,
+                "tid": c.tid, "comm": c.comm, "args": args, "ret": ret, "problems": c.problems})
+            .to_string()
+        } else {
+            format!(
+                "#{:<5} {} pid {:<6} {:<16} rip {:#x}  args({}) = {}",
+                seen,
+                c.vcpu,
+                c.pid.map_or("?".into(), |p| p.to_string()),
+                c.comm,
+                c.rip,
+                args.join(", "),
+                ret.as_deref().unwrap_or("?")
+            )
+        };
+        if let Err(err) = super::watch::write_line(&line) {
+            out_err = Some(err);
+            stop.store(true, Ordering::SeqCst);
+        }
+        if count.is_some_and(|n| seen >= n) {
+            stop.store(true, Ordering::SeqCst);
+        }
+    });
+    let stats = tracer.stats();
+    drop(tracer);
+    result?;
+    if let Some(e) = out_err {
+        return Err(e.into());
+    }
+    eprintln!(
+        "{seen} call(s); {} breakpoint hit(s); breakpoints removed",
+        stats.hits
     );
     Ok(())
 }
