@@ -137,7 +137,11 @@ fn check_kernel(path: &Path) {
     std::fs::write(&vmlinux, &elf).unwrap();
     match bpftool_dump(&vmlinux) {
         Some(dump) => {
-            let state = if t.state.is_some() { "__state" } else { "state" };
+            let state = if t.state.is_some() {
+                "__state"
+            } else {
+                "state"
+            };
             for name in [
                 "tasks",
                 "pid",
