@@ -50,4 +50,6 @@ pub use crate::driver::{
 pub use crate::error::{FaultKind, PageAbsence, PageFault, VmiError};
 pub use crate::event::{EventAction, MonitorChange, VmiEvent, VmiEventResponse};
 pub use crate::os::{OsModule, OsProcess, OsRegion, OsThread, RegionProtection, VmiOs};
-pub use crate::session::{ArchitectureOf, VmiContext, VmiHandler, VmiOsState, VmiSession};
+pub use crate::session::{
+    ArchitectureOf, VmiContext, VmiHandler, VmiOsState, VmiSession, VmiState,
+};

@@ -83,6 +83,120 @@ impl<D: VmiDriver, O> Deref for VmiSession<'_, D, O> {
     }
 }
 
+impl<'a, D: VmiDriver, O> VmiSession<'a, D, O> {
+    /// The session bound to explicit registers, outside any event: reads in their
+    /// address space, OS operations that need a vCPU's state (`current_process`,
+    /// `syscall_arguments`) answered for them.
+    ///
+    /// ```
+    /// # use vmi_core::*;
+    /// # use vmi_driver_mock::{MockDriver, PageSize, PageTableBuilder};
+    /// # struct NoOs;
+    /// # impl<D: VmiRead> VmiOs<D> for NoOs {
+    /// #     fn name(&self) -> &'static str { "none" }
+    /// #     fn kernel_image_base(&self, _: &VmiCore<D>) -> Result<Va, VmiError> { Ok(Va(0)) }
+    /// #     fn kernel_information_string(&self, _: &VmiCore<D>) -> Result<String, VmiError> {
+    /// #         Ok("none".into())
+    /// #     }
+    /// #     fn processes(&self, _: &VmiCore<D>) -> Result<Vec<OsProcess>, VmiError> { Ok(vec![]) }
+    /// # }
+    /// let driver = MockDriver::new(16 << 20);
+    /// let mut tables = PageTableBuilder::new(&driver, Pa(0x10_0000), Pa(0x20_0000));
+    /// tables.map(Va(0x40_0000), Pa(0x5000), PageSize::Size4K);
+    /// driver.write_physical(Pa(0x5000), b"user\0");
+    /// let mut registers = vmi_arch_amd64::Registers::default();
+    /// registers.cr3 = vmi_arch_amd64::Cr3(tables.root().0);
+    /// let core = VmiCore::new(driver)?;
+    /// let session = VmiSession::new(&core, &NoOs);
+    /// let state = session.with_registers(&registers);
+    /// assert_eq!(state.read_string(Va(0x40_0000), 16)?, "user");
+    /// # Ok::<(), VmiError>(())
+    /// ```
+    pub fn with_registers(&self, registers: &'a RegistersOf<D>) -> VmiState<'a, D, O> {
+        VmiState {
+            session: *self,
+            registers,
+        }
+    }
+}
+
+/// A session plus explicit registers (from [`VmiSession::with_registers`]): what a
+/// [`VmiContext`] is for an event, for registers the caller chose (a vCPU read while
+/// paused, a saved state, registers to try before setting them).
+pub struct VmiState<'a, D: VmiDriver, O> {
+    session: VmiSession<'a, D, O>,
+    registers: &'a RegistersOf<D>,
+}
+
+impl<'a, D: VmiDriver, O> VmiState<'a, D, O> {
+    /// The registers.
+    pub fn registers(&self) -> &'a RegistersOf<D> {
+        self.registers
+    }
+
+    /// The session.
+    pub fn session(&self) -> VmiSession<'a, D, O> {
+        self.session
+    }
+
+    /// The page-table root of the registers' address space.
+    pub fn root(&self) -> Pa {
+        self.registers.translation_root()
+    }
+
+    /// `va` in the registers' address space.
+    pub fn access(&self, va: Va) -> AccessContext {
+        AccessContext::paging(va, self.root())
+    }
+}
+
+impl<'a, D: VmiRead, O: VmiOs<D>> VmiState<'a, D, O> {
+    /// OS operations bound to these registers.
+    pub fn os(&self) -> VmiOsState<'a, D, O> {
+        VmiOsState {
+            core: self.session.core,
+            os: self.session.os,
+            registers: Some(self.registers),
+        }
+    }
+}
+
+impl<D: VmiRead, O> VmiState<'_, D, O> {
+    /// Reads bytes at `va` in the registers' address space.
+    pub fn read(&self, va: Va, buf: &mut [u8]) -> Result<(), VmiError> {
+        self.session.core.read(self.access(va), buf)
+    }
+
+    /// Reads a `u64` at `va` in the registers' address space.
+    pub fn read_u64(&self, va: Va) -> Result<u64, VmiError> {
+        self.session.core.read_u64(self.access(va))
+    }
+
+    /// Reads a pointer at `va` in the registers' address space.
+    pub fn read_va(&self, va: Va) -> Result<Va, VmiError> {
+        self.session.core.read_va(self.access(va))
+    }
+
+    /// Reads a NUL-terminated string at `va` in the registers' address space.
+    pub fn read_string(&self, va: Va, max_len: usize) -> Result<String, VmiError> {
+        self.session.core.read_string(self.access(va), max_len)
+    }
+
+    /// Translates `va` in the registers' address space.
+    pub fn translate_address(&self, va: Va) -> Result<Pa, VmiError> {
+        self.session
+            .core
+            .translate_address(self.registers.address_context(va))
+    }
+}
+
+impl<'a, D: VmiDriver, O> Deref for VmiState<'a, D, O> {
+    type Target = VmiSession<'a, D, O>;
+    fn deref(&self) -> &VmiSession<'a, D, O> {
+        &self.session
+    }
+}
+
 /// Handles events in [`VmiSession::handle`].
 pub trait VmiHandler<D: VmiRead + VmiEventControl, O: VmiOs<D>> {
     /// What the handler produces when it is done.

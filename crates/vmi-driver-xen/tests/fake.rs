@@ -358,6 +358,37 @@ fn breakpoints_are_planted_and_restored() {
 }
 
 #[test]
+fn monitors_changed_in_a_response_apply_before_the_vcpu_goes_on() {
+    let (xen, d, drv) = hvm();
+    xen.write_memory(d, 0x3010, &[0x55]);
+    xen.write_memory(d, 0x3020, &[0x66]);
+    let first = EventMonitor::Breakpoint {
+        address: BreakpointAddress::Physical(Pa(0x3010)),
+        kind: BreakpointKind::Software,
+    };
+    let second = EventMonitor::Breakpoint {
+        address: BreakpointAddress::Physical(Pa(0x3020)),
+        kind: BreakpointKind::Software,
+    };
+    drv.monitor_enable(first).unwrap();
+    let mut e = cr3_request(0, 0, 0);
+    e.reason = reason::SOFTWARE_BREAKPOINT;
+    e.u = [3, 0, 1, 0];
+    e.regs.rip = 0xffff_ffff_8000_0010;
+    xen.push_request(d, &e).unwrap();
+    drv.wait_for_events(T, &mut |_| {
+        VmiEventResponse::continue_()
+            .and_change(vmi_core::MonitorChange::Disable(first))
+            .and_change(vmi_core::MonitorChange::Enable(second))
+    })
+    .unwrap();
+    assert_eq!(xen.read_memory(d, 0x3010, 1), [0x55], "restored");
+    assert_eq!(xen.read_memory(d, 0x3020, 1), [0xcc], "planted");
+    drop(drv);
+    assert_eq!(xen.read_memory(d, 0x3020, 1), [0x66]);
+}
+
+#[test]
 fn hvm_registers_read_and_write_through_the_save_blob() {
     let xen = FakeXen::new();
     let d = xen.add_hvm_domain_with_vcpus(64, 2);
