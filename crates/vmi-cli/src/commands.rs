@@ -696,7 +696,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             let task = self.find(os, pid)?;
             return task.user_root.ok_or_else(|| {
                 Failure::from(anyhow!(
-                    "process {pid} is a kernel thread: no user address space"
+                    "process {pid} has no user address space (a kernel thread or an exited process)"
                 ))
             });
         }

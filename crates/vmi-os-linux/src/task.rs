@@ -475,18 +475,14 @@ impl LinuxOs {
                     ),
                 ));
             }
+            if task.mm.is_none() {
+                // A kernel thread or a zombie: no address space, so nothing, as
+                // /proc/PID/cmdline and environ show.
+                return Ok(Vec::new());
+            }
             return Err(VmiError::NotFound {
                 kind: "user address space",
-                name: format!(
-                    "{} {} ({})",
-                    if task.is_kernel_thread() {
-                        "kernel thread"
-                    } else {
-                        "exited process"
-                    },
-                    task.pid,
-                    task.comm
-                ),
+                name: format!("{} ({})", task.pid, task.comm),
             });
         };
         let k = self.kmem(core);
@@ -517,7 +513,8 @@ impl LinuxOs {
             .collect())
     }
 
-    /// The command line (`mm->arg_start..arg_end`), one string per argument.
+    /// The command line (`mm->arg_start..arg_end`), one string per argument; empty for a
+    /// kernel thread or a zombie (no address space), as `/proc/PID/cmdline` is.
     pub fn cmdline<D: VmiRead<Architecture = Amd64>>(
         &self,
         core: &VmiCore<D>,
@@ -527,7 +524,8 @@ impl LinuxOs {
         self.user_strings(core, task, mo.arg_start, mo.arg_end, "mm_struct.arg_start")
     }
 
-    /// The environment (`mm->env_start..env_end`), one `KEY=VALUE` string per variable.
+    /// The environment (`mm->env_start..env_end`), one `KEY=VALUE` string per variable;
+    /// empty without an address space.
     pub fn environment<D: VmiRead<Architecture = Amd64>>(
         &self,
         core: &VmiCore<D>,
