@@ -185,9 +185,26 @@ fn profile_with(maple: bool) -> Profile {
     if maple {
         // mm_struct gains mm_mt (found by name; its own type does not matter here).
         mm_fields.push(("mm_mt", MM_MT, 16));
+        // What /proc/PID/maps names [heap] and [stack] by.
+        mm_fields.extend([
+            ("start_brk", 0x160, 8),
+            ("brk", 0x168, 8),
+            ("start_stack", 0x170, 8),
+        ]);
     }
     strukt(&mut b, "mm_struct", 0x200, &mm_fields);
-    strukt(&mut b, "vm_area_struct", 0x100, VMA_FIELDS);
+    let mut vma_fields = VMA_FIELDS.to_vec();
+    if maple {
+        // PR_SET_VMA_ANON_NAME (5.17+): a pointer to `struct anon_vma_name`.
+        vma_fields.push(("anon_name", VMA_ANON_NAME, 8));
+        strukt(
+            &mut b,
+            "anon_vma_name",
+            8,
+            &[("kref", 0, 4), ("name", 4, 4)],
+        );
+    }
+    strukt(&mut b, "vm_area_struct", 0x100, &vma_fields);
     for &(name, size, fields) in PRINTK_STRUCTS {
         strukt(&mut b, name, size, fields);
     }
@@ -595,6 +612,8 @@ fn vma_list_cycle_and_garbage() {
 
 /// Offset of `mm_struct.mm_mt` in the maple profile (`ma_root` 8 bytes further).
 const MM_MT: u64 = 0x140;
+/// Offset of `vm_area_struct.anon_name` in the maple profile.
+const VMA_ANON_NAME: u64 = 0x88;
 
 /// A maple tree of three levels as the kernel builds one for `n` VMAs: leaves
 /// (`maple_leaf_64`) alternating a VMA and the gap after it (8 VMAs per full leaf, the
@@ -692,6 +711,7 @@ fn maple_tree_of_three_levels_lists_every_vma_in_order() {
     let found: Vec<u64> = got.vmas.iter().map(|v| v.vma.0).collect();
     assert_eq!(found, vmas);
     assert_eq!(got.vmas[299].start.0, 0x10_0000 + 299 * 0x2000);
+    assert!(got.vmas.iter().all(|v| v.name.is_none()));
 
     // A child slot pointing back at the root: reported as a cycle, the rest still listed.
     let m = Mock::new(2);
@@ -719,6 +739,48 @@ fn maple_tree_of_three_levels_lists_every_vma_in_order() {
         got.skipped
     );
     assert_eq!(got.vmas.len(), vmas.len() - 80);
+}
+
+/// VMA names as `/proc/PID/maps` prints them for anonymous VMAs: `[heap]` (overlapping
+/// `start_brk..brk`), `[stack]` (holding `start_stack`), `[anon:NAME]` (a
+/// `PR_SET_VMA_ANON_NAME` name: no Debian kernel of the test matrix enables it, so the mock
+/// is its test), and unnamed otherwise; a name pointer into unmapped memory is reported.
+#[test]
+fn anonymous_vmas_are_named_as_proc_maps_names_them() {
+    let m = Mock::new(2);
+    let mm = 0xffff_ffff_82b0_0000u64;
+    m.write_u64(task_va(1) + off("mm"), mm);
+    m.write_u64(mm + 0x48, 0xffff_8880_0010_0000);
+    let (vmas, _) = write_maple_tree(&m, mm, 20);
+    let start = |i: u64| 0x10_0000 + i * 0x2000;
+    m.write_u64(mm + 0x160, start(3)); // start_brk
+    m.write_u64(mm + 0x168, start(3) + 0x800); // brk
+    m.write_u64(mm + 0x170, start(7) + 0x10); // start_stack
+    let name = 0xffff_ffff_82bf_0000u64;
+    m.write(name, b"\x01\0\0\0vmi-named\0");
+    m.write_u64(vmas[11] + VMA_ANON_NAME, name);
+    m.write_u64(vmas[12] + VMA_ANON_NAME, 0xffff_ffff_9000_0000); // unmapped
+    let (core, os) = m.os_with(Limits::default(), profile_with(true));
+    let task = os.find_process(&core, 1).unwrap();
+    let got = os.vmas(&core, &task).unwrap();
+    let names: Vec<(usize, &str)> = got
+        .vmas
+        .iter()
+        .enumerate()
+        .filter_map(|(i, v)| Some((i, v.name.as_deref()?)))
+        .collect();
+    assert_eq!(
+        names,
+        [(3, "[heap]"), (7, "[stack]"), (11, "[anon:vmi-named]")]
+    );
+    assert_eq!(
+        got.vmas.len(),
+        19,
+        "the VMA whose name cannot be read is reported"
+    );
+    assert_eq!(got.skipped.len(), 1, "{:?}", got.skipped);
+    assert_eq!(got.skipped[0].0, Va(vmas[12]));
+    assert!(got.vmas[3].maps_line().ends_with(" [heap]"));
 }
 
 /// Writes a printk ring of `2^count_bits` descriptors and `2^size_bits` text bytes holding
