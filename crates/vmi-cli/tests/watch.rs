@@ -135,6 +135,40 @@ fn watch_procs_reports_vmi_loop_sleeps() {
         String::from_utf8_lossy(&out.stdout)
     );
     assert_runs_clean(&guest, &live);
+
+    // Killed outright (SIGKILL) while tracing: the QEMU driver's guard process removes
+    // the breakpoints and lets the guest run.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["--target", &live, "--json", "watch", "procs"])
+        .env(
+            "VMI_PROFILE_CACHE",
+            std::env::temp_dir().join("vmi-cli-test-profiles"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(guest.dir().join("killed.stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    // Killed while tracing: after its first event.
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("\"event\""), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let until = Instant::now() + Duration::from_secs(10);
+    while status(&guest) != "running" && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_eq!(
+        status(&guest),
+        "running",
+        "after SIGKILL: {}",
+        std::fs::read_to_string(guest.dir().join("killed.stderr")).unwrap_or_default()
+    );
+    assert_runs_clean(&guest, &live);
 }
 
 #[test]
