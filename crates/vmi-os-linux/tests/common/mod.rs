@@ -163,6 +163,22 @@ pub fn check_all<D: VmiRead<Architecture = Amd64>>(
     }
     assert!(compared >= 20, "[{label}] only {compared} symbols compared");
 
+    // The kernel log (read a batch of descriptors at a time): records in sequence order,
+    // and the first record of the boot, when still in the ring, is the banner.
+    let log = os.dmesg(core).expect("dmesg");
+    assert!(log.len() > 50, "[{label}] only {} log records", log.len());
+    assert!(
+        log.windows(2).all(|w| w[0].seq < w[1].seq),
+        "[{label}] log sequence numbers"
+    );
+    if log[0].seq == 0 {
+        assert!(
+            log[0].text.starts_with("Linux version"),
+            "[{label}] first log record: {:?}",
+            log[0].text
+        );
+    }
+
     // Processes.
     let list = os.process_list(core).expect("process list");
     assert!(
