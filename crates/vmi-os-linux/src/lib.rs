@@ -16,8 +16,9 @@
 //! 2. **Profile.** kallsyms decoded from guest memory (VMCOREINFO lists the tables since
 //!    6.0; on older kernels they are found by their structure in the read-only pages of the
 //!    kernel image, see `ksyms.rs`) and BTF read between `__start_BTF` and `__stop_BTF` make a
-//!    [`vmi_profile::Profile`]; it is cached on disk under the kernel's build id with
-//!    link-time addresses, so the next run of the same build loads in milliseconds.
+//!    [`vmi_profile::Profile`]. The parsed types are cached on disk under the SHA-256 of
+//!    the BTF bytes read, never under what the guest claims to be (build id, banner): a
+//!    hostile guest cannot plant types another guest loads. kallsyms are read each time.
 //!    Files are optional ([`LinuxOsBuilder::vmlinux`], [`system_map`](LinuxOsBuilder::system_map),
 //!    [`isf`](LinuxOsBuilder::isf), [`profile`](LinuxOsBuilder::profile)).
 //! 3. **Offsets** all come from the profile (`profile_struct!`), none is hard-coded;
@@ -138,7 +139,8 @@ impl Default for Limits {
 pub enum ProfileOrigin {
     /// kallsyms and BTF read from guest memory.
     Memory,
-    /// The on-disk cache (this file).
+    /// kallsyms from guest memory, types from the on-disk cache entry of the very BTF bytes
+    /// read from guest memory (this file).
     Cache(PathBuf),
     /// Given by the caller.
     Given,
