@@ -283,6 +283,14 @@ fn trace_syscalls_of_vmi_loop_with_decoded_arguments() {
             .unwrap();
         assert_eq!(dfd & 0xffff_ffff, 0xffff_ff9c, "AT_FDCWD: {c}");
         assert_eq!(c["ret"], "0x3", "{c}");
+        // Decoded by the kernel's BTF prototype, read at the entry.
+        let p = &c["params"];
+        assert_eq!(p["dfd"], -100, "{c}");
+        assert_eq!(p["filename"], "/tmp/vmi_loop.count", "{c}");
+        let flags = p["how"]["flags"].as_u64().unwrap();
+        assert_eq!(flags & 0o7777, 0o1101, "O_WRONLY|O_CREAT|O_TRUNC: {c}");
+        assert_eq!(p["how"]["mode"], 0o666, "{c}");
+        assert_eq!(c["ret_value"], 3, "{c}");
     }
 
     // A name without an entry point: an error, nothing left behind.

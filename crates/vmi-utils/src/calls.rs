@@ -8,10 +8,13 @@ use std::sync::atomic::AtomicBool;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use vmi_arch_amd64::{Amd64, Registers};
-use vmi_core::{Va, VcpuId, VmiCore, VmiError, VmiEventControl, VmiEventResponse, VmiRead};
+use vmi_core::{
+    Registers as _, Va, VcpuId, VmiCore, VmiError, VmiEventControl, VmiEventResponse, VmiRead,
+};
 use vmi_os_linux::LinuxOs;
 
 use crate::bpm::{AddressSpace, BreakpointId, BreakpointManager, ManagerStats};
+use crate::decode::{Decoder, Signature, Value, signature};
 use crate::returns::Waiting;
 
 /// One call.
@@ -33,6 +36,11 @@ pub struct FunctionCall {
     pub args: [u64; 6],
     /// `rax` at the return, when returns are traced.
     pub ret: Option<u64>,
+    /// The arguments decoded by the function's prototype in the profile (empty without
+    /// one), read at the entry.
+    pub params: Vec<(String, Value)>,
+    /// The return value decoded by the prototype's return type.
+    pub ret_decoded: Option<Value>,
     /// What could not be done (the call is real).
     pub problems: Vec<String>,
 }
@@ -49,6 +57,7 @@ pub struct FunctionTracer<'a, D: VmiRead + VmiEventControl> {
     os: &'a LinuxOs,
     bpm: BreakpointManager<'a, D, Tag>,
     returns: bool,
+    signature: Option<Signature>,
     waiting: Waiting<FunctionCall>,
 }
 
@@ -57,11 +66,13 @@ where
     D: VmiRead<Architecture = Amd64> + VmiEventControl,
 {
     /// Sets a breakpoint at `entry` (a kernel address); with `returns`, each call is
-    /// reported at its return.
+    /// reported at its return. `name`, when given, looks up the function's prototype in
+    /// the profile to decode arguments and return value ([`FunctionCall::params`]).
     pub fn new(
         core: &'a VmiCore<D>,
         os: &'a LinuxOs,
         entry: Va,
+        name: Option<&str>,
         returns: bool,
     ) -> Result<Self, VmiError> {
         let bpm = BreakpointManager::new(core);
@@ -75,6 +86,7 @@ where
             os,
             bpm,
             returns,
+            signature: name.and_then(|n| signature(os.profile(), n)),
             waiting: Waiting::new(),
         })
     }
@@ -120,6 +132,12 @@ where
             rip: r.rip,
             args: [r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9],
             ret: None,
+            params: match &self.signature {
+                Some(sig) => Decoder::new(self.core, self.os.profile(), r.translation_root())
+                    .arguments(sig, [r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9]),
+                None => Vec::new(),
+            },
+            ret_decoded: None,
             problems: Vec::new(),
         };
         if !self.returns {
@@ -159,6 +177,11 @@ where
         }
         let mut call = self.waiting.take(&self.bpm, id)?;
         call.ret = Some(r.rax);
+        if let Some(ty) = self.signature.as_ref().and_then(|s| s.ret) {
+            call.ret_decoded = Some(
+                Decoder::new(self.core, self.os.profile(), r.translation_root()).value(ty, r.rax),
+            );
+        }
         Some(call)
     }
 }

@@ -6,6 +6,7 @@
 //! | [`bpm`] | [`BreakpointManager`](bpm::BreakpointManager): many breakpoints keyed by (address space, virtual address) with user tags, pending until their page is present (page-table monitor: armed in the stop of the kernel's write of the entry), removed on drop |
 //! | [`tracker`] | [`ProcessTracker`](tracker::ProcessTracker): Linux fork/clone, exec (file name, argv), exit (code or signal) |
 //! | [`calls`] | [`FunctionTracer`](calls::FunctionTracer): entry (SysV arguments) and, per thread, the return value of each call of a kernel function |
+//! | [`decode`] | arguments and return values decoded by the kernel's BTF prototypes: strings, enum names, struct fields |
 //! | [`syscalls`] | [`SyscallTracer`](syscalls::SyscallTracer): Linux system calls with decoded arguments (paths, argv, open flags) and return values |
 //!
 //! Key decision: the manager owns no event loop of its own kind — it wraps the driver's
@@ -26,6 +27,7 @@
 
 pub mod bpm;
 pub mod calls;
+pub mod decode;
 mod returns;
 pub mod syscalls;
 pub mod tracker;

@@ -12,6 +12,7 @@ use vmi_core::{
 use vmi_driver_qemu::QemuDriver;
 use vmi_os_linux::LinuxOs;
 use vmi_utils::calls::FunctionTracer;
+use vmi_utils::decode::Value;
 use vmi_utils::syscalls::{ArgValue, SyscallOptions, SyscallTracer};
 
 use super::parse_address_with;
@@ -247,7 +248,9 @@ fn function_returns(
     count: Option<u64>,
 ) -> Result<(), Failure> {
     let stop = super::watch::stop_on_ctrl_c()?;
-    let tracer = FunctionTracer::new(core, os, va, true)?;
+    // A symbol's prototype (BTF) decodes arguments and return value.
+    let name = os.symbol_address(location).map(|_| location);
+    let tracer = FunctionTracer::new(core, os, va, name, true)?;
     eprintln!("tracing {location} at {va} with returns; Ctrl-C to stop");
     let mut seen = 0u64;
     let mut out_err = None;
@@ -259,8 +262,14 @@ fn function_returns(
         let args: Vec<String> = c.args.iter().map(|a| format!("{a:#x}")).collect();
         let ret = c.ret.map(|r| format!("{r:#x}"));
         let line = if cli.json {
+            let params: serde_json::Map<String, serde_json::Value> = c
+                .params
+                .iter()
+                .map(|(k, v)| (k.clone(), value_json(v)))
+                .collect();
             json!({"hit": seen, "vcpu": c.vcpu.0, "rip": format!("{:#x}", c.rip), "pid": c.pid,
-                "tid": c.tid, "comm": c.comm, "args": args, "ret": ret, "problems": c.problems})
+                "tid": c.tid, "comm": c.comm, "args": args, "ret": ret, "params": params,
+                "ret_value": c.ret_decoded.as_ref().map(value_json), "problems": c.problems})
             .to_string()
         } else {
             format!(
@@ -270,8 +279,19 @@ fn function_returns(
                 c.pid.map_or("?".into(), |p| p.to_string()),
                 c.comm,
                 c.rip,
-                args.join(", "),
-                ret.as_deref().unwrap_or("?")
+                if c.params.is_empty() {
+                    args.join(", ")
+                } else {
+                    c.params
+                        .iter()
+                        .map(|(k, v)| format!("{k}={}", value_json(v)))
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                },
+                c.ret_decoded.as_ref().map_or_else(
+                    || ret.clone().unwrap_or_else(|| "?".into()),
+                    |v| value_json(v).to_string()
+                )
             )
         };
         if let Err(err) = super::watch::write_line(&line) {
@@ -293,4 +313,23 @@ fn function_returns(
         stats.hits
     );
     Ok(())
+}
+
+/// A decoded value as JSON: numbers, strings, enum names, `"0x…"` pointers, objects for
+/// structs, `{"unreadable": why}`.
+fn value_json(v: &Value) -> serde_json::Value {
+    match v {
+        Value::Int(i) => json!(i),
+        Value::Uint(u) => json!(u),
+        Value::Bool(b) => json!(b),
+        Value::Enum(e) | Value::Str(e) => json!(e),
+        Value::Ptr(p) => json!(format!("{p:#x}")),
+        Value::Struct(fields) => serde_json::Value::Object(
+            fields
+                .iter()
+                .map(|(k, v)| (k.clone(), value_json(v)))
+                .collect(),
+        ),
+        Value::Unreadable(why) => json!({ "unreadable": why }),
+    }
 }
