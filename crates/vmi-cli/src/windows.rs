@@ -165,11 +165,24 @@ pub fn ps<D>(ctx: &Ctx<'_, D>, w: &WindowsOs, tree: bool) -> Result<(), Failure>
 where
     D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
 {
-    let list = w.win_processes(ctx.core)?;
+    // What one bad EPROCESS link hides is reported; the rest is listed (issue 14).
+    let list = w.process_list(ctx.core)?;
+    for (va, e) in &list.skipped {
+        ctx.warn(format_args!("skipped the process at {va}: {e}"));
+    }
     let entries: Vec<PsEntry> = list
+        .items
         .iter()
         .map(|p| {
-            let cmdline = w.command_line(ctx.core, p).unwrap_or_default();
+            let mut errors = Vec::new();
+            let cmdline = if p.peb.is_null() {
+                String::new()
+            } else {
+                w.command_line(ctx.core, p).unwrap_or_else(|e| {
+                    errors.push(format!("command line: {e}"));
+                    String::new()
+                })
+            };
             PsEntry {
                 pid: p.pid,
                 ppid: p.ppid,
@@ -195,10 +208,15 @@ where
                 ns_pid: None,
                 pid_ns: None,
                 hostname: None,
-                errors: Vec::new(),
+                errors,
             }
         })
         .collect();
+    for e in &entries {
+        for err in &e.errors {
+            ctx.warn(format_args!("process {} ({}): {err}", e.pid, e.name));
+        }
+    }
     ctx.print_ps(&entries, tree)
 }
 
