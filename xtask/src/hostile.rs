@@ -776,23 +776,7 @@ pub fn run(c: &Campaign) -> Result<bool> {
     let mut rng = Rng(c.seed | 1);
     let mut file = OpenOptions::new().read(true).write(true).open(&work)?;
     let len = file.metadata()?.len();
-    let mut by_kind: BTreeMap<&'static str, Stats> = BTreeMap::new();
     let started = Instant::now();
-    for i in 0..c.mutations {
-        let m = mutate(&mut rng, &layout, &objects, len, i);
-        let undo = apply(&mut file, &m.patches)?;
-        file.sync_data()?;
-        let label = format!("mutation {i}: {} {}", m.kind, m.what);
-        let stats = by_kind.entry(m.kind).or_default();
-        for a in &cmds {
-            let r = run_vmi(c, &work, a)?;
-            stats.add(c, &label, a, &r);
-        }
-        apply(&mut file, &undo)?;
-        if i % 50 == 49 {
-            eprintln!("[hostile] {} mutations in {:?}", i + 1, started.elapsed());
-        }
-    }
     let mut decoys = Stats::default();
     if c.variants > 0 && objects.arena.is_empty() {
         bail!(
@@ -837,6 +821,33 @@ pub fn run(c: &Campaign) -> Result<bool> {
             }
         }
         apply(&mut file, &undo)?;
+    }
+    let mut by_kind: BTreeMap<&'static str, Stats> = BTreeMap::new();
+    for i in 0..c.mutations {
+        let m = mutate(&mut rng, &layout, &objects, len, i);
+        let undo = apply(&mut file, &m.patches)?;
+        file.sync_data()?;
+        let label = format!("mutation {i}: {} {}", m.kind, m.what);
+        let stats = by_kind.entry(m.kind).or_default();
+        for a in &cmds {
+            let r = run_vmi(c, &work, a)?;
+            stats.add(c, &label, a, &r);
+        }
+        apply(&mut file, &undo)?;
+        if i % 50 == 49 {
+            eprintln!("[hostile] {} mutations in {:?}", i + 1, started.elapsed());
+            // A partial report, so that a long campaign can be read while it runs.
+            let kinds: serde_json::Map<String, Value> = by_kind
+                .iter()
+                .map(|(k, s)| ((*k).to_owned(), s.json()))
+                .collect();
+            let partial = json!({"mutations_done": i + 1, "elapsed_seconds": started.elapsed().as_secs_f64(),
+                                 "mutated": kinds});
+            fs::write(
+                c.out.join("partial.json"),
+                serde_json::to_string_pretty(&partial)?,
+            )?;
+        }
     }
     drop(file);
     let _ = fs::remove_file(&work);
