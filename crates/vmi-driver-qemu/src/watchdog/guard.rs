@@ -618,44 +618,18 @@ fn recover(plan: &Plan, j: &Journal) {
             }
         };
     }
-    let deadline = now_ms().wrapping_add(STEP_MS);
-    let qmp_note: &[u8] = match connect(&plan.qmp, deadline) {
-        None => b"; QMP unreachable (run state not restored)",
-        Some(fd) => {
-            let mut lines = QmpLines {
-                prefix: [0; 10],
-                plen: 0,
-                buf: [0; 2048],
-                have: 0,
-                pos: 0,
-            };
-            let mut ok = lines.next(fd, deadline) == Some(QmpLine::Greeting)
-                && lines.command(fd, b"{\"execute\":\"qmp_capabilities\"}\n", deadline)
-                    == Some(QmpLine::Return);
-            if ok && j.private_len > 0 {
-                ok = lines.command(
-                    fd,
-                    b"{\"execute\":\"human-monitor-command\",\
-                      \"arguments\":{\"command-line\":\"gdbserver none\"}}\n",
-                    deadline,
-                ) == Some(QmpLine::Return);
-            }
-            if ok {
-                let cmd: &[u8] = if plan.found_running {
-                    b"{\"execute\":\"cont\"}\n"
-                } else {
-                    b"{\"execute\":\"stop\"}\n"
-                };
-                ok = lines.command(fd, cmd, deadline).is_some();
-            }
-            sys_close(fd);
-            match (ok, plan.found_running) {
-                (true, true) => b"; VM running",
-                (true, false) => b"; VM left stopped, as found",
-                (false, _) => b"; QMP did not answer (run state not restored)",
-            }
+    // QEMU serves one QMP client per socket and may not have seen the dead process's
+    // connection close yet: the greeting then never comes. Try a few times.
+    let mut qmp_note: &[u8] = b"; QMP unreachable (run state not restored)";
+    for _ in 0..QMP_ATTEMPTS {
+        let deadline = now_ms().wrapping_add(STEP_MS);
+        let (note, done) = qmp_restore(plan, j, deadline);
+        qmp_note = note;
+        if done {
+            break;
         }
-    };
+        sleep_ms(100);
+    }
     if j.private_len > 0 {
         // The socket, then its private directory (the part before the last '/').
         let mut path = [0u8; PATH_ROOM + 1];
@@ -750,5 +724,50 @@ mod tests {
         assert_eq!(j.private_len, 0);
         j.apply(b"G");
         assert!(j.gdb.is_none());
+    }
+}
+
+/// Attempts of the QMP step (each up to `STEP_MS`).
+const QMP_ATTEMPTS: usize = 3;
+
+/// One attempt to restore the run state over QMP (and stop a private gdbstub): the note to
+/// print, and whether it succeeded.
+fn qmp_restore(plan: &Plan, j: &Journal, deadline: i64) -> (&'static [u8], bool) {
+    match connect(&plan.qmp, deadline) {
+        None => (b"; QMP unreachable (run state not restored)", false),
+        Some(fd) => {
+            let mut lines = QmpLines {
+                prefix: [0; 10],
+                plen: 0,
+                buf: [0; 2048],
+                have: 0,
+                pos: 0,
+            };
+            let mut ok = lines.next(fd, deadline) == Some(QmpLine::Greeting)
+                && lines.command(fd, b"{\"execute\":\"qmp_capabilities\"}\n", deadline)
+                    == Some(QmpLine::Return);
+            if ok && j.private_len > 0 {
+                ok = lines.command(
+                    fd,
+                    b"{\"execute\":\"human-monitor-command\",\
+                  \"arguments\":{\"command-line\":\"gdbserver none\"}}\n",
+                    deadline,
+                ) == Some(QmpLine::Return);
+            }
+            if ok {
+                let cmd: &[u8] = if plan.found_running {
+                    b"{\"execute\":\"cont\"}\n"
+                } else {
+                    b"{\"execute\":\"stop\"}\n"
+                };
+                ok = lines.command(fd, cmd, deadline).is_some();
+            }
+            sys_close(fd);
+            match (ok, plan.found_running) {
+                (true, true) => (b"; VM running", true),
+                (true, false) => (b"; VM left stopped, as found", true),
+                (false, _) => (b"; QMP did not answer (run state not restored)", false),
+            }
+        }
     }
 }
