@@ -664,6 +664,51 @@ fn recover(plan: &Plan, j: &Journal) {
     say(&[why, gdb_note, qmp_note, b"\n"]);
 }
 
+/// Attempts of the QMP step (each up to `STEP_MS`).
+const QMP_ATTEMPTS: usize = 3;
+
+/// One attempt to restore the run state over QMP (and stop a private gdbstub): the note to
+/// print, and whether it succeeded.
+fn qmp_restore(plan: &Plan, j: &Journal, deadline: i64) -> (&'static [u8], bool) {
+    match connect(&plan.qmp, deadline) {
+        None => (b"; QMP unreachable (run state not restored)", false),
+        Some(fd) => {
+            let mut lines = QmpLines {
+                prefix: [0; 10],
+                plen: 0,
+                buf: [0; 2048],
+                have: 0,
+                pos: 0,
+            };
+            let mut ok = lines.next(fd, deadline) == Some(QmpLine::Greeting)
+                && lines.command(fd, b"{\"execute\":\"qmp_capabilities\"}\n", deadline)
+                    == Some(QmpLine::Return);
+            if ok && j.private_len > 0 {
+                ok = lines.command(
+                    fd,
+                    b"{\"execute\":\"human-monitor-command\",\
+                  \"arguments\":{\"command-line\":\"gdbserver none\"}}\n",
+                    deadline,
+                ) == Some(QmpLine::Return);
+            }
+            if ok {
+                let cmd: &[u8] = if plan.found_running {
+                    b"{\"execute\":\"cont\"}\n"
+                } else {
+                    b"{\"execute\":\"stop\"}\n"
+                };
+                ok = lines.command(fd, cmd, deadline).is_some();
+            }
+            sys_close(fd);
+            match (ok, plan.found_running) {
+                (true, true) => (b"; VM running", true),
+                (true, false) => (b"; VM left stopped, as found", true),
+                (false, _) => (b"; QMP did not answer (run state not restored)", false),
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use std::path::Path;
@@ -724,50 +769,5 @@ mod tests {
         assert_eq!(j.private_len, 0);
         j.apply(b"G");
         assert!(j.gdb.is_none());
-    }
-}
-
-/// Attempts of the QMP step (each up to `STEP_MS`).
-const QMP_ATTEMPTS: usize = 3;
-
-/// One attempt to restore the run state over QMP (and stop a private gdbstub): the note to
-/// print, and whether it succeeded.
-fn qmp_restore(plan: &Plan, j: &Journal, deadline: i64) -> (&'static [u8], bool) {
-    match connect(&plan.qmp, deadline) {
-        None => (b"; QMP unreachable (run state not restored)", false),
-        Some(fd) => {
-            let mut lines = QmpLines {
-                prefix: [0; 10],
-                plen: 0,
-                buf: [0; 2048],
-                have: 0,
-                pos: 0,
-            };
-            let mut ok = lines.next(fd, deadline) == Some(QmpLine::Greeting)
-                && lines.command(fd, b"{\"execute\":\"qmp_capabilities\"}\n", deadline)
-                    == Some(QmpLine::Return);
-            if ok && j.private_len > 0 {
-                ok = lines.command(
-                    fd,
-                    b"{\"execute\":\"human-monitor-command\",\
-                  \"arguments\":{\"command-line\":\"gdbserver none\"}}\n",
-                    deadline,
-                ) == Some(QmpLine::Return);
-            }
-            if ok {
-                let cmd: &[u8] = if plan.found_running {
-                    b"{\"execute\":\"cont\"}\n"
-                } else {
-                    b"{\"execute\":\"stop\"}\n"
-                };
-                ok = lines.command(fd, cmd, deadline).is_some();
-            }
-            sys_close(fd);
-            match (ok, plan.found_running) {
-                (true, true) => (b"; VM running", true),
-                (true, false) => (b"; VM left stopped, as found", true),
-                (false, _) => (b"; QMP did not answer (run state not restored)", false),
-            }
-        }
     }
 }
