@@ -47,6 +47,9 @@ pub enum Error {
     /// The configuration is invalid.
     #[error("invalid guest configuration: {0}")]
     Config(String),
+    /// The guest's command channel failed (not started, closed, no answer in time).
+    #[error("guest command channel: {0}")]
+    Ctl(String),
     /// QEMU exited before the guest became ready.
     #[error(
         "qemu exited during boot ({status}); serial log tail:\n{serial_tail}\nqemu log:\n{qemu_log}"

@@ -10,6 +10,7 @@ use serde_json::{Value, json};
 
 use crate::apt::KernelSpec;
 use crate::cache::{self, pid_alive};
+use crate::ctl::{CTL_SOCKET, Ctl, CtlOutput};
 use crate::error::{Error, Result};
 use crate::kernel::{self, PreparedKernel};
 use crate::qmp;
@@ -80,6 +81,9 @@ pub struct GuestConfig {
     pub dir: Option<PathBuf>,
     /// The userland in the initramfs (default: busybox only, or `$VMI_GUEST_USERLAND`).
     pub userland: Userland,
+    /// Start the guest's command channel ([`TestGuest::run`]): a second serial port and
+    /// `vmi_ctl` in the guest, started after the truth is printed (so not in it).
+    pub control: bool,
 }
 
 impl Default for GuestConfig {
@@ -96,6 +100,7 @@ impl Default for GuestConfig {
             boot_timeout: DEFAULT_BOOT_TIMEOUT,
             dir: None,
             userland: Userland::from_env().unwrap_or_default(),
+            control: false,
         }
     }
 }
@@ -158,6 +163,12 @@ impl GuestConfig {
         self
     }
 
+    /// Give the host a command channel into the guest ([`TestGuest::run`]).
+    pub fn control(mut self, on: bool) -> Self {
+        self.control = on;
+        self
+    }
+
     /// The kernel command line this configuration boots with.
     pub fn cmdline(&self) -> String {
         let mut s = String::from("console=ttyS0 panic=1");
@@ -166,6 +177,9 @@ impl GuestConfig {
         }
         if self.kallsyms {
             s.push_str(" vmi_kallsyms");
+        }
+        if self.control {
+            s.push_str(" vmi_ctl");
         }
         for w in &self.append {
             s.push(' ');
@@ -581,6 +595,7 @@ pub struct TestGuest {
     truth: Truth,
     child: Option<Child>,
     remove_dir: bool,
+    ctl: std::sync::Mutex<Option<Ctl>>,
 }
 
 impl TestGuest {
@@ -694,6 +709,34 @@ impl TestGuest {
     /// Resume the vCPUs (`cont`).
     pub fn resume(&self) -> Result<()> {
         self.qmp(json!({"execute": "cont"})).map(drop)
+    }
+
+    /// Run a shell command in the guest through its command channel (booted with
+    /// [`GuestConfig::control`]) and wait up to `timeout` for it to end. Commands are
+    /// serialised; the first call waits (within `timeout`) for the channel to come up.
+    pub fn run(&self, command: &str, timeout: Duration) -> Result<CtlOutput> {
+        if !self.env.cmdline.split(' ').any(|w| w == "vmi_ctl") {
+            return Err(Error::Config(
+                "the guest has no command channel: boot it with GuestConfig::control(true)".into(),
+            ));
+        }
+        let mut ctl = self
+            .ctl
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if ctl.is_none() {
+            *ctl = Some(Ctl::connect(&self.env.dir.join(CTL_SOCKET), timeout)?);
+        }
+        let res = ctl.as_mut().map(|c| c.request(command, timeout));
+        match res {
+            Some(Ok(out)) => Ok(out),
+            Some(Err(e)) => {
+                // A timed-out command may still answer later: start afresh next time.
+                *ctl = None;
+                Err(e)
+            }
+            None => Err(Error::Ctl("not connected".into())),
+        }
     }
 
     /// Stop the guest now (what `Drop` does), reporting errors.
@@ -824,20 +867,26 @@ fn launch(
     .arg("-append")
     .arg(&env.cmdline)
     .args(["-display", "none", "-serial"])
-    .arg(format!("file:{}", qopt(&env.serial_log)))
-    .arg("-qmp")
-    .arg(format!("unix:{},server=on,wait=off", qopt(&env.qmp_socket)))
-    .arg("-qmp")
-    .arg(format!(
-        "unix:{},server=on,wait=off",
-        qopt(&env.qmp_aux_socket)
-    ))
-    .arg("-gdb")
-    .arg(format!("unix:{},server=on,wait=off", qopt(&env.gdb_socket)))
-    .args(["-device", "vmcoreinfo", "-no-reboot"])
-    .stdin(Stdio::null())
-    .stdout(log)
-    .stderr(log2);
+    .arg(format!("file:{}", qopt(&env.serial_log)));
+    if cfg.control {
+        let ctl = env.dir.join(CTL_SOCKET);
+        let _ = std::fs::remove_file(&ctl);
+        cmd.arg("-serial")
+            .arg(format!("unix:{},server=on,wait=off", qopt(&ctl)));
+    }
+    cmd.arg("-qmp")
+        .arg(format!("unix:{},server=on,wait=off", qopt(&env.qmp_socket)))
+        .arg("-qmp")
+        .arg(format!(
+            "unix:{},server=on,wait=off",
+            qopt(&env.qmp_aux_socket)
+        ))
+        .arg("-gdb")
+        .arg(format!("unix:{},server=on,wait=off", qopt(&env.gdb_socket)))
+        .args(["-device", "vmcoreinfo", "-no-reboot"])
+        .stdin(Stdio::null())
+        .stdout(log)
+        .stderr(log2);
     // Own process group: a Ctrl-C aimed at `cargo xtask` must not kill a detached guest.
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let t0 = Instant::now();
@@ -852,6 +901,7 @@ fn launch(
         },
         truth: Truth::default(),
         child: Some(child),
+        ctl: std::sync::Mutex::new(None),
         // Removed on drop only once the boot succeeded: a failed boot keeps its serial and
         // QEMU logs for inspection.
         remove_dir: false,

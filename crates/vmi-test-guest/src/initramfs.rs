@@ -12,6 +12,15 @@
 //! | `vmi_child` (x2) | busybox `sleep 100002` / `sleep 100003` | children of `vmi_parent` |
 //! | `vmi_loop` | shell script looping `sleep 1` (its `sleep` child is transient) | a process that regularly runs |
 //! | `vmi_user` | busybox `sleep 100004` as uid/gid 1000 (user `vmi`, via `su`) | non-root credentials |
+//!
+//! With [`crate::GuestConfig::control`] (`vmi_ctl` on the kernel command line), `/init`
+//! starts `vmi_ctl` once the truth is printed: it runs the commands the host sends on the
+//! second serial port ([`crate::TestGuest::run`]). The workloads it can run:
+//!
+//! | command | what it does | truth it prints (after the run) |
+//! |---|---|---|
+//! | `vmi_execs N` | N execs of known programs with known arguments, some opening known files | `pid P` (its own pid), then per exec `exec I FILENAME\|ARGV0\|ARGV1…`, per file `open I PATH` |
+//! | `vmi_opens N` | N `openat`s of `/etc/hostname` by the shell itself (no fork): a busy process | `pid P` |
 
 //!
 //! The realistic userland ([`build_realistic`], files in `src/realistic/`) adds Debian
@@ -83,6 +92,57 @@ const VMI_LOOP: &str = r#"#!/bin/sh
 VMI_LOOP_MARKER="VMI-LOOP-MARKER-c0ffee42"
 n=0
 while :; do n=$((n+1)); echo "$n" > /tmp/vmi_loop.count; sleep 1; done
+"#;
+
+/// The host's command channel (second serial port, `ttyS1`, raw): one request line
+/// `ID COMMAND`, answered by `VMI_CTL_BEGIN ID`, the command's output, `VMI_CTL_END ID RC`.
+const VMI_CTL: &str = r#"#!/bin/sh
+stty -F /dev/ttyS1 raw -echo || { echo "vmi_ctl: no /dev/ttyS1"; exit 1; }
+exec 3<>/dev/ttyS1
+while IFS= read -r line <&3; do
+  id=${line%% *}
+  printf 'VMI_CTL_BEGIN %s\n' "$id" >&3
+  /bin/sh -c "${line#* }" </dev/null >&3 2>&1
+  printf 'VMI_CTL_END %s %s\n' "$id" "$?" >&3
+done
+"#;
+
+/// `vmi_execs N`: N execs of known commands, in three shapes: a program with an argument,
+/// a program opening a known file, a script (the kernel runs its `#!` interpreter) with an
+/// argument holding a space and an empty argument. Explicit paths only (no `PATH`
+/// lookup, the same in both userlands). The truth goes to a file during the run and is
+/// printed after it, so the console costs nothing while the execs run.
+const VMI_EXECS: &str = r#"#!/bin/sh
+n=${1:-1000}
+w=/tmp/vmi-w
+rm -rf $w; mkdir -p $w
+for k in 0 1 2 3 4 5 6 7; do echo "vmi-w-$k" > $w/f$k; done
+printf '#!/bin/busybox sh\n:\n' > $w/script; chmod 755 $w/script
+: > $w/truth
+i=0
+while [ $i -lt $n ]; do
+  i=$((i+1))
+  case $((i % 3)) in
+    0) /bin/busybox true "vmi-exec-$i"
+       echo "exec $i /bin/busybox|/bin/busybox|true|vmi-exec-$i" >> $w/truth ;;
+    1) k=$((i % 8))
+       /bin/busybox cat $w/f$k > /dev/null
+       echo "exec $i /bin/busybox|/bin/busybox|cat|$w/f$k" >> $w/truth
+       echo "open $i $w/f$k" >> $w/truth ;;
+    2) $w/script "arg $i" ''
+       echo "exec $i $w/script|$w/script|arg $i|" >> $w/truth ;;
+  esac
+done
+echo "pid $$"
+cat $w/truth
+"#;
+
+/// `vmi_opens N`: N `openat`s by the shell itself (a redirection of the `:` builtin).
+const VMI_OPENS: &str = r#"#!/bin/sh
+n=${1:-10000}
+i=0
+while [ $i -lt $n ]; do : < /etc/hostname; i=$((i+1)); done
+echo "pid $$"
 "#;
 
 const VMI_PARENT: &str = r#"#!/bin/sh
@@ -200,6 +260,7 @@ if grep -qw vmi_kallsyms /proc/cmdline; then
 fi
 echo VMI_GUEST_READY
 # PID 1 must never exit (a panic makes QEMU exit: -no-reboot, panic=1).
+grep -qw vmi_ctl /proc/cmdline && /bin/vmi_ctl &
 if grep -qw vmi_shell /proc/cmdline; then while :; do setsid cttyhack sh; done; fi
 while :; do sleep 3600; done
 "#
@@ -315,6 +376,9 @@ fn add_common(
     c.char_dev("dev/null", 0o666, 1, 3);
     c.file("bin/vmi_loop", 0o755, VMI_LOOP);
     c.file("bin/vmi_parent", 0o755, VMI_PARENT);
+    c.file("bin/vmi_ctl", 0o755, VMI_CTL);
+    c.file("bin/vmi_execs", 0o755, VMI_EXECS);
+    c.file("bin/vmi_opens", 0o755, VMI_OPENS);
     c.file("etc/vmi-fd-target", 0o644, FD_TARGET_CONTENT);
     c.file("etc/hostname", 0o644, "vmiguest\n");
     c.file(
@@ -402,6 +466,9 @@ pub fn script_digest() -> u64 {
         init_script().as_str(),
         VMI_LOOP,
         VMI_PARENT,
+        VMI_CTL,
+        VMI_EXECS,
+        VMI_OPENS,
         FD_TARGET_CONTENT,
     ] {
         h.write(s.as_bytes());

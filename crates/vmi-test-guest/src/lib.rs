@@ -42,6 +42,7 @@ pub mod apt;
 pub mod bounded;
 pub mod cache;
 pub mod cpio;
+pub mod ctl;
 mod error;
 pub mod guest;
 pub mod initramfs;
@@ -53,6 +54,7 @@ pub mod userland;
 pub mod vmlinuz;
 
 pub use apt::{DEFAULT_KERNEL, KernelSpec};
+pub use ctl::CtlOutput;
 pub use error::{Error, Result};
 pub use guest::{
     Accel, DEFAULT_BOOT_TIMEOUT, DumpFormat, GuestConfig, GuestEnv, TestGuest, gpa_to_file_offset,

@@ -52,5 +52,6 @@ fi
 echo VMI_GUEST_READY
 # PID 1 must never exit (a panic makes QEMU exit: -no-reboot, panic=1). It blocks opening
 # a FIFO nobody writes: no periodic wake-up.
+grep -qw vmi_ctl /proc/cmdline && /bin/vmi_ctl &
 if grep -qw vmi_shell /proc/cmdline; then while :; do setsid cttyhack sh; done; fi
 while :; do read -r _ < /run/vmi/never; done
