@@ -11,9 +11,16 @@
 //! | `driver-mock`  | [`driver::mock`]: the in-memory test driver                    |
 //! | `driver-dump`  | [`driver::dump`]: raw, ELF, kdump, LiME, Windows crash dumps   |
 //! | `driver-qemu`  | [`driver::qemu`]: a running QEMU/KVM by its QMP socket         |
-//! | `profile`      | [`profile`]: BTF, kallsyms, System.map, ISF, PDB, DWARF         |
+//! | `driver-xen`   | [`driver::xen`]: a Xen domain from dom0 (in-memory fake included) |
+//! | `driver-xen-sys` | `driver-xen` with the real libxen (needs libclang, libxen-dev) |
+//! | `profile`      | [`profile`]: BTF, kallsyms, System.map, ISF, PDB, DWARF, symbol paths |
+//! | `symsrv`       | `profile` plus symbol-server downloads (HTTP/HTTPS: ureq, rustls) |
 //! | `os-linux`     | [`os::linux`]: the Linux OS layer                              |
+//! | `os-windows`   | [`os::windows`]: the Windows x64 OS layer                      |
 //! | `utils`        | [`utils`]: breakpoint manager, process tracker, syscall tracing |
+//!
+//! Only `symsrv` brings a TLS stack: `profile` and the OS layers read symbol caches and
+//! directories without it.
 //!
 //! See `DESIGN.md` for the layering.
 //!
@@ -53,6 +60,10 @@ pub mod driver {
     /// A running QEMU/KVM.
     #[cfg(feature = "driver-qemu")]
     pub use vmi_driver_qemu as qemu;
+
+    /// A Xen domain, from dom0.
+    #[cfg(feature = "driver-xen")]
+    pub use vmi_driver_xen as xen;
 }
 
 /// Symbol profiles.
@@ -64,6 +75,10 @@ pub mod os {
     /// Linux.
     #[cfg(feature = "os-linux")]
     pub use vmi_os_linux as linux;
+
+    /// Windows x64.
+    #[cfg(feature = "os-windows")]
+    pub use vmi_os_windows as windows;
 }
 
 /// Active introspection: breakpoint manager, process tracker, system-call tracing.

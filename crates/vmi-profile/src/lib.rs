@@ -28,6 +28,11 @@
 //! All inputs are treated as hostile: every count and offset is bounds-checked, decompression
 //! and allocation sizes are capped, walks are bounded; errors name the input and the problem.
 //!
+//! | feature | brings |
+//! |---|---|
+//! | (always) | every loader above; symbol paths with caches and directories |
+//! | `symsrv` | downloads from symbol servers over HTTP(S) (`ureq`, `rustls`) |
+//!
 //! Declarative access: [`profile_struct!`] declares a struct of needed entries loaded in one
 //! call with one error naming everything that is missing.
 

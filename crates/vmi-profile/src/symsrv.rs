@@ -18,10 +18,13 @@
 //! the wanted GUID and age before it is used or stored. When nothing is found, the error
 //! lists every place tried and why. Compressed `.pd_` (CAB) files and `file.ptr` redirects
 //! are not supported: only the plain PDB is requested.
+//!
+//! Downloads (HTTP and HTTPS, through `ureq` and `rustls`) need the crate feature `symsrv`;
+//! without it, caches and directories work as usual and each server URL is reported as
+//! "not requested (built without the symsrv feature)", so users who never download symbols
+//! build no TLS stack.
 
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::time::Duration;
 
 use crate::cache::{CacheKey, ProfileCache};
 use crate::error::{ProfileError, Result};
@@ -166,6 +169,7 @@ pub struct SymbolServer {
     path: SymbolPath,
     default_cache: Option<PathBuf>,
     offline: bool,
+    #[cfg(feature = "symsrv")]
     agent: ureq::Agent,
     profiles: Option<ProfileCache>,
 }
@@ -174,19 +178,24 @@ impl SymbolServer {
     /// A client for `path`; the default cache is `$VMI_SYMBOL_CACHE`, else
     /// `$XDG_CACHE_HOME/vmi/symbols`, else `$HOME/.cache/vmi/symbols`.
     pub fn new(path: SymbolPath) -> Self {
-        let agent = ureq::Agent::config_builder()
-            .timeout_connect(Some(Duration::from_secs(15)))
-            .timeout_recv_response(Some(Duration::from_secs(60)))
-            .user_agent("vmi-profile symbol client")
-            .build()
-            .new_agent();
         Self {
             path,
             default_cache: default_symbol_cache(),
             offline: false,
-            agent,
+            #[cfg(feature = "symsrv")]
+            agent: ureq::Agent::config_builder()
+                .timeout_connect(Some(std::time::Duration::from_secs(15)))
+                .timeout_recv_response(Some(std::time::Duration::from_secs(60)))
+                .user_agent("vmi-profile symbol client")
+                .build()
+                .new_agent(),
             profiles: None,
         }
+    }
+
+    /// Whether this build can download (the crate feature `symsrv`).
+    pub const fn can_download() -> bool {
+        cfg!(feature = "symsrv")
     }
 
     /// `srv*<cache>*https://msdl.microsoft.com/download/symbols`.
@@ -285,6 +294,12 @@ impl SymbolServer {
                                 tried.push(format!("{url}: not requested (offline)"));
                                 continue;
                             }
+                            if !Self::can_download() {
+                                tried.push(format!(
+                                    "{url}: not requested (built without the symsrv feature)"
+                                ));
+                                continue;
+                            }
                             match self.download(&url, id) {
                                 Ok(bytes) => {
                                     let target = targets
@@ -328,7 +343,14 @@ impl SymbolServer {
         Ok(found.to_owned())
     }
 
+    #[cfg(not(feature = "symsrv"))]
+    fn download(&self, url: &str, _id: &PdbId) -> std::result::Result<Vec<u8>, String> {
+        Err(format!("{url}: built without the symsrv feature"))
+    }
+
+    #[cfg(feature = "symsrv")]
     fn download(&self, url: &str, id: &PdbId) -> std::result::Result<Vec<u8>, String> {
+        use std::io::Read;
         let resp = self.agent.get(url).call().map_err(|e| match e {
             ureq::Error::StatusCode(code) => format!("http status {code}"),
             other => other.to_string(),

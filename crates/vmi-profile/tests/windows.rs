@@ -2,18 +2,14 @@
 //! laid out from), PE CodeView records (file and memory layouts), the symbol-server client
 //! against a local HTTP server, and seeded fuzzing of the PDB and PE parsers.
 
-use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Write};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
 
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use vmi_profile::isf::load_isf;
 use vmi_profile::pdb::{load_pdb, parse_pdb};
 use vmi_profile::pe::{ImageLayout, codeview_from_file, codeview_from_image};
 use vmi_profile::symsrv::{Store, SymbolPath, SymbolPathEntry, SymbolServer, store_path};
-use vmi_profile::{OsKind, PdbId, Profile, ProfileError};
+use vmi_profile::{OsKind, PdbId, ProfileError};
 use vmi_test_guest::bounded::{CASE_LIMIT, within};
 
 /// Every test of this binary together stays under 1 GiB of live heap: a blow-up on hostile
@@ -268,34 +264,80 @@ fn fuzz_symbol_path() {
     }
 }
 
-/// A minimal HTTP/1.1 file server on 127.0.0.1 that logs the paths asked for.
-struct Server {
-    url: String,
-    log: Arc<Mutex<Vec<String>>>,
+/// Without the `symsrv` feature no request is made: the error says why for each URL,
+/// and caches still answer.
+#[cfg(not(feature = "symsrv"))]
+#[test]
+fn symbol_server_without_the_symsrv_feature_makes_no_request() {
+    let cv = codeview_from_file(&fixture(BREAKPAD_EXE)).unwrap();
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let cache = tmp_dir("symcache-nofeature");
+    let path = SymbolPath::parse(&format!("srv*{}*{url}", cache.display())).unwrap();
+    assert!(!SymbolServer::can_download());
+    let e = SymbolServer::new(path.clone())
+        .find_pdb(cv.pdb_name(), &cv.id)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("not requested (built without the symsrv feature)"),
+        "{e}"
+    );
+    assert!(listener.accept().is_err(), "no connection was made");
+    // A cached copy is found as with the feature.
+    let stored = cache.join(store_path(cv.pdb_name(), &cv.id));
+    std::fs::create_dir_all(stored.parent().unwrap()).unwrap();
+    std::fs::copy(fixture(BREAKPAD_PDB), &stored).unwrap();
+    assert_eq!(
+        SymbolServer::new(path)
+            .find_pdb(cv.pdb_name(), &cv.id)
+            .unwrap(),
+        stored
+    );
+    let _ = std::fs::remove_dir_all(&cache);
 }
 
-impl Server {
-    fn start(files: HashMap<String, Vec<u8>>) -> Server {
-        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}", listener.local_addr().unwrap());
-        let log = Arc::new(Mutex::new(Vec::new()));
-        let log2 = log.clone();
-        std::thread::spawn(move || {
-            for stream in listener.incoming() {
-                let Ok(mut stream) = stream else { continue };
-                let mut reader = BufReader::new(stream.try_clone().unwrap());
-                let mut line = String::new();
-                if reader.read_line(&mut line).is_err() {
-                    continue;
-                }
-                let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
-                // Skip the request headers.
-                let mut h = String::new();
-                while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
-                    h.clear();
-                }
-                log2.lock().unwrap().push(path.clone());
-                let resp = match files.get(&path) {
+/// Downloads through a local HTTP server (feature `symsrv`).
+#[cfg(feature = "symsrv")]
+mod download {
+    use std::collections::HashMap;
+    use std::io::{BufRead, BufReader, Write};
+    use std::net::TcpListener;
+    use std::sync::{Arc, Mutex};
+
+    use vmi_profile::Profile;
+
+    use super::*;
+
+    /// A minimal HTTP/1.1 file server on 127.0.0.1 that logs the paths asked for.
+    struct Server {
+        url: String,
+        log: Arc<Mutex<Vec<String>>>,
+    }
+
+    impl Server {
+        fn start(files: HashMap<String, Vec<u8>>) -> Server {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let url = format!("http://{}", listener.local_addr().unwrap());
+            let log = Arc::new(Mutex::new(Vec::new()));
+            let log2 = log.clone();
+            std::thread::spawn(move || {
+                for stream in listener.incoming() {
+                    let Ok(mut stream) = stream else { continue };
+                    let mut reader = BufReader::new(stream.try_clone().unwrap());
+                    let mut line = String::new();
+                    if reader.read_line(&mut line).is_err() {
+                        continue;
+                    }
+                    let path = line.split_whitespace().nth(1).unwrap_or("").to_owned();
+                    // Skip the request headers.
+                    let mut h = String::new();
+                    while reader.read_line(&mut h).map(|n| n > 2).unwrap_or(false) {
+                        h.clear();
+                    }
+                    log2.lock().unwrap().push(path.clone());
+                    let resp = match files.get(&path) {
                     Some(body) => {
                         let head = format!(
                             "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
@@ -308,107 +350,108 @@ impl Server {
                             .to_vec()
                     }
                 };
-                let _ = stream.write_all(&resp);
-            }
-        });
-        Server { url, log }
+                    let _ = stream.write_all(&resp);
+                }
+            });
+            Server { url, log }
+        }
+
+        fn requests(&self) -> Vec<String> {
+            self.log.lock().unwrap().clone()
+        }
     }
 
-    fn requests(&self) -> Vec<String> {
-        self.log.lock().unwrap().clone()
+    #[test]
+    fn symbol_server_downloads_then_serves_from_the_cache_offline() {
+        let pdb_bytes = std::fs::read(fixture(BREAKPAD_PDB)).unwrap();
+        let cv = codeview_from_file(&fixture(BREAKPAD_EXE)).unwrap();
+        let rel = format!("/{}", store_path(cv.pdb_name(), &cv.id));
+        assert_eq!(
+            rel,
+            format!("/dump_syms_regtest64.pdb/{BREAKPAD_ID}/dump_syms_regtest64.pdb")
+        );
+        // The first server has nothing; the second serves the file.
+        let empty = Server::start(HashMap::new());
+        let full = Server::start(HashMap::from([(rel.clone(), pdb_bytes.clone())]));
+        let cache = tmp_dir("symcache");
+        let path = SymbolPath::parse(&format!(
+            "srv*{}*{};srv*{}*{}",
+            cache.display(),
+            empty.url,
+            cache.display(),
+            full.url
+        ))
+        .unwrap();
+        let server = SymbolServer::new(path.clone());
+        let p: Profile = server.profile_for_file(&fixture(BREAKPAD_EXE)).unwrap();
+        assert_eq!(p.metadata.pdb, Some(cv.id));
+        assert_eq!(empty.requests(), vec![rel.clone()]);
+        assert_eq!(full.requests(), vec![rel.clone()]);
+        let stored = cache.join(&rel[1..]);
+        assert_eq!(std::fs::read(&stored).unwrap(), pdb_bytes);
+
+        // Second time: from the cache, no request at all, also when offline.
+        let again = SymbolServer::new(path.clone()).profile_for(&cv).unwrap();
+        assert_eq!(again.symbols, p.symbols);
+        let offline = SymbolServer::new(path).offline(true);
+        assert_eq!(offline.find_pdb(cv.pdb_name(), &cv.id).unwrap(), stored);
+        assert_eq!(full.requests().len(), 1);
+        assert_eq!(empty.requests().len(), 1);
+
+        // An in-memory image resolves the same way.
+        let mapped = map_image(&std::fs::read(fixture(BREAKPAD_EXE)).unwrap());
+        let from_image = offline.profile_for_image(&mapped, "guest module").unwrap();
+        assert_eq!(from_image.metadata.pdb, Some(cv.id));
+
+        // Not found anywhere: the error lists every place tried.
+        let other = PdbId {
+            guid: cv.id.guid,
+            age: cv.id.age + 1,
+        };
+        let e = SymbolServer::new(
+            SymbolPath::parse(&format!("srv*{}*{}", cache.display(), full.url)).unwrap(),
+        )
+        .find_pdb(cv.pdb_name(), &other)
+        .unwrap_err();
+        let msg = e.to_string();
+        assert!(matches!(e, ProfileError::PdbNotFound { .. }), "{msg}");
+        assert!(
+            msg.contains(&format!("{}/dump_syms_regtest64.pdb/", full.url)),
+            "{msg}"
+        );
+        assert!(msg.contains("http status 404"), "{msg}");
+        assert!(msg.contains(&cache.display().to_string()), "{msg}");
+
+        // A server that serves the wrong file is not believed, and nothing is stored.
+        let liar_rel = format!("/{}", store_path(cv.pdb_name(), &other));
+        let liar = Server::start(HashMap::from([(liar_rel.clone(), pdb_bytes.clone())]));
+        let e = SymbolServer::new(
+            SymbolPath::parse(&format!("srv*{}*{}", cache.display(), liar.url)).unwrap(),
+        )
+        .find_pdb(cv.pdb_name(), &other)
+        .unwrap_err();
+        assert!(e.to_string().contains("served a pdb for"), "{e}");
+        assert!(!cache.join(&liar_rel[1..]).exists());
+
+        // With a profile cache, the second request parses no PDB: it works even when the
+        // downloaded file is gone.
+        let profiles = tmp_dir("symcache-profiles");
+        let with_profiles = SymbolServer::new(
+            SymbolPath::parse(&format!("srv*{}*{}", cache.display(), full.url)).unwrap(),
+        )
+        .offline(true)
+        .with_profile_cache(vmi_profile::cache::ProfileCache::new(&profiles));
+        let first = with_profiles.profile_for(&cv).unwrap();
+        std::fs::remove_file(&stored).unwrap();
+        let second = with_profiles.profile_for(&cv).unwrap();
+        assert_eq!(first, second);
+        assert!(with_profiles.find_pdb(cv.pdb_name(), &cv.id).is_err());
+        let _ = std::fs::remove_dir_all(&profiles);
+
+        // Hostile names never become paths outside the cache.
+        assert!(offline.find_pdb("../../etc/passwd", &cv.id).is_err());
+        let _ = std::fs::remove_dir_all(&cache);
     }
-}
-
-#[test]
-fn symbol_server_downloads_then_serves_from_the_cache_offline() {
-    let pdb_bytes = std::fs::read(fixture(BREAKPAD_PDB)).unwrap();
-    let cv = codeview_from_file(&fixture(BREAKPAD_EXE)).unwrap();
-    let rel = format!("/{}", store_path(cv.pdb_name(), &cv.id));
-    assert_eq!(
-        rel,
-        format!("/dump_syms_regtest64.pdb/{BREAKPAD_ID}/dump_syms_regtest64.pdb")
-    );
-    // The first server has nothing; the second serves the file.
-    let empty = Server::start(HashMap::new());
-    let full = Server::start(HashMap::from([(rel.clone(), pdb_bytes.clone())]));
-    let cache = tmp_dir("symcache");
-    let path = SymbolPath::parse(&format!(
-        "srv*{}*{};srv*{}*{}",
-        cache.display(),
-        empty.url,
-        cache.display(),
-        full.url
-    ))
-    .unwrap();
-    let server = SymbolServer::new(path.clone());
-    let p: Profile = server.profile_for_file(&fixture(BREAKPAD_EXE)).unwrap();
-    assert_eq!(p.metadata.pdb, Some(cv.id));
-    assert_eq!(empty.requests(), vec![rel.clone()]);
-    assert_eq!(full.requests(), vec![rel.clone()]);
-    let stored = cache.join(&rel[1..]);
-    assert_eq!(std::fs::read(&stored).unwrap(), pdb_bytes);
-
-    // Second time: from the cache, no request at all, also when offline.
-    let again = SymbolServer::new(path.clone()).profile_for(&cv).unwrap();
-    assert_eq!(again.symbols, p.symbols);
-    let offline = SymbolServer::new(path).offline(true);
-    assert_eq!(offline.find_pdb(cv.pdb_name(), &cv.id).unwrap(), stored);
-    assert_eq!(full.requests().len(), 1);
-    assert_eq!(empty.requests().len(), 1);
-
-    // An in-memory image resolves the same way.
-    let mapped = map_image(&std::fs::read(fixture(BREAKPAD_EXE)).unwrap());
-    let from_image = offline.profile_for_image(&mapped, "guest module").unwrap();
-    assert_eq!(from_image.metadata.pdb, Some(cv.id));
-
-    // Not found anywhere: the error lists every place tried.
-    let other = PdbId {
-        guid: cv.id.guid,
-        age: cv.id.age + 1,
-    };
-    let e = SymbolServer::new(
-        SymbolPath::parse(&format!("srv*{}*{}", cache.display(), full.url)).unwrap(),
-    )
-    .find_pdb(cv.pdb_name(), &other)
-    .unwrap_err();
-    let msg = e.to_string();
-    assert!(matches!(e, ProfileError::PdbNotFound { .. }), "{msg}");
-    assert!(
-        msg.contains(&format!("{}/dump_syms_regtest64.pdb/", full.url)),
-        "{msg}"
-    );
-    assert!(msg.contains("http status 404"), "{msg}");
-    assert!(msg.contains(&cache.display().to_string()), "{msg}");
-
-    // A server that serves the wrong file is not believed, and nothing is stored.
-    let liar_rel = format!("/{}", store_path(cv.pdb_name(), &other));
-    let liar = Server::start(HashMap::from([(liar_rel.clone(), pdb_bytes.clone())]));
-    let e = SymbolServer::new(
-        SymbolPath::parse(&format!("srv*{}*{}", cache.display(), liar.url)).unwrap(),
-    )
-    .find_pdb(cv.pdb_name(), &other)
-    .unwrap_err();
-    assert!(e.to_string().contains("served a pdb for"), "{e}");
-    assert!(!cache.join(&liar_rel[1..]).exists());
-
-    // With a profile cache, the second request parses no PDB: it works even when the
-    // downloaded file is gone.
-    let profiles = tmp_dir("symcache-profiles");
-    let with_profiles = SymbolServer::new(
-        SymbolPath::parse(&format!("srv*{}*{}", cache.display(), full.url)).unwrap(),
-    )
-    .offline(true)
-    .with_profile_cache(vmi_profile::cache::ProfileCache::new(&profiles));
-    let first = with_profiles.profile_for(&cv).unwrap();
-    std::fs::remove_file(&stored).unwrap();
-    let second = with_profiles.profile_for(&cv).unwrap();
-    assert_eq!(first, second);
-    assert!(with_profiles.find_pdb(cv.pdb_name(), &cv.id).is_err());
-    let _ = std::fs::remove_dir_all(&profiles);
-
-    // Hostile names never become paths outside the cache.
-    assert!(offline.find_pdb("../../etc/passwd", &cv.id).is_err());
-    let _ = std::fs::remove_dir_all(&cache);
 }
 
 #[test]
