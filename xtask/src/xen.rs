@@ -3,7 +3,7 @@
 //!
 //! Downloads Debian's Xen hypervisor, tools, libraries and a stock kernel with apt
 //! (never installed: unpacked with `dpkg-deb -x`; trixie through a private apt
-//! configuration), builds the driver's `xen-smoke` binary against that Xen's headers and
+//! configuration), builds the `xen-smoke` binary (crate `vmi-test-xen`) against that Xen's headers and
 //! static libraries, packs a dom0 initramfs (busybox, Xen modules and tools, their
 //! libraries, the binary, a domU kernel and initramfs) and boots Xen under QEMU TCG with
 //! `-cpu qemu64,+svm,+npt`. Dom0's `/init` starts a PV and a PVH guest and runs the
@@ -413,7 +413,7 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
                 "--release",
                 "-q",
                 "-p",
-                "vmi-driver-xen",
+                "vmi-test-xen",
                 "--features",
                 "smoke",
                 "--bin",
