@@ -2,16 +2,12 @@
 
 use std::path::Path;
 
-use anyhow::{Context, anyhow};
+use anyhow::anyhow;
 use serde_json::{Value, json};
 use vmi_arch_amd64::Amd64;
 use vmi_core::{Pa, VmiCore, VmiQueryRegisters, VmiRead};
 use vmi_os_windows::pe::CodeView;
-use vmi_os_windows::{
-    WinProcess, WindowsOs, find_kernel, find_kernel_from_registers, profile_from_isf_dir,
-    profile_from_isf_file,
-};
-use vmi_profile::Profile;
+use vmi_os_windows::{WinProcess, WindowsOs};
 
 use crate::commands::{Ctx, PsEntry};
 use crate::output::{self, Format, Table};
@@ -35,98 +31,44 @@ fn guid_text(cv: &CodeView) -> String {
 }
 
 /// Finds a Windows kernel (from vCPU registers when the target has them, else by
-/// scanning memory) and loads its profile.
+/// scanning memory) and loads its profile: `--profile` (an ISF file or directory, or a
+/// PDB), else `--symbol-path` / `_NT_SYMBOL_PATH` (an ISF directory, or a `srv*CACHE*URL`
+/// symbol path from which the PDB is downloaded), else the caches.
 pub fn detect<D>(core: &VmiCore<D>, cli: &Cli) -> Result<WindowsOs, Detect>
 where
     D: VmiRead<Architecture = Amd64> + VmiQueryRegisters,
 {
-    let regs = target::all_registers(core);
-    let from_regs = regs
-        .first()
-        .and_then(|r| find_kernel_from_registers(core, r).ok());
-    let kernel = match from_regs {
-        Some(k) => k,
-        None => find_kernel(core).map_err(|e| Detect::NotWindows(e.into()))?,
-    };
-    let cv = kernel.codeview.clone();
-    let profile = profile_for(cli, &cv).map_err(Detect::NoProfile)?;
-    WindowsOs::new(core, profile, kernel).map_err(|e| {
-        Detect::NoProfile(anyhow!(e).context(format!(
-            "the profile given for {} {} does not fit the kernel",
-            cv.pdb_name,
-            guid_text(&cv)
-        )))
-    })
-}
-
-/// The profile of the kernel whose CodeView record is `cv`: `--profile` (an ISF file or
-/// directory, or a PDB), else `--symbol-path` / `_NT_SYMBOL_PATH` (an ISF directory, or a
-/// `srv*CACHE*URL` symbol path from which the PDB is downloaded).
-fn profile_for(cli: &Cli, cv: &CodeView) -> anyhow::Result<Profile> {
-    let what = format!("{} {}", cv.pdb_name, guid_text(cv));
+    let mut builder = WindowsOs::builder().registers(target::all_registers(core));
     if let Some(p) = &cli.profile {
-        return profile_from_path(cli, p, cv)
-            .with_context(|| format!("loading the profile for {what}"));
-    }
-    let symbol_path = cli
-        .symbol_path
-        .clone()
-        .or_else(|| std::env::var("_NT_SYMBOL_PATH").ok());
-    let Some(sp) = symbol_path else {
-        return Err(anyhow!(
-            "found the Windows kernel {what}, but no profile: give --profile <ISF or PDB> or \
-             --symbol-path srv*CACHE*https://msdl.microsoft.com/download/symbols"
-        ));
-    };
-    if !sp.contains('*') && Path::new(&sp).is_dir() {
-        return isf_dir_profile(cli, Path::new(&sp), cv)
-            .map_err(anyhow::Error::from)
-            .with_context(|| format!("no ISF for {what} in {sp}"));
-    }
-    let path = vmi_profile::symsrv::SymbolPath::parse(&sp)
-        .with_context(|| format!("bad symbol path {sp:?}"))?;
-    let server = vmi_profile::symsrv::SymbolServer::new(path);
-    let id = vmi_profile::PdbId {
-        guid: cv.guid,
-        age: cv.age,
-    };
-    let record = vmi_profile::pe::CodeView {
-        path: cv.pdb_name.clone(),
-        id,
-    };
-    server
-        .profile_for(&record)
-        .with_context(|| format!("no PDB for {what} along {sp}"))
-}
-
-/// A profile from a directory of ISFs, through the on-disk profile cache unless
-/// `--no-cache` (importing a compressed ISF costs far more than decoding the cache).
-fn isf_dir_profile(cli: &Cli, dir: &Path, cv: &CodeView) -> Result<Profile, vmi_core::VmiError> {
-    match vmi_profile::cache::ProfileCache::open_default().filter(|_| !cli.no_cache) {
-        Some(cache) => vmi_os_windows::profile_from_isf_dir_cached(dir, cv, &cache),
-        None => profile_from_isf_dir(dir, cv),
-    }
-}
-
-fn profile_from_path(cli: &Cli, p: &Path, cv: &CodeView) -> anyhow::Result<Profile> {
-    if p.is_dir() {
-        return Ok(isf_dir_profile(cli, p, cv)?);
-    }
-    if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdb")) {
-        let profile = vmi_profile::pdb::load_pdb(p)?;
-        let want = vmi_profile::PdbId {
-            guid: cv.guid,
-            age: cv.age,
+        builder = if p.extension().is_some_and(|e| e.eq_ignore_ascii_case("pdb")) {
+            builder.pdb(p)
+        } else {
+            builder.isf(p)
         };
-        if profile.metadata.pdb != Some(want) {
-            return Err(anyhow!(
-                "{} is not the PDB of this kernel ({want})",
-                p.display()
-            ));
-        }
-        return Ok(profile);
     }
-    Ok(profile_from_isf_file(p, cv)?)
+    if let Some(sp) = &cli.symbol_path {
+        builder = builder.symbol_path(sp.clone());
+    }
+    if cli.no_cache {
+        builder = builder.no_cache();
+    }
+    let kernel = builder
+        .find_kernel(core)
+        .map_err(|e| Detect::NotWindows(e.into()))?;
+    let cv = kernel.codeview.clone();
+    let configured = builder.has_profile_source();
+    builder.kernel(kernel).build(core).map_err(|e| {
+        Detect::NoProfile(if configured {
+            anyhow!(e)
+        } else {
+            anyhow!(
+                "found the Windows kernel {} {}, but no profile: give --profile <ISF or PDB> or \
+                 --symbol-path srv*CACHE*https://msdl.microsoft.com/download/symbols",
+                cv.pdb_name,
+                guid_text(&cv)
+            )
+        })
+    })
 }
 
 /// Windows facts for `vmi info`.

@@ -29,7 +29,7 @@ fn setup() -> (
     let regs = core.registers(VcpuId(0)).expect("registers");
     let kernel = find_kernel_from_registers(&core, &regs).expect("kernel");
     let profile = profile_from_isf_dir(&isf_dir(), &kernel.codeview).expect("profile");
-    let os = WindowsOs::new(&core, profile, kernel).expect("os");
+    let os = WindowsOs::from_kernel(&core, profile, kernel).expect("os");
     (img, core, os)
 }
 
@@ -74,7 +74,7 @@ fn bench(c: &mut Criterion) {
         } else {
             profile_from_isf_dir(&isf_dir(), &kernel.codeview).expect("profile")
         };
-        let os = WindowsOs::new(&core, profile, kernel).expect("os");
+        let os = WindowsOs::from_kernel(&core, profile, kernel).expect("os");
         list(&core, &os)
     };
     c.bench_function("windows: open (find kernel, import ISF) + list", |b| {

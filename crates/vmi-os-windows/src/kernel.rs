@@ -36,7 +36,7 @@ pub struct KernelInfo {
     /// Image base.
     pub base: Va,
     /// A page-table root that maps the kernel (refined to the System DTB by
-    /// [`WindowsOs::new`](crate::WindowsOs::new)).
+    /// [`WindowsOs::from_kernel`](crate::WindowsOs::from_kernel)).
     pub root: Pa,
     /// The kernel's CodeView record (GUID, age, PDB name).
     pub codeview: CodeView,

@@ -4,10 +4,15 @@
 //! into processes, threads, modules, VADs, handles and tokens, implementing the core's
 //! [`VmiOs`](vmi_core::VmiOs) plus Windows-specific operations.
 //!
-//! The flow: find the kernel ([`find_kernel_from_registers`] from `LSTAR`/IDT, or
-//! [`find_kernel`] from memory alone: self-reference DTB scan, low stub, KDBG, `RSDS`
-//! scan), take its CodeView GUID and age, load the matching profile through `vmi-profile`
-//! ([`profile_from_isf_dir`]), then build the layer ([`WindowsOs::new`]).
+//! [`WindowsOs::new`] needs nothing but guest memory and a place where profiles are: it
+//! finds the kernel ([`find_kernel`]: self-reference DTB scan, low stub, KDBG, `RSDS` scan;
+//! with vCPU registers given to the [`WindowsOsBuilder`], [`find_kernel_from_registers`]
+//! from `LSTAR` and the IDT first — a crash dump's saved context has neither, so memory is
+//! then scanned), takes its CodeView PDB name, GUID and age, and loads the matching profile
+//! along `_NT_SYMBOL_PATH` (a directory of Volatility ISFs, or `srv*CACHE*URL` entries) or
+//! from the profile and symbol caches. [`WindowsOs::builder`] takes explicit choices
+//! (registers, the kernel, an ISF, a PDB, a symbol path, the cache), as
+//! `LinuxOs::builder` does for Linux.
 //!
 //! Key decisions:
 //! - **No hard-coded offsets.** Every offset comes from the profile; version differences
@@ -19,19 +24,21 @@
 //!   ([`WindowsOs::read_process_memory`]).
 //!
 //! ```
-//! use vmi_core::{VcpuId, VmiCore, VmiSession};
-//! use vmi_os_windows::{WindowsOs, find_kernel_from_registers, profile_from_isf_dir};
+//! use vmi_core::{VmiCore, VmiSession};
+//! use vmi_os_windows::WindowsOs;
 //! # let isf = vmi_test_windows::load_isf("9C00B19DBDE003DBFE4AB4216993C843-1").unwrap();
 //! # let image = vmi_test_windows::build(&isf, &vmi_test_windows::GuestSpec::default_scenario()).unwrap();
 //! # let driver = image.driver();
 //! # let isf_dir = vmi_test_windows::isf_dir();
-//! // A core over any driver with registers (a live VM, a dump; here a synthetic image).
+//! // A core over any driver (a live VM, a dump; here a synthetic image).
 //! let core = VmiCore::new(driver)?;
-//! let registers = core.registers(VcpuId(0))?;
-//! // Find the kernel from the vCPU, load the profile its CodeView names, list processes.
-//! let kernel = find_kernel_from_registers(&core, &registers)?;
-//! let profile = profile_from_isf_dir(&isf_dir, &kernel.codeview)?;
-//! let os = WindowsOs::new(&core, profile, kernel)?;
+//! // The kernel from vCPU registers (else from memory), its profile from a directory of
+//! // ISFs (`WindowsOs::new(&core)` looks along `_NT_SYMBOL_PATH` and in the caches).
+//! let os = WindowsOs::builder()
+//!     .registers_from(&core)?
+//!     .symbol_path(isf_dir.display().to_string())
+//!     .no_cache()
+//!     .build(&core)?;
 //! let session = VmiSession::new(&core, &os);
 //! for process in session.os().processes()? {
 //!     println!("{} {}", process.pid, process.name);
@@ -42,6 +49,7 @@
 
 #![forbid(unsafe_code)]
 
+mod builder;
 mod error;
 mod handles;
 mod kernel;
@@ -60,9 +68,11 @@ mod walk;
 use std::collections::HashSet;
 use std::sync::Arc;
 
+use vmi_arch_amd64::Amd64;
 use vmi_core::{AccessContext, Pa, Va, VmiCore, VmiError, VmiRead};
 use vmi_profile::Profile;
 
+pub use builder::WindowsOsBuilder;
 pub use error::{NotPresent, WindowsError, windows_error};
 pub use handles::WinHandle;
 pub use kernel::{
@@ -132,9 +142,21 @@ pub struct WindowsOs {
 }
 
 impl WindowsOs {
+    /// A builder for explicit choices (registers, kernel, profile files, symbol path,
+    /// cache).
+    pub fn builder() -> WindowsOsBuilder {
+        WindowsOsBuilder::default()
+    }
+
+    /// Finds the kernel in `core` from memory alone and its profile along
+    /// `_NT_SYMBOL_PATH` or in the caches (see [`WindowsOsBuilder`]).
+    pub fn new<D: VmiRead<Architecture = Amd64>>(core: &VmiCore<D>) -> Result<Self, VmiError> {
+        Self::builder().build(core)
+    }
+
     /// The layer for the kernel `kernel` described by `profile`. The System process's
     /// DTB becomes the kernel address space when it maps the kernel.
-    pub fn new<D: VmiRead>(
+    pub fn from_kernel<D: VmiRead>(
         core: &VmiCore<D>,
         profile: impl Into<Arc<Profile>>,
         kernel: KernelInfo,

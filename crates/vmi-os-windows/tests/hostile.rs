@@ -179,7 +179,7 @@ fn truncated_images() {
         let regs = img.vcpu0();
         if let Ok(k) = find_kernel_from_registers(&core, &regs) {
             let p = common::profile(KEY, &k.codeview);
-            if let Ok(os) = WindowsOs::new(&core, p, k) {
+            if let Ok(os) = WindowsOs::from_kernel(&core, p, k) {
                 exercise(&core, &os);
             }
         }
@@ -210,7 +210,9 @@ fn seeded_random_corruption_never_panics() {
             img.raw_mut()[pa as usize] = rng.next() as u8;
         }
         let core = core_of(&img, true);
-        if let Ok(os) = WindowsOs::new(&core, std::sync::Arc::clone(&profile), kernel.clone()) {
+        if let Ok(os) =
+            WindowsOs::from_kernel(&core, std::sync::Arc::clone(&profile), kernel.clone())
+        {
             exercise(&core, &os);
         }
         let _ = Va(0);

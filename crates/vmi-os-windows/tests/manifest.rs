@@ -173,7 +173,7 @@ fn every_build_as_crash_dump() {
         let core = vmi_core::VmiCore::new(driver).unwrap();
         let kernel = vmi_os_windows::find_kernel(&core).unwrap_or_else(|e| panic!("{key}: {e}"));
         let profile = common::profile(key, &kernel.codeview);
-        let os = vmi_os_windows::WindowsOs::new(&core, profile, kernel).unwrap();
+        let os = vmi_os_windows::WindowsOs::from_kernel(&core, profile, kernel).unwrap();
         check(&img.manifest, &core, &os);
     }
 }
@@ -209,4 +209,70 @@ fn kva_shadow_user_cr3() {
         let t = os.current_win_thread(&core, &regs).unwrap();
         assert_eq!(t.ethread, Va(v.current_thread), "{key}");
     }
+}
+
+/// Issue 18: `WindowsOs::builder()` discovers like `LinuxOs::builder()`. On a crash dump
+/// (a saved context without LSTAR or IDTR) the registers give no kernel and memory is
+/// scanned instead; the profile comes from a symbol path naming a directory of ISFs (then
+/// from the profile cache alone), or an ISF file; without any source the error names the
+/// kernel found.
+#[test]
+fn builder_finds_kernel_and_profile() {
+    use vmi_driver_dump::{DumpDriver, DumpOptions};
+    use vmi_os_windows::WindowsOs;
+    let key = "9C00B19DBDE003DBFE4AB4216993C843-1";
+    let img = image(
+        key,
+        Options {
+            kdbg: true,
+            ..Default::default()
+        },
+    );
+    let driver = DumpDriver::from_bytes(img.crash_dump(), DumpOptions::default()).unwrap();
+    let core = vmi_core::VmiCore::new(driver).unwrap();
+    let cache = std::env::temp_dir().join(format!("vmi-os-windows-builder-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&cache);
+    let isf_dir = vmi_test_windows::isf_dir();
+    let os = WindowsOs::builder()
+        .registers_from(&core)
+        .unwrap()
+        .symbol_path(isf_dir.display().to_string())
+        .cache_dir(&cache)
+        .build(&core)
+        .unwrap();
+    assert_eq!(os.kernel().base.0, img.manifest.kernel.base);
+    check(&img.manifest, &core, &os);
+
+    // The profile is now in the cache: found with no source configured at all.
+    let cached = WindowsOs::builder()
+        .symbol_path("")
+        .cache_dir(&cache)
+        .build(&core)
+        .unwrap();
+    assert_eq!(cached.profile().metadata.pdb, os.profile().metadata.pdb);
+
+    // An ISF file, and a raw image without registers.
+    let file = vmi_test_windows::isf_path(key);
+    let raw = vmi_core::VmiCore::new(img.driver_without_registers()).unwrap();
+    let os = WindowsOs::builder()
+        .isf(&file)
+        .no_cache()
+        .build(&raw)
+        .unwrap();
+    check(&img.manifest, &raw, &os);
+
+    // No source, no cache: the error says the kernel was found and what is missing.
+    let empty = cache.join("empty");
+    std::fs::create_dir_all(&empty).unwrap();
+    let e = WindowsOs::builder()
+        .symbol_path(empty.display().to_string())
+        .no_cache()
+        .build(&core)
+        .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains(&format!("found the Windows kernel ntkrnlmp.pdb {key}, but")),
+        "{e}"
+    );
+    let _ = std::fs::remove_dir_all(&cache);
 }

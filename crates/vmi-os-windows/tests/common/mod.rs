@@ -43,7 +43,7 @@ pub fn open<D: VmiRead<Architecture = vmi_arch_amd64::Amd64> + vmi_core::VmiQuer
         find_kernel(core).unwrap_or_else(|e| panic!("{key}: {e}"))
     };
     let p = profile(key, &kernel.codeview);
-    WindowsOs::new(core, p, kernel).unwrap()
+    WindowsOs::from_kernel(core, p, kernel).unwrap()
 }
 
 pub fn core_of(img: &GuestImage, registers: bool) -> VmiCore<ImageDriver> {
