@@ -16,7 +16,8 @@ pub use paging::PagingMode;
 pub use registers::{Cr3, DescriptorTable, Registers, Segment, cr0, cr4, efer};
 
 use vmi_core::{
-    AddressContext, BreakpointKind, MemoryAccess, Pa, PageTableReader, Translation, Va, VmiError,
+    AddressContext, BreakpointKind, LastLevel, LeafMapping, MemoryAccess, Pa, PageTableReader,
+    Translation, Va, VmiError,
 };
 
 /// Why an AMD64 vCPU stopped and reported an event.
@@ -86,6 +87,8 @@ impl vmi_core::Architecture for Amd64 {
     const PAGE_SIZE: u64 = 4096;
     const PAGE_SHIFT: u32 = 12;
     const ADDRESS_WIDTH: usize = 8;
+    /// A page table (PT) maps 2 MiB.
+    const LAST_TABLE_SHIFT: u32 = 21;
 
     type Registers = Registers;
     type EventReason = EventReason;
@@ -105,5 +108,23 @@ impl vmi_core::Architecture for Amd64 {
         mode: PagingMode,
     ) -> Result<Translation, VmiError> {
         paging::translate(reader, ctx, mode)
+    }
+
+    #[inline(always)]
+    fn translate_to_last_table<R: PageTableReader + ?Sized>(
+        reader: &R,
+        ctx: AddressContext,
+        mode: PagingMode,
+    ) -> Result<LastLevel, VmiError> {
+        paging::translate_to_last_table(reader, ctx, mode)
+    }
+
+    #[inline(always)]
+    fn translate_in_last_table<R: PageTableReader + ?Sized>(
+        reader: &R,
+        ctx: AddressContext,
+        table: Pa,
+    ) -> Result<LeafMapping, VmiError> {
+        paging::translate_in_last_table(reader, ctx, table)
     }
 }

@@ -6,8 +6,8 @@
 //! walk faults with [`FaultKind::ReservedBit`], as the CPU does.
 
 use vmi_core::{
-    AddressContext, FaultKind, Pa, PageFault, PageFlags, PageTableReader, Translation, VmiError,
-    WalkStep,
+    AddressContext, FaultKind, LastLevel, LeafMapping, Pa, PageFault, PageFlags, PageTableReader,
+    Translation, VmiError, WalkStep,
 };
 
 /// 4- or 5-level paging (CR4.LA57).
@@ -34,13 +34,6 @@ impl PagingMode {
         let bits = self.address_bits();
         let sign_extended = ((va << (64 - bits)) as i64 >> (64 - bits)) as u64;
         sign_extended == va
-    }
-
-    fn levels(self) -> &'static [Level] {
-        match self {
-            Self::Level4 => &LEVELS[1..],
-            Self::Level5 => &LEVELS[..],
-        }
     }
 }
 
@@ -113,51 +106,78 @@ pub mod pte {
     pub const ADDRESS_MASK: u64 = 0x000f_ffff_ffff_f000;
 }
 
-/// Walks the page tables for `ctx` in `mode`.
-pub fn translate<R: PageTableReader + ?Sized>(
+/// The levels above the last (PT) one, for 4- and 5-level paging, and the last one, as
+/// arrays so that a walk over them unrolls.
+const UPPER4: [Level; 3] = [LEVELS[1], LEVELS[2], LEVELS[3]];
+const UPPER5: [Level; 4] = [LEVELS[0], LEVELS[1], LEVELS[2], LEVELS[3]];
+const LAST: [Level; 1] = [LEVELS[4]];
+
+/// What a successful walk found: the physical address, the leaf's size and the rights
+/// accumulated over the levels walked.
+#[derive(Clone, Copy)]
+struct Walked {
+    pa: Pa,
+    page_size: u64,
+    flags: PageFlags,
+}
+
+/// Where a walk over some levels stopped.
+enum Stop {
+    /// At a leaf.
+    Leaf(Walked),
+    /// After the last level given, at the table the next level would read (and the
+    /// rights so far).
+    Table(Pa, PageFlags),
+}
+
+/// The error for a walk stopped at `level` by `entry`. Out of line: a walk builds no error
+/// value unless it returns one.
+#[cold]
+#[inline(never)]
+fn fault(ctx: AddressContext, level: u8, entry: u64, kind: FaultKind) -> VmiError {
+    PageFault {
+        ctx,
+        level,
+        entry,
+        kind,
+    }
+    .into()
+}
+
+/// The rights a walk starts with.
+const ALL_RIGHTS: PageFlags = PageFlags {
+    writable: true,
+    user: true,
+    no_execute: false,
+    global: false,
+};
+
+/// The one walk, over `levels` from the table at `table`: [`translate`] records each step
+/// through `record`, the read path's walks pass a no-op, and once inlined the bookkeeping
+/// they do not need is gone. `first_step` numbers the steps.
+#[inline(always)]
+fn walk<R: PageTableReader + ?Sized, const N: usize>(
     reader: &R,
     ctx: AddressContext,
-    mode: PagingMode,
-) -> Result<Translation, VmiError> {
+    mut table: Pa,
+    levels: &[Level; N],
+    mut flags: PageFlags,
+    mut record: impl FnMut(WalkStep),
+) -> Result<Stop, VmiError> {
     let va = ctx.va.0;
-    if !mode.is_canonical(va) {
-        return Err(PageFault {
-            ctx,
-            level: 0,
-            entry: 0,
-            kind: FaultKind::NonCanonical,
-        }
-        .into());
-    }
-    let mut table = Pa(ctx.root.0 & pte::ADDRESS_MASK);
-    let mut flags = PageFlags {
-        writable: true,
-        user: true,
-        no_execute: false,
-        global: false,
-    };
-    let mut steps = [WalkStep::default(); 5];
-    for (n, level) in mode.levels().iter().enumerate() {
+    for level in levels {
         let index = (va >> level.shift) & 0x1ff;
         let entry_pa = table + index * 8;
         let entry = reader.read_entry(entry_pa)?;
-        steps[n] = WalkStep {
+        record(WalkStep {
             level: level.number,
             name: level.name,
             index: index as u16,
             entry_pa,
             entry,
-        };
-        let fault = |kind| {
-            VmiError::from(PageFault {
-                ctx,
-                level: level.number,
-                entry,
-                kind,
-            })
-        };
+        });
         if entry & pte::PRESENT == 0 {
-            return Err(fault(FaultKind::NotPresent));
+            return Err(fault(ctx, level.number, entry, FaultKind::NotPresent));
         }
         flags.writable &= entry & pte::WRITABLE != 0;
         flags.user &= entry & pte::USER != 0;
@@ -165,7 +185,7 @@ pub fn translate<R: PageTableReader + ?Sized>(
 
         let is_leaf = level.number == 1 || entry & pte::PAGE_SIZE != 0;
         if entry & pte::PAGE_SIZE != 0 && level.number != 1 && !level.large_page {
-            return Err(fault(FaultKind::ReservedBit));
+            return Err(fault(ctx, level.number, entry, FaultKind::ReservedBit));
         }
         if is_leaf {
             let page_size = 1u64 << level.shift;
@@ -176,22 +196,140 @@ pub fn translate<R: PageTableReader + ?Sized>(
                 (page_size - 1) & !0x1fff
             };
             if entry & reserved != 0 {
-                return Err(fault(FaultKind::ReservedBit));
+                return Err(fault(ctx, level.number, entry, FaultKind::ReservedBit));
             }
             flags.global = entry & pte::GLOBAL != 0;
             let base = entry & pte::ADDRESS_MASK & !(page_size - 1);
-            let mut t = Translation::new(ctx, Pa(base | (va & (page_size - 1))), page_size, flags);
-            for step in &steps[..=n] {
-                t.push_step(*step);
-            }
-            return Ok(t);
+            return Ok(Stop::Leaf(Walked {
+                pa: Pa(base | (va & (page_size - 1))),
+                page_size,
+                flags,
+            }));
         }
         table = Pa(entry & pte::ADDRESS_MASK);
     }
-    // Unreachable in practice: the PT level is always a leaf.
-    Err(VmiError::InvalidArgument(
-        "page walk ended without a leaf".into(),
-    ))
+    Ok(Stop::Table(table, flags))
+}
+
+/// The walk over the levels above the last one, after the canonical-address check.
+#[inline(always)]
+fn walk_upper<R: PageTableReader + ?Sized>(
+    reader: &R,
+    ctx: AddressContext,
+    mode: PagingMode,
+    record: impl FnMut(WalkStep),
+) -> Result<Stop, VmiError> {
+    if !mode.is_canonical(ctx.va.0) {
+        return Err(fault(ctx, 0, 0, FaultKind::NonCanonical));
+    }
+    let root = Pa(ctx.root.0 & pte::ADDRESS_MASK);
+    match mode {
+        PagingMode::Level4 => walk(reader, ctx, root, &UPPER4, ALL_RIGHTS, record),
+        PagingMode::Level5 => walk(reader, ctx, root, &UPPER5, ALL_RIGHTS, record),
+    }
+}
+
+/// The last level of a walk, from the table the upper levels gave.
+#[inline(always)]
+fn walk_last<R: PageTableReader + ?Sized>(
+    reader: &R,
+    ctx: AddressContext,
+    table: Pa,
+    flags: PageFlags,
+    record: impl FnMut(WalkStep),
+) -> Result<Walked, VmiError> {
+    match walk(reader, ctx, table, &LAST, flags, record)? {
+        Stop::Leaf(w) => Ok(w),
+        // Unreachable: the PT level is always a leaf.
+        Stop::Table(..) => Err(VmiError::InvalidArgument(
+            "page walk ended without a leaf".into(),
+        )),
+    }
+}
+
+/// Walks the page tables for `ctx` in `mode` and records every entry read.
+pub fn translate<R: PageTableReader + ?Sized>(
+    reader: &R,
+    ctx: AddressContext,
+    mode: PagingMode,
+) -> Result<Translation, VmiError> {
+    let mut steps = [WalkStep::default(); 5];
+    let mut n = 0;
+    let mut record = |step| {
+        if let Some(slot) = steps.get_mut(n) {
+            *slot = step;
+            n += 1;
+        }
+    };
+    let w = match walk_upper(reader, ctx, mode, &mut record)? {
+        Stop::Leaf(w) => w,
+        Stop::Table(table, flags) => walk_last(reader, ctx, table, flags, &mut record)?,
+    };
+    let mut t = Translation::new(ctx, w.pa, w.page_size, w.flags);
+    for step in &steps[..n] {
+        t.push_step(*step);
+    }
+    Ok(t)
+}
+
+/// Walks the levels above the last one (the read path's walk, recording nothing): the
+/// leaf when it is a large page, else the last-level table.
+#[inline(always)]
+pub fn translate_to_last_table<R: PageTableReader + ?Sized>(
+    reader: &R,
+    ctx: AddressContext,
+    mode: PagingMode,
+) -> Result<LastLevel, VmiError> {
+    Ok(match walk_upper(reader, ctx, mode, |_| {})? {
+        Stop::Leaf(w) => LastLevel::Leaf(LeafMapping {
+            pa: w.pa,
+            page_size: w.page_size,
+        }),
+        Stop::Table(table, _) => LastLevel::Table(table),
+    })
+}
+
+/// Reads the entry of `ctx.va` in the last-level (PT) table at `table`.
+#[inline(always)]
+pub fn translate_in_last_table<R: PageTableReader + ?Sized>(
+    reader: &R,
+    ctx: AddressContext,
+    table: Pa,
+) -> Result<LeafMapping, VmiError> {
+    let w = walk_last(reader, ctx, table, ALL_RIGHTS, |_| {})?;
+    Ok(LeafMapping {
+        pa: w.pa,
+        page_size: w.page_size,
+    })
+}
+
+#[cold]
+#[inline(never)]
+fn unknown_mode(levels: u8) -> VmiError {
+    VmiError::InvalidArgument(format!("{levels}-level paging on AMD64"))
+}
+
+impl From<PagingMode> for u8 {
+    #[inline]
+    fn from(mode: PagingMode) -> u8 {
+        match mode {
+            PagingMode::Level4 => 4,
+            PagingMode::Level5 => 5,
+        }
+    }
+}
+
+impl TryFrom<u8> for PagingMode {
+    type Error = VmiError;
+
+    #[inline]
+    fn try_from(levels: u8) -> Result<Self, VmiError> {
+        match levels {
+            4 => Ok(Self::Level4),
+            5 => Ok(Self::Level5),
+            _ => Err(unknown_mode(levels)),
+        }
+    }
 }
 
 #[cfg(test)]
@@ -206,5 +344,13 @@ mod tests {
         assert!(PagingMode::Level5.is_canonical(0x00ff_ffff_ffff_ffff >> 1));
         assert!(!PagingMode::Level5.is_canonical(0x0100_0000_0000_0000));
         assert!(PagingMode::Level5.is_canonical(0xff00_0000_0000_0000));
+    }
+
+    #[test]
+    fn paging_mode_round_trips_through_its_level_count() {
+        for mode in [PagingMode::Level4, PagingMode::Level5] {
+            assert_eq!(PagingMode::try_from(u8::from(mode)).unwrap(), mode);
+        }
+        assert!(PagingMode::try_from(3).is_err());
     }
 }

@@ -35,6 +35,7 @@ fn bench(c: &mut Criterion) {
         VmiCoreConfig {
             translation_cache: 0,
             page_cache: Some(0),
+            statistics: false,
         },
     )
     .unwrap();
@@ -52,6 +53,7 @@ fn bench(c: &mut Criterion) {
         VmiCoreConfig {
             translation_cache: 1 << 16,
             page_cache: Some(0),
+            statistics: false,
         },
     )
     .unwrap();

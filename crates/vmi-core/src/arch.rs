@@ -92,6 +92,24 @@ impl Translation {
     }
 }
 
+/// The leaf a virtual address translates through: what a read needs from a walk.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct LeafMapping {
+    /// The physical address.
+    pub pa: Pa,
+    /// Size of the leaf page (4 KiB, 2 MiB, 1 GiB on AMD64).
+    pub page_size: u64,
+}
+
+/// Where a walk over the levels above the last one ended.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum LastLevel {
+    /// At a large leaf (on AMD64 a 2 MiB or 1 GiB page).
+    Leaf(LeafMapping),
+    /// At the last-level table that holds the entry of the address.
+    Table(Pa),
+}
+
 /// The registers of one vCPU, as much as the core needs to know about them.
 pub trait Registers: Clone + Debug + Send + Sync + 'static {
     /// The instruction pointer.
@@ -121,14 +139,26 @@ pub trait Architecture: Sized + Send + Sync + 'static {
     const PAGE_SHIFT: u32;
     /// Width of a pointer in bytes.
     const ADDRESS_WIDTH: usize;
+    /// log2 of the bytes one last-level page table maps (2 MiB on AMD64). The core's
+    /// translation cache keeps one entry per such region: its large leaf or its table.
+    const LAST_TABLE_SHIFT: u32;
 
     /// The register set of one vCPU.
     type Registers: Registers;
     /// Why an event was delivered.
     type EventReason: Clone + Debug + Send + Sync + 'static;
     /// Paging mode (e.g. 4- or 5-level on AMD64). The default is what the architecture
-    /// starts with; OS layers and drivers set the real one.
-    type PagingMode: Copy + Debug + Default + PartialEq + Send + Sync + 'static;
+    /// starts with; OS layers and drivers set the real one. It converts to and from one
+    /// byte so that the core keeps it in an atomic: reading it costs a walk no lock.
+    type PagingMode: Copy
+        + Debug
+        + Default
+        + PartialEq
+        + Send
+        + Sync
+        + 'static
+        + Into<u8>
+        + TryFrom<u8>;
 
     /// The paging mode the registers select.
     fn paging_mode(registers: &Self::Registers) -> Self::PagingMode;
@@ -139,6 +169,23 @@ pub trait Architecture: Sized + Send + Sync + 'static {
         ctx: AddressContext,
         mode: Self::PagingMode,
     ) -> Result<Translation, VmiError>;
+
+    /// Walks the levels above the last one (the read path, recording nothing): the leaf
+    /// when it is a large page, else the last-level table that maps the address.
+    fn translate_to_last_table<R: PageTableReader + ?Sized>(
+        reader: &R,
+        ctx: AddressContext,
+        mode: Self::PagingMode,
+    ) -> Result<LastLevel, VmiError>;
+
+    /// Reads the entry of `ctx.va` in the last-level table at `table` (from
+    /// [`Self::translate_to_last_table`] for an address of the same region) and returns
+    /// the leaf. Faults are reported as [`Self::translate`] reports them at that level.
+    fn translate_in_last_table<R: PageTableReader + ?Sized>(
+        reader: &R,
+        ctx: AddressContext,
+        table: Pa,
+    ) -> Result<LeafMapping, VmiError>;
 
     /// The frame that holds `pa`.
     fn gfn_from_pa(pa: Pa) -> Gfn {

@@ -31,19 +31,21 @@ impl CacheStats {
 }
 
 /// A bounded concurrent cache (`quick_cache`, CLOCK-Pro eviction) that counts hits and
-/// misses. Capacity 0 disables it.
+/// misses when asked to. Capacity 0 disables it.
 pub(crate) struct CountingCache<K, V> {
     inner: Option<Cache<K, V>>,
     capacity: u64,
+    statistics: bool,
     hits: AtomicU64,
     misses: AtomicU64,
 }
 
 impl<K: Eq + Hash + Clone, V: Clone> CountingCache<K, V> {
-    pub(crate) fn new(capacity: usize) -> Self {
+    pub(crate) fn new(capacity: usize, statistics: bool) -> Self {
         Self {
             inner: (capacity > 0).then(|| Cache::new(capacity)),
             capacity: capacity as u64,
+            statistics,
             hits: AtomicU64::new(0),
             misses: AtomicU64::new(0),
         }
@@ -56,6 +58,9 @@ impl<K: Eq + Hash + Clone, V: Clone> CountingCache<K, V> {
     pub(crate) fn get(&self, key: &K) -> Option<V> {
         let cache = self.inner.as_ref()?;
         let found = cache.get(key);
+        if !self.statistics {
+            return found;
+        }
         let counter = if found.is_some() {
             &self.hits
         } else {

@@ -1,12 +1,14 @@
 //! [`VmiCore`]: memory, translation and registers over a driver, with caches.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU8, Ordering};
 
 use zerocopy::{FromBytes, IntoBytes};
 
 use crate::cache::{CacheStats, CountingCache};
+use crate::tlb::{Cached, Tlb};
 use crate::{
-    AccessContext, AddressContext, Architecture, EventMonitor, Gfn, Pa, PageTableReader,
+    AccessContext, AddressContext, Architecture, EventMonitor, Gfn, LastLevel, Pa, PageTableReader,
     RegistersOf, Translation, TranslationMechanism, Va, VcpuId, VmState, VmiDriver, VmiError,
     VmiEventControl, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
 };
@@ -14,15 +16,24 @@ use crate::{
 /// Sizes of the core's caches.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct VmiCoreConfig {
-    /// Entries of the virtual-to-physical translation cache (0 disables it).
+    /// Entries of the translation cache, rounded up to a power of two (0 disables it).
+    /// An entry covers the region one last-level page table maps (2 MiB on AMD64): it
+    /// holds the region's large leaf, or its table, so that a read costs at most one
+    /// page-table entry read.
     pub translation_cache: usize,
     /// Whole pages kept by the page cache (0 disables it). `None` follows the driver's
     /// advice ([`VmiInfo::cache_pages`]): on for slow targets with
     /// [`DEFAULT_PAGE_CACHE`] pages, off for mmap-backed ones.
     pub page_cache: Option<usize>,
+    /// Count cache hits and misses ([`VmiCore::translation_cache_stats`],
+    /// [`VmiCore::page_cache_stats`]). Off by default: the counters are atomics shared by
+    /// every thread, and on x86 an atomic increment is a full barrier that keeps a read
+    /// from overlapping the cache misses of the reads before it.
+    pub statistics: bool,
 }
 
-/// Default number of cached translations.
+/// Default number of translation-cache entries (on AMD64 each covers 2 MiB of an
+/// address space: 8192 of them cover 16 GiB).
 pub const DEFAULT_TRANSLATION_CACHE: usize = 8192;
 /// Default number of cached pages when the driver asks for caching (8 MiB of 4 KiB pages).
 pub const DEFAULT_PAGE_CACHE: usize = 2048;
@@ -32,6 +43,7 @@ impl Default for VmiCoreConfig {
         Self {
             translation_cache: DEFAULT_TRANSLATION_CACHE,
             page_cache: None,
+            statistics: false,
         }
     }
 }
@@ -42,7 +54,9 @@ type PagingModeOf<D> = <ArchOf<D> as Architecture>::PagingMode;
 /// The core of an introspection session: a driver plus translation and page caches.
 ///
 /// `VmiCore<D>` is `Send + Sync` whenever the driver is, so a dump can be scanned from
-/// several threads at once; the caches are sharded concurrent maps with atomic counters.
+/// several threads at once: the translation cache is a lock-free software TLB (a
+/// sequence lock per entry, see `tlb.rs`), the page cache a sharded concurrent map, and
+/// the paging mode an atomic.
 ///
 /// ```
 /// use vmi_core::{AccessContext, Pa, Va, VmiCore};
@@ -63,8 +77,9 @@ type PagingModeOf<D> = <ArchOf<D> as Architecture>::PagingMode;
 pub struct VmiCore<D: VmiDriver> {
     driver: D,
     info: VmiInfo,
-    paging_mode: RwLock<PagingModeOf<D>>,
-    translations: CountingCache<(Pa, u64), Pa>,
+    /// The paging mode, as its `u8` form.
+    paging_mode: AtomicU8,
+    translations: Tlb,
     pages: CountingCache<Gfn, Arc<[u8]>>,
 }
 
@@ -95,9 +110,13 @@ impl<D: VmiDriver> VmiCore<D> {
         Ok(Self {
             driver,
             info,
-            paging_mode: RwLock::new(PagingModeOf::<D>::default()),
-            translations: CountingCache::new(config.translation_cache),
-            pages: CountingCache::new(page_cache),
+            paging_mode: AtomicU8::new(PagingModeOf::<D>::default().into()),
+            translations: Tlb::new(
+                ArchOf::<D>::LAST_TABLE_SHIFT,
+                config.translation_cache,
+                config.statistics,
+            ),
+            pages: CountingCache::new(page_cache, config.statistics),
         })
     }
 
@@ -112,27 +131,30 @@ impl<D: VmiDriver> VmiCore<D> {
     }
 
     /// The paging mode used for translations.
+    #[inline(always)]
     pub fn paging_mode(&self) -> PagingModeOf<D> {
-        *self.paging_mode.read().unwrap_or_else(|e| e.into_inner())
+        // Only `set_paging_mode` stores, and only values made from a `PagingMode`.
+        PagingModeOf::<D>::try_from(self.paging_mode.load(Ordering::Acquire)).unwrap_or_default()
     }
 
     /// Sets the paging mode (from registers, or from what an OS layer found) and drops
     /// cached translations made under the old one.
     pub fn set_paging_mode(&self, mode: PagingModeOf<D>) {
-        let mut guard = self.paging_mode.write().unwrap_or_else(|e| e.into_inner());
-        if *guard != mode {
-            *guard = mode;
-            drop(guard);
+        // A walk takes the cache's epoch before it reads the mode: a walk that saw the old
+        // mode files its result under an epoch this clear retires.
+        if self.paging_mode.swap(mode.into(), Ordering::AcqRel) != mode.into() {
             self.translations.clear();
         }
     }
 
-    /// Translation-cache statistics.
+    /// Translation-cache statistics (hits and misses are counted only with
+    /// [`VmiCoreConfig::statistics`]; a miss is a page-table walk).
     pub fn translation_cache_stats(&self) -> CacheStats {
         self.translations.stats()
     }
 
-    /// Page-cache statistics.
+    /// Page-cache statistics (hits and misses are counted only with
+    /// [`VmiCoreConfig::statistics`]).
     pub fn page_cache_stats(&self) -> CacheStats {
         self.pages.stats()
     }
@@ -142,10 +164,9 @@ impl<D: VmiDriver> VmiCore<D> {
         self.translations.clear();
     }
 
-    /// Forgets the cached translation of one page.
+    /// Forgets the cached translation of the page (of any size) holding `ctx`.
     pub fn invalidate_translation(&self, ctx: AddressContext) {
-        self.translations
-            .remove(&(ctx.root, ctx.va.0 >> ArchOf::<D>::PAGE_SHIFT));
+        self.translations.remove(ctx.root.0, ctx.va.0);
     }
 
     /// Forgets every cached page.
@@ -169,9 +190,18 @@ impl<D: VmiDriver> VmiCore<D> {
 struct CoreReader<'a, D: VmiDriver>(&'a VmiCore<D>);
 
 impl<D: VmiRead> PageTableReader for CoreReader<'_, D> {
+    /// One page chunk, not [`VmiCore::read`]: a read that translates walks, and a walk
+    /// that called back into `read` would make the read path recursive, which the
+    /// compiler cannot inline. An entry never crosses a page when the walk aligns it;
+    /// one that does is read in two pieces.
+    #[inline(always)]
     fn read_entry(&self, pa: Pa) -> Result<u64, VmiError> {
         let mut buf = [0u8; 8];
-        self.0.read_physical(pa, &mut buf)?;
+        if ArchOf::<D>::page_offset(pa.0) <= ArchOf::<D>::PAGE_SIZE - 8 {
+            self.0.read_page_chunk(pa, &mut buf)?;
+        } else {
+            self.0.read_chunks(AccessContext::direct(pa), &mut buf)?;
+        }
         Ok(u64::from_le_bytes(buf))
     }
 }
@@ -251,20 +281,44 @@ impl<D: VmiRead> VmiCore<D> {
     }
 
     /// Translates a virtual address to a physical one, through the translation cache.
+    #[inline(always)]
     pub fn translate_address(&self, ctx: AddressContext) -> Result<Pa, VmiError> {
-        let shift = ArchOf::<D>::PAGE_SHIFT;
-        let key = (ctx.root, ctx.va.0 >> shift);
-        let offset = ArchOf::<D>::page_offset(ctx.va.0);
-        if let Some(page) = self.translations.get(&key) {
-            return Ok(page + offset);
+        match self.translations.get(ctx.root.0, ctx.va.0) {
+            Some(Cached::Leaf(pa)) => Ok(Pa(pa)),
+            Some(Cached::Table(table)) => {
+                ArchOf::<D>::translate_in_last_table(&CoreReader(self), ctx, Pa(table))
+                    .map(|leaf| leaf.pa)
+            }
+            None => self.translate_uncached(ctx),
         }
-        let t = self.translate(ctx)?;
-        let page = t.pa.align_down(ArchOf::<D>::PAGE_SIZE);
-        self.translations.insert(key, page);
-        Ok(page + offset)
     }
 
+    /// [`Self::translate_address`] when the cache knows nothing of the region of `ctx`:
+    /// a walk without its steps, and what it found at the last level filed in the cache.
     #[inline]
+    fn translate_uncached(&self, ctx: AddressContext) -> Result<Pa, VmiError> {
+        let epoch = self.translations.epoch();
+        let reader = CoreReader(self);
+        match ArchOf::<D>::translate_to_last_table(&reader, ctx, self.paging_mode()) {
+            Ok(LastLevel::Leaf(leaf)) => {
+                let found = Cached::Leaf(leaf.pa.0);
+                (self.translations).insert(ctx.root.0, ctx.va.0, found, leaf.page_size, epoch);
+                Ok(leaf.pa)
+            }
+            Ok(LastLevel::Table(table)) => {
+                let found = Cached::Table(table.0);
+                let size = ArchOf::<D>::PAGE_SIZE;
+                (self.translations).insert(ctx.root.0, ctx.va.0, found, size, epoch);
+                ArchOf::<D>::translate_in_last_table(&reader, ctx, table).map(|leaf| leaf.pa)
+            }
+            Err(e) => {
+                self.translations.miss();
+                Err(e)
+            }
+        }
+    }
+
+    #[inline(always)]
     fn resolve(&self, at: u64, mechanism: TranslationMechanism) -> Result<Pa, VmiError> {
         match mechanism {
             TranslationMechanism::Direct => Ok(Pa(at)),

@@ -32,10 +32,12 @@ mod error;
 mod event;
 mod os;
 mod session;
+mod tlb;
 
 pub use crate::addr::{Gfn, Pa, Pointer, Va, VcpuId};
 pub use crate::arch::{
-    Architecture, MAX_WALK_LEVELS, PageFlags, PageTableReader, Registers, Translation, WalkStep,
+    Architecture, LastLevel, LeafMapping, MAX_WALK_LEVELS, PageFlags, PageTableReader, Registers,
+    Translation, WalkStep,
 };
 pub use crate::cache::CacheStats;
 pub use crate::context::{AccessContext, AddressContext, TranslationMechanism};

@@ -5,8 +5,8 @@ use std::sync::atomic::AtomicBool;
 use vmi_arch_amd64::{Amd64, Cr3, EventReason, Registers};
 use vmi_core::{
     BreakpointAddress, BreakpointKind, EventMonitor, OsProcess, Pa, Va, VcpuId, VmState,
-    VmiContext, VmiCore, VmiError, VmiEvent, VmiEventResponse, VmiHandler, VmiOs, VmiRead,
-    VmiSession,
+    VmiContext, VmiCore, VmiCoreConfig, VmiError, VmiEvent, VmiEventResponse, VmiHandler, VmiOs,
+    VmiRead, VmiSession,
 };
 use vmi_driver_mock::{MockCall, MockDriver, PageSize, PageTableBuilder};
 
@@ -221,7 +221,14 @@ fn reads_cross_pages_and_report_partial_access() {
 
 #[test]
 fn page_cache_on_a_slow_target_counts_and_invalidates_on_write() {
-    let core = VmiCore::new(target().live()).unwrap();
+    let core = VmiCore::with_config(
+        target().live(),
+        VmiCoreConfig {
+            statistics: true,
+            ..VmiCoreConfig::default()
+        },
+    )
+    .unwrap();
     assert_eq!(core.read_u64(Pa(0x5000)).unwrap(), 42);
     assert_eq!(core.read_u64(Pa(0x5000)).unwrap(), 42);
     let s = core.page_cache_stats();

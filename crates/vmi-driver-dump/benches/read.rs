@@ -1,62 +1,24 @@
 //! Random physical reads of the 256 MiB test-guest dump in every format, against a plain
 //! mmap of the raw RAM image (the ceiling) and memflow reading the same raw file.
 //!
-//! Dumps come from `$VMI_DUMP_BENCH_DIR` (`guest.raw`, `guest.elf`, `guest.kdump`, as
-//! `make-test-guest.sh dump` and a copy of the RAM file make them) or from a test guest
-//! booted here; without QEMU the bench prints why and measures nothing.
+//! Dumps come from `$VMI_DUMP_BENCH_DIR` or a test guest booted here (see `common`);
+//! without QEMU the bench prints why and measures nothing. `benches/readpath.rs` prints
+//! the side-by-side table of issue 17 (physical and virtual reads) from the same dumps.
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
 use std::hint::black_box;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use criterion::{Criterion, criterion_group, criterion_main};
 use rand::{Rng, SeedableRng, rngs::SmallRng};
 use vmi_core::{Gfn, Pa, VmiCore, VmiRead};
-use vmi_driver_dump::{DumpDriver, build_lime};
+use vmi_driver_dump::DumpDriver;
+
+mod common;
+use common::dumps;
 
 const ADDRESSES: usize = 1 << 14;
-
-struct Dumps {
-    dir: PathBuf,
-    _guest: Option<vmi_test_guest::TestGuest>,
-}
-
-fn dumps() -> Option<Dumps> {
-    if let Some(dir) = std::env::var_os("VMI_DUMP_BENCH_DIR") {
-        let dir = PathBuf::from(dir);
-        make_lime(&dir);
-        return Some(Dumps { dir, _guest: None });
-    }
-    let guest = vmi_test_guest::TestGuest::boot_or_skip(vmi_test_guest::GuestConfig::default())?;
-    let dir = guest.dir().join("bench-dumps");
-    std::fs::create_dir_all(&dir).ok()?;
-    guest.pause().ok()?;
-    guest
-        .dump(vmi_test_guest::DumpFormat::Elf, &dir.join("guest.elf"))
-        .ok()?;
-    guest
-        .dump(
-            vmi_test_guest::DumpFormat::KdumpZlib,
-            &dir.join("guest.kdump"),
-        )
-        .ok()?;
-    std::fs::copy(guest.mem_file(), dir.join("guest.raw")).ok()?;
-    make_lime(&dir);
-    Some(Dumps {
-        dir,
-        _guest: Some(guest),
-    })
-}
-
-fn make_lime(dir: &Path) {
-    let lime = dir.join("guest.lime");
-    if !lime.exists()
-        && let Ok(raw) = std::fs::read(dir.join("guest.raw"))
-    {
-        let _ = std::fs::write(&lime, build_lime(&[(0, &raw)]));
-    }
-}
 
 /// A plain mapping of an ELF core and the file offset of physical address 0, when a
 /// `PT_LOAD` starts there and covers `size` bytes (the raw image's).

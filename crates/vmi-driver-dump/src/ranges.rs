@@ -9,7 +9,7 @@ use vmi_core::{Pa, PageAbsence, VmiError};
 use crate::data::malformed;
 
 /// A run of guest-physical memory stored contiguously in the file.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(crate) struct Segment {
     /// First guest-physical address.
     pub(crate) start: u64,
@@ -37,6 +37,11 @@ pub(crate) struct RangeMap {
     guesses: Vec<Segment>,
     /// log2 of the bytes per guess.
     shift: u32,
+    /// The largest segment (empty when there is none), tried before the guesses: in raw,
+    /// ELF and LiME dumps of a small guest it holds almost every read, and checking it
+    /// needs no table lookup. (Fewer instructions per read is what lets the CPU keep
+    /// more of a scan's cache misses in flight.)
+    primary: Segment,
 }
 
 /// At most this many guesses (24 bytes each), so the table stays within the L1/L2 cache.
@@ -99,10 +104,16 @@ impl RangeMap {
             }
             out.push(s);
         }
+        let primary = out
+            .iter()
+            .copied()
+            .max_by_key(|s| s.len)
+            .unwrap_or_default();
         let mut map = Self {
             segments: out,
             guesses: Vec::new(),
             shift: MIN_GUESS_SHIFT,
+            primary,
         };
         map.build_guesses();
         Ok(map)
@@ -141,15 +152,22 @@ impl RangeMap {
     /// The segment holding `pa`: the slot's guess when it holds `pa`, else a binary search.
     #[inline(always)]
     pub(crate) fn find(&self, pa: u64) -> Option<&Segment> {
-        if let Some(s) = usize::try_from(pa >> self.shift)
-            .ok()
-            .and_then(|slot| self.guesses.get(slot))
+        if let Some(s) = self.guess(pa)
             // `start <= pa < start + len` in one compare (`new` rejected wrapping segments).
             && pa.wrapping_sub(s.start) < s.len
         {
             return Some(s);
         }
         self.search(pa)
+    }
+
+    /// The guess for the slot of `pa` (which may not hold it).
+    #[inline(always)]
+    fn guess(&self, pa: u64) -> Option<&Segment> {
+        // `shift` < 64 (`build_guesses` stops at 63 at the latest): the shift cannot wrap.
+        usize::try_from(pa.wrapping_shr(self.shift))
+            .ok()
+            .and_then(|slot| self.guesses.get(slot))
     }
 
     /// [`Self::find`] by binary search.
@@ -187,20 +205,36 @@ impl RangeMap {
     /// and inlined into a caller with a fixed-size buffer the copy becomes one load.
     #[inline(always)]
     pub(crate) fn read(&self, data: &[u8], pa: u64, buf: &mut [u8]) -> Result<(), PageAbsence> {
-        // Fast path: one segment holds everything (the common case by far).
-        if let Some(s) = self.find(pa) {
-            let within = pa - s.start;
-            if within + buf.len() as u64 <= s.len {
-                let at = (s.file_offset + within) as usize;
-                // In bounds: `RangeMap::new` checked file_offset + len <= data.len().
-                copy_small(buf, &data[at..at + buf.len()]);
-                return Ok(());
-            }
+        // Fast path: the slot's guess holds everything (the common case by far). Written
+        // so that no step can overflow, hence without overflow checks: `within < len`
+        // before `len - within`, and `file_offset + len <= data.len()` (`RangeMap::new`).
+        if Self::read_in(&self.primary, data, pa, buf) {
+            return Ok(());
+        }
+        if let Some(s) = self.guess(pa)
+            && Self::read_in(s, data, pa, buf)
+        {
+            return Ok(());
         }
         self.read_slow(data, pa, buf)
     }
 
+    /// Copies `buf.len()` bytes at `pa` when segment `s` holds them all.
+    #[inline(always)]
+    fn read_in(s: &Segment, data: &[u8], pa: u64, buf: &mut [u8]) -> bool {
+        let within = pa.wrapping_sub(s.start);
+        if within < s.len && buf.len() as u64 <= s.len.wrapping_sub(within) {
+            let at = s.file_offset.wrapping_add(within) as usize;
+            if let Some(src) = data.get(at..at.wrapping_add(buf.len())) {
+                copy_small(buf, src);
+                return true;
+            }
+        }
+        false
+    }
+
     #[cold]
+    #[inline(never)]
     fn read_slow(&self, data: &[u8], pa: u64, buf: &mut [u8]) -> Result<(), PageAbsence> {
         let mut done = 0usize;
         while done < buf.len() {
