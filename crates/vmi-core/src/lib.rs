@@ -51,7 +51,10 @@ pub use crate::driver::{
 };
 pub use crate::error::{FaultKind, PageAbsence, PageFault, VmiError};
 pub use crate::event::{EventAction, MonitorChange, VmiEvent, VmiEventResponse};
-pub use crate::os::{OsModule, OsProcess, OsRegion, OsThread, RegionProtection, VmiOs};
+pub use crate::os::{
+    CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces, OsProcess,
+    OsRegion, OsThread, OsValue, RegionProtection, VmiOs,
+};
 pub use crate::session::{
     ArchitectureOf, VmiContext, VmiHandler, VmiOsState, VmiSession, VmiState,
 };

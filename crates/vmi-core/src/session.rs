@@ -10,8 +10,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use crate::{
-    AccessContext, OsModule, OsProcess, OsRegion, OsThread, Pa, Registers, RegistersOf, Va, VcpuId,
-    VmiCore, VmiDriver, VmiError, VmiEvent, VmiEventControl, VmiEventResponse, VmiOs, VmiRead,
+    AccessContext, CommandLine, OsHandle, OsListing, OsLogRecord, OsModule, OsProcess, OsRegion,
+    OsThread, Pa, Registers, RegistersOf, Va, VcpuId, VmiCore, VmiDriver, VmiError, VmiEvent,
+    VmiEventControl, VmiEventResponse, VmiOs, VmiRead,
 };
 
 /// A core and the OS layer that interprets it.
@@ -406,6 +407,39 @@ impl<'a, D: VmiRead, O: VmiOs<D>> VmiOsState<'a, D, O> {
     /// See [`VmiOs::memory_regions`].
     pub fn memory_regions(&self, pid: u64) -> Result<Vec<OsRegion>, VmiError> {
         self.os.memory_regions(self.core, pid)
+    }
+
+    /// See [`VmiOs::process_list`].
+    pub fn process_list(&self) -> Result<OsListing<OsProcess>, VmiError> {
+        self.os.process_list(self.core)
+    }
+
+    /// See [`VmiOs::process_cmdline`].
+    pub fn process_cmdline(&self, process: &OsProcess) -> Result<CommandLine, VmiError> {
+        self.os.process_cmdline(self.core, process)
+    }
+
+    /// See [`VmiOs::process_environment`].
+    pub fn process_environment(
+        &self,
+        process: &OsProcess,
+    ) -> Result<Vec<(String, Option<String>)>, VmiError> {
+        self.os.process_environment(self.core, process)
+    }
+
+    /// See [`VmiOs::memory_region_list`].
+    pub fn memory_region_list(&self, process: &OsProcess) -> Result<OsListing<OsRegion>, VmiError> {
+        self.os.memory_region_list(self.core, process)
+    }
+
+    /// See [`VmiOs::handles`].
+    pub fn handles(&self, process: &OsProcess) -> Result<OsListing<OsHandle>, VmiError> {
+        self.os.handles(self.core, process)
+    }
+
+    /// See [`VmiOs::kernel_log`].
+    pub fn kernel_log(&self) -> Result<Vec<OsLogRecord>, VmiError> {
+        self.os.kernel_log(self.core)
     }
 
     /// The process of the event's vCPU (see [`VmiOs::current_process`]).

@@ -38,6 +38,7 @@ impl<D: VmiRead<Architecture = Amd64>> VmiOs<D> for ToyOs {
             object: KVA,
             translation_root: Some(regs.cr3.root()),
             is_kernel: false,
+            ..OsProcess::default()
         })
     }
 }

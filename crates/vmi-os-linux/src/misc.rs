@@ -206,3 +206,41 @@ impl LinuxOs {
         })
     }
 }
+
+/// VMCOREINFO as the kernel writes it (`KEY=VALUE` lines), for a dump's note.
+pub(crate) fn vmcoreinfo_text(v: &vmi_profile::VmcoreInfo) -> String {
+    use std::fmt::Write;
+    let mut s = String::new();
+    if let Some(r) = &v.osrelease {
+        let _ = writeln!(s, "OSRELEASE={r}");
+    }
+    if let Some(id) = &v.build_id {
+        let hexid: String = id.iter().map(|b| format!("{b:02x}")).collect();
+        let _ = writeln!(s, "BUILD-ID={hexid}");
+    }
+    if let Some(p) = v.page_size {
+        let _ = writeln!(s, "PAGESIZE={p}");
+    }
+    for (k, a) in &v.symbols {
+        let _ = writeln!(s, "SYMBOL({k})={a:x}");
+    }
+    for (k, n) in &v.sizes {
+        let _ = writeln!(s, "SIZE({k})={n}");
+    }
+    for (k, n) in &v.offsets {
+        let _ = writeln!(s, "OFFSET({k})={n}");
+    }
+    for (k, n) in &v.lengths {
+        let _ = writeln!(s, "LENGTH({k})={n}");
+    }
+    for (k, n) in &v.numbers {
+        let _ = writeln!(s, "NUMBER({k})={n}");
+    }
+    for (k, val) in &v.other {
+        let _ = writeln!(s, "{k}={val}");
+    }
+    if let Some(o) = v.kernel_offset {
+        let _ = writeln!(s, "KERNELOFFSET={o:x}");
+    }
+    s
+}

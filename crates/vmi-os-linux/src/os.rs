@@ -1,9 +1,14 @@
 //! [`VmiOs`] for [`LinuxOs`]: the OS-agnostic view of the Linux-specific operations.
 
-use vmi_arch_amd64::{Amd64, Registers};
-use vmi_core::{OsModule, OsProcess, OsRegion, OsThread, Va, VmiCore, VmiError, VmiOs, VmiRead};
+use std::path::Path;
 
-use crate::{LinuxOs, LinuxTask};
+use vmi_arch_amd64::{Amd64, Registers};
+use vmi_core::{
+    CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces, OsProcess,
+    OsRegion, OsThread, OsValue, Pa, Va, VmiCore, VmiError, VmiOs, VmiRead,
+};
+
+use crate::{LinuxModule, LinuxOs, LinuxTask, LinuxVma, vm_flags};
 
 impl From<&LinuxTask> for OsProcess {
     fn from(t: &LinuxTask) -> Self {
@@ -14,6 +19,13 @@ impl From<&LinuxTask> for OsProcess {
             object: t.task,
             translation_root: t.user_root,
             is_kernel: t.is_kernel_thread(),
+            uid: Some(t.uid),
+            gid: Some(t.gid),
+            state: Some(t.state.letter()),
+            start_time_ns: Some(t.start_time_ns),
+            namespace_pid: (!t.ns_pids.is_empty()).then(|| u64::from(t.ns_pid())),
+            problems: t.problems.clone(),
+            attributes: Vec::new(),
         }
     }
 }
@@ -25,7 +37,65 @@ impl From<&LinuxTask> for OsThread {
             pid: u64::from(t.tgid),
             object: t.task,
             name: Some(t.comm.clone()),
+            state: Some(t.state.letter()),
+            attributes: vec![
+                OsAttribute::new("ns_tid", OsValue::Number(u64::from(t.ns_pid()))),
+                OsAttribute::new(
+                    "ns_pids",
+                    OsValue::List(
+                        t.ns_pids
+                            .iter()
+                            .map(|&n| OsValue::Number(u64::from(n)))
+                            .collect(),
+                    ),
+                ),
+            ],
         }
+    }
+}
+
+impl From<LinuxModule> for OsModule {
+    fn from(m: LinuxModule) -> Self {
+        OsModule {
+            name: m.name,
+            base: m.base,
+            size: m.size,
+            path: None,
+            state: Some(m.state.proc_name()),
+            attributes: vec![OsAttribute::new("module", OsValue::Hex(m.module.0))],
+        }
+    }
+}
+
+impl From<LinuxVma> for OsRegion {
+    fn from(v: LinuxVma) -> Self {
+        OsRegion {
+            start: v.start,
+            end: v.end,
+            protection: v.protection(),
+            shared: v.flags & vm_flags::VM_MAYSHARE != 0,
+            offset: v.offset(),
+            flags: v.flags,
+            object: v.vma,
+            attributes: vec![
+                OsAttribute::column("dev", "DEV", OsValue::Text(v.dev_string())),
+                OsAttribute::column("inode", "INODE", OsValue::Number(v.inode)),
+                OsAttribute::new("vma", OsValue::Hex(v.vma.0)),
+            ],
+            path: v.path,
+            name: v.name,
+        }
+    }
+}
+
+impl LinuxOs {
+    /// The task of a process listed by [`VmiOs`] (read again from its `task_struct`).
+    fn task_of<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        core: &VmiCore<D>,
+        process: &OsProcess,
+    ) -> Result<LinuxTask, VmiError> {
+        self.task(core, process.object)
     }
 }
 
@@ -87,12 +157,7 @@ impl<D: VmiRead<Architecture = Amd64>> VmiOs<D> for LinuxOs {
             .module_list(core)?
             .modules
             .into_iter()
-            .map(|m| OsModule {
-                name: m.name,
-                base: m.base,
-                size: m.size,
-                path: None,
-            })
+            .map(OsModule::from)
             .collect())
     }
 
@@ -102,13 +167,183 @@ impl<D: VmiRead<Architecture = Amd64>> VmiOs<D> for LinuxOs {
             .vmas(core, &task)?
             .vmas
             .into_iter()
-            .map(|v| OsRegion {
-                start: v.start,
-                end: v.end,
-                protection: v.protection(),
-                path: v.path,
+            .map(OsRegion::from)
+            .collect())
+    }
+
+    fn process_list(&self, core: &VmiCore<D>) -> Result<OsListing<OsProcess>, VmiError> {
+        let list = LinuxOs::process_list(self, core)?;
+        Ok(OsListing {
+            items: list.tasks.iter().map(OsProcess::from).collect(),
+            skipped: list.skipped,
+        })
+    }
+
+    /// The arguments; empty for kernel threads and zombies (no address space), as `/proc`
+    /// shows them.
+    fn process_cmdline(
+        &self,
+        core: &VmiCore<D>,
+        process: &OsProcess,
+    ) -> Result<CommandLine, VmiError> {
+        let task = self.task_of(core, process)?;
+        if task.mm.is_none() {
+            return Ok(CommandLine::Argv(Vec::new()));
+        }
+        self.cmdline(core, &task).map(CommandLine::Argv)
+    }
+
+    fn process_image_path(
+        &self,
+        core: &VmiCore<D>,
+        process: &OsProcess,
+    ) -> Result<Option<String>, VmiError> {
+        let task = self.task_of(core, process)?;
+        self.exe_path(core, &task)
+    }
+
+    fn process_environment(
+        &self,
+        core: &VmiCore<D>,
+        process: &OsProcess,
+    ) -> Result<Vec<(String, Option<String>)>, VmiError> {
+        let task = self.task_of(core, process)?;
+        Ok(self
+            .environment(core, &task)?
+            .into_iter()
+            .map(|v| match v.split_once('=') {
+                Some((k, val)) => (k.to_owned(), Some(val.to_owned())),
+                None => (v, None),
             })
             .collect())
+    }
+
+    fn process_namespaces(
+        &self,
+        core: &VmiCore<D>,
+        process: &OsProcess,
+    ) -> Result<OsNamespaces, VmiError> {
+        let task = self.task_of(core, process)?;
+        let ns = self.task_namespaces(core, &task)?;
+        Ok(OsNamespaces {
+            pid_namespace: ns.pid_ns.map(u64::from),
+            hostname: ns.hostname,
+        })
+    }
+
+    fn thread_list(
+        &self,
+        core: &VmiCore<D>,
+        process: &OsProcess,
+    ) -> Result<OsListing<OsThread>, VmiError> {
+        let list = self.threads_of(core, process.object)?;
+        Ok(OsListing {
+            items: list.tasks.iter().map(OsThread::from).collect(),
+            skipped: list.skipped,
+        })
+    }
+
+    fn module_list(&self, core: &VmiCore<D>) -> Result<OsListing<OsModule>, VmiError> {
+        let list = LinuxOs::module_list(self, core)?;
+        Ok(OsListing {
+            items: list.modules.into_iter().map(OsModule::from).collect(),
+            skipped: list.skipped,
+        })
+    }
+
+    fn memory_region_list(
+        &self,
+        core: &VmiCore<D>,
+        process: &OsProcess,
+    ) -> Result<OsListing<OsRegion>, VmiError> {
+        let task = self.task_of(core, process)?;
+        let list = self.vmas(core, &task)?;
+        Ok(OsListing {
+            items: list.vmas.into_iter().map(OsRegion::from).collect(),
+            skipped: list.skipped,
+        })
+    }
+
+    /// The open files, by descriptor; a path that cannot be read is the file's `error`.
+    fn handles(
+        &self,
+        core: &VmiCore<D>,
+        process: &OsProcess,
+    ) -> Result<OsListing<OsHandle>, VmiError> {
+        let task = self.task_of(core, process)?;
+        let files = self.open_files(core, &task)?;
+        Ok(OsListing::complete(
+            files
+                .into_iter()
+                .map(|f| {
+                    let (path, error) = match f.path {
+                        Ok(p) => (Some(p), None),
+                        Err(e) => (None, Some(e)),
+                    };
+                    OsHandle {
+                        id: u64::from(f.fd),
+                        object: f.file,
+                        path,
+                        error,
+                        attributes: Vec::new(),
+                    }
+                })
+                .collect(),
+        ))
+    }
+
+    fn kernel_log(&self, core: &VmiCore<D>) -> Result<Vec<OsLogRecord>, VmiError> {
+        Ok(self
+            .dmesg(core)?
+            .into_iter()
+            .map(|r| OsLogRecord {
+                seq: r.seq,
+                ts_nsec: r.ts_nsec,
+                text: r.text,
+            })
+            .collect())
+    }
+
+    fn kernel_symbol(&self, _core: &VmiCore<D>, name: &str) -> Result<Va, VmiError> {
+        self.symbol_address(name).ok_or_else(|| VmiError::NotFound {
+            kind: "kernel symbol",
+            name: name.to_owned(),
+        })
+    }
+
+    fn kernel_translation_root(&self, _core: &VmiCore<D>) -> Result<Pa, VmiError> {
+        Ok(self.kernel.kernel_root)
+    }
+
+    /// Release, banner, paging, KASLR slide, `phys_base`, direct-map base, kernel root,
+    /// KPTI and where the profile came from.
+    fn kernel_facts(&self, _core: &VmiCore<D>) -> Vec<OsAttribute> {
+        let k = &self.kernel;
+        vec![
+            OsAttribute::new("kernel_release", k.release.clone().into()),
+            OsAttribute::new(
+                "banner",
+                k.banner.as_deref().map(|b| b.trim_end().to_owned()).into(),
+            ),
+            OsAttribute::new("paging", OsValue::Text(format!("{:?}", k.paging_mode))),
+            OsAttribute::new("kaslr_slide", OsValue::Hex(k.kaslr_offset)),
+            OsAttribute::new("phys_base", OsValue::Hex(k.phys_base)),
+            OsAttribute::new("page_offset_base", OsValue::Hex(k.page_offset_base.0)),
+            OsAttribute::new("kernel_root", OsValue::Hex(k.kernel_root.0)),
+            OsAttribute::new("kpti", k.kpti.map_or(OsValue::Null, OsValue::Bool)),
+            OsAttribute::new("profile", OsValue::Text(format!("{:?}", k.profile_origin))),
+        ]
+    }
+
+    /// VMCOREINFO as the kernel writes it (`KEY=VALUE` lines).
+    fn crash_dump_note(&self) -> Option<String> {
+        Some(crate::misc::vmcoreinfo_text(&self.vmcoreinfo))
+    }
+
+    /// Link-time symbol addresses and the running kernel's banner: what Volatility 3
+    /// expects (it finds the KASLR shift itself).
+    fn export_profile(&self, path: &Path) -> Result<(), VmiError> {
+        self.write_isf(path)
     }
 
     fn current_process(
