@@ -1,4 +1,6 @@
-//! The commands, generic over the driver.
+//! The commands, written once over [`VmiOs`] and generic over the driver: the OS layer is
+//! chosen at run time ([`crate::os::detect`]), and what only one OS has reaches the output
+//! as [`OsAttribute`]s.
 
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -6,15 +8,16 @@ use std::io::BufWriter;
 
 use anyhow::{Context, anyhow};
 use serde::Serialize;
-use serde_json::json;
+use serde_json::{Value, json};
 use std::cell::Cell;
 
 use vmi_arch_amd64::{Amd64, Registers};
 use vmi_core::{
-    AccessContext, AddressContext, Pa, Registers as _, Va, VmiCore, VmiQueryRegisters, VmiRead,
+    AccessContext, AddressContext, CommandLine, OsAttribute, OsNamespaces, OsProcess, OsValue, Pa,
+    Registers as _, Va, VmiCore, VmiError, VmiQueryRegisters, VmiRead,
 };
-use vmi_os_linux::{LinuxOs, LinuxTask};
 
+use crate::os::DynOs;
 use crate::output::{self, Format, Table};
 use crate::target::{self, Target};
 use crate::{Cli, Command, Failure, ProfileCommand, ReadArgs};
@@ -33,15 +36,7 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
     match target::open(&spec)? {
         Target::Dump(core) => {
             let vmcoreinfo = core.driver().vmcoreinfo().map(str::to_owned);
-            let ctx = Ctx {
-                cli: &cli,
-                core: &core,
-                vmcoreinfo,
-                live: false,
-                warnings: Cell::new(0),
-            };
-            ctx.run()?;
-            ctx.incomplete()
+            run_on(&cli, &core, vmcoreinfo, false)
         }
         Target::Qemu(core) => {
             if let Command::Trace { .. } = &cli.command {
@@ -52,17 +47,38 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             }
             // A consistent view: pause while we look (resumed on drop only if we paused).
             let _pause = core.pause_guard()?;
-            let ctx = Ctx {
-                cli: &cli,
-                core: &core,
-                vmcoreinfo: None,
-                live: true,
-                warnings: Cell::new(0),
-            };
-            ctx.run()?;
-            ctx.incomplete()
+            run_on(&cli, &core, None, true)
+        }
+        #[cfg(feature = "xen")]
+        Target::Xen(core) => {
+            if let Command::Trace { .. } | Command::Watch(_) = &cli.command {
+                return Err(anyhow!("trace and watch work on qemu: targets only").into());
+            }
+            let _pause = core.pause_guard()?;
+            run_on(&cli, &core, None, true)
         }
     }
+}
+
+/// Runs the command on an opened core.
+fn run_on<D>(
+    cli: &Cli,
+    core: &VmiCore<D>,
+    vmcoreinfo: Option<String>,
+    live: bool,
+) -> Result<(), Failure>
+where
+    D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static,
+{
+    let ctx = Ctx {
+        cli,
+        core,
+        vmcoreinfo,
+        live,
+        warnings: Cell::new(0),
+    };
+    ctx.run()?;
+    ctx.incomplete()
 }
 
 mod trace;
@@ -95,35 +111,6 @@ pub fn parse_number(s: &str) -> anyhow::Result<u64> {
     r.map_err(|_| anyhow!("{s:?} is not a number (use 0x… for hex)"))
 }
 
-/// The OS layer found in a target.
-pub(crate) enum Os {
-    /// Linux.
-    Linux(Box<LinuxOs>),
-    /// Windows.
-    Windows(Box<vmi_os_windows::WindowsOs>),
-}
-
-impl Os {
-    /// A kernel symbol's run-time address.
-    fn symbol_address(&self, name: &str) -> Option<Va> {
-        match self {
-            Os::Linux(os) => os.symbol_address(name),
-            Os::Windows(w) => {
-                let rva = w.profile().symbol(name)?.address;
-                Some(w.kernel().base + rva)
-            }
-        }
-    }
-}
-
-/// Parses a number, or `symbol[+offset]` resolved through the OS layer.
-pub(crate) fn parse_address(s: &str, os: Option<&Os>) -> anyhow::Result<u64> {
-    match os {
-        Some(os) => parse_address_with(s, Some(&|name: &str| os.symbol_address(name))),
-        None => parse_address_with(s, None),
-    }
-}
-
 /// Resolves a kernel symbol name to its run-time address.
 pub(crate) type SymbolLookup<'a> = dyn Fn(&str) -> Option<Va> + 'a;
 
@@ -145,7 +132,51 @@ pub(crate) fn parse_address_with(
     Ok(va.0.wrapping_add(offset))
 }
 
-/// One `ps` row; the same shape for every OS (`uid`/`gid` are `null` on Windows).
+/// An attribute value in JSON: addresses and masks as `"0x…"` strings.
+fn json_value(v: &OsValue) -> Value {
+    match v {
+        OsValue::Null => Value::Null,
+        OsValue::Bool(b) => json!(b),
+        OsValue::Number(n) => json!(n),
+        OsValue::Hex(n) => json!(hex(*n)),
+        OsValue::Text(t) => json!(t),
+        OsValue::List(l) => Value::Array(l.iter().map(json_value).collect()),
+        _ => Value::Null,
+    }
+}
+
+/// Adds OS-specific attributes to a JSON object.
+fn with_attributes(mut v: Value, attributes: &[OsAttribute]) -> Value {
+    for a in attributes {
+        v[a.key] = json_value(&a.value);
+    }
+    v
+}
+
+/// The table columns of the OS-specific attributes (from the first object; numbers
+/// right-aligned).
+fn attribute_columns(attributes: Option<&Vec<OsAttribute>>) -> Vec<String> {
+    attributes
+        .into_iter()
+        .flatten()
+        .filter_map(|a| {
+            a.column.map(|c| match a.value {
+                OsValue::Number(_) => format!(">{c}"),
+                _ => c.to_owned(),
+            })
+        })
+        .collect()
+}
+
+/// The cells of the OS-specific attribute columns.
+fn attribute_cells(attributes: &[OsAttribute]) -> impl Iterator<Item = String> + '_ {
+    attributes
+        .iter()
+        .filter(|a| a.column.is_some())
+        .map(|a| a.value.to_string())
+}
+
+/// One `ps` row; the same shape for every OS (`uid`/`gid` are `null` where the OS has none).
 #[derive(Serialize)]
 pub(crate) struct PsEntry {
     pub(crate) pid: u64,
@@ -165,7 +196,7 @@ pub(crate) struct PsEntry {
     pub(crate) ns_pid: Option<u64>,
     /// Inode number of the process's PID namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
-    pub(crate) pid_ns: Option<u32>,
+    pub(crate) pid_ns: Option<u64>,
     /// Host name of the process's UTS namespace.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub(crate) hostname: Option<String>,
@@ -174,11 +205,18 @@ pub(crate) struct PsEntry {
     pub(crate) errors: Vec<String>,
 }
 
-impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
+impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> {
     /// Prints a warning about something that could not be read, and counts it.
     pub(crate) fn warn(&self, message: impl std::fmt::Display) {
         eprintln!("warning: {message}");
         self.warnings.set(self.warnings.get() + 1);
+    }
+
+    /// Warns about each object a walk skipped.
+    fn warn_skipped(&self, what: &str, skipped: &[(Va, VmiError)]) {
+        for (va, e) in skipped {
+            self.warn(format_args!("skipped the {what} at {va}: {e}"));
+        }
     }
 
     /// `Ok` when nothing was missing, else the [`EXIT_INCOMPLETE`] failure.
@@ -202,45 +240,9 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         }
     }
 
-    fn linux(&self) -> Result<LinuxOs, Failure> {
-        target::linux(self.core, self.cli, self.vmcoreinfo.as_deref())
-    }
-
-    /// The target's OS: Linux first (cheap when the dump carries VMCOREINFO), then Windows.
-    fn os(&self) -> Result<Os, Failure> {
-        let linux = match self.linux() {
-            Ok(os) => return Ok(Os::Linux(Box::new(os))),
-            // The kernel was found, its profile was not: that error, not a Windows attempt.
-            Err(e)
-                if e.error
-                    .downcast_ref::<vmi_core::VmiError>()
-                    .is_some_and(target::linux_found) =>
-            {
-                return Err(e);
-            }
-            Err(e) => e,
-        };
-        match crate::windows::detect(self.core, self.cli) {
-            Ok(os) => Ok(Os::Windows(Box::new(os))),
-            Err(crate::windows::Detect::NotWindows(w)) => Err(Failure {
-                code: crate::EXIT_TARGET,
-                error: anyhow!(
-                    "no Linux or Windows kernel recognised in the {} target (Linux: {}; Windows: {})",
-                    self.core.info().kind,
-                    linux
-                        .error
-                        .chain()
-                        .last()
-                        .map(|c| c.to_string())
-                        .unwrap_or_default(),
-                    w.chain().last().map(|c| c.to_string()).unwrap_or_default(),
-                ),
-            }),
-            Err(crate::windows::Detect::NoProfile(e)) => Err(Failure {
-                code: crate::EXIT_TARGET,
-                error: e,
-            }),
-        }
+    /// The target's OS, recognised at run time.
+    fn os(&self) -> Result<DynOs<D>, Failure> {
+        crate::os::detect(self.core, self.cli, self.vmcoreinfo.as_deref())
     }
 
     fn run(&self) -> Result<(), Failure> {
@@ -284,37 +286,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             "registers": !regs.is_empty(),
             "max_physical_address": hex((info.max_gfn.0 + 1) << 12),
         });
-        match &os {
-            Ok(Os::Windows(w)) => crate::windows::info(w, &mut v),
-            Ok(Os::Linux(os)) => {
-                let k = os.kernel();
-                v["os"] = json!("linux");
-                v["kernel_release"] = json!(k.release);
-                v["banner"] = json!(k.banner.as_deref().map(str::trim_end));
-                v["paging"] = json!(format!("{:?}", k.paging_mode));
-                v["kaslr_slide"] = json!(hex(k.kaslr_offset));
-                v["phys_base"] = json!(hex(k.phys_base));
-                v["page_offset_base"] = json!(hex(k.page_offset_base.0));
-                v["kernel_root"] = json!(hex(k.kernel_root.0));
-                v["kpti"] = json!(k.kpti);
-                v["profile"] = json!(format!("{:?}", k.profile_origin));
-            }
-            Err(e) => {
-                v["os"] = json!(null);
-                v["os_error"] = json!(format!("{:#}", e.error));
-                v["paging"] = json!(format!("{:?}", self.core.paging_mode()));
-            }
-        }
-        if self.format() == Format::Json {
-            return Ok(output::json(&v)?);
-        }
-        let mut pairs: Vec<(&str, String)> = Vec::new();
-        let s = |x: &serde_json::Value| match x {
-            serde_json::Value::String(s) => s.clone(),
-            serde_json::Value::Null => "-".into(),
-            other => other.to_string(),
-        };
-        for key in [
+        let mut keys = vec![
             "target",
             "live",
             "arch",
@@ -322,85 +294,88 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
             "registers",
             "max_physical_address",
             "os",
-            "kernel_release",
-            "banner",
-            "paging",
-            "kaslr_slide",
-            "phys_base",
-            "page_offset_base",
-            "kernel_root",
-            "kpti",
-            "profile",
-            "kernel_base",
-            "pdb",
-            "os_error",
-        ] {
-            if let Some(val) = v.get(key) {
-                pairs.push((key, s(val)));
+        ];
+        match &os {
+            Ok(os) => {
+                v["os"] = json!(os.name());
+                for a in os.kernel_facts(self.core) {
+                    v[a.key] = json_value(&a.value);
+                    keys.push(a.key);
+                }
+            }
+            Err(e) => {
+                v["os"] = json!(null);
+                v["os_error"] = json!(format!("{:#}", e.error));
+                v["paging"] = json!(format!("{:?}", self.core.paging_mode()));
+                keys.extend(["paging", "os_error"]);
             }
         }
+        if self.format() == Format::Json {
+            return Ok(output::json(&v)?);
+        }
+        let s = |x: &Value| match x {
+            Value::String(s) => s.clone(),
+            Value::Null => "-".into(),
+            other => other.to_string(),
+        };
+        let pairs: Vec<(&str, String)> = keys
+            .into_iter()
+            .filter_map(|k| v.get(k).map(|val| (k, s(val))))
+            .collect();
         output::key_values(&pairs)?;
         Ok(())
     }
 
-    fn find(&self, os: &LinuxOs, pid: u32) -> Result<LinuxTask, Failure> {
-        os.find_process(self.core, pid).map_err(|e| Failure {
+    /// The process `pid`, or the failure that says it cannot be found.
+    fn find(&self, os: &DynOs<D>, pid: u32) -> Result<OsProcess, Failure> {
+        os.process(self.core, u64::from(pid)).map_err(|e| Failure {
             code: 1,
             error: anyhow!(e).context(format!("cannot find process {pid}")),
         })
     }
 
     fn ps(&self, tree: bool, kernel_threads: bool) -> Result<(), Failure> {
-        let os = match self.os()? {
-            Os::Linux(os) => os,
-            Os::Windows(w) => return crate::windows::ps(self, &w, tree),
-        };
+        let os = self.os()?;
         let list = os.process_list(self.core)?;
         let entries: Vec<PsEntry> = list
-            .tasks
+            .items
             .iter()
-            .filter(|t| kernel_threads || !t.is_kernel_thread() || self.format() == Format::Json)
-            .map(|t| {
-                let mut errors = t.problems.clone();
-                // Kernel threads and zombies have no command line (as in /proc).
-                let argv = if t.mm.is_none() {
-                    Vec::new()
-                } else {
-                    os.cmdline(self.core, t).unwrap_or_else(|e| {
-                        errors.push(format!("command line: {e}"));
-                        Vec::new()
-                    })
-                };
-                let ns = os.task_namespaces(self.core, t).unwrap_or_else(|e| {
-                    errors.push(format!("namespaces: {e}"));
-                    vmi_os_linux::TaskNamespaces {
-                        pid_ns: None,
-                        hostname: None,
-                    }
+            .filter(|p| kernel_threads || !p.is_kernel || self.format() == Format::Json)
+            .map(|p| {
+                let mut errors = p.problems.clone();
+                let cmdline = os.process_cmdline(self.core, p).unwrap_or_else(|e| {
+                    errors.push(format!("command line: {e}"));
+                    CommandLine::Argv(Vec::new())
                 });
+                let ns = match os.process_namespaces(self.core, p) {
+                    Ok(ns) => ns,
+                    Err(VmiError::NotSupported { .. }) => OsNamespaces::default(),
+                    Err(e) => {
+                        errors.push(format!("namespaces: {e}"));
+                        OsNamespaces::default()
+                    }
+                };
                 PsEntry {
-                    pid: t.pid.into(),
-                    ppid: t.ppid.into(),
-                    tgid: t.tgid.into(),
-                    uid: Some(t.uid),
-                    gid: Some(t.gid),
-                    name: t.comm.clone(),
-                    state: t.state.letter().to_string(),
-                    kernel_thread: t.is_kernel_thread(),
-                    cmdline: argv.join(" "),
-                    argv,
-                    task: hex(t.task.0),
-                    start_time_ns: t.start_time_ns,
-                    ns_pid: (!t.ns_pids.is_empty()).then(|| t.ns_pid().into()),
-                    pid_ns: ns.pid_ns,
+                    pid: p.pid,
+                    ppid: p.ppid,
+                    tgid: p.pid,
+                    uid: p.uid,
+                    gid: p.gid,
+                    name: p.name.clone(),
+                    state: p.state.map_or_else(|| "-".into(), String::from),
+                    kernel_thread: p.is_kernel,
+                    cmdline: cmdline.to_string(),
+                    argv: cmdline.argv(),
+                    task: hex(p.object.0),
+                    start_time_ns: p.start_time_ns.unwrap_or(0),
+                    ns_pid: p.namespace_pid,
+                    pid_ns: ns.pid_namespace,
                     hostname: ns.hostname,
                     errors,
                 }
             })
             .collect();
-        for (va, e) in &list.skipped {
-            self.warn(format_args!("skipped the task at {va}: {e}"));
-        }
+        self.warn_skipped("process", &list.skipped);
         for e in &entries {
             for err in &e.errors {
                 self.warn(format_args!("process {} ({}): {err}", e.pid, e.name));
@@ -490,181 +465,217 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn threads(&self, pid: u32) -> Result<(), Failure> {
-        let os = match self.os()? {
-            Os::Linux(os) => os,
-            Os::Windows(w) => return crate::windows::threads(self, &w, pid),
-        };
-        let leader = self.find(&os, pid)?;
-        let list = os.threads_of(self.core, leader.task)?;
-        let rows: Vec<_> = list
-            .tasks
-            .iter()
-            .map(|t| {
-                json!({"tid": t.pid, "pid": t.tgid, "name": t.comm, "state": t.state.letter().to_string(),
-                       "task": hex(t.task.0), "ns_tid": t.ns_pid(), "ns_pids": t.ns_pids})
-            })
-            .collect();
+        let os = self.os()?;
+        let process = self.find(&os, pid)?;
+        let list = os.thread_list(self.core, &process)?;
+        self.warn_skipped("thread", &list.skipped);
+        let state = |s: Option<char>| s.map_or_else(|| "-".to_owned(), String::from);
         if self.format() == Format::Json {
+            let rows: Vec<_> = list
+                .items
+                .iter()
+                .map(|t| {
+                    with_attributes(
+                        json!({"tid": t.tid, "pid": t.pid, "name": t.name,
+                               "state": state(t.state), "task": hex(t.object.0)}),
+                        &t.attributes,
+                    )
+                })
+                .collect();
             return Ok(output::json(&rows)?);
         }
-        let mut table = Table::new(&[">TID", ">PID", "S", "NAME", "TASK"]);
-        for t in &list.tasks {
-            table.row(vec![
+        let mut head = vec![
+            ">TID".to_owned(),
+            ">PID".into(),
+            "S".into(),
+            "NAME".into(),
+            "TASK".into(),
+        ];
+        head.extend(attribute_columns(list.items.first().map(|t| &t.attributes)));
+        let mut table = Table::new(&head);
+        for t in &list.items {
+            let mut row = vec![
+                t.tid.to_string(),
                 t.pid.to_string(),
-                t.tgid.to_string(),
-                t.state.letter().to_string(),
-                t.comm.clone(),
-                hex(t.task.0),
-            ]);
+                state(t.state),
+                t.name.clone().unwrap_or_default(),
+                hex(t.object.0),
+            ];
+            row.extend(attribute_cells(&t.attributes));
+            table.row(row);
         }
         table.print()?;
         Ok(())
     }
 
     fn modules(&self) -> Result<(), Failure> {
-        let os = match self.os()? {
-            Os::Linux(os) => os,
-            Os::Windows(w) => return crate::windows::modules(self, &w),
-        };
+        let os = self.os()?;
         let list = os.module_list(self.core)?;
-        let (mods, skipped) = (list.modules, list.skipped);
-        for (va, e) in &skipped {
-            self.warn(format_args!("skipped the module at {va}: {e}"));
-        }
+        self.warn_skipped("module", &list.skipped);
         if self.format() == Format::Json {
-            let rows: Vec<_> = mods
+            let rows: Vec<_> = list
+                .items
                 .iter()
                 .map(|m| {
-                    json!({"name": m.name, "base": hex(m.base.0), "size": m.size,
-                               "state": m.state.proc_name(), "module": hex(m.module.0)})
+                    let mut v = json!({"name": m.name, "base": hex(m.base.0), "size": m.size,
+                                       "state": m.state});
+                    if let Some(p) = &m.path {
+                        v["path"] = json!(p);
+                    }
+                    with_attributes(v, &m.attributes)
                 })
                 .collect();
             return Ok(output::json(&rows)?);
         }
-        let mut table = Table::new(&["NAME", "BASE", ">SIZE", "STATE"]);
-        for m in &mods {
-            table.row(vec![
+        let paths = list.items.iter().any(|m| m.path.is_some());
+        let mut head = vec![
+            "NAME".to_owned(),
+            "BASE".into(),
+            ">SIZE".into(),
+            "STATE".into(),
+        ];
+        head.extend(attribute_columns(list.items.first().map(|m| &m.attributes)));
+        if paths {
+            head.push("PATH".into());
+        }
+        let mut table = Table::new(&head);
+        for m in &list.items {
+            let mut row = vec![
                 m.name.clone(),
                 hex(m.base.0),
                 m.size.to_string(),
-                m.state.proc_name().into(),
-            ]);
+                m.state.unwrap_or("-").into(),
+            ];
+            row.extend(attribute_cells(&m.attributes));
+            if paths {
+                row.push(m.path.clone().unwrap_or_default());
+            }
+            table.row(row);
         }
         table.print()?;
         Ok(())
     }
 
     fn maps(&self, pid: u32) -> Result<(), Failure> {
-        let os = match self.os()? {
-            Os::Linux(os) => os,
-            Os::Windows(w) => return crate::windows::maps(self, &w, pid),
-        };
-        let task = self.find(&os, pid)?;
-        let list = os.vmas(self.core, &task)?;
-        for (va, e) in &list.skipped {
-            self.warn(format_args!("skipped the VMA at {va}: {e}"));
-        }
+        let os = self.os()?;
+        let process = self.find(&os, pid)?;
+        let list = os.memory_region_list(self.core, &process)?;
+        self.warn_skipped("memory region", &list.skipped);
         if self.format() == Format::Json {
             let rows: Vec<_> = list
-                .vmas
+                .items
                 .iter()
-                .map(|v| {
-                    json!({"start": hex(v.start.0), "end": hex(v.end.0), "perms": v.perms(),
-                               "offset": hex(v.offset()), "flags": hex(v.flags), "path": v.path,
-                               "name": v.name, "dev": v.dev_string(), "inode": v.inode,
-                               "vma": hex(v.vma.0)})
+                .map(|r| {
+                    with_attributes(
+                        json!({"start": hex(r.start.0), "end": hex(r.end.0), "perms": r.perms(),
+                               "offset": hex(r.offset), "flags": hex(r.flags), "path": r.path,
+                               "name": r.name}),
+                        &r.attributes,
+                    )
                 })
                 .collect();
             return Ok(output::json(&rows)?);
         }
-        let mut table = Table::new(&["START", "END", "PERMS", ">OFFSET", "DEV", ">INODE", "NAME"]);
-        for v in &list.vmas {
-            table.row(vec![
-                format!("{:012x}", v.start.0),
-                format!("{:012x}", v.end.0),
-                v.perms(),
-                format!("{:08x}", v.offset()),
-                v.dev_string(),
-                v.inode.to_string(),
-                v.name.clone().unwrap_or_default(),
-            ]);
+        let mut head = vec![
+            "START".to_owned(),
+            "END".into(),
+            "PERMS".into(),
+            ">OFFSET".into(),
+        ];
+        head.extend(attribute_columns(list.items.first().map(|r| &r.attributes)));
+        head.push("NAME".into());
+        let mut table = Table::new(&head);
+        for r in &list.items {
+            let mut row = vec![
+                format!("{:012x}", r.start.0),
+                format!("{:012x}", r.end.0),
+                r.perms(),
+                format!("{:08x}", r.offset),
+            ];
+            row.extend(attribute_cells(&r.attributes));
+            row.push(r.name.clone().unwrap_or_default());
+            table.row(row);
         }
         table.print()?;
         Ok(())
     }
 
     fn files(&self, pid: u32) -> Result<(), Failure> {
-        let os = match self.os()? {
-            Os::Linux(os) => os,
-            Os::Windows(w) => return crate::windows::files(self, &w, pid),
-        };
-        let task = self.find(&os, pid)?;
-        let files = os.open_files(self.core, &task)?;
-        for f in &files {
-            if let Err(e) = &f.path {
+        let os = self.os()?;
+        let process = self.find(&os, pid)?;
+        let list = os.handles(self.core, &process)?;
+        self.warn_skipped("handle", &list.skipped);
+        for h in &list.items {
+            if let Some(e) = &h.error {
                 self.warn(format_args!(
                     "the path of fd {} ({:#x}): {e}",
-                    f.fd, f.file.0
+                    h.id, h.object.0
                 ));
             }
         }
         if self.format() == Format::Json {
-            let rows: Vec<_> = files
+            let rows: Vec<_> = list
+                .items
                 .iter()
-                .map(|f| match &f.path {
-                    Ok(p) => json!({"fd": f.fd, "path": p, "file": hex(f.file.0)}),
-                    Err(e) => json!({"fd": f.fd, "path": null, "error": e, "file": hex(f.file.0)}),
+                .map(|h| {
+                    let mut v = json!({"fd": h.id, "path": h.path, "file": hex(h.object.0)});
+                    if let Some(e) = &h.error {
+                        v["error"] = json!(e);
+                    }
+                    with_attributes(v, &h.attributes)
                 })
                 .collect();
             return Ok(output::json(&rows)?);
         }
-        let mut table = Table::new(&[">FD", "PATH"]);
-        for f in &files {
-            let p = match &f.path {
-                Ok(p) => p.clone(),
-                Err(e) => format!("<{e}>"),
-            };
-            table.row(vec![f.fd.to_string(), p]);
+        let mut head = vec![">FD".to_owned()];
+        head.extend(attribute_columns(list.items.first().map(|h| &h.attributes)));
+        head.push("PATH".into());
+        let mut table = Table::new(&head);
+        for h in &list.items {
+            let mut row = vec![h.id.to_string()];
+            row.extend(attribute_cells(&h.attributes));
+            row.push(match (&h.path, &h.error) {
+                (_, Some(e)) => format!("<{e}>"),
+                (Some(p), None) => p.clone(),
+                (None, None) => String::new(),
+            });
+            table.row(row);
         }
         table.print()?;
         Ok(())
     }
 
     fn env(&self, pid: u32) -> Result<(), Failure> {
-        let os = match self.os()? {
-            Os::Linux(os) => os,
-            Os::Windows(w) => return crate::windows::env(self, &w, pid),
-        };
-        let task = self.find(&os, pid)?;
-        let vars = os.environment(self.core, &task)?;
+        let os = self.os()?;
+        let process = self.find(&os, pid)?;
+        let vars = os.process_environment(self.core, &process)?;
         if self.format() == Format::Json {
-            let map: Vec<_> = vars
+            let rows: Vec<_> = vars
                 .iter()
-                .map(|v| match v.split_once('=') {
-                    Some((k, val)) => json!({"name": k, "value": val}),
-                    None => json!({"name": v, "value": null}),
-                })
+                .map(|(k, v)| json!({"name": k, "value": v}))
                 .collect();
-            return Ok(output::json(&map)?);
+            return Ok(output::json(&rows)?);
         }
         let mut out = output::stdout();
-        for v in &vars {
+        for (k, v) in &vars {
             use std::io::Write;
-            writeln!(out, "{v}")?;
+            match v {
+                Some(v) => writeln!(out, "{k}={v}")?,
+                None => writeln!(out, "{k}")?,
+            }
         }
         Ok(())
     }
 
     fn dmesg(&self) -> Result<(), Failure> {
-        let os =
-            match self.os()? {
-                Os::Linux(os) => os,
-                Os::Windows(_) => return Err(anyhow!(
-                    "dmesg is not supported for Windows targets (there is no kernel ring buffer)"
-                )
-                .into()),
-            };
-        let records = os.dmesg(self.core)?;
+        let os = self.os()?;
+        let records = os.kernel_log(self.core).map_err(|e| match e {
+            VmiError::NotSupported { .. } => anyhow!(
+                "dmesg is not supported for {} targets (the OS keeps no kernel log this layer reads)",
+                os.name()
+            ),
+            e => anyhow!(e),
+        })?;
         if self.format() == Format::Json {
             let rows: Vec<_> = records
                 .iter()
@@ -682,28 +693,38 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         Ok(())
     }
 
+    /// Parses a number, or `symbol[+offset]` resolved through the OS layer.
+    fn parse_address(&self, s: &str, os: Option<&DynOs<D>>) -> anyhow::Result<u64> {
+        match os {
+            Some(os) => parse_address_with(
+                s,
+                Some(&|name: &str| os.kernel_symbol(self.core, name).ok()),
+            ),
+            None => parse_address_with(s, None),
+        }
+    }
+
     /// The page-table root for `--pid`/`--cr3`, or the kernel's.
-    fn root(&self, os: Option<&Os>, pid: Option<u32>, cr3: Option<&str>) -> Result<Pa, Failure> {
+    fn root(
+        &self,
+        os: Option<&DynOs<D>>,
+        pid: Option<u32>,
+        cr3: Option<&str>,
+    ) -> Result<Pa, Failure> {
         if let Some(cr3) = cr3 {
             return Ok(vmi_arch_amd64::Cr3(parse_number(cr3)?).root());
         }
         if let Some(pid) = pid {
             let os = os.ok_or_else(|| anyhow!("--pid needs a recognised OS"))?;
-            let os = match os {
-                Os::Linux(os) => os,
-                Os::Windows(w) => return crate::windows::process_root(self, w, pid),
-            };
-            let task = self.find(os, pid)?;
-            return task.user_root.ok_or_else(|| {
+            let process = self.find(os, pid)?;
+            return process.translation_root.ok_or_else(|| {
                 Failure::from(anyhow!(
                     "process {pid} has no user address space (a kernel thread or an exited process)"
                 ))
             });
         }
-        match os {
-            Some(Os::Linux(os)) => return Ok(os.kernel().kernel_root),
-            Some(Os::Windows(w)) => return Ok(w.kernel_root()),
-            None => {}
+        if let Some(os) = os {
+            return Ok(os.kernel_translation_root(self.core)?);
         }
         let regs: Vec<Registers> = target::all_registers(self.core);
         regs.first().map(|r| r.translation_root()).ok_or_else(|| {
@@ -715,7 +736,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
 
     fn read(&self, args: &ReadArgs) -> Result<(), Failure> {
         let os = self.os().ok();
-        let address = parse_address(&args.address, os.as_ref())?;
+        let address = self.parse_address(&args.address, os.as_ref())?;
         let len = parse_number(&args.len)?;
         if len == 0 || len > MAX_READ {
             return Err(anyhow!("length must be 1..={MAX_READ} bytes").into());
@@ -755,7 +776,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
 
     fn translate(&self, address: &str, pid: Option<u32>, cr3: Option<&str>) -> Result<(), Failure> {
         let os = self.os().ok();
-        let va = Va(parse_address(address, os.as_ref())?);
+        let va = Va(self.parse_address(address, os.as_ref())?);
         let root = self.root(os.as_ref(), pid, cr3)?;
         let ctx = AddressContext::new(va, root);
         let result = self.core.translate(ctx);
@@ -816,10 +837,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     fn dump(&self, out: &std::path::Path) -> Result<(), Failure> {
         let regs = target::all_registers(self.core);
         let os = self.os().ok();
-        let vmcoreinfo = self.vmcoreinfo.clone().or_else(|| match &os {
-            Some(Os::Linux(o)) => Some(vmcoreinfo_text(o.vmcoreinfo())),
-            _ => None,
-        });
+        let vmcoreinfo = self
+            .vmcoreinfo
+            .clone()
+            .or_else(|| os.as_ref().and_then(|o| o.crash_dump_note()));
         let file = File::create(out).with_context(|| format!("cannot create {}", out.display()))?;
         let total: u64 = self
             .core
@@ -868,13 +889,8 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
     }
 
     fn export(&self, out: &std::path::Path) -> Result<(), Failure> {
-        let os = match self.os()? {
-            Os::Linux(os) => os,
-            Os::Windows(w) => return crate::windows::export(self, &w, out),
-        };
-        // Link-time symbol addresses and the running kernel's banner: what Volatility 3
-        // expects (it finds the KASLR shift itself).
-        os.write_isf(out)
+        let os = self.os()?;
+        os.export_profile(out)
             .map_err(|e| anyhow!(e).context(format!("cannot write {}", out.display())))?;
         if self.format() == Format::Json {
             return Ok(output::json(
@@ -884,42 +900,4 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters> Ctx<'_, D> {
         eprintln!("wrote {}", out.display());
         Ok(())
     }
-}
-
-/// VMCOREINFO as the kernel writes it (`KEY=VALUE` lines), for the dump's note.
-fn vmcoreinfo_text(v: &vmi_profile::VmcoreInfo) -> String {
-    use std::fmt::Write;
-    let mut s = String::new();
-    if let Some(r) = &v.osrelease {
-        let _ = writeln!(s, "OSRELEASE={r}");
-    }
-    if let Some(id) = &v.build_id {
-        let hexid: String = id.iter().map(|b| format!("{b:02x}")).collect();
-        let _ = writeln!(s, "BUILD-ID={hexid}");
-    }
-    if let Some(p) = v.page_size {
-        let _ = writeln!(s, "PAGESIZE={p}");
-    }
-    for (k, a) in &v.symbols {
-        let _ = writeln!(s, "SYMBOL({k})={a:x}");
-    }
-    for (k, n) in &v.sizes {
-        let _ = writeln!(s, "SIZE({k})={n}");
-    }
-    for (k, n) in &v.offsets {
-        let _ = writeln!(s, "OFFSET({k})={n}");
-    }
-    for (k, n) in &v.lengths {
-        let _ = writeln!(s, "LENGTH({k})={n}");
-    }
-    for (k, n) in &v.numbers {
-        let _ = writeln!(s, "NUMBER({k})={n}");
-    }
-    for (k, val) in &v.other {
-        let _ = writeln!(s, "{k}={val}");
-    }
-    if let Some(o) = v.kernel_offset {
-        let _ = writeln!(s, "KERNELOFFSET={o:x}");
-    }
-    s
 }

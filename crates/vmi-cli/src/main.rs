@@ -12,9 +12,9 @@
 #![forbid(unsafe_code)]
 
 mod commands;
+mod os;
 mod output;
 mod target;
-mod windows;
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -33,7 +33,7 @@ pub fn json<T: Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// A simple left-aligned table; the last column is not padded.
 pub struct Table {
-    headers: Vec<&'static str>,
+    headers: Vec<String>,
     right: Vec<bool>,
     rows: Vec<Vec<String>>,
 }
@@ -41,10 +41,16 @@ pub struct Table {
 impl Table {
     /// A table with these column headers. Headers starting with `>` are right-aligned
     /// (the `>` is not printed).
-    pub fn new(headers: &[&'static str]) -> Self {
+    pub fn new<S: AsRef<str>>(headers: &[S]) -> Self {
         Self {
-            headers: headers.iter().map(|h| h.trim_start_matches('>')).collect(),
-            right: headers.iter().map(|h| h.starts_with('>')).collect(),
+            headers: headers
+                .iter()
+                .map(|h| h.as_ref().trim_start_matches('>').to_owned())
+                .collect(),
+            right: headers
+                .iter()
+                .map(|h| h.as_ref().starts_with('>'))
+                .collect(),
             rows: Vec::new(),
         }
     }
@@ -84,8 +90,7 @@ impl Table {
             }
             writeln!(out, "{style}{}{style:#}", s.trim_end())
         };
-        let headers: Vec<String> = self.headers.iter().map(|h| h.to_string()).collect();
-        line(&headers, &mut out, HEADER)?;
+        line(&self.headers, &mut out, HEADER)?;
         for row in &self.rows {
             line(row, &mut out, Style::new())?;
         }

@@ -17,6 +17,9 @@ pub enum Target {
     Qemu(VmiCore<QemuDriver>),
     /// A memory dump.
     Dump(VmiCore<DumpDriver>),
+    /// A Xen domain, from dom0 (feature `xen`).
+    #[cfg(feature = "xen")]
+    Xen(VmiCore<vmi_driver_xen::XenDriver<vmi_driver_xen::ffi::LibXen>>),
 }
 
 fn target_failure(error: anyhow::Error) -> Failure {
@@ -35,10 +38,8 @@ pub fn open(spec: &str) -> Result<Target, Failure> {
         let core = VmiCore::new(driver).map_err(|e| target_failure(e.into()))?;
         return Ok(Target::Qemu(core));
     }
-    if spec.starts_with("xen:") {
-        return Err(target_failure(anyhow!(
-            "xen targets are not available: this vmi was built without a Xen driver"
-        )));
+    if let Some(domain) = spec.strip_prefix("xen:") {
+        return open_xen(domain);
     }
     let path = Path::new(spec);
     if !path.exists() {
@@ -50,6 +51,34 @@ pub fn open(spec: &str) -> Result<Target, Failure> {
         .map_err(|e| target_failure(anyhow!(e).context(format!("cannot open dump {spec}"))))?;
     let core = VmiCore::new(driver).map_err(|e| target_failure(e.into()))?;
     Ok(Target::Dump(core))
+}
+
+/// Opens the Xen domain with id `domain` through libxen.
+#[cfg(feature = "xen")]
+fn open_xen(domain: &str) -> Result<Target, Failure> {
+    use vmi_driver_xen::{XenDriver, ffi::LibXen};
+    let domid: u32 = domain.parse().map_err(|_| {
+        target_failure(anyhow!(
+            "xen:{domain}: give the domain id (a number, as `xl list` shows it)"
+        ))
+    })?;
+    let xen = LibXen::open().map_err(|e| {
+        target_failure(anyhow!(e).context("cannot open libxen (run in dom0 as root)"))
+    })?;
+    let driver = XenDriver::new(xen, domid).map_err(|e| {
+        target_failure(anyhow!(e).context(format!("cannot attach to Xen domain {domid}")))
+    })?;
+    let core = VmiCore::new(driver).map_err(|e| target_failure(e.into()))?;
+    Ok(Target::Xen(core))
+}
+
+/// Without the `xen` feature: says how to build a `vmi` that has it.
+#[cfg(not(feature = "xen"))]
+fn open_xen(_domain: &str) -> Result<Target, Failure> {
+    Err(target_failure(anyhow!(
+        "xen targets are not available: this vmi was built without a Xen driver \
+         (cargo install --path crates/vmi-cli --features xen, with libxen-dev and libclang)"
+    )))
 }
 
 /// Every vCPU's registers, or none if the target has no CPU state.
