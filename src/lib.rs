@@ -24,6 +24,43 @@
 //!
 //! See `DESIGN.md` for the layering.
 //!
+//! # Quick start
+//!
+//! The same program reads every target: only the line that opens it changes. Here a
+//! Windows image (built from a real kernel's symbol tables for this test); for a Linux
+//! dump, `DumpDriver::open("guest.elf")?` and `LinuxOs::new(&core)?`; for a running QEMU,
+//! `QemuDriver::attach("qmp.sock")?`; for a Xen domain, `XenDriver::new(LibXen::open()?, domid)?`.
+//!
+//! ```
+//! # #[cfg(all(feature = "os-windows", feature = "arch-amd64"))] {
+//! use vmi::core::{VmiCore, VmiOs, VmiRead, VmiSession};
+//! use vmi::arch::amd64::Amd64;
+//! use vmi::os::windows::WindowsOs;
+//!
+//! /// Processes and the number of their memory regions, on any OS and driver.
+//! fn summary<D: VmiRead<Architecture = Amd64>>(core: &VmiCore<D>, os: &dyn VmiOs<D>) -> Vec<String> {
+//!     let mut lines = Vec::new();
+//!     for p in os.process_list(core).unwrap().items {
+//!         let regions = os.memory_region_list(core, &p).map(|l| l.items.len()).unwrap_or(0);
+//!         let cmdline = os.process_cmdline(core, &p).map(|c| c.to_string()).unwrap_or_default();
+//!         lines.push(format!("{:>6} {:<16} {regions:>4} {cmdline}", p.pid, p.name));
+//!     }
+//!     lines
+//! }
+//!
+//! # let isf = vmi_test_windows::load_isf("9C00B19DBDE003DBFE4AB4216993C843-1").unwrap();
+//! # let image = vmi_test_windows::build(&isf, &vmi_test_windows::GuestSpec::default_scenario()).unwrap();
+//! # let symbols = vmi_test_windows::isf_dir().display().to_string();
+//! let core = VmiCore::new(image.driver())?;
+//! let os = WindowsOs::builder().symbol_path(symbols).no_cache().build(&core)?;
+//! let session = VmiSession::new(&core, &os);
+//! assert_eq!(session.os().processes()?.len(), 4);
+//! let lines = summary(&core, &os);
+//! assert!(lines.iter().any(|l| l.contains("vmi_target.exe")));
+//! # }
+//! # Ok::<(), vmi::core::VmiError>(())
+//! ```
+//!
 //! ```
 //! # #[cfg(feature = "driver-mock")] {
 //! use vmi::core::{Pa, VmiCore};
