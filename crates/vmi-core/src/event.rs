@@ -38,7 +38,7 @@ pub enum MonitorChange {
 /// ```
 /// # use vmi_core::{VmiEventResponse, EventAction};
 /// # type A = vmi_arch_amd64::Amd64;
-/// let r: VmiEventResponse<A> = VmiEventResponse::continue_().and_remove_monitor();
+/// let r: VmiEventResponse<A> = VmiEventResponse::default().and_remove_monitor();
 /// assert_eq!(r.action, EventAction::Continue);
 /// assert!(r.remove_monitor);
 /// ```
@@ -71,11 +71,17 @@ impl<A: Architecture> Default for VmiEventResponse<A> {
 
 impl<A: Architecture> VmiEventResponse<A> {
     /// Let the vCPU run on.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `VmiEventResponse::default()`, as the vmi crate does"
+    )]
     pub fn continue_() -> Self {
         Self::default()
     }
 
-    /// Execute one instruction, then report a single-step event.
+    /// Execute one instruction, then report a single-step event. (One step, not the
+    /// modelled crate's `toggle_singlestep` mode switch: the name differs because the
+    /// meaning does.)
     pub fn single_step() -> Self {
         Self {
             action: EventAction::SingleStep,
@@ -83,10 +89,24 @@ impl<A: Architecture> VmiEventResponse<A> {
         }
     }
 
+    /// Set these registers on the vCPU before it goes on.
+    pub fn set_registers(registers: A::Registers) -> Self {
+        Self::default().and_set_registers(registers)
+    }
+
     /// Also set these registers.
-    pub fn with_registers(mut self, registers: A::Registers) -> Self {
+    pub fn and_set_registers(mut self, registers: A::Registers) -> Self {
         self.set_registers = Some(Box::new(registers));
         self
+    }
+
+    /// Also set these registers.
+    #[deprecated(
+        since = "0.1.0",
+        note = "use `and_set_registers`, as the vmi crate names it"
+    )]
+    pub fn with_registers(self, registers: A::Registers) -> Self {
+        self.and_set_registers(registers)
     }
 
     /// Also start or stop a monitor before the vCPU goes on.

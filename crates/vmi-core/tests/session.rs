@@ -80,7 +80,7 @@ impl VmiHandler<MockDriver, ToyOs> for Counter {
         self.seen.push((ctx.vcpu(), value, process.name));
         let mut regs = ctx.registers().clone();
         regs.rax = 7;
-        VmiEventResponse::single_step().with_registers(regs)
+        VmiEventResponse::single_step().and_set_registers(regs)
     }
 
     fn check_completion(&self) -> Option<usize> {

@@ -187,7 +187,7 @@ fn breakpoints(c: &mut Criterion, g: &TestGuest) {
                 n += d
                     .wait_for_events(Duration::from_secs(1), &mut |e| {
                         black_box(e.registers.rip);
-                        VmiEventResponse::continue_()
+                        VmiEventResponse::default()
                     })
                     .unwrap() as u64;
             }
@@ -258,10 +258,8 @@ fn single_steps(c: &mut Criterion, g: &TestGuest) {
             t0.elapsed()
         })
     });
-    d.wait_for_events(Duration::from_secs(1), &mut |_| {
-        VmiEventResponse::continue_()
-    })
-    .unwrap();
+    d.wait_for_events(Duration::from_secs(1), &mut |_| VmiEventResponse::default())
+        .unwrap();
     drop(d);
     group.finish();
 }

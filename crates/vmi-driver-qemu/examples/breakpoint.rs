@@ -52,7 +52,7 @@ impl VmiHandler<QemuDriver, NoOs> for Count {
                 r.cr3.0
             );
         }
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
     }
 }
 

@@ -263,7 +263,7 @@ fn guard_child_helper() {
                     std::thread::sleep(Duration::from_secs(3600));
                 }
             }
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         })
         .unwrap();
     }

@@ -337,12 +337,12 @@ impl VmiHandler<QemuDriver, NoOs> for Nanosleep {
                     self.state = 1;
                     return VmiEventResponse::single_step();
                 }
-                VmiEventResponse::continue_()
+                VmiEventResponse::default()
             }
             EventReason::SingleStep => {
                 assert_ne!(ctx.registers().rip, self.bp.0, "the step moved on");
                 self.stepped += 1;
-                VmiEventResponse::continue_()
+                VmiEventResponse::default()
             }
             other => panic!("unexpected event {other:?}"),
         }
@@ -446,7 +446,7 @@ fn breakpoints_single_step_watchpoints_two_vcpus() {
                             ..
                         }
                     ));
-                    VmiEventResponse::continue_().and_remove_monitor()
+                    VmiEventResponse::default().and_remove_monitor()
                 })
                 .unwrap();
         }
@@ -467,7 +467,7 @@ fn breakpoints_single_step_watchpoints_two_vcpus() {
         core.driver()
             .wait_for_events(Duration::from_millis(200), &mut |e| {
                 seen = Some(e.reason.clone());
-                VmiEventResponse::continue_().and_remove_monitor()
+                VmiEventResponse::default().and_remove_monitor()
             })
             .unwrap();
     }
@@ -484,7 +484,7 @@ fn breakpoints_single_step_watchpoints_two_vcpus() {
     let n = core
         .driver()
         .wait_for_events(Duration::from_millis(300), &mut |_| {
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         })
         .unwrap();
     assert_eq!(n, 0);
@@ -523,7 +523,7 @@ fn kill_child_helper() {
     println!("READY");
     loop {
         d.wait_for_events(Duration::from_millis(100), &mut |_| {
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         })
         .unwrap();
     }

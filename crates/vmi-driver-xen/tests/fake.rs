@@ -61,7 +61,7 @@ fn ring_init_and_response_bytes_are_exact() {
     let n = drv
         .wait_for_events(T, &mut |e| {
             seen.push((e.vcpu, e.reason.clone(), e.registers.rip));
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         })
         .unwrap();
     assert_eq!(n, 1);
@@ -116,7 +116,7 @@ fn ring_wraps_around_many_times() {
                 if let EventReason::ControlRegister { new, .. } = e.reason {
                     got.push(new);
                 }
-                VmiEventResponse::continue_()
+                VmiEventResponse::default()
             })
             .unwrap();
         let rsps = xen.take_responses(d);
@@ -197,7 +197,7 @@ fn garbage_requests_never_panic() {
             b[8..12].copy_from_slice(&rng.gen_range(0u32..20).to_ne_bytes());
         }
         xen.push_raw_request(d, &b).unwrap();
-        drv.wait_for_events(T, &mut |_| VmiEventResponse::continue_())
+        drv.wait_for_events(T, &mut |_| VmiEventResponse::default())
             .unwrap();
         assert_eq!(xen.take_responses(d).len(), 1);
     }
@@ -249,7 +249,7 @@ fn every_known_reason_is_decoded() {
     let mut handle = |e: &vmi_core::VmiEvent<vmi_arch_amd64::Amd64>| {
         assert_eq!(e.vcpu, VcpuId(1));
         seen.push(e.reason.clone());
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
     };
     drv.wait_for_events(T, &mut handle).unwrap();
     xen.push_request(d, &reqs[8]).unwrap();
@@ -305,7 +305,7 @@ fn responses_carry_registers_single_step_and_removals() {
         let mut r = e.registers.clone();
         r.rax = 0x1234;
         VmiEventResponse::single_step()
-            .with_registers(r)
+            .and_set_registers(r)
             .and_remove_monitor()
     })
     .unwrap();
@@ -337,10 +337,8 @@ fn breakpoints_are_planted_and_restored() {
     e.u = [3, 0, 1, 0];
     e.regs.rip = 0xffff_ffff_8000_0010;
     xen.push_request(d, &e).unwrap();
-    drv.wait_for_events(T, &mut |_| {
-        VmiEventResponse::continue_().and_remove_monitor()
-    })
-    .unwrap();
+    drv.wait_for_events(T, &mut |_| VmiEventResponse::default().and_remove_monitor())
+        .unwrap();
     assert_eq!(xen.read_memory(d, 0x3010, 1), [0x55]);
     // planted again, then left behind by drop: restored
     drv.monitor_enable(bp).unwrap();
@@ -377,7 +375,7 @@ fn monitors_changed_in_a_response_apply_before_the_vcpu_goes_on() {
     e.regs.rip = 0xffff_ffff_8000_0010;
     xen.push_request(d, &e).unwrap();
     drv.wait_for_events(T, &mut |_| {
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
             .and_change(vmi_core::MonitorChange::Disable(first))
             .and_change(vmi_core::MonitorChange::Enable(second))
     })
@@ -599,7 +597,7 @@ fn pv_monitoring_is_not_supported() {
         Err(VmiError::NotSupported { .. })
     ));
     assert!(matches!(
-        drv.wait_for_events(T, &mut |_| VmiEventResponse::continue_()),
+        drv.wait_for_events(T, &mut |_| VmiEventResponse::default()),
         Err(VmiError::InvalidArgument(_))
     ));
 }
@@ -721,7 +719,7 @@ fn errors_from_every_call() {
             let _ = xen.push_request(d, &cr3_request(0, 1, 2));
             results.push(
                 drv.wait_for_events(Duration::from_millis(5), &mut |_| {
-                    VmiEventResponse::continue_()
+                    VmiEventResponse::default()
                 })
                 .map(|_| ()),
             );

@@ -122,7 +122,7 @@ fn manager(guest: &TestGuest, va: Va, root: vmi_core::Pa, hits: u32) -> Duration
                 stop.store(true, Ordering::SeqCst);
             }
         }
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
     })
     .unwrap();
     start.elapsed()

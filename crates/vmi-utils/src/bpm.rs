@@ -252,7 +252,7 @@ struct State<T> {
 /// let mut seen = Vec::new();
 /// bpm.wait(std::time::Duration::ZERO, |_, hits| {
 ///     seen.extend(hits.iter().map(|h| h.tag));
-///     VmiEventResponse::continue_()
+///     VmiEventResponse::default()
 /// })?;
 /// assert_eq!(seen, ["open"]);
 /// drop(bpm); // every driver breakpoint goes
@@ -501,9 +501,10 @@ where
                     // A page-table entry of a pending breakpoint was written: walk again
                     // and arm (or watch the next level) before the guest goes on.
                     s.stats.page_table_writes += 1;
-                    let mut response = VmiEventResponse::continue_();
-                    response.monitors = self.settle(&mut s);
-                    return response;
+                    return VmiEventResponse {
+                        monitors: self.settle(&mut s),
+                        ..VmiEventResponse::default()
+                    };
                 }
             }
             let Some(va) = D::Architecture::breakpoint_va(&event.reason) else {
@@ -542,7 +543,7 @@ where
                 hits
             };
             if hits.is_empty() {
-                return VmiEventResponse::continue_();
+                return VmiEventResponse::default();
             }
             let mut response = handler(event, &hits);
             let mut s = lock(&self.state);

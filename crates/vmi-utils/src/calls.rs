@@ -112,7 +112,7 @@ where
                     sink(c);
                 }
             }
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         })
     }
 

@@ -413,7 +413,7 @@ where
                     }
                 }
             }
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         })
     }
 

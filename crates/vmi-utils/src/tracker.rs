@@ -161,7 +161,7 @@ where
             for h in hits {
                 sink(self.decode(h.tag, event.vcpu, &event.registers));
             }
-            vmi_core::VmiEventResponse::continue_()
+            vmi_core::VmiEventResponse::default()
         })
     }
 

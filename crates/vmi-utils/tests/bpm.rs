@@ -69,7 +69,7 @@ fn hits_are_matched_by_address_space() {
     let n = bpm
         .wait(Duration::ZERO, |_, hits| {
             seen.push(hits.iter().map(|h| h.tag).collect::<Vec<_>>());
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         })
         .unwrap();
     assert_eq!(n, 3);
@@ -101,7 +101,7 @@ fn pending_breakpoint_is_armed_when_its_page_comes_in() {
     let mut tags = Vec::new();
     bpm.wait(Duration::ZERO, |_, hits| {
         tags.extend(hits.iter().map(|h| h.tag));
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
     })
     .unwrap();
     assert_eq!(bpm.state(id), Some(BreakpointState::Armed));
@@ -137,7 +137,7 @@ fn handler_adds_and_removes_during_an_event() {
         // A return breakpoint, then the entry breakpoint removed by the response.
         bpm.add(AddressSpace::Process(ra), USER, "return").unwrap();
         assert_eq!(hits[0].tag, "entry");
-        VmiEventResponse::continue_().and_remove_monitor()
+        VmiEventResponse::default().and_remove_monitor()
     })
     .unwrap();
     assert_eq!(calls, 1, "the second hit is foreign: its entry is gone");
@@ -212,7 +212,7 @@ fn kpti_user_root_matches_with_ignored_bit() {
     let mut n = 0;
     bpm.wait(Duration::ZERO, |_, hits| {
         n += hits.len();
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
     })
     .unwrap();
     assert_eq!(n, 1);
@@ -253,7 +253,7 @@ fn page_table_monitor_arms_at_the_write_of_the_entry() {
     let mut called = 0;
     bpm.wait(Duration::ZERO, |_, _| {
         called += 1;
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
     })
     .unwrap();
     assert_eq!(called, 0, "the manager's own event");
@@ -277,7 +277,7 @@ fn page_table_monitor_arms_at_the_write_of_the_entry() {
         };
         tables.map(va, Pa(0x7000), PageSize::Size4K);
         step += 1;
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
     })
     .unwrap();
     let responses = core.driver().responses();

@@ -100,7 +100,7 @@ fn breakpoint_manager_on_the_live_guest() {
             {
                 stop.store(true, Ordering::SeqCst);
             }
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         })
         .unwrap();
         let seen = seen.into_inner();
@@ -127,7 +127,7 @@ fn breakpoint_manager_on_the_live_guest() {
         events += vmi_core::VmiEventControl::wait_for_events(
             core.driver(),
             Duration::from_millis(250),
-            &mut |_| VmiEventResponse::continue_(),
+            &mut |_| VmiEventResponse::default(),
         )
         .unwrap();
     }
@@ -331,7 +331,7 @@ fn pending_breakpoint_on_an_entry_point_fires_at_its_first_execution() {
         let task = os
             .current_task_from_registers(&core, &event.registers)
             .unwrap();
-        let mut response = VmiEventResponse::continue_();
+        let mut response = VmiEventResponse::default();
         for h in hits {
             match h.tag {
                 Tag::Nanosleep if task.ppid == loop_pid && target.borrow().is_none() => {

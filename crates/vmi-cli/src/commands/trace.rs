@@ -33,7 +33,7 @@ impl VmiHandler<QemuDriver, LinuxOs> for Tracer<'_> {
         ctx: VmiContext<'_, QemuDriver, LinuxOs>,
     ) -> VmiEventResponse<vmi_arch_amd64::Amd64> {
         if !matches!(ctx.event().reason, EventReason::Breakpoint { .. }) {
-            return VmiEventResponse::continue_();
+            return VmiEventResponse::default();
         }
         self.hits += 1;
         let r = ctx.registers();
@@ -61,7 +61,7 @@ impl VmiHandler<QemuDriver, LinuxOs> for Tracer<'_> {
                 args.join(", ")
             );
         }
-        VmiEventResponse::continue_()
+        VmiEventResponse::default()
     }
 
     fn check_completion(&self) -> Option<u64> {

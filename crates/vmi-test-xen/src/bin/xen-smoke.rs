@@ -363,7 +363,7 @@ fn cr3_events<X: vmi_driver_xen::XenInterface>(
             if let vmi_arch_amd64::EventReason::ControlRegister { index: 3, old, new } = e.reason {
                 last = (old, new);
             }
-            VmiEventResponse::continue_()
+            VmiEventResponse::default()
         });
         match r {
             Ok(k) => n += k,
