@@ -539,3 +539,48 @@ pub trait VmiOs<D: VmiRead>: Send + Sync {
         ))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_of_both_kinds() {
+        let argv = CommandLine::Argv(vec!["/bin/sh".into(), "-c".into(), "sleep 1".into()]);
+        assert_eq!(argv.to_string(), "/bin/sh -c sleep 1");
+        assert_eq!(argv.argv().len(), 3);
+        let text = CommandLine::Text(r#""C:\a b.exe" /x"#.into());
+        assert_eq!(text.argv(), vec![r#""C:\a b.exe" /x"#.to_owned()]);
+        assert!(CommandLine::Text(String::new()).argv().is_empty());
+        assert!(CommandLine::Argv(Vec::new()).is_empty());
+    }
+
+    #[test]
+    fn values_print_as_tables_show_them() {
+        assert_eq!(OsValue::Hex(0x1f0003).to_string(), "0x1f0003");
+        assert_eq!(OsValue::Null.to_string(), "");
+        let l = OsValue::List(vec![OsValue::Number(1), OsValue::Number(42)]);
+        assert_eq!(l.to_string(), "1,42");
+        assert_eq!(OsValue::from(None::<String>), OsValue::Null);
+    }
+
+    #[test]
+    fn region_perms_and_log_lines() {
+        let r = OsRegion {
+            protection: RegionProtection {
+                read: true,
+                write: false,
+                execute: true,
+            },
+            shared: true,
+            ..OsRegion::default()
+        };
+        assert_eq!(r.perms(), "r-xs");
+        let rec = OsLogRecord {
+            seq: 7,
+            ts_nsec: 1_234_567_890,
+            text: "a\nb".into(),
+        };
+        assert_eq!(rec.lines(), ["[    1.234567] a", "[    1.234567] b"]);
+    }
+}

@@ -124,6 +124,11 @@ fn read_u64_phys<D: VmiRead>(core: &VmiCore<D>, pa: u64) -> Option<u64> {
 /// the `MZ` whose CodeView names an `nt*.pdb`. When the current CR3 does not map the
 /// kernel image (KVA shadow user CR3), it retries in the address spaces found by the
 /// self-reference scan.
+///
+/// Needs live registers: a Windows crash dump's saved context has no `LSTAR` or IDTR, so
+/// this fails there; [`find_kernel`] (memory alone) works on every target, and
+/// [`WindowsOsBuilder::find_kernel`](crate::WindowsOsBuilder::find_kernel) tries this first
+/// and falls back to it.
 pub fn find_kernel_from_registers<D: VmiRead<Architecture = Amd64>>(
     core: &VmiCore<D>,
     regs: &Registers,
