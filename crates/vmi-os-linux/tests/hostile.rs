@@ -1192,3 +1192,37 @@ fn vmcoreinfo_hits_that_do_not_parse_are_counted_and_cost_one_parse_per_page() {
     assert_eq!(scan_count(&os, "rejected"), 1);
     assert_eq!(scan_count(&os, "repeated claims"), 999);
 }
+
+/// Issue 18: through the OS-agnostic `VmiOs`, what a broken list hides is reported
+/// (`process_list().skipped`), never dropped silently, and the objects carry the Linux
+/// facts the CLI prints (uid, state, start time) and a command line of one type.
+#[test]
+fn vmi_os_listing_reports_what_a_broken_link_costs() {
+    use vmi_core::{CommandLine, VmiOs};
+    let m = Mock::new(5);
+    m.write_u64(task_va(2) + off("tasks"), task_va(4) + off("tasks"));
+    let (core, os) = m.os(Limits::default());
+    let list = VmiOs::process_list(&os, &core).unwrap();
+    let inherent = os.process_list(&core).unwrap();
+    assert_eq!(list.items.len(), inherent.tasks.len());
+    assert_eq!(list.skipped.len(), inherent.skipped.len());
+    assert!(!list.skipped.is_empty());
+    for (p, t) in list.items.iter().zip(&inherent.tasks) {
+        assert_eq!(p.pid, u64::from(t.tgid));
+        assert_eq!(p.uid, Some(t.uid));
+        assert_eq!(p.state, Some(t.state.letter()));
+        assert_eq!(p.start_time_ns, Some(t.start_time_ns));
+        // A mock task has no address space: an empty command line, as /proc shows it.
+        if t.mm.is_none() {
+            assert_eq!(
+                os.process_cmdline(&core, p).unwrap(),
+                CommandLine::Argv(vec![])
+            );
+        }
+    }
+    // An unknown symbol is a typed error, not an address.
+    assert!(matches!(
+        os.kernel_symbol(&core, "no_such_symbol"),
+        Err(VmiError::NotFound { .. })
+    ));
+}
