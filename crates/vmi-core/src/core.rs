@@ -169,6 +169,21 @@ impl<D: VmiDriver> VmiCore<D> {
         self.translations.remove(ctx.root.0, ctx.va.0);
     }
 
+    /// Whether reads go through the page cache.
+    pub(crate) fn page_cache_enabled(&self) -> bool {
+        self.pages.enabled()
+    }
+
+    /// The cached copy of frame `gfn`.
+    pub(crate) fn cached_page(&self, gfn: Gfn) -> Option<Arc<[u8]>> {
+        self.pages.get(&gfn)
+    }
+
+    /// Keeps a copy of frame `gfn`.
+    pub(crate) fn cache_page(&self, gfn: Gfn, page: Arc<[u8]>) {
+        self.pages.insert(gfn, page);
+    }
+
     /// Forgets every cached page.
     pub fn invalidate_pages(&self) {
         self.pages.clear();
@@ -185,6 +200,16 @@ impl<D: VmiDriver> VmiCore<D> {
         self.invalidate_pages();
     }
 }
+
+// Every core is `Send + Sync`, whatever its driver (drivers are, by `VmiDriver`'s bounds):
+// this fails to compile the day a field breaks it.
+const _: () = {
+    fn assert_send_sync<T: Send + Sync>() {}
+    #[allow(dead_code)]
+    fn every_core_is_send_and_sync<D: VmiDriver>() {
+        assert_send_sync::<VmiCore<D>>();
+    }
+};
 
 /// Reads page-table entries through the core's page cache.
 struct CoreReader<'a, D: VmiDriver>(&'a VmiCore<D>);
@@ -208,7 +233,7 @@ impl<D: VmiRead> PageTableReader for CoreReader<'_, D> {
 
 /// Splits `[address, address + len)` into chunks that do not cross a page boundary:
 /// yields (address of the chunk, offset into the buffer, chunk length).
-fn page_chunks(
+pub(crate) fn page_chunks(
     address: u64,
     len: usize,
     page_size: u64,
@@ -231,7 +256,7 @@ impl<D: VmiRead> VmiCore<D> {
     // Always inlined: small (the page-cache path is a call), and it carries a fixed-size
     // read's constant length into the driver.
     #[inline(always)]
-    fn read_page_chunk(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
+    pub(crate) fn read_page_chunk(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
         let gfn = ArchOf::<D>::gfn_from_pa(pa);
         let offset = ArchOf::<D>::page_offset(pa.0) as usize;
         if !self.pages.enabled() {
@@ -319,7 +344,7 @@ impl<D: VmiRead> VmiCore<D> {
     }
 
     #[inline(always)]
-    fn resolve(&self, at: u64, mechanism: TranslationMechanism) -> Result<Pa, VmiError> {
+    pub(crate) fn resolve(&self, at: u64, mechanism: TranslationMechanism) -> Result<Pa, VmiError> {
         match mechanism {
             TranslationMechanism::Direct => Ok(Pa(at)),
             TranslationMechanism::Paging { root } => {

@@ -49,6 +49,18 @@ pub trait VmiDriver: Send + Sync {
 /// Registers type of a driver's architecture.
 pub type RegistersOf<D> = <<D as VmiDriver>::Architecture as Architecture>::Registers;
 
+/// One piece of a batched read ([`VmiRead::read_pages`]): `buf.len()` bytes of frame
+/// `gfn`, starting `offset` bytes into it (within the page).
+#[derive(Debug)]
+pub struct PageRead<'a> {
+    /// The frame.
+    pub gfn: Gfn,
+    /// Offset of the first byte in the frame.
+    pub offset: usize,
+    /// Where the bytes go.
+    pub buf: &'a mut [u8],
+}
+
 /// Reading guest-physical memory.
 pub trait VmiRead: VmiDriver {
     /// Copies `buf.len()` bytes of frame `gfn`, starting `offset` bytes into it.
@@ -57,6 +69,20 @@ pub trait VmiRead: VmiDriver {
     /// return [`VmiError::InvalidArgument`] otherwise. A page that the target does not
     /// have is [`VmiError::PageUnavailable`], never zeros.
     fn read_page(&self, gfn: Gfn, offset: usize, buf: &mut [u8]) -> Result<(), VmiError>;
+
+    /// Reads many pieces at once, each with its own result (in the order of `reads`).
+    /// [`crate::VmiCore::read_batch`] hands them sorted by frame and offset.
+    ///
+    /// The default reads them one by one with [`Self::read_page`], which is what a
+    /// memory-mapped target wants (a copy each). Drivers with a cheaper way to read many
+    /// pieces (one system call for all of them, one mapping per batch) override it; they
+    /// must give each piece the result `read_page` would have given it.
+    fn read_pages(&self, reads: &mut [PageRead<'_>]) -> Vec<Result<(), VmiError>> {
+        reads
+            .iter_mut()
+            .map(|r| self.read_page(r.gfn, r.offset, r.buf))
+            .collect()
+    }
 
     /// The ranges of guest-physical memory the target holds, sorted and disjoint.
     /// Scanners use them to skip holes.

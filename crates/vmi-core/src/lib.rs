@@ -11,8 +11,11 @@
 //!   [`VmiWrite`], [`VmiQueryRegisters`], [`VmiSetRegisters`], [`VmiVmControl`],
 //!   [`VmiEventControl`]); the core's methods are gated by them at compile time.
 //! - **Typed addresses.** [`Va`], [`Pa`] and [`Gfn`] cannot be mixed up.
-//! - **Thread-safe caches.** The translation and page caches are bounded concurrent maps,
-//!   so one core can be read from many threads (parallel scans of big dumps).
+//! - **Thread-safe caches, lock-free reads.** The translation cache is a software TLB
+//!   of sequence-locked atomics (a hit is plain loads), the page cache a bounded
+//!   concurrent map, so one core is read from many threads: [`VmiCore::scan`] runs
+//!   parallel scans over it, and [`VmiCore::read_batch`] hands a driver many reads at
+//!   once.
 //! - **One error type** ([`VmiError`]) whose translation failures keep the address,
 //!   the page-table root, the level and the entry.
 //! - **Guest data is hostile.** Nothing here panics on what the guest contains.
@@ -24,6 +27,7 @@
 
 mod addr;
 mod arch;
+mod batch;
 mod cache;
 mod context;
 mod core;
@@ -31,6 +35,7 @@ mod driver;
 mod error;
 mod event;
 mod os;
+mod scan;
 mod session;
 mod tlb;
 
@@ -45,9 +50,9 @@ pub use crate::core::{
     DEFAULT_PAGE_CACHE, DEFAULT_TRANSLATION_CACHE, PauseGuard, VmiCore, VmiCoreConfig,
 };
 pub use crate::driver::{
-    BreakpointAddress, BreakpointKind, EventCallback, EventMonitor, MemoryAccess, RegistersOf,
-    VmState, VmiDriver, VmiEventControl, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters,
-    VmiVmControl, VmiWrite,
+    BreakpointAddress, BreakpointKind, EventCallback, EventMonitor, MemoryAccess, PageRead,
+    RegistersOf, VmState, VmiDriver, VmiEventControl, VmiInfo, VmiQueryRegisters, VmiRead,
+    VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 pub use crate::error::{FaultKind, PageAbsence, PageFault, VmiError};
 pub use crate::event::{EventAction, MonitorChange, VmiEvent, VmiEventResponse};
@@ -55,6 +60,7 @@ pub use crate::os::{
     CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces, OsProcess,
     OsRegion, OsThread, OsValue, RegionProtection, VmiOs,
 };
+pub use crate::scan::{ScanChunk, ScanOptions, ScanSummary};
 pub use crate::session::{
     ArchitectureOf, VmiContext, VmiHandler, VmiOsState, VmiSession, VmiState,
 };

@@ -78,6 +78,185 @@ fn makedumpfile(args: &[&str], dir: &Path) {
     );
 }
 
+/// The entry at `at` of the RAM file.
+fn ram_u64(ram: &[u8], at: u64) -> Option<u64> {
+    let at = usize::try_from(at).ok()?;
+    Some(u64::from_le_bytes(ram.get(at..at + 8)?.try_into().ok()?))
+}
+
+/// The truth for a virtual address: a 4-level walk over the RAM file, written here.
+fn ram_translate(ram: &[u8], cr3: u64, va: u64) -> Option<u64> {
+    const MASK: u64 = 0x000f_ffff_ffff_f000;
+    let mut table = cr3 & MASK;
+    for shift in [39u32, 30, 21, 12] {
+        let entry = ram_u64(ram, table + ((va >> shift) & 0x1ff) * 8)?;
+        if entry & 1 == 0 {
+            return None;
+        }
+        if shift == 12 || (shift != 39 && entry & 0x80 != 0) {
+            let size = 1u64 << shift;
+            return Some((entry & MASK & !(size - 1)) | (va & (size - 1)));
+        }
+        table = entry & MASK;
+    }
+    None
+}
+
+/// Virtual addresses of present leaves under `cr3` (a sample, in RAM).
+fn ram_leaves(ram: &[u8], cr3: u64) -> Vec<u64> {
+    let mut out = Vec::new();
+    let mut stack = vec![(cr3 & 0x000f_ffff_ffff_f000, 39u32, 0u64)];
+    while let Some((table, shift, base)) = stack.pop() {
+        for i in 0..512u64 {
+            let Some(entry) = ram_u64(ram, table + i * 8) else {
+                break;
+            };
+            if entry & 1 == 0 {
+                continue;
+            }
+            let va = base | (i << shift);
+            if shift == 12 || (shift != 39 && entry & 0x80 != 0) {
+                out.push(((va << 16) as i64 >> 16) as u64);
+            } else if out.len() < 1 << 16 {
+                stack.push((entry & 0x000f_ffff_ffff_f000, shift - 9, va));
+            }
+        }
+    }
+    out
+}
+
+/// `VmiCore::read_batch` over a real dump: seeded random physical ranges (some across
+/// pages, some beyond RAM) and virtual ones through vCPU 0's CR3 (mapped and not),
+/// against the RAM file and a walk of its page tables written in this test.
+fn check_batch(core: &VmiCore<DumpDriver>, ram: &[u8], cr3: u64, name: &str) {
+    use rand::{Rng, SeedableRng, rngs::SmallRng};
+    use vmi_core::{AccessContext, Pa};
+    let mut rng = SmallRng::seed_from_u64(17);
+    let leaves = ram_leaves(ram, cr3);
+    assert!(leaves.len() > 100, "{name}: page tables under CR3");
+    let mut requests: Vec<(AccessContext, usize)> = Vec::new();
+    for _ in 0..2000 {
+        let len = [8usize, 64, 4096, 9000][rng.gen_range(0..4)];
+        requests.push(match rng.gen_range(0..10) {
+            0..=4 => (
+                AccessContext::direct(Pa(rng.gen_range(0..ram.len() as u64 - 9000))),
+                len,
+            ),
+            5 => (AccessContext::direct(Pa(ram.len() as u64 - 16)), 32), // runs off the end
+            _ => {
+                let va = leaves[rng.gen_range(0..leaves.len())] + rng.gen_range(0..4096);
+                let va = if rng.gen_range(0..8) == 0 {
+                    va ^ (1 << 40)
+                } else {
+                    va
+                };
+                (AccessContext::paging(vmi_core::Va(va), Pa(cr3)), len)
+            }
+        });
+    }
+    let mut bufs: Vec<Vec<u8>> = requests.iter().map(|&(_, n)| vec![0; n]).collect();
+    let mut batch: Vec<(AccessContext, &mut [u8])> = requests
+        .iter()
+        .zip(bufs.iter_mut())
+        .map(|(&(ctx, _), b)| (ctx, &mut b[..]))
+        .collect();
+    let results = core.read_batch(&mut batch);
+    let (mut ok, mut failed) = (0, 0);
+    for (i, (&(ctx, len), result)) in requests.iter().zip(&results).enumerate() {
+        // The truth, byte by byte: how far the request is readable, and what it holds.
+        let translated = |k: usize| -> Option<u64> {
+            let at = ctx.address.wrapping_add(k as u64);
+            match ctx.mechanism {
+                vmi_core::TranslationMechanism::Direct => Some(at),
+                vmi_core::TranslationMechanism::Paging { root } => ram_translate(ram, root.0, at),
+            }
+        };
+        let byte_pa = |k: usize| translated(k).filter(|&pa| pa < ram.len() as u64);
+        // A virtual range that reaches memory the RAM file does not have (the ELF and
+        // kdump files also hold the BIOS ROM) has no truth here: skipped.
+        if matches!(ctx.mechanism, vmi_core::TranslationMechanism::Paging { .. })
+            && (0..len).any(|k| translated(k).is_some_and(|pa| pa >= ram.len() as u64))
+        {
+            continue;
+        }
+        let readable = (0..len).take_while(|&k| byte_pa(k).is_some()).count();
+        let want: Vec<u8> = (0..readable)
+            .map(|k| ram[byte_pa(k).unwrap() as usize])
+            .collect();
+        match result {
+            Ok(()) => {
+                assert_eq!(
+                    readable, len,
+                    "{name}: request {i} {ctx} read past the truth"
+                );
+                assert!(bufs[i] == want, "{name}: request {i} {ctx} bytes");
+                ok += 1;
+            }
+            Err(VmiError::PartialAccess { completed, .. }) => {
+                assert_eq!(*completed, readable, "{name}: request {i} {ctx}");
+                assert!(
+                    bufs[i][..readable] == want[..],
+                    "{name}: request {i} prefix"
+                );
+                failed += 1;
+            }
+            Err(e) => {
+                assert_eq!(readable, 0, "{name}: request {i} {ctx}: {e}");
+                assert!(e.is_memory_unavailable(), "{name}: request {i}: {e}");
+                failed += 1;
+            }
+        }
+    }
+    assert!(
+        ok > 1000 && failed > 100,
+        "{name}: {ok} read, {failed} failed"
+    );
+}
+
+/// A parallel scan of the whole dump (3 threads sharing one core; for kdump, one page
+/// cache of decompressed pages) finds the kernel banner exactly where the RAM file has it.
+fn check_parallel_scan(core: &VmiCore<DumpDriver>, ram: &[u8], banner: &[u8], name: &str) {
+    use std::sync::Mutex;
+    fn assert_send_sync<T: Send + Sync>() {}
+    assert_send_sync::<VmiCore<DumpDriver>>();
+    let truth: Vec<u64> = ram
+        .windows(banner.len())
+        .enumerate()
+        .filter(|(_, w)| *w == banner)
+        .map(|(i, _)| i as u64)
+        .collect();
+    let found = Mutex::new(Vec::new());
+    let options = vmi_core::ScanOptions {
+        chunk_size: 1 << 20,
+        overlap: banner.len() - 1,
+        threads: 3,
+    };
+    let summary = core
+        .scan_physical(options, |chunk| {
+            let mut at = 0;
+            while let Some(i) = chunk.bytes[at..].iter().position(|&b| b == banner[0]) {
+                let i = at + i;
+                if i >= chunk.owned {
+                    break;
+                }
+                if chunk.bytes[i..].starts_with(banner) {
+                    found.lock().unwrap().push(chunk.ctx.address + i as u64);
+                }
+                at = i + 1;
+            }
+        })
+        .unwrap();
+    let mut found = found.into_inner().unwrap();
+    found.sort_unstable();
+    assert!(!truth.is_empty());
+    assert_eq!(found, truth, "{name}: banners");
+    assert!(
+        summary.bytes_scanned >= ram.len() as u64,
+        "{name}: {summary:?}"
+    );
+    assert_eq!(summary.pages_unreadable, 0, "{name}");
+}
+
 #[test]
 fn real_guest_dumps_in_every_format() {
     let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default()) else {
@@ -142,6 +321,10 @@ fn real_guest_dumps_in_every_format() {
         core.read_physical(vmi_core::Pa(banner_pa), &mut text)
             .unwrap();
         assert_eq!(text, banner, "{name}: banner");
+        check_batch(&core, &ram, cr3, name);
+        if name != "elf" {
+            check_parallel_scan(&core, &ram, banner, name);
+        }
     }
     // Registers and VMCOREINFO from QEMU's notes (ELF and kdump).
     for d in [&elf, &kdump] {

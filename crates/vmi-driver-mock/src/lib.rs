@@ -32,9 +32,9 @@ use std::time::Duration;
 use vmi_arch_amd64::paging::pte;
 use vmi_arch_amd64::{Amd64, PagingMode, Registers};
 use vmi_core::{
-    EventCallback, EventMonitor, Gfn, MonitorChange, Pa, PageAbsence, Va, VcpuId, VmState,
-    VmiDriver, VmiError, VmiEvent, VmiEventControl, VmiEventResponse, VmiInfo, VmiQueryRegisters,
-    VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+    EventCallback, EventMonitor, Gfn, MonitorChange, Pa, PageAbsence, PageRead, Va, VcpuId,
+    VmState, VmiDriver, VmiError, VmiEvent, VmiEventControl, VmiEventResponse, VmiInfo,
+    VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 
 const PAGE: u64 = 4096;
@@ -43,8 +43,20 @@ const PAGE: u64 = 4096;
 #[derive(Clone, Debug, PartialEq, Eq)]
 #[allow(missing_docs)]
 pub enum MockCall {
-    ReadPage { gfn: Gfn, offset: usize, len: usize },
-    WritePage { gfn: Gfn, offset: usize, len: usize },
+    ReadPage {
+        gfn: Gfn,
+        offset: usize,
+        len: usize,
+    },
+    /// A batch of `pieces` reads (each then logged as a `ReadPage`).
+    ReadPages {
+        pieces: usize,
+    },
+    WritePage {
+        gfn: Gfn,
+        offset: usize,
+        len: usize,
+    },
     Registers(VcpuId),
     SetRegisters(VcpuId),
     Pause,
@@ -80,7 +92,7 @@ impl MockCall {
             Self::Resume => MockOp::Resume,
             Self::MonitorEnable(_) => MockOp::MonitorEnable,
             Self::WaitForEvents => MockOp::WaitForEvents,
-            Self::State | Self::MonitorDisable(_) => return None,
+            Self::State | Self::MonitorDisable(_) | Self::ReadPages { .. } => return None,
         })
     }
 }
@@ -293,6 +305,18 @@ impl VmiRead for MockDriver {
             None => buf.fill(0),
         }
         Ok(())
+    }
+
+    /// Logs the batch, then reads each piece as `read_page` does (logged, faults
+    /// injected per piece).
+    fn read_pages(&self, reads: &mut [PageRead<'_>]) -> Vec<Result<(), VmiError>> {
+        lock(&self.calls).push(MockCall::ReadPages {
+            pieces: reads.len(),
+        });
+        reads
+            .iter_mut()
+            .map(|r| self.read_page(r.gfn, r.offset, r.buf))
+            .collect()
     }
 
     fn physical_ranges(&self) -> Result<Vec<Range<Pa>>, VmiError> {

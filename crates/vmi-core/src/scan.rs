@@ -1,0 +1,256 @@
+//! Parallel scans over one shared core: the bytes of many ranges (physical memory, or the
+//! regions of processes), cut into chunks that worker threads read and hand to a visitor.
+//!
+//! [`VmiCore`] is `Send + Sync` (the translation cache is lock-free, the page cache a
+//! concurrent map), so the workers share one core: no copy of the target per thread.
+//! Threads are `std::thread::scope` workers that take chunks from a shared counter, so a
+//! slow chunk (a decompressing dump, a fault-heavy region) does not hold up the others;
+//! no thread-pool dependency.
+//!
+//! A chunk is read page by page; pages that cannot be read (holes, unmapped or paged-out
+//! virtual pages) split it into runs of readable bytes, and are counted, never passed
+//! as zeros. Each chunk carries `overlap` bytes of the next one, so a pattern that
+//! straddles two chunks is seen whole; [`ScanChunk::owned`] says where the chunk's own
+//! bytes end, so that a visitor reports each match once.
+
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use crate::{AccessContext, Architecture, VmiCore, VmiDriver, VmiError, VmiRead};
+
+/// How to cut and share a scan.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ScanOptions {
+    /// Bytes per chunk (rounded up to whole pages; at least one page).
+    pub chunk_size: usize,
+    /// Bytes of the next chunk appended to each (for patterns across chunk edges).
+    pub overlap: usize,
+    /// Worker threads (0: the machine's available parallelism).
+    pub threads: usize,
+}
+
+impl Default for ScanOptions {
+    fn default() -> Self {
+        Self {
+            chunk_size: 1 << 20,
+            overlap: 0,
+            threads: 0,
+        }
+    }
+}
+
+/// A run of readable bytes handed to a scan's visitor.
+#[derive(Debug)]
+pub struct ScanChunk<'a> {
+    /// Which of the scanned ranges it belongs to.
+    pub range: usize,
+    /// Where the bytes start.
+    pub ctx: AccessContext,
+    /// The bytes.
+    pub bytes: &'a [u8],
+    /// How many of `bytes` belong to this chunk; the rest is the overlap with the next
+    /// one, where a match that starts belongs to the next chunk.
+    pub owned: usize,
+}
+
+/// What a scan covered.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct ScanSummary {
+    /// Bytes handed to the visitor (overlaps not counted).
+    pub bytes_scanned: u64,
+    /// Pages that could not be read and were skipped.
+    pub pages_unreadable: u64,
+}
+
+/// One chunk of work: range `range`, bytes `[start, start + len)` of it.
+struct Work {
+    range: usize,
+    start: u64,
+    len: u64,
+}
+
+type ArchOf<D> = <D as VmiDriver>::Architecture;
+
+impl<D: VmiRead> VmiCore<D> {
+    /// Scans the physical memory the driver holds ([`VmiRead::physical_ranges`]) in
+    /// parallel. See [`Self::scan`].
+    pub fn scan_physical<F>(&self, options: ScanOptions, visit: F) -> Result<ScanSummary, VmiError>
+    where
+        F: Fn(&ScanChunk<'_>) + Sync,
+    {
+        let ranges: Vec<(AccessContext, u64)> = self
+            .driver()
+            .physical_ranges()?
+            .into_iter()
+            .map(|r| {
+                (
+                    AccessContext::direct(r.start),
+                    r.end.0.saturating_sub(r.start.0),
+                )
+            })
+            .collect();
+        self.scan(&ranges, options, visit)
+    }
+
+    /// Scans `ranges` (a start and a length in bytes each) with `options.threads`
+    /// workers sharing this core, calling `visit` for every run of readable bytes, from
+    /// any worker, in no particular order. Unreadable pages are skipped and counted.
+    ///
+    /// ```
+    /// use std::sync::Mutex;
+    /// use vmi_core::{Pa, ScanOptions, VmiCore};
+    /// use vmi_driver_mock::MockDriver;
+    ///
+    /// let driver = MockDriver::new(8 << 20);
+    /// driver.write_physical(Pa(0x1ff_ffe), b"needle"); // across a chunk edge
+    /// let core = VmiCore::new(driver)?;
+    /// let found = Mutex::new(Vec::new());
+    /// let options = ScanOptions { chunk_size: 1 << 20, overlap: 5, threads: 4 };
+    /// core.scan_physical(options, |chunk| {
+    ///     for (i, w) in chunk.bytes.windows(6).enumerate() {
+    ///         if w == b"needle" && i < chunk.owned {
+    ///             found.lock().unwrap().push(chunk.ctx.address + i as u64);
+    ///         }
+    ///     }
+    /// })?;
+    /// assert_eq!(found.into_inner().unwrap(), vec![0x1ff_ffe]);
+    /// # Ok::<(), vmi_core::VmiError>(())
+    /// ```
+    pub fn scan<F>(
+        &self,
+        ranges: &[(AccessContext, u64)],
+        options: ScanOptions,
+        visit: F,
+    ) -> Result<ScanSummary, VmiError>
+    where
+        F: Fn(&ScanChunk<'_>) + Sync,
+    {
+        let page = ArchOf::<D>::PAGE_SIZE;
+        let chunk = (options.chunk_size as u64).max(page).div_ceil(page) * page;
+        let mut work = Vec::new();
+        for (range, &(_, len)) in ranges.iter().enumerate() {
+            let mut start = 0;
+            while start < len {
+                let n = chunk.min(len - start);
+                work.push(Work {
+                    range,
+                    start,
+                    len: n,
+                });
+                start += n;
+            }
+        }
+        let threads = match options.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            n => n,
+        }
+        .min(work.len())
+        .max(1);
+        let next = AtomicUsize::new(0);
+        let scanned = AtomicU64::new(0);
+        let unreadable = AtomicU64::new(0);
+        let failure: Mutex<Option<VmiError>> = Mutex::new(None);
+        let worker = || {
+            let mut buf = Vec::new();
+            loop {
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(w) = work.get(i) else {
+                    return;
+                };
+                let (ctx, len) = ranges[w.range];
+                // The chunk and its overlap, clipped to the range.
+                let overlap = (options.overlap as u64).min(len - w.start - w.len);
+                let total = usize::try_from(w.len + overlap).unwrap_or(usize::MAX);
+                buf.resize(total, 0);
+                match self.scan_chunk(ctx.offset(w.start), &mut buf, w.len, |at, bytes, owned| {
+                    visit(&ScanChunk {
+                        range: w.range,
+                        ctx: ctx.offset(w.start + at),
+                        bytes,
+                        owned,
+                    })
+                }) {
+                    Ok((bytes, bad)) => {
+                        scanned.fetch_add(bytes, Ordering::Relaxed);
+                        unreadable.fetch_add(bad, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        failure
+                            .lock()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .get_or_insert(e);
+                        next.store(work.len(), Ordering::Relaxed);
+                        return;
+                    }
+                }
+            }
+        };
+        std::thread::scope(|s| {
+            for _ in 1..threads {
+                s.spawn(worker);
+            }
+            worker();
+        });
+        if let Some(e) = failure.into_inner().unwrap_or_else(|e| e.into_inner()) {
+            return Err(e);
+        }
+        Ok(ScanSummary {
+            bytes_scanned: scanned.into_inner(),
+            pages_unreadable: unreadable.into_inner(),
+        })
+    }
+
+    /// Reads `buf` at `ctx` page by page and calls `visit(offset, bytes, owned)` for each
+    /// run of readable bytes, where `owned` is how many of them lie below `own` (the
+    /// chunk's own length). Returns the owned bytes visited and the unreadable pages
+    /// among the owned ones. Errors other than "memory unavailable" stop the scan.
+    fn scan_chunk(
+        &self,
+        ctx: AccessContext,
+        buf: &mut [u8],
+        own: u64,
+        mut visit: impl FnMut(u64, &[u8], usize),
+    ) -> Result<(u64, u64), VmiError> {
+        let page = ArchOf::<D>::PAGE_SIZE;
+        let pieces: Vec<(u64, usize, usize)> =
+            crate::core::page_chunks(ctx.address, buf.len(), page).collect();
+        let mut readable = Vec::with_capacity(pieces.len());
+        for &(at, start, n) in &pieces {
+            let result = self
+                .resolve(at, ctx.mechanism)
+                .and_then(|pa| self.read_page_chunk(pa, &mut buf[start..start + n]));
+            match result {
+                Ok(()) => readable.push(true),
+                Err(e) if e.is_memory_unavailable() => readable.push(false),
+                Err(e) => return Err(e),
+            }
+        }
+        let (mut visited, mut bad) = (0u64, 0u64);
+        let mut run: Option<usize> = None;
+        let own = usize::try_from(own).unwrap_or(usize::MAX);
+        let mut flush = |from: usize, to: usize, visited: &mut u64| {
+            let owned = own.saturating_sub(from).min(to - from);
+            if owned > 0 {
+                visit(from as u64, &buf[from..to], owned);
+                *visited += owned as u64;
+            }
+        };
+        for (&(_, start, _), &ok) in pieces.iter().zip(&readable) {
+            match (ok, run) {
+                (true, None) => run = Some(start),
+                (false, Some(from)) => {
+                    flush(from, start, &mut visited);
+                    run = None;
+                }
+                _ => {}
+            }
+            if !ok && start < own {
+                bad += 1;
+            }
+        }
+        if let Some(from) = run {
+            flush(from, buf.len(), &mut visited);
+        }
+        Ok((visited, bad))
+    }
+}
