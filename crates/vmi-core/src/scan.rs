@@ -14,7 +14,7 @@
 //! bytes end, so that a visitor reports each match once.
 
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use crate::{AccessContext, Architecture, VmiCore, VmiDriver, VmiError, VmiRead};
 
@@ -127,26 +127,38 @@ impl<D: VmiRead> VmiCore<D> {
     {
         let page = ArchOf::<D>::PAGE_SIZE;
         let chunk = (options.chunk_size as u64).max(page).div_ceil(page) * page;
-        let mut work = Vec::new();
-        for (range, &(_, len)) in ranges.iter().enumerate() {
-            let mut start = 0;
-            while start < len {
-                let n = chunk.min(len - start);
-                work.push(Work {
-                    range,
-                    start,
-                    len: n,
-                });
-                start += n;
-            }
+        // Chunks are numbered across the ranges and made when a worker takes one: the
+        // work list costs one entry per range, however long the ranges are (a region's
+        // length can come from the guest).
+        let mut first_chunk = Vec::with_capacity(ranges.len() + 1);
+        let mut chunks = 0u64;
+        for &(_, len) in ranges {
+            first_chunk.push(chunks);
+            chunks = chunks.saturating_add(len.div_ceil(chunk));
         }
+        first_chunk.push(chunks);
+        let work = |i: u64| -> Option<Work> {
+            if i >= chunks {
+                return None;
+            }
+            // The last range whose first chunk is at or before `i` (ranges without
+            // chunks share their first chunk number with the next range).
+            let range = first_chunk.partition_point(|&c| c <= i).checked_sub(1)?;
+            let start = (i - first_chunk[range]).checked_mul(chunk)?;
+            let len = ranges.get(range)?.1;
+            Some(Work {
+                range,
+                start,
+                len: chunk.min(len.checked_sub(start)?),
+            })
+        };
         let threads = match options.threads {
             0 => std::thread::available_parallelism().map_or(1, |n| n.get()),
             n => n,
         }
-        .min(work.len())
+        .min(usize::try_from(chunks).unwrap_or(usize::MAX))
         .max(1);
-        let next = AtomicUsize::new(0);
+        let next = AtomicU64::new(0);
         let scanned = AtomicU64::new(0);
         let unreadable = AtomicU64::new(0);
         let failure: Mutex<Option<VmiError>> = Mutex::new(None);
@@ -154,7 +166,7 @@ impl<D: VmiRead> VmiCore<D> {
             let mut buf = Vec::new();
             loop {
                 let i = next.fetch_add(1, Ordering::Relaxed);
-                let Some(w) = work.get(i) else {
+                let Some(w) = work(i) else {
                     return;
                 };
                 let (ctx, len) = ranges[w.range];
@@ -179,7 +191,7 @@ impl<D: VmiRead> VmiCore<D> {
                             .lock()
                             .unwrap_or_else(|e| e.into_inner())
                             .get_or_insert(e);
-                        next.store(work.len(), Ordering::Relaxed);
+                        next.store(chunks, Ordering::Relaxed);
                         return;
                     }
                 }
