@@ -408,7 +408,10 @@ fn breakpoints_single_step_watchpoints_two_vcpus() {
         h.vcpus, h.comms
     );
     eprintln!("hits on vCPUs {:?}, comms {:?}", h.vcpus, h.comms);
-    let known: Vec<&str> = g.truth().tasks.iter().map(|t| t.comm.as_str()).collect();
+    // The tasks of the truth, and `sleep`: vmi_loop's `sleep 1` children come and go
+    // (never in the truth), and under load they may be the only sleepers caught.
+    let mut known: Vec<&str> = g.truth().tasks.iter().map(|t| t.comm.as_str()).collect();
+    known.push("sleep");
     assert!(h.comms.iter().all(|c| !c.is_empty()));
     assert!(
         h.comms.iter().any(|c| known.contains(&c.as_str())),
