@@ -438,6 +438,11 @@ impl GdbSession {
             return Ok(());
         }
         if let Some((vcpu, addr)) = self.step_over.take() {
+            if !kvm && self.skip_nop(vcpu, addr)? {
+                self.conn.send("vCont;c")?;
+                self.running = true;
+                return Ok(());
+            }
             let bps: Vec<Installed> = self
                 .installed
                 .iter()
@@ -472,6 +477,29 @@ impl GdbSession {
         self.conn.send("vCont;c")?;
         self.running = true;
         Ok(())
+    }
+
+    /// Steps over the breakpoint at `addr` without a single-step when the instruction
+    /// there is a no-op ([`nop_len`]): `rip` moves past it, which is all executing it
+    /// would do. Under TCG this halves what an event costs: QEMU's gdbstub flushes every
+    /// translated block at each debug stop (breakpoint and single-step alike; not at
+    /// watchpoints), and the guest then runs on freshly translated code. The bytes are
+    /// read at each hit (the kernel patches its `__fentry__` sites when ftrace is turned
+    /// on). TCG only: under KVM the breakpoint's `int3` is in memory, and the CPU's
+    /// indirect-branch tracking may need the `endbr64` to run.
+    fn skip_nop(&mut self, vcpu: usize, addr: u64) -> Result<bool, QemuError> {
+        let Some(rip) = self.regmap.get("rip").cloned() else {
+            return Ok(false);
+        };
+        self.select(vcpu)?;
+        let m = self.conn.request(&format!("m{addr:x},{:x}", MAX_NOP))?;
+        let Some(len) = decode_hex(&m).and_then(|b| nop_len(&b)) else {
+            return Ok(false);
+        };
+        let next = addr.wrapping_add(len as u64);
+        self.conn
+            .request_ok(&format!("P{:x}={}", rip.regnum, encode_le(next, rip.size)))?;
+        Ok(true)
     }
 
     fn exec_bp_at(&self, rip: u64) -> Option<Installed> {
@@ -1466,5 +1494,57 @@ impl VmiEventControl for QemuDriver {
                 }
             }
         }
+    }
+}
+
+/// Longest instruction [`nop_len`] knows.
+const MAX_NOP: usize = 11;
+
+/// The length of the no-op instruction `code` starts with, if it is one of the encodings
+/// compilers and the kernel emit for padding and `__fentry__` sites (the recommended
+/// multi-byte `nop` forms, `xchg ax, ax`, `endbr64`); `None` for anything else. Exact
+/// byte patterns, not a decoder: an instruction this does not know is single-stepped.
+fn nop_len(code: &[u8]) -> Option<usize> {
+    const NOPS: &[&[u8]] = &[
+        &[0x90],
+        &[0x66, 0x90],
+        &[0x0f, 0x1f, 0x00],
+        &[0x0f, 0x1f, 0x40, 0x00],
+        &[0x0f, 0x1f, 0x44, 0x00, 0x00],
+        &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
+        &[0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
+        &[0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+        &[0x66, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+        &[0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
+        &[
+            0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00,
+        ],
+        // endbr64: no architectural effect without CET, which TCG does not emulate.
+        &[0xf3, 0x0f, 0x1e, 0xfa],
+    ];
+    NOPS.iter().find(|n| code.starts_with(n)).map(|n| n.len())
+}
+
+#[cfg(test)]
+mod nop_tests {
+    use super::{MAX_NOP, nop_len};
+
+    #[test]
+    fn known_nops_and_nothing_else() {
+        // The kernel's ftrace site (P6_NOP5), then `sub rsp, 0x20`.
+        assert_eq!(
+            nop_len(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0x48, 0x83, 0xec]),
+            Some(5)
+        );
+        assert_eq!(nop_len(&[0xf3, 0x0f, 0x1e, 0xfa, 0x0f, 0x1f]), Some(4));
+        assert_eq!(nop_len(&[0x90, 0xcc]), Some(1));
+        // push rbp; call rel32; a truncated nop; a nop with a non-zero displacement
+        // (still a nop, but not a form we know: stepped).
+        assert_eq!(nop_len(&[0x55, 0x48, 0x89, 0xe5]), None);
+        assert_eq!(nop_len(&[0xe8, 0x00, 0x00, 0x00, 0x00]), None);
+        assert_eq!(nop_len(&[0x0f, 0x1f, 0x44, 0x00]), None);
+        assert_eq!(nop_len(&[0x0f, 0x1f, 0x44, 0x00, 0x01]), None);
+        assert_eq!(nop_len(&[]), None);
+        assert!((0..=255u8).all(|b| nop_len(&[b; MAX_NOP]).is_none_or(|n| n <= MAX_NOP)));
     }
 }
