@@ -149,6 +149,22 @@ enum GuestCmd {
         /// Userland: `busybox` or `realistic`; default `$VMI_GUEST_USERLAND`, else busybox.
         #[arg(long)]
         userland: Option<String>,
+        /// Give the host a command channel into the guest (`guest run`).
+        #[arg(long)]
+        control: bool,
+    },
+    /// Run a shell command in a guest booted with `up --control`; prints its output and
+    /// exits with its status (e.g. `guest run --dir D -- vmi_execs 100`).
+    Run {
+        /// Guest directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Seconds to wait for the command to end.
+        #[arg(long, default_value_t = 600)]
+        timeout: u64,
+        /// The command line.
+        #[arg(required = true, trailing_var_arg = true)]
+        command: Vec<String>,
     },
     /// Dump guest memory through QMP (`dump-guest-memory`, paging=false).
     Dump {
@@ -254,6 +270,19 @@ fn guest(cmd: GuestCmd) -> Result<()> {
             println!("VMLINUX={}", k.vmlinux.display());
             println!("INITRD={}", k.initrd.display());
         }
+        GuestCmd::Run {
+            dir,
+            timeout,
+            command,
+        } => {
+            let out = vmi_test_guest::ctl::run_in(
+                &dir,
+                &command.join(" "),
+                Duration::from_secs(timeout),
+            )?;
+            print!("{}", out.output);
+            std::process::exit(out.rc);
+        }
         GuestCmd::Up {
             dir,
             kernel,
@@ -266,6 +295,7 @@ fn guest(cmd: GuestCmd) -> Result<()> {
             accel,
             timeout,
             userland,
+            control,
         } => {
             let accel = match accel.as_str() {
                 "auto" => Accel::Auto,
@@ -282,7 +312,8 @@ fn guest(cmd: GuestCmd) -> Result<()> {
                 .kaslr(!no_kaslr)
                 .kallsyms(kallsyms)
                 .accel(accel)
-                .boot_timeout(Duration::from_secs(timeout));
+                .boot_timeout(Duration::from_secs(timeout))
+                .control(control);
             if let Some(u) = userland {
                 cfg = cfg.userland(u.parse()?);
             }

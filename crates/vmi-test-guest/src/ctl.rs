@@ -138,3 +138,10 @@ impl Ctl {
         }
     }
 }
+
+/// Run `command` in the guest whose directory is `dir` (booted with
+/// [`crate::GuestConfig::control`], e.g. by `cargo xtask guest up --control`), over a
+/// connection of its own; for tools outside the process that booted the guest.
+pub fn run_in(dir: &Path, command: &str, timeout: Duration) -> Result<CtlOutput> {
+    Ctl::connect(&dir.join(CTL_SOCKET), timeout)?.request(command, timeout)
+}

@@ -19,7 +19,7 @@
 //!
 //! | command | what it does | truth it prints (after the run) |
 //! |---|---|---|
-//! | `vmi_execs N` | N execs of known programs with known arguments, some opening known files | `pid P` (its own pid), then per exec `exec I FILENAME\|ARGV0\|ARGV1…`, per file `open I PATH` |
+//! | `vmi_execs N` | N execs of known programs with known arguments, some opening known files, by its child `vmi_exec_loop` | `pid P` (the loop's pid), then per exec `exec I FILENAME\|ARGV0\|ARGV1…`, per file `open I PATH` |
 //! | `vmi_opens N` | N `openat`s of `/etc/hostname` by the shell itself (no fork): a busy process | `pid P` |
 
 //!
@@ -107,34 +107,40 @@ while IFS= read -r line <&3; do
 done
 "#;
 
-/// `vmi_execs N`: N execs of known commands, in three shapes: a program with an argument,
-/// a program opening a known file, a script (the kernel runs its `#!` interpreter) with an
-/// argument holding a space and an empty argument. Explicit paths only (no `PATH`
-/// lookup, the same in both userlands). The truth goes to a file during the run and is
-/// printed after it, so the console costs nothing while the execs run.
+/// `vmi_execs N`: prepares `/tmp/vmi-w` and runs `vmi_exec_loop N`, then prints the
+/// loop's truth. The known execs come from the loop's process alone (its comm is
+/// `vmi_exec_loop`), none from the preparation.
 const VMI_EXECS: &str = r#"#!/bin/sh
 n=${1:-1000}
 w=/tmp/vmi-w
 rm -rf $w; mkdir -p $w
 for k in 0 1 2 3 4 5 6 7; do echo "vmi-w-$k" > $w/f$k; done
 printf '#!/bin/busybox sh\n:\n' > $w/script; chmod 755 $w/script
-: > $w/truth
+/bin/vmi_exec_loop "$n" > $w/truth || exit
+cat $w/truth
+"#;
+
+/// `vmi_exec_loop N`: N execs of known commands, in three shapes: a program with an
+/// argument, a program opening a known file, a script (the kernel runs its `#!`
+/// interpreter) with an argument holding a space and an empty argument. Explicit paths
+/// only (no `PATH` lookup, the same in both userlands); only shell builtins besides.
+const VMI_EXEC_LOOP: &str = r#"#!/bin/sh
+w=/tmp/vmi-w
+echo "pid $$"
 i=0
-while [ $i -lt $n ]; do
+while [ $i -lt $1 ]; do
   i=$((i+1))
   case $((i % 3)) in
     0) /bin/busybox true "vmi-exec-$i"
-       echo "exec $i /bin/busybox|/bin/busybox|true|vmi-exec-$i" >> $w/truth ;;
+       echo "exec $i /bin/busybox|/bin/busybox|true|vmi-exec-$i" ;;
     1) k=$((i % 8))
        /bin/busybox cat $w/f$k > /dev/null
-       echo "exec $i /bin/busybox|/bin/busybox|cat|$w/f$k" >> $w/truth
-       echo "open $i $w/f$k" >> $w/truth ;;
+       echo "exec $i /bin/busybox|/bin/busybox|cat|$w/f$k"
+       echo "open $i $w/f$k" ;;
     2) $w/script "arg $i" ''
-       echo "exec $i $w/script|$w/script|arg $i|" >> $w/truth ;;
+       echo "exec $i $w/script|$w/script|arg $i|" ;;
   esac
 done
-echo "pid $$"
-cat $w/truth
 "#;
 
 /// `vmi_opens N`: N `openat`s by the shell itself (a redirection of the `:` builtin).
@@ -378,6 +384,7 @@ fn add_common(
     c.file("bin/vmi_parent", 0o755, VMI_PARENT);
     c.file("bin/vmi_ctl", 0o755, VMI_CTL);
     c.file("bin/vmi_execs", 0o755, VMI_EXECS);
+    c.file("bin/vmi_exec_loop", 0o755, VMI_EXEC_LOOP);
     c.file("bin/vmi_opens", 0o755, VMI_OPENS);
     c.file("etc/vmi-fd-target", 0o644, FD_TARGET_CONTENT);
     c.file("etc/hostname", 0o644, "vmiguest\n");
@@ -468,6 +475,7 @@ pub fn script_digest() -> u64 {
         VMI_PARENT,
         VMI_CTL,
         VMI_EXECS,
+        VMI_EXEC_LOOP,
         VMI_OPENS,
         FD_TARGET_CONTENT,
     ] {
