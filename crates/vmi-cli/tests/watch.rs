@@ -303,3 +303,234 @@ fn trace_syscalls_of_vmi_loop_with_decoded_arguments() {
     );
     assert_runs_clean(&guest, &live);
 }
+
+/// Runs `vmi ARGS` (a tracer that prints one JSON object per line until Ctrl-C), waits
+/// until it announces its breakpoints (`ready` on stderr), runs `workload` in the guest
+/// through the command channel, then stops the tracer with SIGINT. Every event of the
+/// workload is out by then: a breakpoint holds the vCPU until the tracer has printed
+/// the event and resumed it. Returns the events and the workload's truth.
+fn traced_workload(
+    guest: &TestGuest,
+    args: &[&str],
+    ready: &str,
+    workload: &str,
+) -> (Vec<Value>, Vec<String>) {
+    use std::io::{BufRead, Read};
+    let live = format!("qemu:{}", guest.qmp_socket().display());
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["--target", &live])
+        .args(args)
+        .env(
+            "VMI_PROFILE_CACHE",
+            std::env::temp_dir().join("vmi-cli-test-profiles"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = child.stdout.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut v = Vec::new();
+        stdout.read_to_end(&mut v).unwrap();
+        v
+    });
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stderr = child.stderr.take().unwrap();
+    let err_reader = std::thread::spawn(move || {
+        let mut all = String::new();
+        for line in std::io::BufReader::new(stderr).lines() {
+            let line = line.unwrap_or_default();
+            let _ = tx.send(line.clone());
+            all.push_str(&line);
+            all.push('\n');
+        }
+        all
+    });
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match rx.recv_timeout(left) {
+            Ok(l) if l.contains(ready) => break,
+            Ok(_) => {}
+            Err(e) => panic!(
+                "the tracer never got ready ({e}): {}",
+                err_reader.join().unwrap()
+            ),
+        }
+    }
+    let started = Instant::now();
+    let out = guest
+        .run(workload, Duration::from_secs(900))
+        .expect("the workload ran");
+    eprintln!(
+        "{workload}: {:.1} s traced",
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!(out.rc, 0, "{}", out.output);
+    assert!(
+        Command::new("kill")
+            .args(["-INT", &child.id().to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    let status = child.wait().unwrap();
+    let stdout = reader.join().unwrap();
+    let stderr = err_reader.join().unwrap();
+    assert!(status.success(), "{stderr}");
+    eprintln!("tracer: {stderr}");
+    let events = String::from_utf8_lossy(&stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (events, out.lines().map(str::to_owned).collect())
+}
+
+/// One exec of the `vmi_execs` workload, as the guest printed it.
+#[derive(Debug, PartialEq)]
+struct KnownExec {
+    filename: String,
+    argv: Vec<String>,
+}
+
+fn known_execs(truth: &[String]) -> (u64, Vec<KnownExec>, Vec<String>) {
+    let pid = truth
+        .iter()
+        .find_map(|l| l.strip_prefix("pid "))
+        .expect("pid line")
+        .parse()
+        .unwrap();
+    let execs = truth
+        .iter()
+        .filter_map(|l| l.strip_prefix("exec "))
+        .map(|l| {
+            let (_, rest) = l.split_once(' ').unwrap();
+            let mut parts = rest.split('|').map(str::to_owned);
+            KnownExec {
+                filename: parts.next().unwrap(),
+                argv: parts.collect(),
+            }
+        })
+        .collect();
+    let opens = truth
+        .iter()
+        .filter_map(|l| l.strip_prefix("open "))
+        .map(|l| l.split_once(' ').unwrap().1.to_owned())
+        .collect();
+    (pid, execs, opens)
+}
+
+/// Execs per run: 100 in the suite; `VMI_TEST_EXECS=1000` for the issue's full count.
+/// Under TCG every breakpoint stop costs QEMU a flush of all translated code (its
+/// gdbstub does that at each debug stop), and an exec runs much kernel code afresh
+/// after it: 1,000 execs traced take minutes on a loaded 2-core machine.
+fn execs_per_run() -> usize {
+    std::env::var("VMI_TEST_EXECS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(100)
+}
+
+/// Issue 15's completeness test: the guest execs known commands ([`execs_per_run`]) and
+/// opens known files; `vmi trace --syscall execve,openat` and `vmi watch procs` report every one, in
+/// order, with the exact file name and arguments, and nothing else for the workload.
+#[test]
+fn trace_and_watch_miss_no_exec() {
+    let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default().control(true)) else {
+        return;
+    };
+    let n = execs_per_run();
+    let workload = format!("vmi_execs {n}");
+
+    // execve at its entries, as the workload's shell makes them.
+    let (calls, truth) = traced_workload(
+        &guest,
+        &["--json", "trace", "--syscall", "execve"],
+        "tracing system calls",
+        &workload,
+    );
+    let (_, execs, _) = known_execs(&truth);
+    assert_eq!(execs.len(), n);
+    let seen: Vec<KnownExec> = calls
+        .iter()
+        .filter(|c| c["syscall"] == "execve" && c["comm"] == "vmi_exec_loop")
+        .map(|c| KnownExec {
+            filename: c["args"]["filename"].as_str().unwrap_or("?").to_owned(),
+            argv: serde_json::from_value(c["args"]["argv"].clone()).unwrap_or_default(),
+        })
+        .collect();
+    assert_eq!(seen.len(), execs.len(), "execve calls of the workload");
+    for (i, (s, e)) in seen.iter().zip(&execs).enumerate() {
+        assert_eq!(s, e, "exec {}", i + 1);
+    }
+    assert!(
+        calls.iter().all(|c| c["problems"] == serde_json::json!([])),
+        "problems reported"
+    );
+
+    // openat and execve together on a shorter run (every process opens files: each
+    // exec costs several events): the files the programs open, in order.
+    let (calls, truth) = traced_workload(
+        &guest,
+        &["--json", "trace", "--syscall", "openat,execve"],
+        "tracing system calls",
+        "vmi_execs 60",
+    );
+    let (_, _, opens) = known_execs(&truth);
+    assert_eq!(opens.len(), 20);
+    let seen_opens: Vec<&str> = calls
+        .iter()
+        // `cat`'s opens (the preparation's writes to the same files come from the
+        // `vmi_execs` shell).
+        .filter(|c| c["syscall"] == "openat" && c["comm"] == "busybox")
+        .filter_map(|c| c["args"]["filename"].as_str())
+        .filter(|f| f.starts_with("/tmp/vmi-w/f"))
+        .collect();
+    assert_eq!(seen_opens, opens);
+    assert_eq!(
+        calls
+            .iter()
+            .filter(|c| c["syscall"] == "execve" && c["comm"] == "vmi_exec_loop")
+            .count(),
+        60
+    );
+
+    // The same workload again under `watch procs`: each exec comes as fork, exec and
+    // exit of one child of the workload's shell, in that order.
+    let (events, truth) = traced_workload(
+        &guest,
+        &["--json", "watch", "procs"],
+        "watching fork, exec and exit",
+        &workload,
+    );
+    let (shell, execs, _) = known_execs(&truth);
+    let children: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["event"] == "fork" && e["ppid"] == shell)
+        .collect();
+    assert_eq!(children.len(), n, "forks of the workload");
+    for (i, (fork, known)) in children.iter().zip(&execs).enumerate() {
+        let pid = &fork["pid"];
+        let of: Vec<&Value> = events.iter().filter(|e| &e["pid"] == pid).collect();
+        let kinds: Vec<&str> = of.iter().map(|e| e["event"].as_str().unwrap()).collect();
+        assert_eq!(kinds, ["fork", "exec", "exit"], "exec {}: {of:?}", i + 1);
+        let exec = of[1];
+        assert_eq!(exec["filename"], known.filename.as_str(), "exec {}", i + 1);
+        // A `#!` script runs as its interpreter: the kernel puts the interpreter, its
+        // argument and the script's path in front of the script's arguments.
+        let argv: Vec<String> = if known.filename.ends_with("/script") {
+            ["/bin/busybox", "sh", known.filename.as_str()]
+                .into_iter()
+                .map(str::to_owned)
+                .chain(known.argv[1..].iter().cloned())
+                .collect()
+        } else {
+            known.argv.clone()
+        };
+        assert_eq!(exec["argv"], serde_json::json!(argv), "exec {}", i + 1);
+        assert_eq!(exec["ppid"], shell);
+        assert_eq!(of[2]["exit_code"], 0, "exec {}: {:?}", i + 1, of[2]);
+    }
+    let live = format!("qemu:{}", guest.qmp_socket().display());
+    assert_runs_clean(&guest, &live);
+}
