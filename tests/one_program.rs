@@ -3,7 +3,7 @@
 //! image and (on the fake) a Xen domain, through `vmi::` alone.
 
 use vmi::arch::amd64::Amd64;
-use vmi::core::{Gfn, VmiCore, VmiOs, VmiRead};
+use vmi::core::{Gfn, OsAttribute, OsObjectKind, VmiCore, VmiOs, VmiRead};
 use vmi::os::windows::WindowsOs;
 
 /// One line per process: pid, name, command line, and the number of its memory regions
@@ -21,10 +21,35 @@ fn summary<D: VmiRead<Architecture = Amd64>>(core: &VmiCore<D>, os: &dyn VmiOs<D
                 .process_cmdline(core, p)
                 .map(|c| c.to_string())
                 .unwrap_or_default();
-            let regions = os.memory_region_list(core, p).ok().map(|l| l.items.len());
-            (p.pid, p.name.clone(), cmdline, regions)
+            let regions = os.memory_region_list(core, p).ok();
+            // The table columns an OS declares are the ones its objects carry.
+            for r in regions.iter().flat_map(|l| &l.items) {
+                assert_columns(os, OsObjectKind::Region, &r.attributes);
+            }
+            for t in os.thread_list(core, p).iter().flat_map(|l| &l.items) {
+                assert_columns(os, OsObjectKind::Thread, &t.attributes);
+            }
+            for h in os.handles(core, p).iter().flat_map(|l| &l.items) {
+                assert_columns(os, OsObjectKind::Handle, &h.attributes);
+            }
+            (
+                p.pid,
+                p.name.clone(),
+                cmdline,
+                regions.map(|l| l.items.len()),
+            )
         })
         .collect()
+}
+
+fn assert_columns<D: VmiRead>(os: &dyn VmiOs<D>, kind: OsObjectKind, attributes: &[OsAttribute]) {
+    let declared: Vec<&str> = os
+        .attribute_columns(kind)
+        .into_iter()
+        .map(|c| c.trim_start_matches('>'))
+        .collect();
+    let carried: Vec<&str> = attributes.iter().filter_map(|a| a.column).collect();
+    assert_eq!(carried, declared, "{} {kind:?}", os.name());
 }
 
 #[test]

@@ -13,8 +13,8 @@ use std::cell::Cell;
 
 use vmi_arch_amd64::{Amd64, Registers};
 use vmi_core::{
-    AccessContext, AddressContext, CommandLine, OsAttribute, OsNamespaces, OsProcess, OsValue, Pa,
-    Registers as _, Va, VmiCore, VmiError, VmiQueryRegisters, VmiRead,
+    AccessContext, AddressContext, CommandLine, OsAttribute, OsNamespaces, OsObjectKind, OsProcess,
+    OsValue, Pa, Registers as _, Va, VmiCore, VmiError, VmiQueryRegisters, VmiRead,
 };
 
 use crate::os::DynOs;
@@ -153,18 +153,11 @@ fn with_attributes(mut v: Value, attributes: &[OsAttribute]) -> Value {
     v
 }
 
-/// The table columns of the OS-specific attributes (from the first object; numbers
-/// right-aligned).
-fn attribute_columns(attributes: Option<&Vec<OsAttribute>>) -> Vec<String> {
-    attributes
+/// The table columns of the OS-specific attributes of objects of `kind`.
+fn attribute_columns<D: VmiRead>(os: &DynOs<D>, kind: OsObjectKind) -> Vec<String> {
+    os.attribute_columns(kind)
         .into_iter()
-        .flatten()
-        .filter_map(|a| {
-            a.column.map(|c| match a.value {
-                OsValue::Number(_) => format!(">{c}"),
-                _ => c.to_owned(),
-            })
-        })
+        .map(str::to_owned)
         .collect()
 }
 
@@ -491,7 +484,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             "NAME".into(),
             "TASK".into(),
         ];
-        head.extend(attribute_columns(list.items.first().map(|t| &t.attributes)));
+        head.extend(attribute_columns(&os, OsObjectKind::Thread));
         let mut table = Table::new(&head);
         for t in &list.items {
             let mut row = vec![
@@ -534,7 +527,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             ">SIZE".into(),
             "STATE".into(),
         ];
-        head.extend(attribute_columns(list.items.first().map(|m| &m.attributes)));
+        head.extend(attribute_columns(&os, OsObjectKind::Module));
         if paths {
             head.push("PATH".into());
         }
@@ -582,7 +575,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             "PERMS".into(),
             ">OFFSET".into(),
         ];
-        head.extend(attribute_columns(list.items.first().map(|r| &r.attributes)));
+        head.extend(attribute_columns(&os, OsObjectKind::Region));
         head.push("NAME".into());
         let mut table = Table::new(&head);
         for r in &list.items {
@@ -628,7 +621,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             return Ok(output::json(&rows)?);
         }
         let mut head = vec![">FD".to_owned()];
-        head.extend(attribute_columns(list.items.first().map(|h| &h.attributes)));
+        head.extend(attribute_columns(&os, OsObjectKind::Handle));
         head.push("PATH".into());
         let mut table = Table::new(&head);
         for h in &list.items {

@@ -57,8 +57,8 @@ pub use crate::driver::{
 pub use crate::error::{FaultKind, PageAbsence, PageFault, VmiError};
 pub use crate::event::{EventAction, MonitorChange, VmiEvent, VmiEventResponse};
 pub use crate::os::{
-    CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces, OsProcess,
-    OsRegion, OsThread, OsValue, RegionProtection, VmiOs,
+    CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces,
+    OsObjectKind, OsProcess, OsRegion, OsThread, OsValue, RegionProtection, VmiOs,
 };
 pub use crate::scan::{ScanChunk, ScanOptions, ScanSummary};
 pub use crate::session::{

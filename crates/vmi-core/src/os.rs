@@ -54,12 +54,29 @@ impl fmt::Display for OsValue {
     }
 }
 
+/// The kinds of objects [`VmiOs`] returns (see [`VmiOs::attribute_columns`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum OsObjectKind {
+    /// [`OsProcess`].
+    Process,
+    /// [`OsThread`].
+    Thread,
+    /// [`OsModule`].
+    Module,
+    /// [`OsRegion`].
+    Region,
+    /// [`OsHandle`].
+    Handle,
+}
+
 /// An OS-specific property of an object (a Linux VMA's device, a Windows thread's TEB).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OsAttribute {
     /// Its name (a JSON key: lower case, `_` between words).
     pub key: &'static str,
-    /// The column header when tables show it, `None` when only detailed output does.
+    /// The column header when tables show it, `None` when only detailed output does
+    /// (the same text as in [`VmiOs::attribute_columns`], without its `>`).
     pub column: Option<&'static str>,
     /// Its value.
     pub value: OsValue,
@@ -517,6 +534,13 @@ pub trait VmiOs<D: VmiRead>: Send + Sync {
             "finding the kernel address space",
             self.name(),
         ))
+    }
+
+    /// The table columns of the attributes this layer puts on objects of `kind`, in the
+    /// order they come: lets a caller lay out a table that has no row yet. A header that
+    /// starts with `>` is a right-aligned (numeric) column.
+    fn attribute_columns(&self, _kind: OsObjectKind) -> Vec<&'static str> {
+        Vec::new()
     }
 
     /// What the OS layer found about the kernel, for display (`kernel_release`,

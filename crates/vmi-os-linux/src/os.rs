@@ -4,8 +4,9 @@ use std::path::Path;
 
 use vmi_arch_amd64::{Amd64, Registers};
 use vmi_core::{
-    CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces, OsProcess,
-    OsRegion, OsThread, OsValue, Pa, Va, VmiCore, VmiError, VmiOs, VmiRead,
+    CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces,
+    OsObjectKind, OsProcess, OsRegion, OsThread, OsValue, Pa, Va, VmiCore, VmiError, VmiOs,
+    VmiRead,
 };
 
 use crate::{LinuxModule, LinuxOs, LinuxTask, LinuxVma, vm_flags};
@@ -290,6 +291,13 @@ impl<D: VmiRead<Architecture = Amd64>> VmiOs<D> for LinuxOs {
                 })
                 .collect(),
         ))
+    }
+
+    fn attribute_columns(&self, kind: OsObjectKind) -> Vec<&'static str> {
+        match kind {
+            OsObjectKind::Region => vec!["DEV", ">INODE"],
+            _ => Vec::new(),
+        }
     }
 
     fn kernel_log(&self, core: &VmiCore<D>) -> Result<Vec<OsLogRecord>, VmiError> {

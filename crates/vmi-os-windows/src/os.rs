@@ -4,8 +4,8 @@ use std::path::Path;
 
 use vmi_arch_amd64::{Amd64, Registers};
 use vmi_core::{
-    CommandLine, OsAttribute, OsHandle, OsListing, OsModule, OsProcess, OsRegion, OsThread,
-    OsValue, Pa, Va, VmiCore, VmiError, VmiOs, VmiRead,
+    CommandLine, OsAttribute, OsHandle, OsListing, OsModule, OsObjectKind, OsProcess, OsRegion,
+    OsThread, OsValue, Pa, Va, VmiCore, VmiError, VmiOs, VmiRead,
 };
 
 use crate::{Listing, WinHandle, WinModule, WinProcess, WinThread, WinVad, WindowsOs};
@@ -271,6 +271,15 @@ impl<D: VmiRead<Architecture = Amd64>> VmiOs<D> for WindowsOs {
     ) -> Result<OsListing<OsHandle>, VmiError> {
         let p = self.win_process_of(core, process)?;
         self.handle_list(core, &p).map(listing)
+    }
+
+    fn attribute_columns(&self, kind: OsObjectKind) -> Vec<&'static str> {
+        match kind {
+            OsObjectKind::Thread => vec!["TEB", "START"],
+            OsObjectKind::Region => vec!["PROTECTION"],
+            OsObjectKind::Handle => vec!["TYPE", "ACCESS"],
+            _ => Vec::new(),
+        }
     }
 
     fn kernel_symbol(&self, _core: &VmiCore<D>, name: &str) -> Result<Va, VmiError> {
