@@ -12,7 +12,7 @@ use serde_json::Value;
 use vmi_arch_amd64::{Amd64, EventReason, Registers};
 use vmi_core::{
     BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor, Gfn, MemoryAccess,
-    MonitorChange, Pa, PageAbsence, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent,
+    MonitorChange, Pa, PageAbsence, PageRead, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent,
     VmiEventControl, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 
@@ -1320,6 +1320,45 @@ impl VmiRead for QemuDriver {
         } else {
             Err(self.absent(gfn))
         }
+    }
+
+    /// With the process-memory access path, every piece in one `process_vm_readv` pass
+    /// over QEMU's memory (per 1024 pieces); a piece the pass could not read, and every
+    /// piece on the other paths, is read on its own (its own error).
+    fn read_pages(&self, reads: &mut [PageRead<'_>]) -> Vec<Result<(), VmiError>> {
+        let mut done = vec![false; reads.len()];
+        if self.memory.access.path() == AccessPath::ProcessMemory {
+            let mut pid = None;
+            let mut pieces: Vec<(u64, &mut [u8])> = Vec::with_capacity(reads.len());
+            let mut ids = Vec::with_capacity(reads.len());
+            for (i, r) in reads.iter_mut().enumerate() {
+                let address = Self::page_args(r.gfn, r.offset, r.buf.len())
+                    .ok()
+                    .and_then(|gpa| self.memory.process_address(gpa, r.buf.len()));
+                if let Some((p, hva)) = address {
+                    pid = Some(p);
+                    pieces.push((hva, &mut *r.buf));
+                    ids.push(i);
+                }
+            }
+            if let Some(pid) = pid {
+                let read = crate::sys::process_vm_read(pid, &mut pieces);
+                for &i in &ids[..read] {
+                    done[i] = true;
+                }
+            }
+        }
+        reads
+            .iter_mut()
+            .zip(done)
+            .map(|(r, done)| {
+                if done {
+                    Ok(())
+                } else {
+                    self.read_page(r.gfn, r.offset, r.buf)
+                }
+            })
+            .collect()
     }
 
     fn physical_ranges(&self) -> Result<Vec<Range<Pa>>, VmiError> {

@@ -359,6 +359,20 @@ impl Memory {
         }
     }
 
+    /// With the process-memory access path: QEMU's pid and the address in QEMU of
+    /// `len` bytes at `gpa` (within one range); `None` otherwise or when not RAM.
+    pub(crate) fn process_address(&self, gpa: u64, len: usize) -> Option<(u32, u64)> {
+        let Access::Process { hva, pid, .. } = &self.access else {
+            return None;
+        };
+        let (i, r) = self.layout.find(gpa)?;
+        let off_in_range = gpa - r.gpa;
+        if off_in_range.saturating_add(len as u64) > r.len {
+            return None;
+        }
+        Some((*pid, hva.get(i)?.checked_add(off_in_range)?))
+    }
+
     /// Writes `data` at `gpa` (within one range). `Ok(false)` when not RAM.
     pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<bool, QemuError> {
         let Some((i, r)) = self.layout.find(gpa) else {

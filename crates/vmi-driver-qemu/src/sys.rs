@@ -125,3 +125,67 @@ pub(crate) fn euid() -> u32 {
     // SAFETY: `geteuid` takes no arguments, cannot fail and touches no memory of ours.
     unsafe { libc::geteuid() }
 }
+
+/// Most pieces per `process_vm_readv` call (the kernel's `UIO_MAXIOV`).
+const MAX_IOV: usize = 1024;
+
+/// Reads `pieces` (an address in process `pid`, a buffer) with one `process_vm_readv`
+/// call per [`MAX_IOV`] pieces. Returns how many pieces, from the first, were read
+/// completely: the kernel stops at the first remote range it cannot read, and a
+/// failed call (no rights, the process gone) reads none. The caller reads the rest one
+/// by one to learn why.
+pub(crate) fn process_vm_read(pid: u32, pieces: &mut [(u64, &mut [u8])]) -> usize {
+    let Ok(pid) = libc::pid_t::try_from(pid) else {
+        return 0;
+    };
+    let mut done = 0;
+    for batch in pieces.chunks_mut(MAX_IOV) {
+        let mut local = Vec::with_capacity(batch.len());
+        let mut remote = Vec::with_capacity(batch.len());
+        for (addr, buf) in batch.iter_mut() {
+            let Ok(base) = usize::try_from(*addr) else {
+                return done;
+            };
+            local.push(libc::iovec {
+                iov_base: buf.as_mut_ptr().cast(),
+                iov_len: buf.len(),
+            });
+            remote.push(libc::iovec {
+                iov_base: base as *mut libc::c_void,
+                iov_len: buf.len(),
+            });
+        }
+        // SAFETY:
+        // - `local` holds, for each piece, the pointer and length of an exclusive Rust
+        //   slice (`&mut [u8]` borrowed from `batch` for this whole function); the kernel
+        //   writes at most `iov_len` bytes through each, into memory nothing else reads or
+        //   writes during the call; `u8` has no invalid bit patterns.
+        // - `remote` holds addresses in *another* process; the kernel checks them against
+        //   that process's mappings and reports a bad one as a short read or `EFAULT`,
+        //   never touching our memory through them.
+        // - both arrays live until the call returns, and their lengths (at most
+        //   `MAX_IOV`) are passed as they are.
+        let n = unsafe {
+            libc::process_vm_readv(
+                pid,
+                local.as_ptr(),
+                local.len() as libc::c_ulong,
+                remote.as_ptr(),
+                remote.len() as libc::c_ulong,
+                0,
+            )
+        };
+        let Ok(mut left) = usize::try_from(n) else {
+            return done; // -1: nothing read
+        };
+        // Pieces complete in order: count those the returned byte count covers.
+        for (_, buf) in batch.iter() {
+            if left < buf.len() {
+                return done;
+            }
+            left -= buf.len();
+            done += 1;
+        }
+    }
+    done
+}

@@ -251,6 +251,42 @@ fn memory_layout_registers_control() {
                 assert_eq!(b, reference[0], "{path:?}");
             }
         }
+        // Batched (on the process-memory path one process_vm_readv pass): the same
+        // bytes, and a piece beyond RAM fails alone, as `read_page` fails it.
+        let mut bufs: Vec<Vec<u8>> = spots.iter().map(|_| vec![0u8; 4096]).collect();
+        let mut beyond = [0u8; 8];
+        let mut reads: Vec<vmi_core::PageRead<'_>> = spots
+            .iter()
+            .zip(bufs.iter_mut())
+            .map(|(&gpa, buf)| vmi_core::PageRead {
+                gfn: vmi_core::Gfn(gpa >> 12),
+                offset: 0,
+                buf,
+            })
+            .collect();
+        reads.insert(
+            1,
+            vmi_core::PageRead {
+                gfn: vmi_core::Gfn(1 << 30),
+                offset: 8,
+                buf: &mut beyond,
+            },
+        );
+        let mut results = d.read_pages(&mut reads);
+        drop(reads);
+        assert!(
+            matches!(results.remove(1), Err(VmiError::PageUnavailable { .. })),
+            "{path:?}"
+        );
+        for (i, &gpa) in spots.iter().enumerate() {
+            results[i]
+                .as_ref()
+                .unwrap_or_else(|e| panic!("{path:?} batch at {gpa:#x}: {e}"));
+            assert!(
+                bufs[i] == reference[i] || gpa == 0x9f000,
+                "{path:?} batch at {gpa:#x}"
+            );
+        }
         assert_eq!(d.info().unwrap().cache_pages, path != AccessPath::Mmap);
         drop(d);
         assert_eq!(status(&g), "paused", "{path:?}: left as found");
