@@ -41,6 +41,22 @@ fn status(g: &TestGuest) -> String {
         .to_string()
 }
 
+/// The guest kernel's code (`Kernel code` of `/proc/iomem`), read from the RAM file:
+/// immutable once booted, so any byte a session leaves behind (a breakpoint's `int3`)
+/// shows as a difference.
+fn kernel_code(g: &TestGuest) -> Vec<u8> {
+    let r = g
+        .truth()
+        .iomem
+        .iter()
+        .find(|r| r.name == "Kernel code")
+        .expect("Kernel code in /proc/iomem");
+    let off = vmi_test_guest::gpa_to_file_offset(g.env().mem_size, r.start).unwrap();
+    let bytes = std::fs::read(g.mem_file()).unwrap();
+    bytes[usize::try_from(off).unwrap()..][..usize::try_from(r.end - r.start + 1).unwrap()]
+        .to_vec()
+}
+
 /// The guest keeps running `sleep 1` after a session: a fresh `watch` sees an exec.
 fn assert_runs_clean(g: &TestGuest, live: &str) {
     assert_eq!(status(g), "running");
@@ -55,6 +71,7 @@ fn watch_procs_reports_vmi_loop_sleeps() {
     };
     let live = format!("qemu:{}", guest.qmp_socket().display());
     let loop_pid = u64::from(guest.truth().process("vmi_loop").expect("vmi_loop").pid);
+    let code = kernel_code(&guest);
     let events = lines(&vmi(&live, &["--json", "watch", "procs", "--count", "20"]));
     for e in &events {
         eprintln!("{e}");
@@ -169,6 +186,10 @@ fn watch_procs_reports_vmi_loop_sleeps() {
         std::fs::read_to_string(guest.dir().join("killed.stderr")).unwrap_or_default()
     );
     assert_runs_clean(&guest, &live);
+    // After a normal end, Ctrl-C and SIGKILL: the kernel's code is byte-identical.
+    let after = kernel_code(&guest);
+    let diff = code.iter().zip(&after).position(|(a, b)| a != b);
+    assert!(diff.is_none(), "kernel code changed at offset {diff:?}");
 }
 
 #[test]
