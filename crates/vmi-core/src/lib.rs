@@ -60,7 +60,7 @@ pub use crate::os::{
     CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces,
     OsObjectKind, OsProcess, OsRegion, OsThread, OsValue, RegionProtection, VmiOs,
 };
-pub use crate::scan::{ScanChunk, ScanOptions, ScanSummary};
+pub use crate::scan::{ProcessRegion, ProcessScan, ScanChunk, ScanOptions, ScanSummary};
 pub use crate::session::{
     ArchitectureOf, VmiContext, VmiHandler, VmiOsState, VmiSession, VmiState,
 };

@@ -266,3 +266,89 @@ impl<D: VmiRead> VmiCore<D> {
         Ok((visited, bad))
     }
 }
+
+/// A process memory region handed to the visitor of [`VmiCore::scan_processes`].
+#[derive(Debug)]
+pub struct ProcessRegion {
+    /// The process.
+    pub pid: u64,
+    /// Its page-table root.
+    pub root: crate::Pa,
+    /// The region.
+    pub region: crate::OsRegion,
+}
+
+/// What [`VmiCore::scan_processes`] covered.
+#[derive(Debug, Default)]
+pub struct ProcessScan {
+    /// Every region scanned (the visitor's [`ScanChunk::range`] indexes it).
+    pub regions: Vec<ProcessRegion>,
+    /// Bytes and unreadable pages.
+    pub summary: ScanSummary,
+    /// Processes whose regions could not be listed, with why (their memory was not
+    /// scanned; never silently).
+    pub skipped: Vec<(u64, VmiError)>,
+}
+
+impl<D: VmiRead> VmiCore<D> {
+    /// Scans the memory regions (VMAs, VADs) of processes in parallel: those in `pids`,
+    /// or every process with an address space of its own. `visit` gets each run of
+    /// readable bytes with the region it belongs to; the regions are listed first
+    /// (one OS walk per process), then scanned as in [`Self::scan`].
+    pub fn scan_processes<F>(
+        &self,
+        os: &dyn crate::VmiOs<D>,
+        pids: Option<&[u64]>,
+        options: ScanOptions,
+        visit: F,
+    ) -> Result<ProcessScan, VmiError>
+    where
+        F: Fn(&ProcessRegion, &ScanChunk<'_>) + Sync,
+    {
+        let processes = os.processes(self)?;
+        let mut out = ProcessScan::default();
+        for p in processes {
+            if pids.is_some_and(|pids| !pids.contains(&p.pid)) || (pids.is_none() && p.is_kernel) {
+                continue;
+            }
+            let Some(root) = p.translation_root else {
+                if pids.is_some() {
+                    out.skipped.push((
+                        p.pid,
+                        VmiError::NotFound {
+                            kind: "address space",
+                            name: format!("process {}", p.pid),
+                        },
+                    ));
+                }
+                continue;
+            };
+            match os.memory_regions(self, p.pid) {
+                Ok(regions) => {
+                    out.regions
+                        .extend(regions.into_iter().map(|region| ProcessRegion {
+                            pid: p.pid,
+                            root,
+                            region,
+                        }))
+                }
+                Err(e) => out.skipped.push((p.pid, e)),
+            }
+        }
+        let ranges: Vec<(AccessContext, u64)> = out
+            .regions
+            .iter()
+            .map(|r| {
+                let len = r.region.end.0.saturating_sub(r.region.start.0);
+                (AccessContext::paging(r.region.start, r.root), len)
+            })
+            .collect();
+        let regions = &out.regions;
+        out.summary = self.scan(&ranges, options, |chunk| {
+            if let Some(region) = regions.get(chunk.range) {
+                visit(region, chunk);
+            }
+        })?;
+        Ok(out)
+    }
+}

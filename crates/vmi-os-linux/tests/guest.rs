@@ -264,6 +264,70 @@ fn kallsyms_search_agrees_with_vmcoreinfo(label: &str, guest: &TestGuest, os: &L
 }
 
 /// Boots `cfg` and runs every check over every access path.
+/// A parallel scan of every process's regions (issue 17) finds `vmi_sleeper`'s
+/// environment marker where the guest's `/proc` says its environment is: at
+/// `mm->env_start`, after the variables before it.
+fn process_scan_finds_the_environment_marker<D: VmiRead<Architecture = Amd64>>(
+    label: &str,
+    core: &VmiCore<D>,
+    os: &LinuxOs,
+    truth: &Truth,
+) {
+    use std::sync::Mutex;
+    let sleeper = truth.process("vmi_sleeper").expect("vmi_sleeper in truth");
+    let (key, value) = vmi_test_guest::ENV_MARKER.split_once('=').unwrap();
+    let before: u64 = sleeper
+        .environ
+        .iter()
+        .take_while(|e| *e != vmi_test_guest::ENV_MARKER)
+        .map(|e| e.len() as u64 + 1)
+        .sum();
+    let want = (
+        u64::from(sleeper.pid),
+        sleeper.env_start + before + key.len() as u64 + 1,
+    );
+    let value = value.as_bytes();
+    let found = Mutex::new(Vec::new());
+    let t = Instant::now();
+    let options = vmi_core::ScanOptions {
+        chunk_size: 256 << 10,
+        overlap: value.len() - 1,
+        threads: 2,
+    };
+    let scan = core
+        .scan_processes(os, None, options, |region, chunk| {
+            for (i, w) in chunk.bytes.windows(value.len()).enumerate() {
+                if i < chunk.owned && w == value {
+                    let at = chunk.ctx.address + i as u64;
+                    found.lock().unwrap().push((
+                        region.pid,
+                        at,
+                        region.region.start,
+                        region.region.end,
+                    ));
+                }
+            }
+        })
+        .expect("process scan");
+    let found = found.into_inner().unwrap();
+    eprintln!(
+        "[{label}] process scan: {} regions, {:?}, {} skipped, {:?}",
+        scan.regions.len(),
+        scan.summary,
+        scan.skipped.len(),
+        t.elapsed()
+    );
+    let hit = found
+        .iter()
+        .find(|&&(pid, at, _, _)| (pid, at) == want)
+        .unwrap_or_else(|| panic!("[{label}] marker at {want:x?} not among {found:x?}"));
+    assert!(
+        hit.2.0 <= want.1 && want.1 < hit.3.0,
+        "[{label}] in its region {hit:x?}"
+    );
+    assert!(scan.summary.bytes_scanned > 0);
+}
+
 fn run(label: &str, cfg: GuestConfig) {
     let Some(guest) = TestGuest::boot_or_skip(cfg) else {
         return;
@@ -287,6 +351,7 @@ fn run(label: &str, cfg: GuestConfig) {
         VmcoreinfoOrigin::Scanned(_)
     ));
     check_all(&format!("{label}/raw"), &core, &os, truth);
+    process_scan_finds_the_environment_marker(label, &core, &os, truth);
     kernel_without_btf_names_the_files_to_give(label, &guest, &os);
     kallsyms_planted_outside_rodata_are_not_taken(label, &guest, &os);
     kallsyms_search_agrees_with_vmcoreinfo(label, &guest, &os);
