@@ -333,7 +333,15 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
         let entries: Vec<PsEntry> = list
             .items
             .iter()
-            .filter(|p| kernel_threads || !p.is_kernel || self.format() == Format::Json)
+            // Hidden by default: kernel threads, which have no address space of their own
+            // (Linux's kthreads). Windows' System and Registry processes have one: shown,
+            // as every Windows tool lists them.
+            .filter(|p| {
+                kernel_threads
+                    || !p.is_kernel
+                    || p.translation_root.is_some()
+                    || self.format() == Format::Json
+            })
             .map(|p| {
                 let mut errors = p.problems.clone();
                 let cmdline = os.process_cmdline(self.core, p).unwrap_or_else(|e| {

@@ -8,17 +8,18 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 use vmi_test_guest::{GuestConfig, TestGuest};
 
+/// `vmi --target TARGET ARGS`, with the tests' profile cache.
+fn vmi_command(target: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_vmi"));
+    c.arg("--target").arg(target).args(args).env(
+        "VMI_PROFILE_CACHE",
+        std::env::temp_dir().join("vmi-cli-test-profiles"),
+    );
+    c
+}
+
 fn vmi(target: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmi"))
-        .arg("--target")
-        .arg(target)
-        .args(args)
-        .env(
-            "VMI_PROFILE_CACHE",
-            std::env::temp_dir().join("vmi-cli-test-profiles"),
-        )
-        .output()
-        .expect("run vmi")
+    vmi_command(target, args).output().expect("run vmi")
 }
 
 fn lines(out: &Output) -> Vec<Value> {
@@ -53,8 +54,7 @@ fn kernel_code(g: &TestGuest) -> Vec<u8> {
         .expect("Kernel code in /proc/iomem");
     let off = vmi_test_guest::gpa_to_file_offset(g.env().mem_size, r.start).unwrap();
     let bytes = std::fs::read(g.mem_file()).unwrap();
-    bytes[usize::try_from(off).unwrap()..][..usize::try_from(r.end - r.start + 1).unwrap()]
-        .to_vec()
+    bytes[usize::try_from(off).unwrap()..][..usize::try_from(r.end - r.start + 1).unwrap()].to_vec()
 }
 
 /// The guest keeps running `sleep 1` after a session: a fresh `watch` sees an exec.
@@ -119,12 +119,7 @@ fn watch_procs_reports_vmi_loop_sleeps() {
     assert_runs_clean(&guest, &live);
 
     // Ctrl-C in the middle of a session.
-    let child = Command::new(env!("CARGO_BIN_EXE_vmi"))
-        .args(["--target", &live, "--json", "watch", "procs"])
-        .env(
-            "VMI_PROFILE_CACHE",
-            std::env::temp_dir().join("vmi-cli-test-profiles"),
-        )
+    let child = vmi_command(&live, &["--json", "watch", "procs"])
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
@@ -155,12 +150,7 @@ fn watch_procs_reports_vmi_loop_sleeps() {
 
     // Killed outright (SIGKILL) while tracing: the QEMU driver's guard process removes
     // the breakpoints and lets the guest run.
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmi"))
-        .args(["--target", &live, "--json", "watch", "procs"])
-        .env(
-            "VMI_PROFILE_CACHE",
-            std::env::temp_dir().join("vmi-cli-test-profiles"),
-        )
+    let mut child = vmi_command(&live, &["--json", "watch", "procs"])
         .stdout(Stdio::piped())
         .stderr(std::fs::File::create(guest.dir().join("killed.stderr")).unwrap())
         .spawn()
@@ -338,13 +328,7 @@ fn traced_workload(
 ) -> (Vec<Value>, Vec<String>) {
     use std::io::{BufRead, Read};
     let live = format!("qemu:{}", guest.qmp_socket().display());
-    let mut child = Command::new(env!("CARGO_BIN_EXE_vmi"))
-        .args(["--target", &live])
-        .args(args)
-        .env(
-            "VMI_PROFILE_CACHE",
-            std::env::temp_dir().join("vmi-cli-test-profiles"),
-        )
+    let mut child = vmi_command(&live, args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
