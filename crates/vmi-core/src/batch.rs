@@ -60,11 +60,13 @@ impl<D: VmiRead> VmiCore<D> {
         requests: &mut [(AccessContext, &mut [u8])],
     ) -> Vec<Result<(), VmiError>> {
         let page_size = ArchOf::<D>::PAGE_SIZE;
+        // Failures only, as (request, offset in its buffer, error): a batch that reads
+        // fine carries no error-sized entry per piece.
+        let mut failed: Vec<(usize, usize, VmiError)> = Vec::new();
+
         // 1. Translate every chunk; a request stops at its first untranslatable chunk.
         let mut pieces: Vec<Piece> = Vec::new();
-        let mut failures: Vec<Option<(usize, VmiError)>> = Vec::with_capacity(requests.len());
         for (request, (ctx, buf)) in requests.iter().enumerate() {
-            let mut failure = None;
             for (at, start, len) in page_chunks(ctx.address, buf.len(), page_size) {
                 match self.resolve(at, ctx.mechanism) {
                     Ok(pa) => pieces.push(Piece {
@@ -75,45 +77,48 @@ impl<D: VmiRead> VmiCore<D> {
                         len,
                     }),
                     Err(e) => {
-                        failure = Some((start, e));
+                        failed.push((request, start, e));
                         break;
                     }
                 }
             }
-            failures.push(failure);
         }
 
         // 2. Cut the buffers into the pieces (in request order, so each cut is the next
         // slice of its buffer), then order them by frame and offset.
-        let mut slices: Vec<Option<&mut [u8]>> = Vec::with_capacity(pieces.len());
+        let mut slices: Vec<&mut [u8]> = Vec::with_capacity(pieces.len());
         let mut next = pieces.iter().peekable();
         for (request, (_, buf)) in requests.iter_mut().enumerate() {
             let mut rest: &mut [u8] = buf;
             while let Some(piece) = next.next_if(|p| p.request == request) {
                 let (head, tail) = std::mem::take(&mut rest).split_at_mut(piece.len);
-                slices.push(Some(head));
+                slices.push(head);
                 rest = tail;
             }
         }
-        let mut order: Vec<usize> = (0..pieces.len()).collect();
-        order.sort_unstable_by_key(|&i| (pieces[i].gfn, pieces[i].offset));
+        // Sorted as (frame, offset, piece) triples: no indirection in the comparisons.
+        let mut keyed: Vec<(Gfn, usize, usize)> = pieces
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.gfn, p.offset, i))
+            .collect();
+        if !keyed.is_sorted() {
+            keyed.sort_unstable();
+        }
+        let order: Vec<usize> = keyed.into_iter().map(|(_, _, i)| i).collect();
 
         // 3. Read: the driver gets one call with every piece, or, when the core keeps a
         // page cache, with every whole page the cache lacks.
-        let mut read_results: Vec<Option<Result<(), VmiError>>> =
-            (0..pieces.len()).map(|_| None).collect();
         if self.page_cache_enabled() {
             let pages = self.fill_page_cache(&pieces, &order);
             for &i in &order {
                 let p = &pieces[i];
-                let Some(buf) = slices[i].take() else {
-                    continue;
-                };
+                let buf = std::mem::take(&mut slices[i]);
                 let src = pages
                     .binary_search_by_key(&p.gfn, |(gfn, _)| *gfn)
                     .ok()
                     .and_then(|at| pages[at].1.get(p.offset..p.offset + buf.len()));
-                read_results[i] = Some(match src {
+                let result = match src {
                     Some(src) => {
                         buf.copy_from_slice(src);
                         Ok(())
@@ -123,59 +128,62 @@ impl<D: VmiRead> VmiCore<D> {
                         let pa = ArchOf::<D>::pa_from_gfn(p.gfn) + p.offset as u64;
                         self.read_page_chunk(pa, buf)
                     }
-                });
-            }
-        } else {
-            let mut reads: Vec<PageRead<'_>> = Vec::with_capacity(order.len());
-            let mut ids: Vec<usize> = Vec::with_capacity(order.len());
-            for &i in &order {
-                if let Some(buf) = slices[i].take() {
-                    reads.push(PageRead {
-                        gfn: pieces[i].gfn,
-                        offset: pieces[i].offset,
-                        buf,
-                    });
-                    ids.push(i);
+                };
+                if let Err(e) = result {
+                    failed.push((p.request, p.start, e));
                 }
             }
+        } else {
+            let mut reads: Vec<PageRead<'_>> = order
+                .iter()
+                .map(|&i| PageRead {
+                    gfn: pieces[i].gfn,
+                    offset: pieces[i].offset,
+                    buf: std::mem::take(&mut slices[i]),
+                })
+                .collect();
             let results = self.driver().read_pages(&mut reads);
-            let mut results = results.into_iter();
-            for &i in &ids {
-                // A driver that returned too few results fails the rest, loudly.
-                read_results[i] = Some(results.next().unwrap_or_else(|| {
-                    Err(VmiError::driver(
-                        self.info().kind,
-                        "read_pages returned fewer results than pieces",
-                    ))
-                }));
+            drop(reads);
+            let answered = results.len();
+            for (&i, result) in order.iter().zip(results) {
+                if let Err(e) = result {
+                    failed.push((pieces[i].request, pieces[i].start, e));
+                }
+            }
+            // A driver that returned too few results fails the rest, loudly.
+            for &i in order.iter().skip(answered) {
+                let e = VmiError::driver(
+                    self.info().kind,
+                    "read_pages returned fewer results than pieces",
+                );
+                failed.push((pieces[i].request, pieces[i].start, e));
             }
         }
 
-        // 4. Each request's first failure (pieces are in buffer order per request).
-        let mut firsts: Vec<Option<(usize, VmiError)>> = failures;
-        for (i, result) in read_results.into_iter().enumerate() {
-            let p = &pieces[i];
-            if let Some(Err(e)) = result {
-                let slot = &mut firsts[p.request];
-                if slot.as_ref().is_none_or(|(start, _)| p.start < *start) {
-                    *slot = Some((p.start, e));
-                }
+        // 4. Each request's first failure (lowest offset in its buffer).
+        let mut results: Vec<Result<(), VmiError>> = (0..requests.len()).map(|_| Ok(())).collect();
+        failed.sort_unstable_by_key(|&(request, start, _)| (request, start));
+        for (request, start, e) in failed {
+            let (Some(result), Some((ctx, buf))) =
+                (results.get_mut(request), requests.get(request))
+            else {
+                continue;
+            };
+            if result.is_err() {
+                continue; // a later failure of a request that already failed
             }
-        }
-        requests
-            .iter()
-            .zip(firsts)
-            .map(|((ctx, buf), first)| match first {
-                None => Ok(()),
-                Some((0, e)) => Err(e),
-                Some((completed, e)) => Err(VmiError::PartialAccess {
+            *result = Err(if start == 0 {
+                e
+            } else {
+                VmiError::PartialAccess {
                     ctx: *ctx,
                     expected: buf.len(),
-                    completed,
+                    completed: start,
                     source: Box::new(e),
-                }),
-            })
-            .collect()
+                }
+            });
+        }
+        results
     }
 
     /// The pages the pieces touch, sorted by frame: from the page cache, and those it
