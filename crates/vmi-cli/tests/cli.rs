@@ -358,7 +358,17 @@ fn bad_targets_give_clear_errors() {
     let mut all = String::new();
     for (target, args, code, name) in cases {
         let out = vmi(&target, &args);
-        let err = String::from_utf8_lossy(&out.stderr).replace(&dir.display().to_string(), "$DIR");
+        let mut err =
+            String::from_utf8_lossy(&out.stderr).replace(&dir.display().to_string(), "$DIR");
+        if cfg!(feature = "xen") {
+            // libxen's own complaint ("xencall: error: ..."), printed by the C library
+            // before ours.
+            err = err
+                .lines()
+                .filter(|l| !(l.starts_with("xen") && l.contains(": error: ")))
+                .map(|l| format!("{l}\n"))
+                .collect();
+        }
         assert_eq!(out.status.code(), Some(code), "{name}: {err}");
         assert!(
             !err.contains("panicked") && !err.contains("RUST_BACKTRACE"),
@@ -367,6 +377,14 @@ fn bad_targets_give_clear_errors() {
         assert_eq!(err.lines().count(), 1, "{name}: one line: {err}");
         all.push_str(&format!("# {name}\n{err}"));
     }
-    golden("errors.txt", &all);
+    // The xen: target fails differently with the Xen driver built in (no dom0 here).
+    golden(
+        if cfg!(feature = "xen") {
+            "errors-xen.txt"
+        } else {
+            "errors.txt"
+        },
+        &all,
+    );
     std::fs::remove_dir_all(&dir).ok();
 }
