@@ -104,7 +104,8 @@
 //! | software breakpoint (`Z0`) | checked at translation time: guest RAM is **not** modified, the guest cannot see it | QEMU writes `0xCC` into guest RAM: visible to the guest and to memory reads (also through this driver's mmap) while inserted |
 //! | hardware breakpoint (`Z1`) | emulated, no limit on their number | the 4 debug registers (DR0–3), shared with watchpoints: the fifth is refused |
 //! | watchpoints | emulated, any number, reported after the access | debug registers (max 4, lengths 1/2/4/8, aligned) |
-//! | continuing from a breakpoint | the driver single-steps the vCPU over it first (QEMU would stop again) | the driver removes the breakpoint, single-steps, inserts it again |
+//! | continuing from a breakpoint | a no-op first instruction (the kernel's `__fentry__` `nop`, `endbr64`) is stepped over by moving `rip`; anything else is single-stepped (QEMU would stop again) | the driver removes the breakpoint, single-steps, inserts it again |
+//! | cost of an event | QEMU's gdbstub flushes **all** translated code at every breakpoint and single-step stop (not at watchpoint stops): the guest then re-translates what it runs, tens of ms per event on a busy guest (`cargo bench -p vmi-utils --bench tracing`) | no flush: a VM exit and the gdbstub round trip |
 //! | single-step | interrupts and timers masked during the step (QEMU's default `sstep` flags) | same |
 //!
 //! Under TCG a guest-virtual breakpoint is a property of the vCPU, not of guest memory,
