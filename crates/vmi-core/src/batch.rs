@@ -12,7 +12,10 @@
 use std::sync::Arc;
 
 use crate::core::page_chunks;
-use crate::{AccessContext, Architecture, Gfn, PageRead, VmiCore, VmiDriver, VmiError, VmiRead};
+use crate::{
+    AccessContext, Architecture, Gfn, PageRead, TranslationMechanism, VmiCore, VmiDriver, VmiError,
+    VmiRead,
+};
 
 /// A piece of a request, before the buffers are cut.
 struct Piece {
@@ -56,6 +59,50 @@ impl<D: VmiRead> VmiCore<D> {
     /// # Ok::<(), VmiError>(())
     /// ```
     pub fn read_batch(
+        &self,
+        requests: &mut [(AccessContext, &mut [u8])],
+    ) -> Vec<Result<(), VmiError>> {
+        // A driver whose memory is one plain slice (a dump): physical requests inside it
+        // are copied in one tight loop, with the slice in registers; the rest take the
+        // general path.
+        if let Some((base, memory)) = self.driver().direct_memory() {
+            let mut pending: Vec<usize> = Vec::new();
+            for (i, (ctx, buf)) in requests.iter_mut().enumerate() {
+                let src = match ctx.mechanism {
+                    TranslationMechanism::Direct => {
+                        usize::try_from(ctx.address.wrapping_sub(base.0))
+                            .ok()
+                            .and_then(|at| memory.get(at..at.checked_add(buf.len())?))
+                    }
+                    TranslationMechanism::Paging { .. } => None,
+                };
+                match src {
+                    Some(src) => crate::core::copy_small(buf, src),
+                    None => pending.push(i),
+                }
+            }
+            let mut results: Vec<Result<(), VmiError>> =
+                (0..requests.len()).map(|_| Ok(())).collect();
+            if pending.is_empty() {
+                return results;
+            }
+            let mut rest: Vec<(AccessContext, &mut [u8])> = Vec::with_capacity(pending.len());
+            let mut pending_iter = pending.iter().peekable();
+            for (i, (ctx, buf)) in requests.iter_mut().enumerate() {
+                if pending_iter.next_if(|&&p| p == i).is_some() {
+                    rest.push((*ctx, &mut **buf));
+                }
+            }
+            for (&i, result) in pending.iter().zip(self.read_batch_pieces(&mut rest)) {
+                results[i] = result;
+            }
+            return results;
+        }
+        self.read_batch_pieces(requests)
+    }
+
+    /// [`Self::read_batch`] in pieces: translated, sorted by frame, one driver call.
+    fn read_batch_pieces(
         &self,
         requests: &mut [(AccessContext, &mut [u8])],
     ) -> Vec<Result<(), VmiError>> {

@@ -231,6 +231,19 @@ impl<D: VmiRead> PageTableReader for CoreReader<'_, D> {
     }
 }
 
+/// `dst.copy_from_slice(src)` (equal lengths), with the sizes of integer reads as
+/// constant-size copies (a `memcpy` call of a run-time length costs more than the read).
+#[inline(always)]
+pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
+    match dst.len() {
+        8 => dst[..8].copy_from_slice(&src[..8]),
+        4 => dst[..4].copy_from_slice(&src[..4]),
+        2 => dst[..2].copy_from_slice(&src[..2]),
+        1 => dst[..1].copy_from_slice(&src[..1]),
+        _ => dst.copy_from_slice(src),
+    }
+}
+
 /// Splits `[address, address + len)` into chunks that do not cross a page boundary:
 /// yields (address of the chunk, offset into the buffer, chunk length).
 pub(crate) fn page_chunks(

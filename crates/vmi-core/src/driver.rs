@@ -70,6 +70,18 @@ pub trait VmiRead: VmiDriver {
     /// have is [`VmiError::PageUnavailable`], never zeros.
     fn read_page(&self, gfn: Gfn, offset: usize, buf: &mut [u8]) -> Result<(), VmiError>;
 
+    /// Guest-physical memory this driver holds as plain, unchanging bytes in this
+    /// process: `(base, bytes)` where `bytes[i]` is the byte at physical `base + i` (the
+    /// mapping of a raw image, the RAM segment of an ELF core). [`crate::VmiCore::read_batch`]
+    /// copies physical requests inside it in one loop, without a `read_page` call each.
+    /// `None` by default.
+    ///
+    /// Only for memory that does not change while the driver lives (a dump): a live
+    /// guest's memory must not be lent out as `&[u8]`.
+    fn direct_memory(&self) -> Option<(Pa, &[u8])> {
+        None
+    }
+
     /// Reads many pieces at once, each with its own result (in the order of `reads`).
     /// [`crate::VmiCore::read_batch`] hands them sorted by frame and offset.
     ///

@@ -406,6 +406,17 @@ impl VmiRead for DumpDriver {
         }
     }
 
+    /// The largest stored segment (for raw, ELF and LiME dumps of a small guest, all of
+    /// RAM); the mapping never changes while the driver lives.
+    fn direct_memory(&self) -> Option<(Pa, &[u8])> {
+        match &self.body {
+            Body::Mapped(ranges) => ranges
+                .primary_bytes(self.data.bytes())
+                .map(|(start, bytes)| (Pa(start), bytes)),
+            Body::Kdump(_) => None,
+        }
+    }
+
     fn physical_ranges(&self) -> Result<Vec<Range<Pa>>, VmiError> {
         match &self.body {
             Body::Mapped(r) => Ok(r.ranges()),

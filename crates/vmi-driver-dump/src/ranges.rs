@@ -249,6 +249,14 @@ impl RangeMap {
         Ok(())
     }
 
+    /// The largest segment's physical start and bytes.
+    pub(crate) fn primary_bytes<'a>(&self, data: &'a [u8]) -> Option<(u64, &'a [u8])> {
+        let s = &self.primary;
+        let start = usize::try_from(s.file_offset).ok()?;
+        let len = usize::try_from(s.len).ok()?;
+        Some((s.start, data.get(start..start.checked_add(len)?)?))
+    }
+
     /// The physical ranges held, adjacent segments merged.
     pub(crate) fn ranges(&self) -> Vec<Range<Pa>> {
         let mut out: Vec<Range<Pa>> = Vec::new();
