@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian 12 machine (idempotent):
 # QEMU and busybox for the test guest, makedumpfile for the dump tests, and a Python
-# venv with Volatility 3 (the independent oracle of the OS-layer tests).
+# venv with Volatility 3 (the independent oracle of the OS-layer tests), pytest, and our
+# Python package `vmi` (crates/vmi-python, built by maturin).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -30,6 +31,13 @@ if [ ! -x "$VENV/bin/vol" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check 'volatility3==2.28.2' || log "warning: volatility3 could not be installed"
 fi
+
+# The Python package `vmi`, built from crates/vmi-python in the dev profile (it shares
+# the dependencies the tests already built; a release build compiles them all again) and
+# installed editable into the venv, so `target/venv/bin/python -c 'import vmi'` works.
+"$VENV/bin/python" -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2' 'pytest>=8,<10'
+log "building the Python package vmi (maturin develop)"
+(cd crates/vmi-python && VIRTUAL_ENV="$PWD/../../$VENV" "../../$VENV/bin/maturin" develop -q)
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest >/dev/null 2>&1 || log "cargo-nextest unavailable: tests will run with cargo test"
 log "ready"

@@ -29,6 +29,8 @@ if command -v cargo-nextest >/dev/null; then
 else
   cargo test --workspace --all-features --no-fail-fast
 fi
+step "Python package (pytest against the live test guest and its dump)"
+target/venv/bin/python -m pytest -q crates/vmi-python/tests
 step "nested Xen smoke test (Xen 4.17 under QEMU TCG: our driver on PV and PVH guests)"
 if [ "${VMI_XEN_SMOKE:-1}" = 1 ]; then
   cargo xtask xen smoke --xen 4.17

@@ -57,6 +57,8 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             let _pause = core.pause_guard()?;
             run_on(&cli, &core, None, true)
         }
+        // A driver this build of the CLI does not know (enabled by another crate).
+        _ => Err(anyhow!("{spec}: this kind of target is not supported by this vmi").into()),
     }
 }
 
@@ -268,40 +270,19 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
     }
 
     fn info(&self) -> Result<(), Failure> {
-        let info = self.core.info();
-        let regs = target::all_registers(self.core);
-        let os = self.os();
-        let mut v = json!({
-            "target": info.kind,
-            "live": self.live,
-            "arch": "amd64",
-            "vcpus": info.vcpus,
-            "registers": !regs.is_empty(),
-            "max_physical_address": hex((info.max_gfn.0 + 1) << 12),
+        let os = target::with_spinner(|| {
+            vmi_target::detect_os(
+                self.core,
+                &target::os_options(self.cli),
+                self.vmcoreinfo.as_deref(),
+            )
         });
-        let mut keys = vec![
-            "target",
-            "live",
-            "arch",
-            "vcpus",
-            "registers",
-            "max_physical_address",
-            "os",
-        ];
-        match &os {
-            Ok(os) => {
-                v["os"] = json!(os.name());
-                for a in os.kernel_facts(self.core) {
-                    v[a.key] = json_value(&a.value);
-                    keys.push(a.key);
-                }
-            }
-            Err(e) => {
-                v["os"] = json!(null);
-                v["os_error"] = json!(format!("{:#}", e.error));
-                v["paging"] = json!(format!("{:?}", self.core.paging_mode()));
-                keys.extend(["paging", "os_error"]);
-            }
+        let facts = vmi_target::info(self.core, self.live, os.as_ref().map(|o| o.as_dyn()));
+        let mut v = json!({});
+        let mut keys = Vec::with_capacity(facts.len());
+        for a in &facts {
+            v[a.key] = json_value(&a.value);
+            keys.push(a.key);
         }
         if self.format() == Format::Json {
             return Ok(output::json(&v)?);

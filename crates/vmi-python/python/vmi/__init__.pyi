@@ -1,0 +1,178 @@
+"""Type stubs of the ``vmi`` package (the extension module ``vmi._vmi``)."""
+
+import os as _os
+from typing import Any, Optional, Union
+
+__version__: str
+
+class VmiError(Exception):
+    """Every error of the vmi package (the message is the one the vmi command prints)."""
+
+class TargetError(VmiError):
+    """The target cannot be opened, or its OS was not recognised."""
+
+class NotSupportedError(VmiError):
+    """The target, driver or OS layer does not support the operation."""
+
+class NotFoundError(VmiError):
+    """A process, symbol, type or field does not exist."""
+
+class ReadError(VmiError):
+    """Guest memory cannot be read: a page fault, a page absent from the dump."""
+
+class IncompleteWarning(UserWarning):
+    """Some objects of a listing could not be read (the listing holds every other one)."""
+
+_Path = Union[str, "_os.PathLike[str]"]
+
+def open(
+    target: str,
+    *,
+    kernel: Optional[_Path] = None,
+    system_map: Optional[_Path] = None,
+    profile: Optional[_Path] = None,
+    symbol_path: Optional[str] = None,
+    no_cache: bool = False,
+) -> Target:
+    """Opens ``qemu:/path/qmp.sock`` or a dump file and recognises its OS.
+
+    ``xen:DOMID`` and ``libvirt:NAME`` raise ``NotSupportedError`` for now.
+    """
+
+class Target:
+    """A running QEMU or a memory dump."""
+
+    @property
+    def info(self) -> dict[str, Any]:
+        """What ``vmi info --json`` shows (addresses as ``"0x…"`` strings)."""
+    @property
+    def os(self) -> Os:
+        """The target's OS; raises ``TargetError`` when none was recognised."""
+    @property
+    def live(self) -> bool:
+        """Whether the target is a running VM (not a dump)."""
+    def read(
+        self,
+        address: int,
+        size: int,
+        pid: Optional[int] = None,
+        phys: bool = False,
+        partial: bool = False,
+    ) -> bytes:
+        """Reads ``size`` bytes (at most 16 MiB) at a kernel, process (``pid``) or
+        physical (``phys=True``) address; ``partial=True`` returns the readable prefix."""
+    def translate(self, va: int, pid: Optional[int] = None) -> dict[str, Any]:
+        """The page-table walk of ``va``: ``pa``, ``page_size``, rights, ``levels``."""
+    def symbol(self, name: str) -> int:
+        """The run-time address of a kernel symbol."""
+    def object(self, type_name: str, address: int, pid: Optional[int] = None) -> Object:
+        """The kernel object of struct/union ``type_name`` at ``address``."""
+    def paused(self) -> Paused:
+        """``with t.paused():`` keeps a live target paused in the block."""
+
+class Paused:
+    """The context manager of ``Target.paused()``."""
+
+    def __enter__(self) -> Paused: ...
+    def __exit__(self, *args: object) -> bool: ...
+
+class Os:
+    """The OS of a target."""
+
+    @property
+    def name(self) -> str:
+        """``"linux"`` or ``"windows"``."""
+    def processes(self) -> list[Process]:
+        """Every process, kernel threads included, as ``vmi ps --json``."""
+    def process(self, pid: int) -> Process:
+        """The process ``pid``; raises ``NotFoundError``."""
+    def modules(self) -> list[Module]:
+        """Loaded kernel modules or drivers."""
+    def dmesg(self) -> list[str]:
+        """The kernel log, one string per line."""
+
+class Process:
+    """A process (Linux thread-group leader, Windows EPROCESS)."""
+
+    pid: int
+    ppid: int
+    name: str
+    uid: Optional[int]
+    gid: Optional[int]
+    state: Optional[str]
+    kernel_thread: bool
+    task: int
+    translation_root: Optional[int]
+    start_time_ns: Optional[int]
+    ns_pid: Optional[int]
+    pid_ns: Optional[int]
+    hostname: Optional[str]
+    cmdline: str
+    argv: list[str]
+    errors: list[str]
+    attributes: dict[str, Any]
+    def maps(self) -> list[Region]:
+        """Memory regions (VMAs, VADs), as ``vmi maps PID``."""
+    def threads(self) -> list[Thread]:
+        """Threads, as ``vmi threads PID``."""
+    def files(self) -> list[File]:
+        """Open files or handles, as ``vmi files PID``."""
+    def env(self) -> list[tuple[str, Optional[str]]]:
+        """Environment ``(name, value)`` pairs in the process's order."""
+
+class Thread:
+    """A thread."""
+
+    tid: int
+    pid: int
+    name: Optional[str]
+    state: Optional[str]
+    task: int
+    attributes: dict[str, Any]
+
+class Region:
+    """A memory region (Linux VMA, Windows VAD)."""
+
+    start: int
+    end: int
+    perms: str
+    offset: int
+    flags: int
+    path: Optional[str]
+    name: Optional[str]
+    object: int
+    attributes: dict[str, Any]
+
+class File:
+    """An open file (Linux) or handle (Windows)."""
+
+    fd: int
+    path: Optional[str]
+    error: Optional[str]
+    file: int
+    attributes: dict[str, Any]
+
+class Module:
+    """A loaded kernel module or driver."""
+
+    name: str
+    base: int
+    size: int
+    path: Optional[str]
+    state: Optional[str]
+    attributes: dict[str, Any]
+
+class Object:
+    """A kernel object read by the profile's layout: fields as attributes (``int``,
+    ``bool``, ``float``, ``bytes`` for char arrays, lists, nested ``Object``s)."""
+
+    address: int
+    type_name: str
+    size: Optional[int]
+    def fields(self) -> list[str]:
+        """The names of its fields."""
+    def offset_of(self, path: str) -> int:
+        """The byte offset of a (dotted) field."""
+    def __getitem__(self, path: str) -> Any:
+        """The field at a dotted path: ``task["se.vruntime"]``."""
+    def __getattr__(self, name: str) -> Any: ...
