@@ -35,7 +35,9 @@ fi
 # The Python package `vmi`, built from crates/vmi-python in the dev profile (it shares
 # the dependencies the tests already built; a release build compiles them all again) and
 # installed editable into the venv, so `target/venv/bin/python -c 'import vmi'` works.
-"$VENV/bin/python" -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2' 'pytest>=8,<10'
+if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/pytest" ]; then
+  "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2' 'pytest>=8,<10'
+fi
 log "building the Python package vmi (maturin develop)"
 (cd crates/vmi-python && VIRTUAL_ENV="$PWD/../../$VENV" "../../$VENV/bin/maturin" develop -q)
 
