@@ -1,7 +1,7 @@
 //! `vmi.Target`: an opened target, its OS, reads, translations, symbols, pausing.
 
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, PoisonError, RwLock};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
@@ -19,8 +19,13 @@ pub(crate) const MAX_READ: u64 = 16 << 20;
 pub(crate) struct Inner {
     /// The spec it was opened with.
     pub(crate) spec: String,
-    /// The driver and core.
-    pub(crate) target: Target,
+    /// The driver and core; `None` once closed.
+    pub(crate) target: RwLock<Option<Target>>,
+    /// Whether it is a running VM.
+    pub(crate) live: bool,
+    /// Whether a `Target.paused()` block paused it (and so must resume it, also when
+    /// the target is closed inside the block).
+    pub(crate) paused_by_us: AtomicBool,
     /// The OS layer, or why none was recognised.
     pub(crate) os: Result<Os, vmi_target::TargetError>,
 }
@@ -28,19 +33,27 @@ pub(crate) struct Inner {
 /// Runs `$body` with `$core` bound to the target's core, paused for the call on a live
 /// target (a consistent view; resumed after only if this call paused it).
 macro_rules! with_core {
-    ($inner:expr, |$core:ident| $body:expr) => {
-        match &$inner.target {
-            vmi_target::Target::Qemu($core) => {
+    ($inner:expr, |$core:ident| $body:expr) => {{
+        let target = $inner
+            .target
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        match target.as_ref() {
+            Some(vmi_target::Target::Qemu($core)) => {
                 let _pause = $core.pause_guard().map_err(crate::error::Failure::from)?;
                 $body
             }
-            vmi_target::Target::Dump($core) => $body,
-            _ => Err(crate::error::Failure::new(
+            Some(vmi_target::Target::Dump($core)) => $body,
+            Some(_) => Err(crate::error::Failure::new(
                 crate::error::Kind::NotSupported,
                 "this kind of target is not supported by the Python package",
             )),
+            None => Err(crate::error::Failure::new(
+                crate::error::Kind::Other,
+                format!("the target {} is closed", $inner.spec),
+            )),
         }
-    };
+    }};
 }
 pub(crate) use with_core;
 
@@ -170,7 +183,9 @@ pub fn open(
         };
         Ok(Inner {
             spec: target,
-            target: opened,
+            live: opened.is_live(),
+            target: RwLock::new(Some(opened)),
+            paused_by_us: AtomicBool::new(false),
             os,
         })
     })?;
@@ -204,7 +219,7 @@ impl PyTarget {
     fn info<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let inner = &self.inner;
         let facts = py.detach(|| {
-            let live = inner.target.is_live();
+            let live = inner.live;
             with_core!(inner, |core| Ok(vmi_target::info(
                 core,
                 live,
@@ -233,7 +248,7 @@ impl PyTarget {
     /// Whether the target is a running VM (not a dump).
     #[getter]
     fn live(&self) -> bool {
-        self.inner.target.is_live()
+        self.inner.live
     }
 
     /// Reads `size` bytes at `address`: virtual in the kernel's address space, in process
@@ -341,6 +356,41 @@ impl PyTarget {
         }
     }
 
+    /// Detaches from the target (a live QEMU's QMP socket is free again, a guest a
+    /// `paused()` block paused is resumed). Every later call raises `vmi.VmiError`.
+    /// Closing twice does nothing; `with vmi.open(...) as t:` closes at the end.
+    fn close(&self, py: Python<'_>) -> PyResult<()> {
+        let inner = &self.inner;
+        py.detach(|| {
+            let mut target = inner.target.write().unwrap_or_else(PoisonError::into_inner);
+            let resumed = resume_if_paused_by_us(target.as_ref(), inner);
+            // Dropping the driver detaches (QMP, gdbstub), also when resuming failed.
+            drop(target.take());
+            resumed
+        })?;
+        Ok(())
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    #[getter]
+    fn closed(&self) -> bool {
+        self.inner
+            .target
+            .read()
+            .unwrap_or_else(PoisonError::into_inner)
+            .is_none()
+    }
+
+    fn __enter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
+        self.close(py)?;
+        Ok(false)
+    }
+
     fn __repr__(&self) -> String {
         let os = match &self.inner.os {
             Ok(Os::Linux(l)) => format!(
@@ -350,12 +400,12 @@ impl PyTarget {
             Ok(_) => "windows".to_owned(),
             Err(_) => "OS not recognised".to_owned(),
         };
-        let live = if self.inner.target.is_live() {
-            "live"
-        } else {
-            "dump"
-        };
-        format!("<vmi.Target {} {os} ({live})>", quote(&self.inner.spec))
+        let live = if self.inner.live { "live" } else { "dump" };
+        let closed = if self.closed() { ", closed" } else { "" };
+        format!(
+            "<vmi.Target {} {os} ({live}{closed})>",
+            quote(&self.inner.spec)
+        )
     }
 }
 
@@ -366,34 +416,59 @@ pub struct Paused {
     resume: AtomicBool,
 }
 
+/// Resumes the target if a `paused()` block paused it.
+fn resume_if_paused_by_us(target: Option<&Target>, inner: &Inner) -> Result<(), Failure> {
+    if inner.paused_by_us.swap(false, Ordering::SeqCst)
+        && let Some(Target::Qemu(core)) = target
+    {
+        core.resume()?;
+    }
+    Ok(())
+}
+
 #[pymethods]
 impl Paused {
     fn __enter__(slf: Py<Self>, py: Python<'_>) -> PyResult<Py<Self>> {
         let this = slf.get();
         py.detach(|| -> Result<(), Failure> {
-            if let Target::Qemu(core) = &this.inner.target
-                && core.vm_state()? == VmState::Running
-            {
-                core.pause()?;
-                // What was cached while it ran may be stale.
-                core.invalidate_caches();
-                this.resume.store(true, Ordering::SeqCst);
+            let target = this
+                .inner
+                .target
+                .read()
+                .unwrap_or_else(PoisonError::into_inner);
+            match target.as_ref() {
+                Some(Target::Qemu(core)) => {
+                    if core.vm_state()? == VmState::Running {
+                        core.pause()?;
+                        // What was cached while it ran may be stale.
+                        core.invalidate_caches();
+                        this.inner.paused_by_us.store(true, Ordering::SeqCst);
+                        this.resume.store(true, Ordering::SeqCst);
+                    }
+                    Ok(())
+                }
+                Some(_) => Ok(()),
+                None => Err(Failure::new(
+                    Kind::Other,
+                    format!("the target {} is closed", this.inner.spec),
+                )),
             }
-            Ok(())
         })?;
         Ok(slf)
     }
 
     #[pyo3(signature = (*_args))]
     fn __exit__(&self, py: Python<'_>, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<bool> {
-        py.detach(|| -> Result<(), Failure> {
-            if self.resume.swap(false, Ordering::SeqCst)
-                && let Target::Qemu(core) = &self.inner.target
-            {
-                core.resume()?;
-            }
-            Ok(())
-        })?;
+        if self.resume.swap(false, Ordering::SeqCst) {
+            py.detach(|| {
+                let target = self
+                    .inner
+                    .target
+                    .read()
+                    .unwrap_or_else(PoisonError::into_inner);
+                resume_if_paused_by_us(target.as_ref(), &self.inner)
+            })?;
+        }
         Ok(false)
     }
 

@@ -16,7 +16,8 @@ def target(request, guest):
     with warnings.catch_warnings():
         # Nothing may be skipped on the clean guest: a warning fails the test.
         warnings.simplefilter("error", vmi.IncompleteWarning)
-        yield vmi.open(spec)
+        with vmi.open(spec) as t:
+            yield t
 
 
 def test_info_is_the_kernel_of_the_truth(target, guest):

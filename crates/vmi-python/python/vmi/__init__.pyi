@@ -69,6 +69,13 @@ class Target:
         """The kernel object of struct/union ``type_name`` at ``address``."""
     def paused(self) -> Paused:
         """``with t.paused():`` keeps a live target paused in the block."""
+    def close(self) -> None:
+        """Detaches (frees a live QEMU's QMP socket); later calls raise ``VmiError``."""
+    @property
+    def closed(self) -> bool:
+        """Whether ``close()`` was called."""
+    def __enter__(self) -> Target: ...
+    def __exit__(self, *args: object) -> bool: ...
 
 class Paused:
     """The context manager of ``Target.paused()``."""
