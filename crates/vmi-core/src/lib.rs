@@ -58,7 +58,7 @@ pub use crate::error::{FaultKind, PageAbsence, PageFault, VmiError};
 pub use crate::event::{EventAction, MonitorChange, VmiEvent, VmiEventResponse};
 pub use crate::os::{
     CommandLine, OsAttribute, OsHandle, OsListing, OsLogRecord, OsModule, OsNamespaces,
-    OsObjectKind, OsProcess, OsRegion, OsThread, OsValue, RegionProtection, VmiOs,
+    OsObjectKind, OsProcess, OsRegion, OsThread, OsValue, RegionProtection, VmiOs, log_lines,
 };
 pub use crate::scan::{ProcessRegion, ProcessScan, ScanChunk, ScanOptions, ScanSummary};
 pub use crate::session::{

@@ -325,16 +325,19 @@ impl OsLogRecord {
     /// The lines as `dmesg` prints them: `[    1.234567] text`, the timestamp repeated
     /// on each line of a multi-line record.
     pub fn lines(&self) -> Vec<String> {
-        let prefix = format!(
-            "[{:5}.{:06}] ",
-            self.ts_nsec / 1_000_000_000,
-            (self.ts_nsec % 1_000_000_000) / 1000
-        );
-        self.text
-            .split('\n')
-            .map(|l| format!("{prefix}{l}"))
-            .collect()
+        log_lines(self.ts_nsec, &self.text)
     }
+}
+
+/// A kernel log record's lines as `dmesg` prints them: `[    1.234567] text`, the
+/// timestamp (nanoseconds since boot) repeated on each line of a multi-line text.
+pub fn log_lines(ts_nsec: u64, text: &str) -> Vec<String> {
+    let prefix = format!(
+        "[{:5}.{:06}] ",
+        ts_nsec / 1_000_000_000,
+        (ts_nsec % 1_000_000_000) / 1000
+    );
+    text.split('\n').map(|l| format!("{prefix}{l}")).collect()
 }
 
 /// What an OS layer knows how to find.

@@ -23,15 +23,7 @@ impl DmesgRecord {
     /// The lines as `dmesg` prints them: `[    1.234567] text`, the timestamp repeated
     /// on each line of a multi-line record (as the kernel's syslog formatting does).
     pub fn lines(&self) -> Vec<String> {
-        let prefix = format!(
-            "[{:5}.{:06}] ",
-            self.ts_nsec / 1_000_000_000,
-            (self.ts_nsec % 1_000_000_000) / 1000
-        );
-        self.text
-            .split('\n')
-            .map(|l| format!("{prefix}{l}"))
-            .collect()
+        vmi_core::log_lines(self.ts_nsec, &self.text)
     }
 }
 
