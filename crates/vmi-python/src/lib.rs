@@ -11,6 +11,7 @@
 //! t.translate(addr, pid=1)                    # dict: pa, page_size, levels...
 //! t.object("task_struct", t.symbol("init_task")).comm   # b'swapper/0\x00...'
 //! with t.paused(): ...                        # a consistent view across calls
+//! for hit in t.trace("do_nanosleep", count=10): ...    # live: pid, comm, rip, args
 //! ```
 //!
 //! Design: a thin layer over the same functions as the `vmi` command — `vmi_target` opens
@@ -19,6 +20,12 @@
 //! every call into the framework (reads, walks, kernel discovery). Errors are
 //! `vmi.VmiError` subclasses whose message is the command's; objects a listing could not
 //! read are reported as `vmi.IncompleteWarning`s, never silently dropped.
+//!
+//! Measured (2-core machine under load 4, dev profile for both, 256 MiB ELF dump of the
+//! test guest, 52 processes, 5 runs): `python -c "vmi.open(dump).os.processes()"` 0.27 to
+//! 0.39 s as a whole process, `vmi --target dump ps --json` 0.22 to 0.49 s; in the
+//! interpreter, `open` 0.26 to 0.36 s (kernel discovery, profile from the cache) and
+//! `processes()` 3 to 14 ms.
 //!
 //! Built by maturin (`scripts/setup.sh` installs it into `target/venv`); the extension
 //! module is `vmi._vmi`, re-exported by `python/vmi/__init__.py`, with type stubs in
@@ -30,6 +37,7 @@
 mod error;
 mod objects;
 mod target;
+mod trace;
 mod typed;
 
 use pyo3::prelude::*;

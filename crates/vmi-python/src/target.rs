@@ -356,6 +356,27 @@ impl PyTarget {
         }
     }
 
+    /// Breaks on kernel function (or address) `location` of a live Linux target and
+    /// returns its hits, one dict each (`hit`, `vcpu`, `rip`, `pid`, `comm`, `args`: the
+    /// first six arguments), as `vmi trace --json`: after `count` hits, or `timeout`
+    /// seconds, or Ctrl-C (`KeyboardInterrupt`). The guest runs meanwhile; the breakpoint
+    /// (hardware, or `software=True`) is removed whatever happens.
+    #[pyo3(signature = (location, count=10, timeout=None, software=false))]
+    fn trace<'py>(
+        &self,
+        py: Python<'py>,
+        location: String,
+        count: u64,
+        timeout: Option<f64>,
+        software: bool,
+    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
+        let hits = crate::trace::trace(py, &self.inner, &location, count, timeout, software)?;
+        hits.iter()
+            .enumerate()
+            .map(|(i, h)| h.to_dict(py, i + 1))
+            .collect()
+    }
+
     /// Detaches from the target (a live QEMU's QMP socket is free again, a guest a
     /// `paused()` block paused is resumed). Every later call raises `vmi.VmiError`.
     /// Closing twice does nothing; `with vmi.open(...) as t:` closes at the end.

@@ -69,6 +69,15 @@ class Target:
         """The kernel object of struct/union ``type_name`` at ``address``."""
     def paused(self) -> Paused:
         """``with t.paused():`` keeps a live target paused in the block."""
+    def trace(
+        self,
+        location: str,
+        count: int = 10,
+        timeout: Optional[float] = None,
+        software: bool = False,
+    ) -> list[dict[str, Any]]:
+        """Hits of a breakpoint on a kernel function of a live Linux target (``pid``,
+        ``comm``, ``rip``, ``args``...), until ``count`` hits, ``timeout`` s or Ctrl-C."""
     def close(self) -> None:
         """Detaches (frees a live QEMU's QMP socket); later calls raise ``VmiError``."""
     @property
