@@ -361,6 +361,56 @@ impl Object {
         Ok(bits / 8)
     }
 
+    /// The struct or union that pointer field `name` points to, as an object in the same
+    /// address space: `task.deref("mm")`, `task.deref("real_parent").pid`. Raises
+    /// `vmi.ReadError` for a NULL pointer.
+    fn deref(&self, py: Python<'_>, name: &str) -> PyResult<Object> {
+        let types = types(&self.inner)?;
+        let Some((bit_offset, m)) = self.member(name)? else {
+            return Err(PyAttributeError::new_err(format!(
+                "{} has no field {name:?}",
+                self.type_name()
+            )));
+        };
+        let target = match types.resolve(m.ty).and_then(|id| types.get(id).copied()) {
+            Some(Type::Pointer { target }) => target,
+            _ => {
+                return Err(Failure::new(
+                    Kind::Other,
+                    format!("{name} is a {}, not a pointer", types.describe(m.ty)),
+                )
+                .into());
+            }
+        };
+        // A pointer to a forward declaration: the definition of the same name.
+        let pointee = match types.resolve(target).and_then(|id| types.get(id).copied()) {
+            Some(Type::Fwd { name: n, .. }) => types.find_composite(types.str(n)),
+            _ => types.resolve(target),
+        }
+        .filter(|id| types.composite(*id).is_some())
+        .ok_or_else(|| {
+            Failure::new(
+                Kind::NotSupported,
+                format!(
+                    "{name} points to {}, not a struct or union",
+                    types.describe(target)
+                ),
+            )
+        })?;
+        let value = py.detach(|| self.value(m.ty, bit_offset, 0))?;
+        match value {
+            Value::Unsigned(0) => Err(Failure::new(Kind::Read, format!("{name} is NULL")).into()),
+            Value::Unsigned(address) => Ok(Object {
+                inner: self.inner.clone(),
+                ty: pointee,
+                address: u64::try_from(address)
+                    .map_err(|_| Failure::new(Kind::Read, "pointer wider than 64 bits"))?,
+                root: self.root,
+            }),
+            _ => Err(Failure::new(Kind::Other, format!("{name} is not a pointer")).into()),
+        }
+    }
+
     /// The field at dotted `path`: `task["se.vruntime"]`.
     fn __getitem__<'py>(&self, py: Python<'py>, path: &str) -> PyResult<Bound<'py, PyAny>> {
         self.field(py, path)
@@ -373,9 +423,16 @@ impl Object {
     fn __dir__(&self) -> PyResult<Vec<String>> {
         let mut names = self.fields()?;
         names.extend(
-            ["address", "type_name", "size", "fields", "offset_of"]
-                .iter()
-                .map(|s| s.to_string()),
+            [
+                "address",
+                "type_name",
+                "size",
+                "fields",
+                "offset_of",
+                "deref",
+            ]
+            .iter()
+            .map(|s| s.to_string()),
         );
         Ok(names)
     }

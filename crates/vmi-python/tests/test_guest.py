@@ -98,10 +98,14 @@ def test_symbols_and_typed_objects(target, guest):
         assert task["real_parent"] == task.real_parent
         parent = target.object("task_struct", task.real_parent)
         assert parent.pid == p.ppid
+        assert task.deref("real_parent").address == parent.address
+        assert task.deref("mm").address == task.mm
         assert isinstance(task.se, vmi.Object)
         assert task["se.vruntime"] == task.se.vruntime
     with pytest.raises(AttributeError):
         init.no_such_field
+    with pytest.raises(vmi.ReadError, match="^mm is NULL$"):
+        init.deref("mm")
     with pytest.raises(vmi.NotFoundError):
         target.object("no_such_struct", 0)
 

@@ -189,6 +189,8 @@ class Object:
         """The names of its fields."""
     def offset_of(self, path: str) -> int:
         """The byte offset of a (dotted) field."""
+    def deref(self, name: str) -> Object:
+        """The struct or union pointer field ``name`` points to (``ReadError`` if NULL)."""
     def __getitem__(self, path: str) -> Any:
         """The field at a dotted path: ``task["se.vruntime"]``."""
     def __getattr__(self, name: str) -> Any: ...
