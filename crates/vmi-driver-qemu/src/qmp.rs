@@ -10,6 +10,9 @@ use serde_json::{Value, json};
 
 use crate::error::QemuError;
 
+/// Most events of an earlier connection skipped before the greeting.
+const MAX_STALE_EVENTS: usize = 64;
+
 /// Longest line we accept from QEMU (`info mtree` of big machines is well below).
 const MAX_LINE: usize = 64 << 20;
 
@@ -53,16 +56,25 @@ impl QmpClient {
             broken: false,
         };
         let deadline = Instant::now() + greeting_timeout;
-        let greeting = match c.read_message(deadline) {
-            Ok(v) => v,
-            Err(QemuError::Timeout { .. }) => {
-                return Err(QemuError::SocketBusy {
-                    what: "QMP",
-                    path: path.to_path_buf(),
-                });
+        // QEMU keeps a monitor's unsent output across connections: an event meant for
+        // the previous client (e.g. the RESUME after its `cont`) may come before our
+        // greeting. A bounded number of them is skipped.
+        let mut greeting = Value::Null;
+        for _ in 0..MAX_STALE_EVENTS {
+            greeting = match c.read_message(deadline) {
+                Ok(v) => v,
+                Err(QemuError::Timeout { .. }) => {
+                    return Err(QemuError::SocketBusy {
+                        what: "QMP",
+                        path: path.to_path_buf(),
+                    });
+                }
+                Err(e) => return Err(e),
+            };
+            if greeting.get("event").is_none() {
+                break;
             }
-            Err(e) => return Err(e),
-        };
+        }
         if greeting.get("QMP").is_none() {
             return Err(QemuError::protocol(
                 "QMP greeting",

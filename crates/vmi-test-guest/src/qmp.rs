@@ -78,7 +78,15 @@ pub fn execute(socket: &Path, commands: &[Value], timeout: Duration) -> Result<V
         reader: BufReader::new(stream),
         writer,
     };
-    let greeting = c.read_msg()?;
+    // QEMU keeps a monitor's unsent output across connections: an event meant for the
+    // previous client (the RESUME after its `cont`) may come before our greeting.
+    let mut greeting = c.read_msg()?;
+    for _ in 0..64 {
+        if greeting.get("event").is_none() {
+            break;
+        }
+        greeting = c.read_msg()?;
+    }
     if greeting.get("QMP").is_none() {
         return Err(c.err(format!("unexpected greeting {greeting}")));
     }
