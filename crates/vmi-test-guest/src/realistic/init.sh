@@ -13,6 +13,9 @@ exec </dev/console >/dev/console 2>&1
 # Keep kernel messages off the console so they cannot split truth lines.
 dmesg -n 1
 hostname vmiguest
+# Decided now, before the truth: after it nothing may fork but what the host asked for (a
+# background list would leave a zombie child of this shell, which never reaps it).
+ctl=; grep -qw vmi_ctl /proc/cmdline && ctl=1
 for m in $(cat /lib/modules/load-order 2>/dev/null); do insmod /lib/modules/$m.ko || echo "insmod $m failed"; done
 ip link set lo up
 mkdir -p /run/vmi/ready /etc/dropbear
@@ -52,6 +55,6 @@ fi
 echo VMI_GUEST_READY
 # PID 1 must never exit (a panic makes QEMU exit: -no-reboot, panic=1). It blocks opening
 # a FIFO nobody writes: no periodic wake-up.
-grep -qw vmi_ctl /proc/cmdline && /bin/vmi_ctl &
+if [ -n "$ctl" ]; then /bin/vmi_ctl & fi
 if grep -qw vmi_shell /proc/cmdline; then while :; do setsid cttyhack sh; done; fi
 while :; do read -r _ < /run/vmi/never; done
