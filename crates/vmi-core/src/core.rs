@@ -233,8 +233,9 @@ impl<D: VmiRead> PageTableReader for CoreReader<'_, D> {
 
 /// `dst.copy_from_slice(src)` (equal lengths), with the sizes of integer reads as
 /// constant-size copies (a `memcpy` call of a run-time length costs more than the read).
+/// For drivers' read paths too.
 #[inline(always)]
-pub(crate) fn copy_small(dst: &mut [u8], src: &[u8]) {
+pub fn copy_small(dst: &mut [u8], src: &[u8]) {
     match dst.len() {
         8 => dst[..8].copy_from_slice(&src[..8]),
         4 => dst[..4].copy_from_slice(&src[..4]),

@@ -47,7 +47,7 @@ pub use crate::arch::{
 pub use crate::cache::CacheStats;
 pub use crate::context::{AccessContext, AddressContext, TranslationMechanism};
 pub use crate::core::{
-    DEFAULT_PAGE_CACHE, DEFAULT_TRANSLATION_CACHE, PauseGuard, VmiCore, VmiCoreConfig,
+    DEFAULT_PAGE_CACHE, DEFAULT_TRANSLATION_CACHE, PauseGuard, VmiCore, VmiCoreConfig, copy_small,
 };
 pub use crate::driver::{
     BreakpointAddress, BreakpointKind, EventCallback, EventMonitor, MemoryAccess, PageRead,

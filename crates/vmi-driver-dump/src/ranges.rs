@@ -226,7 +226,7 @@ impl RangeMap {
         if within < s.len && buf.len() as u64 <= s.len.wrapping_sub(within) {
             let at = s.file_offset.wrapping_add(within) as usize;
             if let Some(src) = data.get(at..at.wrapping_add(buf.len())) {
-                copy_small(buf, src);
+                vmi_core::copy_small(buf, src);
                 return true;
             }
         }
@@ -267,19 +267,6 @@ impl RangeMap {
             }
         }
         out
-    }
-}
-
-/// `dst.copy_from_slice(src)` (equal lengths), with the sizes of integer reads as
-/// constant-size copies: a `memcpy` call of a run-time length costs more than the read.
-#[inline(always)]
-fn copy_small(dst: &mut [u8], src: &[u8]) {
-    match dst.len() {
-        8 => dst[..8].copy_from_slice(&src[..8]),
-        4 => dst[..4].copy_from_slice(&src[..4]),
-        2 => dst[..2].copy_from_slice(&src[..2]),
-        1 => dst[..1].copy_from_slice(&src[..1]),
-        _ => dst.copy_from_slice(src),
     }
 }
 
