@@ -84,6 +84,10 @@ pub struct GuestConfig {
     /// Start the guest's command channel ([`TestGuest::run`]): a second serial port and
     /// `vmi_ctl` in the guest, started after the truth is printed (so not in it).
     pub control: bool,
+    /// How long the guest may live before the test is taken as hung: the watchdog then
+    /// prints every thread's backtrace, stops the guest and aborts (see
+    /// [`crate::watchdog`]). `None`: no watchdog.
+    pub watchdog: Option<Duration>,
 }
 
 impl Default for GuestConfig {
@@ -101,6 +105,7 @@ impl Default for GuestConfig {
             dir: None,
             userland: Userland::from_env().unwrap_or_default(),
             control: false,
+            watchdog: crate::watchdog::deadline_from_env(),
         }
     }
 }
@@ -166,6 +171,13 @@ impl GuestConfig {
     /// Give the host a command channel into the guest ([`TestGuest::run`]).
     pub fn control(mut self, on: bool) -> Self {
         self.control = on;
+        self
+    }
+
+    /// Set the watchdog's deadline (`None`: no watchdog), e.g. for a soak run longer than
+    /// the default 15 minutes.
+    pub fn watchdog(mut self, deadline: Option<Duration>) -> Self {
+        self.watchdog = deadline;
         self
     }
 
@@ -596,6 +608,8 @@ pub struct TestGuest {
     child: Option<Child>,
     remove_dir: bool,
     ctl: std::sync::Mutex<Option<Ctl>>,
+    /// Declared last: dropped after the guest is stopped.
+    watchdog: Option<crate::watchdog::Watchdog>,
 }
 
 impl TestGuest {
@@ -902,6 +916,7 @@ fn launch(
         truth: Truth::default(),
         child: Some(child),
         ctl: std::sync::Mutex::new(None),
+        watchdog: None,
         // Removed on drop only once the boot succeeded: a failed boot keeps its serial and
         // QEMU logs for inspection.
         remove_dir: false,
@@ -911,6 +926,9 @@ fn launch(
         .map_err(Error::io("write", guest.env.dir.join("guest.env")))?;
     let serial = wait_ready(&mut guest, cfg.boot_timeout)?;
     guest.env.boot_seconds = t0.elapsed().as_secs_f64();
+    guest.watchdog = cfg
+        .watchdog
+        .map(|deadline| crate::watchdog::Watchdog::start(guest.env.clone(), deadline));
     let mut truth = Truth::from_serial_log(&serial)?;
     if let Some(note) = truth.vmcoreinfo_note {
         truth.vmcoreinfo = read_vmcoreinfo(&guest.env, note);

@@ -52,6 +52,7 @@ pub mod qmp;
 pub mod truth;
 pub mod userland;
 pub mod vmlinuz;
+pub mod watchdog;
 
 pub use apt::{DEFAULT_KERNEL, KernelSpec};
 pub use ctl::CtlOutput;
