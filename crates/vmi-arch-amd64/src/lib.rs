@@ -16,8 +16,8 @@ pub use paging::PagingMode;
 pub use registers::{Cr3, DescriptorTable, Registers, Segment, cr0, cr4, efer};
 
 use vmi_core::{
-    AddressContext, BreakpointKind, LastLevel, LeafMapping, MemoryAccess, Pa, PageTableReader,
-    Translation, Va, VmiError,
+    AddressContext, BreakpointKind, LastLevel, LeafMapping, MemoryAccess, Pa, PageFault,
+    PageTableReader, Translation, Va, VmiError,
 };
 
 /// Why an AMD64 vCPU stopped and reported an event.
@@ -126,5 +126,9 @@ impl vmi_core::Architecture for Amd64 {
         table: Pa,
     ) -> Result<LeafMapping, VmiError> {
         paging::translate_in_last_table(reader, ctx, table)
+    }
+
+    fn untranslatable_until(fault: &PageFault, mode: PagingMode) -> Option<u64> {
+        paging::untranslatable_until(fault, mode)
     }
 }

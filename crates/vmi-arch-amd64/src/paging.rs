@@ -289,6 +289,30 @@ pub fn translate_to_last_table<R: PageTableReader + ?Sized>(
     })
 }
 
+/// The first address above a faulting one that could translate (see
+/// `Architecture::untranslatable_until`): the end of the span the faulting entry maps
+/// (4 KiB at the PT, 2 MiB at the PD, ... 256 TiB at the PML5), or of the non-canonical
+/// hole. `None` when that end is past 2^64.
+pub fn untranslatable_until(fault: &PageFault, mode: PagingMode) -> Option<u64> {
+    let va = fault.ctx.va.0;
+    match fault.kind {
+        FaultKind::NonCanonical => {
+            // The hole lies between the lower half (top bit clear) and the upper half.
+            let upper_half = u64::MAX << (mode.address_bits() - 1);
+            (va < upper_half).then_some(upper_half)
+        }
+        FaultKind::NotPresent | FaultKind::ReservedBit => {
+            let shift = LEVELS
+                .iter()
+                .find(|l| l.number == fault.level)
+                .map_or(12, |l| l.shift);
+            (va | ((1u64 << shift) - 1)).checked_add(1)
+        }
+        // A kind this walk does not know: one page.
+        _ => (va | 0xfff).checked_add(1),
+    }
+}
+
 /// Reads the entry of `ctx.va` in the last-level (PT) table at `table`.
 #[inline(always)]
 pub fn translate_in_last_table<R: PageTableReader + ?Sized>(
@@ -335,6 +359,42 @@ impl TryFrom<u8> for PagingMode {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn untranslatable_spans_end_where_the_faulting_entry_ends() {
+        let at = |va: u64, level: u8, kind: FaultKind| PageFault {
+            ctx: AddressContext::new(va, 0x1000),
+            level,
+            entry: 0,
+            kind,
+        };
+        let np = FaultKind::NotPresent;
+        let l4 = PagingMode::Level4;
+        assert_eq!(untranslatable_until(&at(0x1234, 1, np), l4), Some(0x2000));
+        assert_eq!(
+            untranslatable_until(&at(0x1234, 2, np), l4),
+            Some(0x20_0000)
+        );
+        assert_eq!(untranslatable_until(&at(0x1234, 3, np), l4), Some(1 << 30));
+        assert_eq!(untranslatable_until(&at(0x1234, 4, np), l4), Some(1 << 39));
+        let rb = FaultKind::ReservedBit;
+        assert_eq!(
+            untranslatable_until(&at(0x1234, 5, rb), PagingMode::Level5),
+            Some(1 << 48)
+        );
+        // The last entry of the address space: nothing translates after it.
+        assert_eq!(untranslatable_until(&at(u64::MAX - 5, 4, np), l4), None);
+        // The non-canonical hole ends where the upper half begins.
+        let nc = FaultKind::NonCanonical;
+        assert_eq!(
+            untranslatable_until(&at(0x0000_8000_0000_0000, 0, nc), l4),
+            Some(0xffff_8000_0000_0000)
+        );
+        assert_eq!(
+            untranslatable_until(&at(0x0100_0000_0000_0000, 0, nc), PagingMode::Level5),
+            Some(0xff00_0000_0000_0000)
+        );
+    }
 
     #[test]
     fn canonical() {

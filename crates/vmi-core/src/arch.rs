@@ -6,7 +6,7 @@
 
 use std::fmt::Debug;
 
-use crate::{AddressContext, Gfn, Pa, Va, VmiError};
+use crate::{AddressContext, Gfn, Pa, PageFault, Va, VmiError};
 
 /// Reads guest-physical memory for a page-table walk.
 pub trait PageTableReader {
@@ -186,6 +186,17 @@ pub trait Architecture: Sized + Send + Sync + 'static {
         ctx: AddressContext,
         table: Pa,
     ) -> Result<LeafMapping, VmiError>;
+
+    /// After a walk failed with `fault`, the first address above the faulting one that
+    /// could translate (`None`: none below 2^64): every address in between faults the
+    /// same way, because one entry, or the non-canonical hole, covers them all. Walkers
+    /// of long ranges (scans) skip there instead of walking each page: an unprivileged
+    /// guest user can reserve terabytes of address space with one `mmap`. The default
+    /// knows no level sizes and skips one page.
+    fn untranslatable_until(fault: &PageFault, mode: Self::PagingMode) -> Option<u64> {
+        let _ = mode;
+        (fault.ctx.va.0 | (Self::PAGE_SIZE - 1)).checked_add(1)
+    }
 
     /// The frame that holds `pa`.
     fn gfn_from_pa(pa: Pa) -> Gfn {

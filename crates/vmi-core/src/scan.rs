@@ -182,9 +182,28 @@ impl<D: VmiRead> VmiCore<D> {
                         owned,
                     })
                 }) {
-                    Ok((bytes, bad)) => {
-                        scanned.fetch_add(bytes, Ordering::Relaxed);
-                        unreadable.fetch_add(bad, Ordering::Relaxed);
+                    Ok(done) => {
+                        scanned.fetch_add(done.visited, Ordering::Relaxed);
+                        unreadable.fetch_add(done.unreadable, Ordering::Relaxed);
+                        // The chunks of this range that lie wholly in the untranslatable
+                        // span found are skipped by every worker at once: moving the
+                        // shared counter past them costs nothing however long the span.
+                        if let Some(until) = done.untranslatable_until {
+                            let f = first_chunk[w.range];
+                            let covered = until.saturating_sub(ctx.address);
+                            let end = if covered >= len {
+                                first_chunk[w.range + 1]
+                            } else {
+                                f.saturating_add(covered / chunk)
+                            };
+                            let prev = next.fetch_max(end, Ordering::Relaxed);
+                            if prev < end {
+                                let from = (prev - f).saturating_mul(chunk);
+                                let to = (end - f).saturating_mul(chunk).min(len);
+                                let pages = to.saturating_sub(from).div_ceil(page);
+                                unreadable.fetch_add(pages, Ordering::Relaxed);
+                            }
+                        }
                     }
                     Err(e) => {
                         failure
@@ -214,26 +233,43 @@ impl<D: VmiRead> VmiCore<D> {
 
     /// Reads `buf` at `ctx` page by page and calls `visit(offset, bytes, owned)` for each
     /// run of readable bytes, where `owned` is how many of them lie below `own` (the
-    /// chunk's own length). Returns the owned bytes visited and the unreadable pages
-    /// among the owned ones. Errors other than "memory unavailable" stop the scan.
+    /// chunk's own length). Pages in a span that a page-table entry (or the non-canonical
+    /// hole) leaves unmapped are counted without a walk each. Errors other than "memory
+    /// unavailable" stop the scan.
     fn scan_chunk(
         &self,
         ctx: AccessContext,
         buf: &mut [u8],
         own: u64,
         mut visit: impl FnMut(u64, &[u8], usize),
-    ) -> Result<(u64, u64), VmiError> {
+    ) -> Result<ChunkDone, VmiError> {
         let page = ArchOf::<D>::PAGE_SIZE;
         let pieces: Vec<(u64, usize, usize)> =
             crate::core::page_chunks(ctx.address, buf.len(), page).collect();
         let mut readable = Vec::with_capacity(pieces.len());
+        // Addresses below this one are known not to translate (a fault's span).
+        let mut skip_below: Option<u64> = None;
+        // Past the end of the address space: nothing more translates.
+        let mut skip_all = false;
         for &(at, start, n) in &pieces {
+            if skip_all || skip_below.is_some_and(|until| at < until) {
+                readable.push(false);
+                continue;
+            }
             let result = self
                 .resolve(at, ctx.mechanism)
                 .and_then(|pa| self.read_page_chunk(pa, &mut buf[start..start + n]));
             match result {
                 Ok(()) => readable.push(true),
-                Err(e) if e.is_memory_unavailable() => readable.push(false),
+                Err(e) if e.is_memory_unavailable() => {
+                    if let Some(fault) = e.page_fault() {
+                        match ArchOf::<D>::untranslatable_until(fault, self.paging_mode()) {
+                            Some(until) => skip_below = Some(until),
+                            None => skip_all = true,
+                        }
+                    }
+                    readable.push(false)
+                }
                 Err(e) => return Err(e),
             }
         }
@@ -263,8 +299,29 @@ impl<D: VmiRead> VmiCore<D> {
         if let Some(from) = run {
             flush(from, buf.len(), &mut visited);
         }
-        Ok((visited, bad))
+        let chunk_end = ctx.address.saturating_add(own as u64);
+        let untranslatable_until = if skip_all {
+            Some(u64::MAX)
+        } else {
+            skip_below.filter(|&until| until > chunk_end)
+        };
+        Ok(ChunkDone {
+            visited,
+            unreadable: bad,
+            untranslatable_until,
+        })
     }
+}
+
+/// What [`VmiCore::scan_chunk`] did.
+struct ChunkDone {
+    /// Owned bytes visited.
+    visited: u64,
+    /// Owned pages that could not be read.
+    unreadable: u64,
+    /// When the chunk ended in a span that does not translate and goes on past the
+    /// chunk: the end of that span (the following chunks below it need no reading).
+    untranslatable_until: Option<u64>,
 }
 
 /// A process memory region handed to the visitor of [`VmiCore::scan_processes`].

@@ -120,3 +120,64 @@ fn the_core_is_send_and_sync() {
     fn assert_send_sync<T: Send + Sync>() {}
     assert_send_sync::<VmiCore<MockDriver>>();
 }
+
+/// An unprivileged guest user can reserve terabytes of address space with one `mmap`
+/// (and a hostile dump can claim a region of any length): the scan skips what one
+/// page-table entry, or the non-canonical hole, leaves unmapped instead of walking each
+/// page of it (64 TiB is 2^34 pages: page by page, this test would run for hours).
+#[test]
+fn virtual_scan_skips_terabytes_of_unmapped_space() {
+    let driver = MockDriver::new(SIZE);
+    let root = Pa(0x10_0000);
+    let mut b = PageTableBuilder::new(&driver, root, Pa(0x20_0000));
+    let base = Va(0x0000_1000_0000_0000);
+    let huge = 64u64 << 40;
+    let inside = base + (40u64 << 40) + 0x12_3000;
+    let last = base + (huge - 4096);
+    b.map(inside, Pa(0x5000), PageSize::Size4K);
+    b.map(last, Pa(0x6000), PageSize::Size4K);
+    // A range across the non-canonical hole, with the first upper-half page mapped.
+    let low = Va(0x0000_7fff_ffff_0000);
+    let upper = Va(0xffff_8000_0000_0000);
+    let across = 0xffff_8000_0001_0000 - low.0;
+    b.map(upper, Pa(0x7000), PageSize::Size4K);
+    for pa in [0x5010, 0x6ff0 - NEEDLE.len() as u64, 0x7100] {
+        driver.write_physical(Pa(pa), NEEDLE);
+    }
+    let core = VmiCore::new(driver).unwrap();
+    for threads in [1, 2, 4] {
+        for chunk_size in [0x1_0000, 1 << 20] {
+            let found = Mutex::new(BTreeSet::new());
+            let summary = core
+                .scan(
+                    &[
+                        (AccessContext::paging(base, root), huge),
+                        (AccessContext::paging(low, root), across),
+                    ],
+                    ScanOptions {
+                        chunk_size,
+                        overlap: NEEDLE.len() - 1,
+                        threads,
+                    },
+                    needles(&found),
+                )
+                .unwrap();
+            assert_eq!(
+                found.into_inner().unwrap(),
+                BTreeSet::from([
+                    inside.0 + 0x10,
+                    last.0 + 0xff0 - NEEDLE.len() as u64,
+                    upper.0 + 0x100
+                ]),
+                "{threads} threads, {chunk_size}"
+            );
+            // Every page is accounted for: three read, the rest unreadable.
+            assert_eq!(summary.bytes_scanned, 3 * 4096);
+            assert_eq!(
+                summary.pages_unreadable,
+                (huge + across) / 4096 - 3,
+                "{threads} threads, {chunk_size}"
+            );
+        }
+    }
+}
