@@ -99,6 +99,59 @@ fn dump(label: &str, guest: &TestGuest, format: DumpFormat, file: &Path, cache: 
     let _ = std::fs::remove_file(file);
 }
 
+/// The adversary reserved 64 TiB (and 16 PiB more under 5-level paging) of PROT_NONE
+/// address space: a scan of its regions reads its real pages (the decoy arena among
+/// them) and accounts for every reserved page without walking each one (2^34 walks and
+/// more: hours; a hung CI run once met such a region, a stack VMA caught mid-exec).
+fn scan_of_reserved_terabytes<D: VmiRead<Architecture = Amd64>>(
+    label: &str,
+    core: &VmiCore<D>,
+    os: &LinuxOs,
+    truth: &Truth,
+) {
+    let adversary = truth.task("vmi_adversary").expect("vmi_adversary").pid;
+    let maps = &truth
+        .processes
+        .iter()
+        .find(|p| p.pid == adversary)
+        .expect("adversary's maps")
+        .maps;
+    let reserved: u64 = maps
+        .iter()
+        .filter(|m| m.perms.starts_with("---") && m.end - m.start >= 1 << 40)
+        .map(|m| m.end - m.start)
+        .sum();
+    assert!(reserved >= 64 << 40, "[{label}] reservations {maps:x?}");
+    let t = Instant::now();
+    let options = vmi_core::ScanOptions {
+        chunk_size: 1 << 20,
+        overlap: 0,
+        threads: 2,
+    };
+    let scan = core
+        .scan_processes(os, Some(&[u64::from(adversary)]), options, |_, _| {})
+        .expect("scan of the adversary");
+    eprintln!(
+        "[{label}] scan of the adversary: {} regions, {} TiB reserved, {:?} in {:?}",
+        scan.regions.len(),
+        reserved >> 40,
+        scan.summary,
+        t.elapsed()
+    );
+    assert!(scan.skipped.is_empty(), "[{label}] {:?}", scan.skipped);
+    // The 8 MiB arena, at least, is read.
+    assert!(
+        scan.summary.bytes_scanned >= 8 << 20,
+        "[{label}] {:?}",
+        scan.summary
+    );
+    assert!(
+        scan.summary.pages_unreadable >= reserved / 4096,
+        "[{label}] {:?}",
+        scan.summary
+    );
+}
+
 /// Boot the realistic userland with `cfg` and compare over every access path.
 fn run(label: &str, cfg: GuestConfig) {
     let t0 = Instant::now();
@@ -128,6 +181,7 @@ fn run(label: &str, cfg: GuestConfig) {
         .expect("LinuxOs from RAM");
     checks(&format!("{label}/raw"), &core, &os, truth);
     comparison_can_fail(label, &core, &os, truth);
+    scan_of_reserved_terabytes(label, &core, &os, truth);
     drop((os, core));
 
     dump(
