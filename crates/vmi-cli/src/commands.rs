@@ -83,6 +83,7 @@ where
     ctx.incomplete()
 }
 
+mod scan;
 mod trace;
 mod watch;
 
@@ -258,6 +259,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
                 self.translate(address, *pid, cr3.as_deref())
             }
             Command::Dump { out } => self.dump(out),
+            Command::Scan(args) => self.scan(args),
             Command::Trace { .. } | Command::Watch(_) => Err(Failure {
                 code: 1,
                 error: anyhow!(

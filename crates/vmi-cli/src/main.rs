@@ -6,7 +6,8 @@
 //! ```
 //!
 //! Exit codes: 0 success, 1 the command failed, 2 bad usage, 3 the target could not be
-//! opened or its OS not recognised. Errors are one sentence; `-v` adds the cause chain.
+//! opened or its OS not recognised, 4 printed but incomplete, 130 `scan` stopped by Ctrl-C.
+//! Errors are one sentence; `-v` adds the cause chain.
 //! The JSON schemas of `--json` are documented in `docs/cli-json.md`.
 
 #![forbid(unsafe_code)]
@@ -114,6 +115,9 @@ pub enum Command {
         #[arg(long, conflicts_with = "pid")]
         cr3: Option<String>,
     },
+    /// Scan memory with YARA rules: every process's regions (default), some processes,
+    /// the kernel, or physical memory. One line (or JSON object) per string match.
+    Scan(ScanArgs),
     /// Write an ELF core of the target (physical memory, CPU state, VMCOREINFO).
     Dump {
         /// Output file.
@@ -179,6 +183,26 @@ pub struct ReadArgs {
     /// The address is physical.
     #[arg(long)]
     phys: bool,
+}
+
+/// `vmi scan` arguments.
+#[derive(Args, Debug)]
+pub struct ScanArgs {
+    /// YARA rules file (source text, compiled once).
+    #[arg(long)]
+    rules: PathBuf,
+    /// Only these processes (repeat, or comma-separated).
+    #[arg(long, value_delimiter = ',', conflicts_with_all = ["kernel_space", "physical"])]
+    pid: Vec<u32>,
+    /// The kernel: its image (`_text`..`_end` on Linux) and every loaded module.
+    #[arg(long, conflicts_with = "physical")]
+    kernel_space: bool,
+    /// All of physical memory.
+    #[arg(long)]
+    physical: bool,
+    /// Worker threads (default: one per CPU).
+    #[arg(long, default_value = "0")]
+    threads: usize,
 }
 
 /// `vmi profile` sub-commands.

@@ -1,0 +1,219 @@
+//! `vmi scan` with YARA rules against the live test guest and its ELF dump: matches the
+//! guest planted (the environment marker of `vmi_sleeper`, the kernel's `linux_banner`)
+//! at the exact pid, address and region the guest's own truth gives; the same matches
+//! live and on the dump; a malformed rules file gives libyara's message and exit code 1.
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use serde_json::Value;
+use vmi_test_guest::{DumpFormat, GuestConfig, TestGuest, Truth, Userland};
+
+fn vmi(target: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .arg("--target")
+        .arg(target)
+        .args(args)
+        .env(
+            "VMI_PROFILE_CACHE",
+            std::env::temp_dir().join("vmi-cli-test-profiles"),
+        )
+        .output()
+        .expect("run vmi")
+}
+
+/// `vmi --json scan --rules RULES ARGS`: the matches (one object per line).
+fn scan(target: &str, rules: &Path, args: &[&str]) -> Vec<Value> {
+    let mut all = vec!["--json", "scan", "--rules", rules.to_str().unwrap()];
+    all.extend_from_slice(args);
+    let out = vmi(target, &all);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "vmi scan {args:?} on {target} failed: {stderr}"
+    );
+    let summary = stderr.lines().last().unwrap_or_default();
+    assert!(summary.starts_with("scanned "), "summary line: {stderr}");
+    eprintln!("[{target} scan {args:?}] {summary}");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).expect("one JSON object per line"))
+        .collect()
+}
+
+/// Where the guest says the value of the environment marker lies: pid and address.
+fn marker_address(truth: &Truth) -> (u64, u64) {
+    let sleeper = truth.process("vmi_sleeper").expect("vmi_sleeper in truth");
+    let (key, _) = vmi_test_guest::ENV_MARKER.split_once('=').unwrap();
+    let before: u64 = sleeper
+        .environ
+        .iter()
+        .take_while(|e| *e != vmi_test_guest::ENV_MARKER)
+        .map(|e| e.len() as u64 + 1)
+        .sum();
+    (
+        u64::from(sleeper.pid),
+        sleeper.env_start + before + key.len() as u64 + 1,
+    )
+}
+
+fn find<'a>(matches: &'a [Value], rule: &str, key: &str, value: &Value) -> Option<&'a Value> {
+    matches
+        .iter()
+        .find(|m| m["rule"] == rule && &m[key] == value)
+}
+
+const MARKER_VALUE: &str = "VMI-ENV-MARKER-5a17c0de";
+
+/// The planted matches on `target`; returns the physical addresses of the marker and
+/// the banner (to compare live and dump).
+fn check(target: &str, rules: &Path, truth: &Truth) -> (Value, Value) {
+    let (pid, va) = marker_address(truth);
+    let sleeper = truth.process("vmi_sleeper").unwrap();
+    let region = sleeper
+        .maps
+        .iter()
+        .find(|m| m.start <= va && va < m.end)
+        .expect("the marker's VMA in /proc/PID/maps");
+
+    // Every process: the marker at its pid, address and VMA, with its bytes.
+    let all = scan(target, rules, &[]);
+    let hit = all
+        .iter()
+        .find(|m| m["rule"] == "env_marker" && m["pid"] == pid && m["va"] == format!("{va:#x}"))
+        .unwrap_or_else(|| panic!("{target}: marker at pid {pid} {va:#x} not among {all:?}"));
+    assert_eq!(hit["space"], "process");
+    assert_eq!(hit["string"], "$value");
+    assert_eq!(hit["region"]["start"], format!("{:#x}", region.start));
+    assert_eq!(hit["region"]["end"], format!("{:#x}", region.end));
+    assert_eq!(hit["region"]["name"].as_str(), region.path.as_deref());
+    assert_eq!(hit["length"], MARKER_VALUE.len());
+    assert_eq!(hit["bytes"], hex(MARKER_VALUE.as_bytes()));
+    let marker_pa = hit["pa"].clone();
+    assert!(marker_pa.is_string(), "{hit}");
+    // Each match once, though chunks overlap.
+    let mut keys: Vec<String> = all
+        .iter()
+        .map(|m| format!("{} {} {} {}", m["rule"], m["string"], m["pid"], m["va"]))
+        .collect();
+    let n = keys.len();
+    keys.sort();
+    keys.dedup();
+    assert_eq!(keys.len(), n, "{target}: a match reported twice");
+
+    // Only that process.
+    let one = scan(target, rules, &["--pid", &pid.to_string()]);
+    assert!(one.iter().all(|m| m["pid"] == pid), "{one:?}");
+    let again = find(&one, "env_marker", "va", &Value::from(format!("{va:#x}")))
+        .expect("the marker with --pid");
+    assert_eq!(again, hit);
+
+    // The kernel: linux_banner in the image, at its symbol's address.
+    let banner = truth
+        .ksym("linux_banner")
+        .expect("linux_banner in kallsyms");
+    let kernel = scan(target, rules, &["--kernel-space"]);
+    let k = find(
+        &kernel,
+        "banner",
+        "va",
+        &Value::from(format!("{banner:#x}")),
+    )
+    .unwrap_or_else(|| panic!("{target}: banner at {banner:#x} not among {kernel:?}"));
+    assert_eq!(k["space"], "kernel");
+    assert_eq!(k["pid"], Value::Null);
+    assert_eq!(k["region"]["name"], "[kernel]");
+    let banner_pa = k["pa"].clone();
+    assert!(banner_pa.is_string(), "{k}");
+
+    // Physical memory: both, at the physical addresses the translations gave.
+    let phys = scan(target, rules, &["--physical"]);
+    for (rule, pa) in [("banner", &banner_pa), ("env_marker", &marker_pa)] {
+        let p = find(&phys, rule, "pa", pa)
+            .unwrap_or_else(|| panic!("{target}: {rule} at pa {pa} not in the physical scan"));
+        assert_eq!(p["space"], "physical");
+        assert_eq!(p["va"], Value::Null);
+    }
+    (marker_pa, banner_pa)
+}
+
+fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[test]
+fn scan_finds_planted_matches_live_and_in_a_dump() {
+    let cfg = GuestConfig::default().userland(Userland::Busybox);
+    let Some(guest) = TestGuest::boot_or_skip(cfg) else {
+        return;
+    };
+    let truth = guest.truth().clone();
+    let rules = guest.dir().join("planted.yar");
+    std::fs::write(
+        &rules,
+        format!(
+            "rule env_marker {{ strings: $value = \"{MARKER_VALUE}\" condition: $value }}\n\
+             rule banner {{ strings: $b = \"Linux version {} (\" condition: $b }}\n",
+            truth.release
+        ),
+    )
+    .unwrap();
+
+    let live = format!("qemu:{}", guest.qmp_socket().display());
+    let live_found = check(&live, &rules, &truth);
+    let status = guest
+        .qmp(serde_json::json!({"execute": "query-status"}))
+        .unwrap();
+    assert_eq!(status["status"], "running", "the guest runs after scan");
+
+    // The human table: a header and the marker's line.
+    let out = vmi(&live, &["scan", "--rules", rules.to_str().unwrap()]);
+    assert!(out.status.success());
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(text.starts_with("RULE STRING"), "{text}");
+    let (pid, va) = marker_address(&truth);
+    assert!(
+        text.lines().any(|l| l.starts_with("env_marker $value")
+            && l.contains(&format!(" {pid} "))
+            && l.contains(&format!("{va:#x}"))),
+        "{text}"
+    );
+
+    // The same matches on an ELF dump of the paused guest.
+    guest.pause().expect("pause");
+    let elf = guest.dir().join("scan.elf");
+    guest.dump(DumpFormat::Elf, &elf).unwrap();
+    let dump_found = check(elf.to_str().unwrap(), &rules, &truth);
+    assert_eq!(
+        dump_found, live_found,
+        "physical addresses live and in the dump"
+    );
+
+    // A malformed rules file: libyara's message, exit code 1, one line, no panic.
+    let bad = guest.dir().join("bad.yar");
+    std::fs::write(&bad, "rule broken { strings: $a = \"x\" condition: $b }\n").unwrap();
+    let out = vmi(
+        elf.to_str().unwrap(),
+        &["scan", "--rules", bad.to_str().unwrap()],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: cannot compile the YARA rules in")
+            && err.contains("line 1: undefined string \"$b\""),
+        "{err}"
+    );
+    assert_eq!(err.lines().count(), 1, "{err}");
+    // A missing one.
+    let out = vmi(
+        elf.to_str().unwrap(),
+        &["scan", "--rules", "/nonexistent/rules.yar"],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.starts_with("error: cannot open the rules file /nonexistent/rules.yar"),
+        "{err}"
+    );
+    assert!(!err.contains("panicked"));
+}
