@@ -35,6 +35,10 @@ if [ ! -x "$VENV/bin/vol" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --disable-pip-version-check 'volatility3==2.28.2' || log "warning: volatility3 could not be installed"
 fi
+# yara-python: Volatility's yarascan/vmayarascan, the oracle of `vmi scan`'s test.
+if ! "$VENV/bin/python" -c 'import yara' 2>/dev/null; then
+  "$VENV/bin/pip" install -q --disable-pip-version-check 'yara-python==4.5.4' || log "warning: yara-python could not be installed"
+fi
 
 # The Python package `vmi`, built from crates/vmi-python in the dev profile (it shares
 # the dependencies the tests already built; a release build compiles them all again) and

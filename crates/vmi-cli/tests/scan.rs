@@ -1,7 +1,8 @@
 //! `vmi scan` with YARA rules against the live test guest and its ELF dump: matches the
 //! guest planted (the environment marker of `vmi_sleeper`, the kernel's `linux_banner`)
 //! at the exact pid, address and region the guest's own truth gives; the same matches
-//! live and on the dump; a malformed rules file gives libyara's message and exit code 1.
+//! live and on the dump; the same matches as Volatility 3's `vmayarascan` and
+//! `yarascan` on the dump; a malformed rules file gives libyara's message and exit code 1.
 
 use std::path::Path;
 use std::process::{Command, Output};
@@ -189,6 +190,8 @@ fn scan_finds_planted_matches_live_and_in_a_dump() {
         "physical addresses live and in the dump"
     );
 
+    volatility_agrees(&elf, &rules);
+
     // A malformed rules file: libyara's message, exit code 1, one line, no panic.
     let bad = guest.dir().join("bad.yar");
     std::fs::write(&bad, "rule broken { strings: $a = \"x\" condition: $b }\n").unwrap();
@@ -216,4 +219,150 @@ fn scan_finds_planted_matches_live_and_in_a_dump() {
         "{err}"
     );
     assert!(!err.contains("panicked"));
+}
+
+/// Volatility 3 with our ISF on the same dump, as an independent scanner: its
+/// `linux.vmayarascan` finds what `vmi scan` finds in processes (rule, pid, address);
+/// its `yarascan` scans the kernel's virtual address space, where the direct map holds
+/// all of physical memory (our `--physical`, at `page_offset_base + pa`) and the image
+/// mapping the kernel (our `--kernel-space`). Compared as sets: Volatility reports some
+/// matches twice (its chunks overlap without an owner).
+fn volatility_agrees(dump: &Path, rules: &Path) {
+    let vol = match vmi_test_guest::volatility() {
+        Ok(vol) => vol,
+        Err(why) => return skip_or_fail(&why),
+    };
+    // The interpreter `vol` runs on: its `#!` line (pip writes one), else its neighbour.
+    let python = std::fs::read_to_string(&vol)
+        .ok()
+        .and_then(|t| Some(t.lines().next()?.strip_prefix("#!")?.trim().to_owned()))
+        .filter(|p| !p.is_empty() && !p.contains(' '))
+        .map_or_else(|| vol.with_file_name("python"), Into::into);
+    let has_yara = Command::new(&python)
+        .args(["-c", "import yara"])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if !has_yara {
+        return skip_or_fail("yara-python is not installed next to volatility3");
+    }
+    let target = dump.to_str().unwrap();
+    let isf_dir = dump.with_extension("isf");
+    std::fs::create_dir_all(&isf_dir).unwrap();
+    let out = vmi(
+        target,
+        &[
+            "profile",
+            "export",
+            isf_dir.join("linux.json").to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let run_vol = |plugin: &str| -> Vec<Value> {
+        let t = std::time::Instant::now();
+        let out = Command::new(&vol)
+            .args(["-q", "-r", "json", "-s"])
+            .arg(&isf_dir)
+            .arg("-f")
+            .arg(dump)
+            .args([plugin, "--yara-file"])
+            .arg(rules)
+            .output()
+            .expect("run vol");
+        eprintln!("[volatility {plugin}] {:?}", t.elapsed());
+        let rows: Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|_| panic!("vol {plugin}: {}", String::from_utf8_lossy(&out.stderr)));
+        rows.as_array().expect("array").clone()
+    };
+    // Volatility prints 48-bit offsets; kernel addresses are sign-extended.
+    let canonical = |a: u64| {
+        if a & (1 << 47) != 0 {
+            a | 0xffff_0000_0000_0000
+        } else {
+            a
+        }
+    };
+    let num =
+        |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+    let set = |rows: Vec<(String, u64, u64)>| -> std::collections::BTreeSet<(String, u64, u64)> {
+        rows.into_iter().collect()
+    };
+
+    let theirs = set(run_vol("linux.vmayarascan.VmaYaraScan")
+        .iter()
+        .map(|r| {
+            (
+                r["Rule"].as_str().unwrap().to_owned(),
+                r["PID"].as_u64().unwrap(),
+                canonical(r["Offset"].as_u64().unwrap()),
+            )
+        })
+        .collect());
+    let ours = set(scan(target, rules, &[])
+        .iter()
+        .map(|m| {
+            (
+                m["rule"].as_str().unwrap().to_owned(),
+                m["pid"].as_u64().unwrap(),
+                num(&m["va"]),
+            )
+        })
+        .collect());
+    assert!(!ours.is_empty());
+    assert_eq!(ours, theirs, "process matches: vmi scan vs vmayarascan");
+
+    let info = {
+        let out = vmi(target, &["--json", "info"]);
+        serde_json::from_slice::<Value>(&out.stdout).expect("info JSON")
+    };
+    let direct_map = num(&info["page_offset_base"]);
+    let kernel = scan(target, rules, &["--kernel-space"]);
+    let physical = scan(target, rules, &["--physical"]);
+    let theirs: Vec<(String, u64)> = run_vol("yarascan.YaraScan")
+        .iter()
+        .map(|r| {
+            (
+                r["Rule"].as_str().unwrap().to_owned(),
+                canonical(r["Offset"].as_u64().unwrap()),
+            )
+        })
+        .collect();
+    let in_direct_map = |a: u64| a.checked_sub(direct_map).is_some_and(|o| o < 1 << 46);
+    let theirs_physical = set(theirs
+        .iter()
+        .filter(|(_, a)| in_direct_map(*a))
+        .map(|(r, a)| (r.clone(), 0, a - direct_map))
+        .collect());
+    let theirs_image = set(theirs
+        .iter()
+        .filter(|(_, a)| *a >= 0xffff_ffff_8000_0000)
+        .map(|(r, a)| (r.clone(), 0, *a))
+        .collect());
+    let ours_physical = set(physical
+        .iter()
+        .map(|m| (m["rule"].as_str().unwrap().to_owned(), 0, num(&m["pa"])))
+        .collect());
+    let ours_image = set(kernel
+        .iter()
+        .filter(|m| m["region"]["name"] == "[kernel]")
+        .map(|m| (m["rule"].as_str().unwrap().to_owned(), 0, num(&m["va"])))
+        .collect());
+    assert_eq!(
+        ours_physical, theirs_physical,
+        "--physical vs yarascan's direct map"
+    );
+    assert_eq!(
+        ours_image, theirs_image,
+        "--kernel-space vs yarascan's kernel image"
+    );
+}
+
+fn skip_or_fail(why: &str) {
+    if vmi_test_guest::guest_required() {
+        panic!("the Volatility 3 comparison is required: {why}");
+    }
+    eprintln!("SKIPPED: the Volatility 3 comparison of `vmi scan`: {why}");
 }
