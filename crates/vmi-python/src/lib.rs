@@ -10,6 +10,7 @@
 //! t.read(addr, 64, pid=1)                     # bytes; physical with phys=True
 //! t.translate(addr, pid=1)                    # dict: pa, page_size, levels...
 //! t.object("task_struct", t.symbol("init_task")).comm   # b'swapper/0\x00...'
+//! t.export_isf("kernel.json")                 # Volatility 3 ISF, as `vmi profile export`
 //! with t.paused(): ...                        # a consistent view across calls
 //! for hit in t.trace("do_nanosleep", count=10): ...    # live: pid, comm, rip, args
 //! ```

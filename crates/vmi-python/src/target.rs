@@ -331,6 +331,23 @@ impl PyTarget {
         Ok(va.0)
     }
 
+    /// Writes the target's profile to `path` as a Volatility 3 ISF (JSON), as
+    /// `vmi profile export --format isf PATH`: link-time symbol addresses, and for Linux
+    /// the running kernel's banner as `linux_banner`, so Volatility matches it to the
+    /// memory (`vol -s DIR`). Raises `vmi.TargetError` when no OS was recognised and
+    /// `vmi.VmiError` when the file cannot be written.
+    fn export_isf(&self, py: Python<'_>, path: std::path::PathBuf) -> PyResult<()> {
+        let inner = &self.inner;
+        py.detach(|| -> Result<(), Failure> {
+            let os = inner.os()?;
+            // The export reads no memory: the driver type only picks the trait object.
+            os.as_dyn::<vmi_driver_qemu::QemuDriver>()
+                .export_profile(&path)
+                .map_err(|e| Failure::vmi(format!("cannot write {}", path.display()), &e))
+        })?;
+        Ok(())
+    }
+
     /// The kernel object of type `type_name` (a struct or union of the profile, such as
     /// `"task_struct"`) at virtual address `address` (the kernel's address space, or
     /// process `pid`'s): its fields read as attributes, by the profile's layout.

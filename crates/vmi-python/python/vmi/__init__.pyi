@@ -65,6 +65,8 @@ class Target:
         """The page-table walk of ``va``: ``pa``, ``page_size``, rights, ``levels``."""
     def symbol(self, name: str) -> int:
         """The run-time address of a kernel symbol."""
+    def export_isf(self, path: Union[str, _os.PathLike[str]]) -> None:
+        """Writes the profile as a Volatility 3 ISF (JSON), as ``vmi profile export``."""
     def object(self, type_name: str, address: int, pid: Optional[int] = None) -> Object:
         """The kernel object of struct/union ``type_name`` at ``address``."""
     def paused(self) -> Paused:
