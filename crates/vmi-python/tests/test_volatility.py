@@ -6,6 +6,7 @@ and against the guest's truth."""
 import json
 import os
 import socket
+import struct
 import subprocess
 import sys
 import threading
@@ -132,6 +133,42 @@ def test_the_layer_reads_physical_memory_and_refuses_the_rest(dump_path):
     assert e.value.invalid_address == size
     with pytest.raises(exceptions.LayerException):
         layer.write(0x1000, b"x")
+
+
+def lime_range(start, data):
+    """One range of a LiME image: its header (magic, version 1, first and last
+    address, reserved) and its bytes."""
+    return struct.pack("<IIQQQ", 0x4C694D45, 1, start, start + len(data) - 1, 0) + data
+
+
+def test_a_hole_raises_at_its_first_byte_and_reads_as_zero_only_with_pad(tmp_path):
+    from volatility3.framework import contexts, exceptions
+    from volatility3.framework.layers import physical
+    from vmi.volatility.layer import VmiLayer, VmiStacker
+
+    low = bytes(range(256)) * 32  # pages 0 and 1; page 2 is a hole; page 3: 0xab
+    image = tmp_path / "hole.lime"
+    image.write_bytes(lime_range(0, low) + lime_range(0x3000, b"\xab" * 0x1000))
+    ctx = contexts.Context()
+    ctx.config["hole.location"] = f"vmi+file://{image}"
+    layer = VmiLayer(ctx, "hole", "hole")
+    assert layer.maximum_address == 0x3FFF
+    assert layer.read(0x1FFE, 2) == low[-2:]
+    for start, first_bad in [(0x1FFE, 0x2000), (0x2800, 0x2800)]:
+        with pytest.raises(exceptions.InvalidAddressException) as e:
+            layer.read(start, 4)
+        assert e.value.invalid_address == first_bad
+    assert layer.read(0x1FFE, 0x1004, pad=True) == low[-2:] + bytes(0x1000) + b"\xab\xab"
+
+    # Through Volatility's own base layer (our URL handler) and our stacker: no OS is
+    # recognised in this image, so the stacker gives the physical layer alone.
+    ctx.config["base.location"] = f"vmi+file://{image}"
+    base = physical.FileLayer(ctx, "base", "base")
+    ctx.add_layer(base)
+    assert base.maximum_address == 0x3FFF
+    assert base.read(0x1000, 16) == low[0x1000:0x1010]
+    stacked = VmiStacker.stack(ctx, "base")
+    assert isinstance(stacked, VmiLayer)
 
 
 def test_a_wrong_socket_is_reported(vol_env, tmp_path):

@@ -26,6 +26,10 @@ guest changes its lists while they are walked). A guest found paused stays pause
 found running is resumed at exit (``atexit``; after a ``SIGKILL`` the QEMU driver's guard
 process resumes it). Meanwhile the guest's clock and timers stand still.
 
+Run the ``vol`` of the Python environment ``vmi`` is installed in (``target/venv/bin/vol``
+after ``scripts/setup.sh``): Volatility skips a plugin module it cannot import, and then
+knows no ``vmi+`` scheme.
+
 Limits: Volatility 3.2.28 has no 5-level paging layer (a guest with LA57 is refused with
 a message); ``--parallelism processes`` would open the VM once per worker (QEMU takes one
 QMP client per socket), so keep the default.
