@@ -23,17 +23,18 @@ fn vmi(target: &str, cache: &std::path::Path, args: &[&str]) -> Output {
         .expect("run vmi")
 }
 
-/// `/proc`'s name of a task against `comm`: equal, or for a kernel thread its longer
-/// name (`kthread->full_name`) or a workqueue worker's `comm` plus `-wq`/`+wq`.
-fn same_name(proc_name: &str, comm: &str, kernel_thread: bool) -> bool {
-    if proc_name == comm {
+/// `/proc`'s name of a task (`Name:`) against the name `vmi ps` prints: equal (kernel
+/// threads by their full name), but for a workqueue worker, whose work item (`+desc` /
+/// `-desc` after its id) can change between the truth and the pause: there the id only.
+fn same_name(proc_name: &str, name: &str, kernel_thread: bool) -> bool {
+    if proc_name == name {
         return true;
     }
-    let worker_suffix = comm.starts_with("kworker")
-        && proc_name
-            .strip_prefix(comm)
-            .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('+'));
-    kernel_thread && (worker_suffix || (comm.len() == 15 && proc_name.starts_with(comm)))
+    let id = |n: &str| n.find(['+', '-']).map_or(n, |i| &n[..i]).to_owned();
+    kernel_thread
+        && name.starts_with("kworker/")
+        && !name.starts_with("kworker/R-")
+        && id(proc_name) == id(name)
 }
 
 /// The `/proc/PID/maps` line of a `vmi maps` entry.

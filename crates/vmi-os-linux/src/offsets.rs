@@ -39,6 +39,18 @@ profile_struct! {
         pub stack: u64 = offset("task_struct", "stack"),
         pub size: u64 = size("task_struct"),
         pub thread_head: Option<u64> = offset("signal_struct", "thread_head"),
+        /// A kernel thread's `struct kthread`: `worker_private` since 5.17,
+        /// `set_child_tid` before.
+        pub worker_private: Option<u64> = offset("task_struct", "worker_private"),
+        pub set_child_tid: Option<u64> = offset("task_struct", "set_child_tid"),
+        /// The untruncated name of a kernel thread (6.0+; NULL when it fits `comm`).
+        pub kthread_full_name: Option<u64> = offset("kthread", "full_name"),
+        /// `kthread->data`: a workqueue worker's `struct worker`.
+        pub kthread_data: Option<u64> = offset("kthread", "data"),
+        pub worker_desc: Option<FieldInfo> = field("worker", "desc"),
+        pub worker_current_work: Option<u64> = offset("worker", "current_work"),
+        pub worker_pool: Option<u64> = offset("worker", "pool"),
+        pub worker_rescue_wq: Option<u64> = offset("worker", "rescue_wq"),
         /// PID namespaces: `task->thread_pid` (4.19+), `pid.numbers[0..=level]`.
         pub thread_pid: Option<u64> = offset("task_struct", "thread_pid"),
         pub pid_level: Option<u64> = offset("pid", "level"),

@@ -16,7 +16,7 @@ impl From<&LinuxTask> for OsProcess {
         OsProcess {
             pid: u64::from(t.tgid),
             ppid: u64::from(t.ppid),
-            name: t.comm.clone(),
+            name: t.name.clone(),
             object: t.task,
             translation_root: t.user_root,
             is_kernel: t.is_kernel_thread(),

@@ -51,8 +51,12 @@ pub struct LinuxTask {
     pub tgid: u32,
     /// Parent's process id (`real_parent->tgid`).
     pub ppid: u32,
-    /// `comm`.
+    /// `comm` (at most 15 bytes).
     pub comm: String,
+    /// The name `/proc/PID/status` shows (`Name:`): `comm` for user tasks; for a kernel
+    /// thread its untruncated name (6.0+), and for a workqueue worker its id followed by
+    /// `+desc` while it runs a work item of `desc`, `-desc` after (at most 63 bytes).
+    pub name: String,
     /// Scheduler state.
     pub state: TaskState,
     /// `flags` (`PF_*`).
@@ -84,12 +88,27 @@ pub struct LinuxTask {
     pub problems: Vec<String>,
 }
 
+/// `PF_KTHREAD` (`include/linux/sched.h`, stable since 2.6.27).
+const PF_KTHREAD: u32 = 0x0020_0000;
+/// `PF_WQ_WORKER`: a workqueue worker (stable since 2.6.36).
+const PF_WQ_WORKER: u32 = 0x0000_0020;
+
+/// `s` cut to at most `max` bytes, at a character boundary.
+fn truncate(mut s: String, max: usize) -> String {
+    if s.len() > max {
+        let mut end = max;
+        while !s.is_char_boundary(end) {
+            end -= 1;
+        }
+        s.truncate(end);
+    }
+    s
+}
+
 impl LinuxTask {
     /// Whether it is a kernel thread (`PF_KTHREAD`; a zombie has no `mm` either but is
     /// not one).
     pub fn is_kernel_thread(&self) -> bool {
-        /// `PF_KTHREAD` (`include/linux/sched.h`, stable since 2.6.27).
-        const PF_KTHREAD: u32 = 0x0020_0000;
         self.flags & PF_KTHREAD != 0
     }
 
@@ -221,17 +240,26 @@ impl LinuxOs {
             .ns_pids(&k, task)
             .map_err(|e| problems.push(e.to_string()))
             .unwrap_or_default();
+        let flags = w.u32(o.flags)?;
+        let name = if flags & PF_KTHREAD != 0 {
+            self.kthread_name(&k, task, flags, &comm)
+                .map_err(|e| problems.push(format!("kernel thread name: {e}")))
+                .unwrap_or_else(|()| comm.clone())
+        } else {
+            comm.clone()
+        };
         Ok(LinuxTask {
             task,
             pid,
             tgid,
             ppid,
             comm,
+            name,
             state: TaskState {
                 state: w.u32(state_off)?,
                 exit_state: w.u32(o.exit_state)?,
             },
-            flags: w.u32(o.flags)?,
+            flags,
             uid: cw.u32(o.cred_uid)?,
             gid: cw.u32(o.cred_gid)?,
             euid: cw.u32(o.cred_euid)?,
@@ -243,6 +271,80 @@ impl LinuxOs {
             ns_pids,
             problems,
         })
+    }
+
+    /// What `/proc` names a kernel thread (`proc_task_name`): a workqueue worker as
+    /// `wq_worker_comm` does, another kernel thread by `kthread->full_name` when set.
+    fn kthread_name<D: VmiRead<Architecture = Amd64>>(
+        &self,
+        k: &Kmem<'_, D>,
+        task: Va,
+        flags: u32,
+        comm: &str,
+    ) -> Result<String, VmiError> {
+        /// `/proc`'s name buffer is 64 bytes.
+        const MAX_NAME: usize = 63;
+        let o = &self.offsets.task;
+        let Some(link) = o.worker_private.or(o.set_child_tid) else {
+            return Ok(comm.to_owned());
+        };
+        let kthread = match k.u64(task + link)? {
+            // A kernel thread not started by kthread() (the idle tasks, kthreadd).
+            0 => return Ok(comm.to_owned()),
+            p => k.check_ptr(p, "task_struct.worker_private", task + link)?,
+        };
+        let full_name = match o.kthread_full_name {
+            Some(off) => match k.u64(kthread + off)? {
+                0 => comm.to_owned(),
+                p => k.cstring(
+                    k.check_ptr(p, "kthread.full_name", kthread + off)?,
+                    MAX_NAME,
+                )?,
+            },
+            None => comm.to_owned(),
+        };
+        let worker_offsets = (
+            o.kthread_data,
+            o.worker_desc,
+            o.worker_current_work,
+            o.worker_pool,
+        );
+        let (true, Some(data), Some(desc), Some(current_work), Some(pool)) = (
+            flags & PF_WQ_WORKER != 0,
+            worker_offsets.0,
+            worker_offsets.1,
+            worker_offsets.2,
+            worker_offsets.3,
+        ) else {
+            return Ok(truncate(full_name, MAX_NAME));
+        };
+        let worker = k.check_ptr(k.u64(kthread + data)?, "kthread.data", kthread + data)?;
+        let in_pool = k.u64(worker + pool)? != 0;
+        // Since 6.10 the id is formatted afresh (untruncated; a worker leaving its pool
+        // is "kworker/dying"), before it was `comm`.
+        let mut name = if self.kernel_version() >= Some((6, 10)) {
+            let rescuer = match o.worker_rescue_wq {
+                Some(off) => k.u64(worker + off)? != 0,
+                None => false,
+            };
+            if in_pool || rescuer {
+                full_name
+            } else {
+                "kworker/dying".to_owned()
+            }
+        } else {
+            comm.to_owned()
+        };
+        if in_pool {
+            let len = desc.size.unwrap_or(24).min(64) as usize;
+            let text = k.cstring(worker + desc.offset, len)?;
+            if !text.is_empty() {
+                let busy = k.u64(worker + current_work)? != 0;
+                name.push(if busy { '+' } else { '-' });
+                name.push_str(&text);
+            }
+        }
+        Ok(truncate(name, MAX_NAME))
     }
 
     /// `task->thread_pid->numbers[0..=level].nr`.

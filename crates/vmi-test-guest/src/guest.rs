@@ -175,7 +175,7 @@ impl GuestConfig {
     }
 
     /// Set the watchdog's deadline (`None`: no watchdog), e.g. for a soak run longer than
-    /// the default 15 minutes.
+    /// the default 20 minutes.
     pub fn watchdog(mut self, deadline: Option<Duration>) -> Self {
         self.watchdog = deadline;
         self

@@ -7,7 +7,7 @@
 //! removed) and aborts the process, so the test fails with the place it hung in its output.
 //!
 //! The deadline is [`GuestConfig::watchdog`](crate::guest::GuestConfig::watchdog): by
-//! default `$VMI_TEST_WATCHDOG_SECS` seconds (0 turns it off), else 15 minutes, far past
+//! default `$VMI_TEST_WATCHDOG_SECS` seconds (0 turns it off), else 20 minutes, far past
 //! the slowest honest test (about 6 minutes on a loaded 2-core machine).
 
 use std::process::{Command, Stdio};
@@ -17,7 +17,7 @@ use std::time::Duration;
 use crate::guest::GuestEnv;
 
 /// The default deadline.
-pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(15 * 60);
+pub const DEFAULT_DEADLINE: Duration = Duration::from_secs(20 * 60);
 
 /// The deadline from `$VMI_TEST_WATCHDOG_SECS` (`None`: 0, no watchdog), else the default.
 pub fn deadline_from_env() -> Option<Duration> {

@@ -204,6 +204,15 @@ pub fn check_all<D: VmiRead<Architecture = Amd64>>(
             "[{label}] process {}",
             t.pid
         );
+        // And its whole name as /proc shows it (a kernel thread's full name), but for a
+        // worker whose work item can change after the truth.
+        assert!(
+            procs::same_name(&t.comm, ours),
+            "[{label}] name of {}: {:?} vs {:?}",
+            t.pid,
+            ours.name,
+            t.comm
+        );
         // Only a process blocked by design keeps the state the truth printed (vmi_loop
         // wakes every second: comparing it flaked with "R" vs "S").
         if truth.blocked_by_design(t.pid) {
@@ -215,6 +224,13 @@ pub fn check_all<D: VmiRead<Architecture = Amd64>>(
             );
         }
     }
+    let long_names: Vec<&str> = list
+        .tasks
+        .iter()
+        .filter(|p| p.name.len() > 15 && !p.comm.starts_with("kworker"))
+        .map(|p| p.name.as_str())
+        .collect();
+    eprintln!("[{label}] kernel threads with long names: {long_names:?}");
     let generic = VmiOs::<D>::processes(os, core).expect("VmiOs::processes");
     assert_eq!(generic.len(), list.tasks.len());
 
