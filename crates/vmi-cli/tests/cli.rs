@@ -268,8 +268,13 @@ fn live_guest_and_its_dumps() {
     );
     let vol = vmi_test_guest::volatility();
     if let Ok(vol) = &vol {
+        std::fs::create_dir_all(isf_dir.join("vol-cache")).unwrap();
         let out = Command::new(vol)
-            .args(["-q", "-r", "json", "-s"])
+            // A private Volatility cache: a run drops from its cache every ISF outside
+            // its own `-s` path, which would hide them from concurrent runs of other tests.
+            .args(["-q", "--cache-path"])
+            .arg(isf_dir.join("vol-cache"))
+            .args(["-r", "json", "-s"])
             .arg(&isf_dir)
             .arg("-f")
             .arg(&elf)

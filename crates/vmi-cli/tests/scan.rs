@@ -263,8 +263,13 @@ fn volatility_agrees(dump: &Path, rules: &Path) {
     );
     let run_vol = |plugin: &str| -> Vec<Value> {
         let t = std::time::Instant::now();
+        std::fs::create_dir_all(isf_dir.join("vol-cache")).unwrap();
         let out = Command::new(&vol)
-            .args(["-q", "-r", "json", "-s"])
+            // A private Volatility cache: a run drops from its cache every ISF outside
+            // its own `-s` path, which would hide them from concurrent runs of other tests.
+            .args(["-q", "--cache-path"])
+            .arg(isf_dir.join("vol-cache"))
+            .args(["-r", "json", "-s"])
             .arg(&isf_dir)
             .arg("-f")
             .arg(dump)

@@ -90,8 +90,13 @@ fn volatility_pslist_with_exported_isf_matches_the_truth() {
     guest.pause().expect("pause");
     let dump = guest.dir().join("isf-roundtrip.elf");
     guest.dump(DumpFormat::Elf, &dump).expect("dump");
+    std::fs::create_dir_all(dir.join("vol-cache")).unwrap();
     let out = Command::new(&vol)
-        .args(["-q", "-r", "json", "-s"])
+        // A private Volatility cache: a run drops from its cache every ISF outside
+        // its own `-s` path, which would hide them from concurrent runs of other tests.
+        .args(["-q", "--cache-path"])
+        .arg(dir.join("vol-cache"))
+        .args(["-r", "json", "-s"])
         .arg(&dir)
         .arg("-f")
         .arg(&dump)
