@@ -180,6 +180,8 @@ fn scan_finds_planted_matches_live_and_in_a_dump() {
         "{text}"
     );
 
+    interrupted_scan_resumes_the_guest(&guest, &live);
+
     // The same matches on an ELF dump of the paused guest.
     guest.pause().expect("pause");
     let elf = guest.dir().join("scan.elf");
@@ -370,4 +372,60 @@ fn skip_or_fail(why: &str) {
         panic!("the Volatility 3 comparison is required: {why}");
     }
     eprintln!("SKIPPED: the Volatility 3 comparison of `vmi scan`: {why}");
+}
+
+/// Ctrl-C (SIGINT) during a long scan of a live guest: exit 130, the guest runs again.
+fn interrupted_scan_resumes_the_guest(guest: &TestGuest, live: &str) {
+    use std::io::{BufRead, BufReader, Read};
+    // Every 8 zero bytes: millions of matches, minutes of output.
+    let rules = guest.dir().join("zeros.yar");
+    std::fs::write(
+        &rules,
+        "rule zeros { strings: $z = { 00 00 00 00 00 00 00 00 } condition: $z }\n",
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["--target", live, "scan", "--physical", "--rules"])
+        .arg(&rules)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run vmi");
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    // The header comes once the Ctrl-C handler is in place and the guest paused.
+    let mut header = String::new();
+    stdout.read_line(&mut header).unwrap();
+    assert!(header.starts_with("RULE STRING"), "{header}");
+    let status = guest
+        .qmp(serde_json::json!({"execute": "query-status"}))
+        .unwrap();
+    assert_eq!(status["status"], "paused", "paused while it scans");
+    // Keep reading, so that no worker blocks on a full pipe.
+    let drain = std::thread::spawn(move || std::io::copy(&mut stdout, &mut std::io::sink()));
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let killed = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let started = std::time::Instant::now();
+    let status = child.wait().unwrap();
+    let mut stderr = String::new();
+    child
+        .stderr
+        .take()
+        .unwrap()
+        .read_to_string(&mut stderr)
+        .unwrap();
+    drain.join().unwrap().unwrap();
+    eprintln!(
+        "[interrupted scan] stopped {:?} after SIGINT",
+        started.elapsed()
+    );
+    assert_eq!(status.code(), Some(130), "{stderr}");
+    assert!(stderr.contains("error: interrupted"), "{stderr}");
+    let status = guest
+        .qmp(serde_json::json!({"execute": "query-status"}))
+        .unwrap();
+    assert_eq!(status["status"], "running", "the guest runs after Ctrl-C");
 }

@@ -226,6 +226,8 @@ struct Scan<'a, D: VmiRead> {
     bar: indicatif::ProgressBar,
     stop: Arc<AtomicBool>,
     matches: AtomicU64,
+    /// Bytes given to libyara (less than the core's count when Ctrl-C stopped the scan).
+    scanned: AtomicU64,
     /// The first failure to write the output (the scan stops on it).
     output_error: Mutex<Option<std::io::Error>>,
     /// Runs libyara could not scan, and strings with more matches than it keeps.
@@ -241,6 +243,8 @@ impl<D: VmiRead<Architecture = Amd64>> Scan<'_, D> {
             return;
         }
         self.bar.inc(chunk.owned as u64);
+        self.scanned
+            .fetch_add(chunk.owned as u64, Ordering::Relaxed);
         let (hits, overflow) = match self.matcher.scan(chunk.bytes, chunk.owned) {
             Ok(found) => found,
             Err(e) => {
@@ -262,7 +266,11 @@ impl<D: VmiRead<Architecture = Amd64>> Scan<'_, D> {
             return;
         }
         let mut lines = String::new();
-        for h in &hits {
+        for (i, h) in hits.iter().enumerate() {
+            // Ctrl-C also stops a run with many matches (libyara keeps up to a million).
+            if i % 4096 == 4095 && self.stop.load(Ordering::Relaxed) {
+                return;
+            }
             let at = chunk.ctx.address.wrapping_add(h.offset as u64);
             let (va, pa) = match place.root {
                 Some(root) => (
@@ -396,6 +404,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             bar,
             stop,
             matches: AtomicU64::new(0),
+            scanned: AtomicU64::new(0),
             output_error: Mutex::new(None),
             problems: Mutex::new(Vec::new()),
             more_problems: AtomicU64::new(0),
@@ -516,6 +525,10 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             0 => {}
             n => self.warn(format_args!("{n} more problems like the above")),
         }
+        let summary = ScanSummary {
+            bytes_scanned: scan.scanned.into_inner(),
+            ..summary
+        };
         summary_line(regions, &summary, scan.matches.into_inner(), elapsed);
         if scan.stop.load(Ordering::SeqCst) {
             return Err(Failure {
