@@ -418,7 +418,11 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
         let os = if args.physical {
             None
         } else {
-            Some(self.os()?)
+            let os = self.os()?;
+            for &pid in &args.pid {
+                self.find(&os, pid)?;
+            }
+            Some(os)
         };
         if scan.format == Format::Human {
             crate::commands::watch::write_line(&format!(
@@ -465,9 +469,6 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
                 (ranges.len(), summary)
             } else {
                 let pids: Vec<u64> = args.pid.iter().map(|&p| u64::from(p)).collect();
-                for &pid in &args.pid {
-                    self.find(&os, pid)?;
-                }
                 let result = self.core.scan_processes(
                     &*os,
                     (!pids.is_empty()).then_some(pids.as_slice()),
