@@ -8,6 +8,7 @@
 //! | [`calls`] | [`FunctionTracer`](calls::FunctionTracer): entry (SysV arguments) and, per thread, the return value of each call of a kernel function |
 //! | [`decode`] | arguments and return values decoded by the kernel's BTF prototypes: strings, enum names, struct fields |
 //! | [`syscalls`] | [`SyscallTracer`](syscalls::SyscallTracer): Linux system calls with decoded arguments (paths, argv, open flags) and return values |
+//! | [`inject`] | [`Injector`](inject::Injector): runs system calls ([`Recipe`](inject::Recipe)s: `cat` of a file...) in a Linux process through one of its threads, then restores the thread exactly |
 //!
 //! Key decision: the manager owns no event loop of its own kind — it wraps the driver's
 //! [`wait_for_events`](vmi_core::VmiEventControl::wait_for_events), matches each hit
@@ -28,6 +29,7 @@
 pub mod bpm;
 pub mod calls;
 pub mod decode;
+pub mod inject;
 mod returns;
 pub mod syscalls;
 pub mod tracker;

@@ -1,0 +1,996 @@
+//! [`Injector`]: runs system calls inside a live Linux process without an agent, by
+//! borrowing one of its threads, then gives the thread back exactly as it was.
+//!
+//! # How
+//!
+//! 1. **Safe point.** The thread's user instruction pointer saved at its last kernel
+//!    entry (`pt_regs->ip`, [`LinuxOs::syscall_frame`]) gets a breakpoint in the
+//!    process's own address space only (matched by page-table root; other threads of
+//!    the process are told apart by the current task). When the thread runs that
+//!    instruction it is in user mode, between two instructions, outside any system
+//!    call: no `-ERESTARTSYS` restart can re-run or rewind anything of ours. A thread
+//!    that does not get there within [`InjectOptions::safe_point_timeout`] gives
+//!    [`InjectError::NoSafePoint`] and the guest is left untouched.
+//! 2. **Save.** Every register of the event; the bytes of the *scratch* area, the
+//!    writable, present stack pages below the red zone (`rsp - 128`, at most
+//!    [`InjectOptions::max_scratch`] bytes).
+//! 3. **Steps.** Each step's data ([`Arg::Bytes`], [`Arg::Out`]) goes into the scratch
+//!    area; `rip` is set to a `syscall` instruction (`0f 05`) already mapped executable
+//!    in the process (its vDSO first, then the text of its mapped files), with
+//!    `rax, rdi, rsi, rdx, r10, r8, r9` and `rsp` below the scratch area (a signal
+//!    frame lands below our data). A breakpoint right after that instruction reports
+//!    the result in `rax` (single-stepping a `syscall` would stop at the kernel's
+//!    entry, not at its return); the [`Recipe`] sees it and chooses the next step.
+//! 4. **Restore.** The scratch bytes are written back as saved; the general-purpose
+//!    registers, `rip`, `rflags`, segment selectors and FS/GS bases are set back (the
+//!    control registers are the kernel's and are not touched). With
+//!    [`InjectOptions::verify`], a breakpoint at the restored `rip` stops the thread
+//!    once more: the registers the driver reads there and the scratch bytes read again
+//!    are compared with what was saved ([`InjectReport::restored`]).
+//!
+//! On a recipe failure, a guest read or write error during a step, a panic in the
+//! recipe, too many steps or the stop flag (Ctrl-C), the thread is restored at its next
+//! stop before `run` returns. A step that stays inside the kernel longer than
+//! [`InjectOptions::step_timeout`] (a blocking read of a pipe) cannot be taken back:
+//! [`InjectError::StuckInSyscall`] says so. At most one injection runs per thread in
+//! this host process.
+
+mod recipe;
+
+use std::collections::BTreeSet;
+use std::panic::{AssertUnwindSafe, catch_unwind};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+pub use recipe::{
+    AT_FDCWD, Arg, Decide, MAX_ARGS, Next, O_RDONLY_CLOEXEC, Recipe, StepOutcome, Syscall,
+    errno_text, nr,
+};
+use vmi_arch_amd64::{Amd64, Registers};
+use vmi_core::{
+    AccessContext, AddressContext, Pa, Va, VmiCore, VmiError, VmiEvent, VmiEventControl,
+    VmiEventResponse, VmiRead, VmiVmControl, VmiWrite,
+};
+use vmi_os_linux::{LinuxOs, LinuxTask, vm_flags};
+
+use crate::bpm::{AddressSpace, BreakpointId, BreakpointManager, Hit};
+
+/// Bytes below the user stack pointer that a leaf function may use without moving it
+/// (the System V x86-64 red zone).
+pub const RED_ZONE: u64 = 128;
+/// Smallest scratch area an injection accepts.
+pub const MIN_SCRATCH: usize = 512;
+/// Most bytes of executable mappings read while looking for a `syscall` instruction.
+pub const MAX_SYSCALL_SCAN: u64 = 32 << 20;
+const PAGE: u64 = 4096;
+
+/// Limits of one injection.
+#[derive(Clone, Debug)]
+pub struct InjectOptions {
+    /// How long to wait for the thread to reach its safe point (default 10 s).
+    pub safe_point_timeout: Duration,
+    /// How long one system call may take (default 30 s).
+    pub step_timeout: Duration,
+    /// Most steps of a recipe (default 100 000).
+    pub max_steps: u64,
+    /// Most bytes of the scratch area (default 64 KiB).
+    pub max_scratch: usize,
+    /// Stop the restored thread once more to read its registers and the scratch bytes
+    /// back (default on).
+    pub verify: bool,
+}
+
+impl Default for InjectOptions {
+    fn default() -> Self {
+        Self {
+            safe_point_timeout: Duration::from_secs(10),
+            step_timeout: Duration::from_secs(30),
+            max_steps: 100_000,
+            max_scratch: 64 << 10,
+            verify: true,
+        }
+    }
+}
+
+/// Why an injection failed. Unless the variant says otherwise, the thread was restored
+/// (or never touched) before the error was returned.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum InjectError {
+    /// The pid is a kernel thread: it has no user mode to borrow.
+    #[error("pid {pid} ({comm}) is a kernel thread: it has no user space to inject into")]
+    KernelThread {
+        /// The pid.
+        pid: u32,
+        /// Its name.
+        comm: String,
+    },
+    /// The process has exited (a zombie) or its thread is exiting.
+    #[error("pid {pid} ({comm}) has exited (zombie): nothing runs there")]
+    Zombie {
+        /// The pid.
+        pid: u32,
+        /// Its name.
+        comm: String,
+    },
+    /// The process has no address space (`mm`) or its page-table root is unreadable.
+    #[error("pid {pid} ({comm}) has no usable address space")]
+    NoAddressSpace {
+        /// The pid.
+        pid: u32,
+        /// Its name.
+        comm: String,
+    },
+    /// No `syscall` instruction is mapped executable and present in the process.
+    #[error(
+        "pid {pid}: no syscall instruction found in its vDSO or mapped code ({scanned} bytes scanned)"
+    )]
+    NoSyscallInstruction {
+        /// The pid.
+        pid: u32,
+        /// Bytes looked at.
+        scanned: u64,
+    },
+    /// The thread did not reach a safe point in user mode in time; the guest is
+    /// untouched.
+    #[error(
+        "pid {pid}: the thread did not return to user mode at {rip:#x} within {waited:?} (blocked in the kernel?); nothing was changed"
+    )]
+    NoSafePoint {
+        /// The pid.
+        pid: u32,
+        /// The user instruction waited for.
+        rip: u64,
+        /// How long.
+        waited: Duration,
+    },
+    /// Too little writable, present stack below the red zone; the guest is untouched.
+    #[error(
+        "pid {pid}: only {available} bytes of present, writable stack below the red zone at rsp {rsp:#x}"
+    )]
+    NoScratch {
+        /// The pid.
+        pid: u32,
+        /// The thread's stack pointer.
+        rsp: u64,
+        /// Bytes available.
+        available: usize,
+    },
+    /// A step asks for what cannot be done (more than six arguments, data larger than
+    /// the scratch area, two output buffers).
+    #[error("step {step} ({name}): {reason}")]
+    InvalidStep {
+        /// The step's index.
+        step: u64,
+        /// The call's name.
+        name: &'static str,
+        /// Why.
+        reason: String,
+    },
+    /// The recipe gave up ([`Next::Fail`]) or panicked.
+    #[error("{0}")]
+    Recipe(String),
+    /// The recipe ran more than [`InjectOptions::max_steps`] steps.
+    #[error("the recipe ran more than {0} steps")]
+    TooManySteps(u64),
+    /// The stop flag was set (Ctrl-C).
+    #[error("interrupted")]
+    Interrupted,
+    /// Another injection holds this thread.
+    #[error("thread {tid} is already hijacked by another injection")]
+    AlreadyHijacked {
+        /// The thread.
+        tid: u32,
+    },
+    /// A step did not return within [`InjectOptions::step_timeout`]: the thread is still
+    /// inside the kernel with the injector's registers and is **not** restored.
+    #[error(
+        "step {step} ({name}) did not return within {waited:?}: the thread is still in the system call and could not be restored"
+    )]
+    StuckInSyscall {
+        /// The step's index.
+        step: u64,
+        /// The call's name.
+        name: &'static str,
+        /// How long.
+        waited: Duration,
+    },
+    /// A guest read or write failed (restored if the thread was hijacked).
+    #[error(transparent)]
+    Vmi(#[from] VmiError),
+    /// The driver failed while the thread was hijacked: it could not be restored.
+    #[error("the driver failed while the thread was hijacked; it could not be restored")]
+    Lost(#[source] VmiError),
+}
+
+/// The user-visible state of a thread that an injection saves and restores.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[allow(missing_docs)] // register names are their documentation
+pub struct UserRegisters {
+    pub rax: u64,
+    pub rbx: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub rbp: u64,
+    pub rsp: u64,
+    pub r8: u64,
+    pub r9: u64,
+    pub r10: u64,
+    pub r11: u64,
+    pub r12: u64,
+    pub r13: u64,
+    pub r14: u64,
+    pub r15: u64,
+    pub rip: u64,
+    pub rflags: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    /// Selectors of CS, SS, DS, ES, FS, GS.
+    pub selectors: [u16; 6],
+}
+
+impl UserRegisters {
+    /// The user state of `r`.
+    pub fn of(r: &Registers) -> Self {
+        Self {
+            rax: r.rax,
+            rbx: r.rbx,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            rbp: r.rbp,
+            rsp: r.rsp,
+            r8: r.r8,
+            r9: r.r9,
+            r10: r.r10,
+            r11: r.r11,
+            r12: r.r12,
+            r13: r.r13,
+            r14: r.r14,
+            r15: r.r15,
+            rip: r.rip,
+            rflags: r.rflags,
+            fs_base: r.fs_base,
+            gs_base: r.gs_base,
+            selectors: [
+                r.cs.selector,
+                r.ss.selector,
+                r.ds.selector,
+                r.es.selector,
+                r.fs.selector,
+                r.gs.selector,
+            ],
+        }
+    }
+
+    /// `base` with this user state put back (control registers and MSRs of `base` kept).
+    fn apply(&self, base: &Registers) -> Registers {
+        let mut r = base.clone();
+        r.rax = self.rax;
+        r.rbx = self.rbx;
+        r.rcx = self.rcx;
+        r.rdx = self.rdx;
+        r.rsi = self.rsi;
+        r.rdi = self.rdi;
+        r.rbp = self.rbp;
+        r.rsp = self.rsp;
+        r.r8 = self.r8;
+        r.r9 = self.r9;
+        r.r10 = self.r10;
+        r.r11 = self.r11;
+        r.r12 = self.r12;
+        r.r13 = self.r13;
+        r.r14 = self.r14;
+        r.r15 = self.r15;
+        r.rip = self.rip;
+        r.rflags = self.rflags;
+        r.fs_base = self.fs_base;
+        r.gs_base = self.gs_base;
+        r.cs.selector = self.selectors[0];
+        r.ss.selector = self.selectors[1];
+        r.ds.selector = self.selectors[2];
+        r.es.selector = self.selectors[3];
+        r.fs.selector = self.selectors[4];
+        r.gs.selector = self.selectors[5];
+        r
+    }
+}
+
+/// One step as it ran.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepRecord {
+    /// The call's name.
+    pub name: &'static str,
+    /// Its number.
+    pub nr: u64,
+    /// Its arguments (as passed, addresses of placed data included).
+    pub args: Vec<u64>,
+    /// Its result (`-errno` on failure).
+    pub ret: i64,
+}
+
+/// What an injection did.
+#[derive(Clone, Debug)]
+pub struct InjectReport {
+    /// The process.
+    pub pid: u32,
+    /// The thread borrowed.
+    pub tid: u32,
+    /// The user instruction where the thread was taken (its safe point).
+    pub safe_point: Va,
+    /// The `syscall` instruction used.
+    pub syscall_at: Va,
+    /// The scratch area `[start, end)` below the red zone.
+    pub scratch: (Va, Va),
+    /// The steps, in order.
+    pub steps: Vec<StepRecord>,
+    /// The thread's user registers when it was taken.
+    pub saved: UserRegisters,
+    /// Its user registers read back by the driver at the verification stop after the
+    /// restore (`None` without [`InjectOptions::verify`] or when the thread did not
+    /// stop there in time).
+    pub restored: Option<UserRegisters>,
+    /// Whether the scratch bytes read back at the verification stop equal those saved.
+    pub memory_restored: Option<bool>,
+    /// Breakpoint events that were ours (safe point, one per step, verification).
+    pub hits: u64,
+    /// Breakpoint events at our addresses that were another thread's.
+    pub foreign_hits: u64,
+    /// From the start of `run` to the restore.
+    pub elapsed: Duration,
+}
+
+/// Threads (by `task_struct`) an injection of this host process holds.
+static HIJACKED: Mutex<BTreeSet<u64>> = Mutex::new(BTreeSet::new());
+
+/// Holds a thread for one injection; released on drop.
+struct ThreadClaim(u64);
+
+impl ThreadClaim {
+    fn take(task: Va, tid: u32) -> Result<Self, InjectError> {
+        let mut set = HIJACKED.lock().unwrap_or_else(|p| p.into_inner());
+        if !set.insert(task.0) {
+            return Err(InjectError::AlreadyHijacked { tid });
+        }
+        Ok(Self(task.0))
+    }
+}
+
+impl Drop for ThreadClaim {
+    fn drop(&mut self) {
+        HIJACKED
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&self.0);
+    }
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Tag {
+    SafePoint,
+    Return,
+    Verify,
+}
+
+/// The call in flight.
+struct InCall {
+    index: u64,
+    name: &'static str,
+    nr: u64,
+    args: [u64; MAX_ARGS],
+    argc: usize,
+    out: Option<(u64, usize)>,
+    rsp: u64,
+    started: Instant,
+}
+
+/// The thread is ours: what to give back.
+struct Taken {
+    saved: Registers,
+    lo: u64,
+    original: Vec<u8>,
+    ret_bp: Option<BreakpointId>,
+}
+
+enum Phase {
+    Waiting,
+    InCall(InCall),
+    Verifying {
+        since: Instant,
+        bp: Option<BreakpointId>,
+    },
+    Finished,
+}
+
+struct Run<'r, 'a> {
+    pid: u32,
+    tid: u32,
+    root: Pa,
+    syscall_at: u64,
+    recipe: &'r mut Recipe<'a>,
+    phase: Phase,
+    taken: Option<Taken>,
+    steps: Vec<StepRecord>,
+    /// The error to return once the thread is restored.
+    error: Option<InjectError>,
+    restored: Option<UserRegisters>,
+    memory_restored: Option<bool>,
+    restored_at: Option<Instant>,
+}
+
+/// Runs [`Recipe`]s in Linux processes of a live guest. See the [module docs](self).
+pub struct Injector<'a, D: VmiRead + VmiEventControl> {
+    core: &'a VmiCore<D>,
+    os: &'a LinuxOs,
+    options: InjectOptions,
+    stop: Option<&'a AtomicBool>,
+}
+
+impl<'a, D> Injector<'a, D>
+where
+    D: VmiRead<Architecture = Amd64> + VmiEventControl + VmiWrite + VmiVmControl,
+{
+    /// An injector over `core` with default options.
+    pub fn new(core: &'a VmiCore<D>, os: &'a LinuxOs) -> Self {
+        Self {
+            core,
+            os,
+            options: InjectOptions::default(),
+            stop: None,
+        }
+    }
+
+    /// Uses these options.
+    pub fn with_options(mut self, options: InjectOptions) -> Self {
+        self.options = options;
+        self
+    }
+
+    /// Stops (restoring the thread) when `stop` is set, e.g. by a Ctrl-C handler.
+    pub fn with_stop(mut self, stop: &'a AtomicBool) -> Self {
+        self.stop = Some(stop);
+        self
+    }
+
+    fn stopped(&self) -> bool {
+        self.stop.is_some_and(|s| s.load(Ordering::SeqCst))
+    }
+
+    /// The process `pid`'s main thread, checked to be a user process that can run code.
+    pub fn target(&self, pid: u32) -> Result<(LinuxTask, Pa), InjectError> {
+        let task = self.os.find_process(self.core, pid)?;
+        if task.is_kernel_thread() {
+            return Err(InjectError::KernelThread {
+                pid,
+                comm: task.comm,
+            });
+        }
+        if task.state.exit_state != 0 {
+            return Err(InjectError::Zombie {
+                pid,
+                comm: task.comm,
+            });
+        }
+        match (task.mm, task.user_root) {
+            (Some(_), Some(root)) => Ok((task, root)),
+            _ => Err(InjectError::NoAddressSpace {
+                pid,
+                comm: task.comm,
+            }),
+        }
+    }
+
+    /// A `syscall` instruction (`0f 05`) in a present, user-executable page of the
+    /// process, with the next instruction on the same page: its vDSO first, then its
+    /// other executable mappings.
+    pub fn find_syscall(&self, task: &LinuxTask, root: Pa) -> Result<Va, InjectError> {
+        let vmas = self.os.vmas(self.core, task)?.vmas;
+        let mut exec: Vec<_> = vmas
+            .iter()
+            .filter(|v| v.flags & vm_flags::VM_EXEC != 0)
+            .filter(|v| v.name.as_deref() != Some("[vsyscall]"))
+            .collect();
+        exec.sort_by_key(|v| v.name.as_deref() != Some("[vdso]"));
+        let mut scanned: u64 = 0;
+        for vma in exec {
+            let mut page = vma.start.0 & !(PAGE - 1);
+            while page < vma.end.0 && scanned < MAX_SYSCALL_SCAN {
+                scanned += PAGE;
+                let ctx = AddressContext { va: Va(page), root };
+                let usable = self
+                    .core
+                    .translate(ctx)
+                    .is_ok_and(|t| t.flags.user && !t.flags.no_execute);
+                if usable
+                    && let Ok(bytes) = self
+                        .core
+                        .read_vec(AccessContext::paging(Va(page), root), PAGE as usize)
+                {
+                    // The instruction after `syscall` must be on this page too: its
+                    // breakpoint is set before the page could be faulted in.
+                    if let Some(i) = bytes[..PAGE as usize - 2]
+                        .windows(2)
+                        .position(|w| w == [0x0f, 0x05])
+                    {
+                        return Ok(Va(page + i as u64));
+                    }
+                }
+                let Some(next) = page.checked_add(PAGE) else {
+                    break;
+                };
+                page = next;
+            }
+        }
+        Err(InjectError::NoSyscallInstruction {
+            pid: task.tgid,
+            scanned,
+        })
+    }
+
+    /// Runs `recipe` in process `pid` (its main thread) and restores the thread.
+    pub fn run(&self, pid: u32, recipe: &mut Recipe<'_>) -> Result<InjectReport, InjectError> {
+        let started = Instant::now();
+        let (task, root, frame, syscall_at) = {
+            let _pause = self.core.pause_guard()?;
+            let (task, root) = self.target(pid)?;
+            let frame = self.os.syscall_frame(self.core, &task)?;
+            let syscall_at = self.find_syscall(&task, root)?;
+            (task, root, frame, syscall_at)
+        };
+        if frame.cs & 3 != 3 || frame.ip == 0 {
+            return Err(InjectError::NoSafePoint {
+                pid,
+                rip: frame.ip,
+                waited: Duration::ZERO,
+            });
+        }
+        let _claim = ThreadClaim::take(task.task, task.pid)?;
+        let kpti = self.os.kernel().kpti == Some(true);
+        let bpm = BreakpointManager::new(self.core).ignore_root_bits(if kpti { 0x1000 } else { 0 });
+        let space = AddressSpace::Process(root);
+        bpm.add(space, Va(frame.ip), Tag::SafePoint)?;
+        let mut run = Run {
+            pid,
+            tid: task.pid,
+            root,
+            syscall_at: syscall_at.0,
+            recipe,
+            phase: Phase::Waiting,
+            taken: None,
+            steps: Vec::new(),
+            error: None,
+            restored: None,
+            memory_restored: None,
+            restored_at: None,
+        };
+        loop {
+            match &run.phase {
+                Phase::Finished => break,
+                Phase::Waiting => {
+                    if started.elapsed() > self.options.safe_point_timeout {
+                        return Err(InjectError::NoSafePoint {
+                            pid,
+                            rip: frame.ip,
+                            waited: started.elapsed(),
+                        });
+                    }
+                    if self.stopped() {
+                        return Err(InjectError::Interrupted);
+                    }
+                }
+                Phase::InCall(c) => {
+                    if c.started.elapsed() > self.options.step_timeout {
+                        return Err(InjectError::StuckInSyscall {
+                            step: c.index,
+                            name: c.name,
+                            waited: c.started.elapsed(),
+                        });
+                    }
+                }
+                Phase::Verifying { since, .. } => {
+                    // The thread was restored; it did not come by to be checked.
+                    if since.elapsed() > self.options.safe_point_timeout {
+                        run.phase = Phase::Finished;
+                        continue;
+                    }
+                }
+            }
+            let waited = bpm.wait(Duration::from_millis(100), |event, hits| {
+                self.on_event(&bpm, space, &mut run, event, hits)
+            });
+            if let Err(e) = waited {
+                return Err(match run.phase {
+                    Phase::InCall(_) => InjectError::Lost(e),
+                    _ => InjectError::Vmi(e),
+                });
+            }
+        }
+        let stats = bpm.stats();
+        drop(bpm);
+        if let Some(e) = run.error.take() {
+            return Err(e);
+        }
+        let (lo, hi) = run
+            .taken
+            .as_ref()
+            .map_or((0, 0), |t| (t.lo, t.lo + t.original.len() as u64));
+        Ok(InjectReport {
+            pid,
+            tid: task.pid,
+            safe_point: Va(frame.ip),
+            syscall_at,
+            scratch: (Va(lo), Va(hi)),
+            steps: run.steps,
+            saved: run
+                .taken
+                .as_ref()
+                .map(|t| UserRegisters::of(&t.saved))
+                .unwrap_or_default(),
+            restored: run.restored,
+            memory_restored: run.memory_restored,
+            hits: stats.hits,
+            foreign_hits: stats.foreign_hits,
+            elapsed: run.restored_at.unwrap_or_else(Instant::now) - started,
+        })
+    }
+
+    /// Whether the event is our thread's (by the current task; `None` when it cannot be
+    /// read).
+    fn is_our_thread(&self, run: &Run<'_, '_>, regs: &Registers) -> Option<bool> {
+        self.os
+            .current_task_from_registers(self.core, regs)
+            .ok()
+            .map(|t| t.pid == run.tid)
+    }
+
+    fn on_event(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        space: AddressSpace,
+        run: &mut Run<'_, '_>,
+        event: &VmiEvent<Amd64>,
+        hits: &[Hit<Tag>],
+    ) -> VmiEventResponse<Amd64> {
+        let regs = &event.registers;
+        let Some(hit) = hits.first() else {
+            return VmiEventResponse::default();
+        };
+        match (&run.phase, hit.tag) {
+            (Phase::Waiting, Tag::SafePoint) => {
+                if regs.cpl() != 3 || self.is_our_thread(run, regs) != Some(true) {
+                    return VmiEventResponse::default();
+                }
+                let _ = bpm.remove(hit.id);
+                self.take(bpm, space, run, regs)
+            }
+            (Phase::InCall(c), Tag::Return) => {
+                if regs.rip != run.syscall_at.wrapping_add(2)
+                    || regs.rsp != c.rsp
+                    || self.is_our_thread(run, regs) == Some(false)
+                {
+                    return VmiEventResponse::default();
+                }
+                self.returned(bpm, run, regs)
+            }
+            (Phase::Verifying { bp, .. }, Tag::Verify) => {
+                let saved = run.taken.as_ref().map(|t| t.saved.clone());
+                let Some(saved) = saved else {
+                    run.phase = Phase::Finished;
+                    return VmiEventResponse::default();
+                };
+                if regs.rip != saved.rip
+                    || regs.rsp != saved.rsp
+                    || self.is_our_thread(run, regs) == Some(false)
+                {
+                    return VmiEventResponse::default();
+                }
+                if let Some(id) = bp {
+                    let _ = bpm.remove(*id);
+                }
+                run.restored = Some(UserRegisters::of(regs));
+                if let Some(t) = &run.taken {
+                    run.memory_restored = Some(
+                        self.core
+                            .read_vec(AccessContext::paging(Va(t.lo), run.root), t.original.len())
+                            .is_ok_and(|b| b == t.original),
+                    );
+                }
+                run.phase = Phase::Finished;
+                VmiEventResponse::default()
+            }
+            _ => VmiEventResponse::default(),
+        }
+    }
+
+    /// At the safe point: saves, places the first step, points the thread at it.
+    fn take(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        space: AddressSpace,
+        run: &mut Run<'_, '_>,
+        regs: &Registers,
+    ) -> VmiEventResponse<Amd64> {
+        let untouched = |run: &mut Run<'_, '_>, e: InjectError| {
+            run.error = Some(e);
+            run.phase = Phase::Finished;
+            VmiEventResponse::default()
+        };
+        // Scratch: [lo, hi) below the red zone, 16-byte aligned, writable present pages.
+        let Some(hi) = regs.rsp.checked_sub(RED_ZONE).map(|v| v & !15) else {
+            return untouched(
+                run,
+                InjectError::NoScratch {
+                    pid: run.pid,
+                    rsp: regs.rsp,
+                    available: 0,
+                },
+            );
+        };
+        let mut lo = hi;
+        while ((hi - lo) as usize) < self.options.max_scratch {
+            let Some(below) = lo.checked_sub(1) else {
+                break;
+            };
+            let ok = self
+                .core
+                .translate(AddressContext {
+                    va: Va(below),
+                    root: run.root,
+                })
+                .is_ok_and(|t| t.flags.user && t.flags.writable);
+            if !ok {
+                break;
+            }
+            let page_start = below & !(PAGE - 1);
+            lo = page_start.max(hi.saturating_sub(self.options.max_scratch as u64));
+        }
+        let lo = (lo + 15) & !15;
+        let available = hi.saturating_sub(lo) as usize;
+        if available < MIN_SCRATCH {
+            return untouched(
+                run,
+                InjectError::NoScratch {
+                    pid: run.pid,
+                    rsp: regs.rsp,
+                    available,
+                },
+            );
+        }
+        let original = match self
+            .core
+            .read_vec(AccessContext::paging(Va(lo), run.root), available)
+        {
+            Ok(b) => b,
+            Err(e) => return untouched(run, e.into()),
+        };
+        let ret_bp = match bpm.add(space, Va(run.syscall_at.wrapping_add(2)), Tag::Return) {
+            Ok(id) => id,
+            Err(e) => return untouched(run, e.into()),
+        };
+        run.taken = Some(Taken {
+            saved: regs.clone(),
+            lo,
+            original,
+            ret_bp: Some(ret_bp),
+        });
+        let first = run.recipe.first().clone();
+        self.start_step(bpm, run, regs, 0, &first)
+    }
+
+    /// Places `call`'s data and points the thread at the `syscall` instruction; on
+    /// failure restores.
+    fn start_step(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        run: &mut Run<'_, '_>,
+        regs: &Registers,
+        index: u64,
+        call: &Syscall,
+    ) -> VmiEventResponse<Amd64> {
+        match self.place(run, index, call) {
+            Ok((args, out, rsp)) => {
+                let mut r = regs.clone();
+                r.rax = call.nr;
+                [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9] = args;
+                r.rsp = rsp;
+                r.rip = run.syscall_at;
+                run.phase = Phase::InCall(InCall {
+                    index,
+                    name: call.name,
+                    nr: call.nr,
+                    args,
+                    argc: call.args.len(),
+                    out,
+                    rsp,
+                    started: Instant::now(),
+                });
+                VmiEventResponse::set_registers(r)
+            }
+            Err(e) => {
+                run.error = Some(e);
+                self.restore(bpm, run, regs)
+            }
+        }
+    }
+
+    /// Writes a step's data into the scratch area: the argument values, the output
+    /// buffer (address, length) and the stack pointer for the call.
+    #[allow(clippy::type_complexity)]
+    fn place(
+        &self,
+        run: &Run<'_, '_>,
+        index: u64,
+        call: &Syscall,
+    ) -> Result<([u64; MAX_ARGS], Option<(u64, usize)>, u64), InjectError> {
+        let invalid = |reason: String| InjectError::InvalidStep {
+            step: index,
+            name: call.name,
+            reason,
+        };
+        let Some(t) = &run.taken else {
+            return Err(invalid("no scratch area".into()));
+        };
+        if call.args.len() > MAX_ARGS {
+            return Err(invalid(format!(
+                "{} arguments (at most 6)",
+                call.args.len()
+            )));
+        }
+        let hi = t.lo + t.original.len() as u64;
+        let mut cursor = t.lo;
+        let mut args = [0u64; MAX_ARGS];
+        for (i, a) in call.args.iter().enumerate() {
+            if let Arg::Bytes(b) = a {
+                let end = cursor
+                    .checked_add(b.len() as u64)
+                    .filter(|&e| e <= hi)
+                    .ok_or_else(|| {
+                        invalid(format!(
+                            "{} bytes of data do not fit the {} bytes of scratch",
+                            b.len(),
+                            t.original.len()
+                        ))
+                    })?;
+                self.core
+                    .write(AccessContext::paging(Va(cursor), run.root), b)?;
+                args[i] = cursor;
+                cursor = (end + 15) & !15;
+            }
+        }
+        let mut out = None;
+        for (i, a) in call.args.iter().enumerate() {
+            if let Arg::Out(len) = a {
+                if out.is_some() {
+                    return Err(invalid("two output buffers".into()));
+                }
+                let room = hi.saturating_sub(cursor) as usize;
+                let give = (*len).min(room);
+                if give == 0 {
+                    return Err(invalid("no room left for the output buffer".into()));
+                }
+                args[i] = cursor;
+                out = Some((cursor, give));
+            }
+        }
+        for (i, a) in call.args.iter().enumerate() {
+            match a {
+                Arg::Value(v) => args[i] = *v,
+                Arg::OutLen => args[i] = out.map_or(0, |(_, n)| n as u64),
+                Arg::Bytes(_) | Arg::Out(_) => {}
+            }
+        }
+        // Below our data, so that a signal frame does not land on it.
+        let rsp = (t.lo & !15).saturating_sub(16);
+        Ok((args, out, rsp))
+    }
+
+    /// At the return of a step: reports it to the recipe and runs the next or restores.
+    fn returned(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        run: &mut Run<'_, '_>,
+        regs: &Registers,
+    ) -> VmiEventResponse<Amd64> {
+        let Phase::InCall(c) = std::mem::replace(&mut run.phase, Phase::Waiting) else {
+            return VmiEventResponse::default();
+        };
+        let ret = regs.rax as i64;
+        let out = match c.out {
+            Some((at, len)) if ret > 0 => {
+                let n = (ret as u64).min(len as u64) as usize;
+                match self
+                    .core
+                    .read_vec(AccessContext::paging(Va(at), run.root), n)
+                {
+                    Ok(b) => b,
+                    Err(e) => {
+                        run.error = Some(e.into());
+                        return self.restore(bpm, run, regs);
+                    }
+                }
+            }
+            _ => Vec::new(),
+        };
+        run.steps.push(StepRecord {
+            name: c.name,
+            nr: c.nr,
+            args: c.args[..c.argc.min(MAX_ARGS)].to_vec(),
+            ret,
+        });
+        let outcome = StepOutcome {
+            index: c.index,
+            nr: c.nr,
+            name: c.name,
+            args: c.args,
+            argc: c.argc,
+            ret,
+            out,
+        };
+        let recipe = &mut *run.recipe;
+        let next = catch_unwind(AssertUnwindSafe(|| recipe.decide(&outcome)))
+            .unwrap_or_else(|_| Next::Fail("the recipe panicked".into()));
+        if self.stopped() {
+            run.error = Some(InjectError::Interrupted);
+            return self.restore(bpm, run, regs);
+        }
+        let index = c.index + 1;
+        match next {
+            Next::Call(_) if index >= self.options.max_steps => {
+                run.error = Some(InjectError::TooManySteps(self.options.max_steps));
+                self.restore(bpm, run, regs)
+            }
+            Next::Call(call) => self.start_step(bpm, run, regs, index, &call),
+            Next::Done => self.restore(bpm, run, regs),
+            Next::Fail(m) => {
+                run.error = Some(InjectError::Recipe(m));
+                self.restore(bpm, run, regs)
+            }
+        }
+    }
+
+    /// Writes the scratch bytes back and answers with the saved user registers.
+    fn restore(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        run: &mut Run<'_, '_>,
+        regs: &Registers,
+    ) -> VmiEventResponse<Amd64> {
+        let Some(t) = run.taken.as_mut() else {
+            run.phase = Phase::Finished;
+            return VmiEventResponse::default();
+        };
+        if let Err(e) = self
+            .core
+            .write(AccessContext::paging(Va(t.lo), run.root), &t.original)
+        {
+            // Registers are restored all the same; the error says what is left.
+            run.error.get_or_insert(e.into());
+        }
+        if let Some(id) = t.ret_bp.take() {
+            let _ = bpm.remove(id);
+        }
+        let back = UserRegisters::of(&t.saved).apply(regs);
+        run.restored_at = Some(Instant::now());
+        run.phase = Phase::Finished;
+        if self.options.verify && run.error.is_none() {
+            let bp = bpm
+                .add(
+                    AddressSpace::Process(run.root),
+                    Va(t.saved.rip),
+                    Tag::Verify,
+                )
+                .ok();
+            if bp.is_some() {
+                run.phase = Phase::Verifying {
+                    since: Instant::now(),
+                    bp,
+                };
+            }
+        }
+        VmiEventResponse::set_registers(back)
+    }
+}

@@ -1,0 +1,316 @@
+//! Recipes: the system calls an injection runs, one after the other, each chosen by the
+//! outcome of the one before.
+
+use std::fmt;
+
+/// Linux x86-64 system-call numbers the built-in recipes use.
+pub mod nr {
+    /// `read(fd, buf, count)`.
+    pub const READ: u64 = 0;
+    /// `write(fd, buf, count)`.
+    pub const WRITE: u64 = 1;
+    /// `close(fd)`.
+    pub const CLOSE: u64 = 3;
+    /// `getpid()`.
+    pub const GETPID: u64 = 39;
+    /// `openat(dirfd, path, flags, mode)`.
+    pub const OPENAT: u64 = 257;
+}
+
+/// `AT_FDCWD`: paths relative to the process's working directory.
+pub const AT_FDCWD: i64 = -100;
+/// `O_RDONLY | O_CLOEXEC`: the descriptor does not leak into a program the process runs.
+pub const O_RDONLY_CLOEXEC: u64 = 0o2_000_000;
+
+/// Most arguments of a system call on x86-64 (`rdi, rsi, rdx, r10, r8, r9`).
+pub const MAX_ARGS: usize = 6;
+
+/// One argument of a system call.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Arg {
+    /// A plain value.
+    Value(u64),
+    /// Bytes the injector places in the target's memory (below the stack's red zone);
+    /// the argument is their address. A C string must carry its own NUL
+    /// ([`Arg::c_string`]).
+    Bytes(Vec<u8>),
+    /// A buffer of up to this many bytes for the kernel to fill; the argument is its
+    /// address. The injector may make it shorter to fit the room it has: the length it
+    /// gave is in [`StepOutcome::args`] (pass it as the count with [`Arg::OutLen`]). After
+    /// the call, the first `min(result, length)` bytes are read back into
+    /// [`StepOutcome::out`] when the result is not negative.
+    Out(usize),
+    /// The length the injector gave the step's [`Arg::Out`] buffer.
+    OutLen,
+}
+
+impl Arg {
+    /// A NUL-terminated copy of `s`.
+    pub fn c_string(s: &str) -> Arg {
+        let mut b = s.as_bytes().to_vec();
+        b.push(0);
+        Arg::Bytes(b)
+    }
+
+    /// A signed value (negative file descriptors such as `AT_FDCWD`).
+    pub fn int(v: i64) -> Arg {
+        Arg::Value(v as u64)
+    }
+}
+
+/// One system call of a recipe.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Syscall {
+    /// Its number (`rax`).
+    pub nr: u64,
+    /// Its name, for reports.
+    pub name: &'static str,
+    /// Its arguments, at most [`MAX_ARGS`].
+    pub args: Vec<Arg>,
+}
+
+impl Syscall {
+    /// A call of `nr` (named `name`) with `args`.
+    pub fn new(nr: u64, name: &'static str, args: Vec<Arg>) -> Self {
+        Self { nr, name, args }
+    }
+}
+
+/// What one step did, given to the recipe to choose the next.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StepOutcome {
+    /// The step's index, from 0.
+    pub index: u64,
+    /// The call's number.
+    pub nr: u64,
+    /// The call's name.
+    pub name: &'static str,
+    /// The register values the call was made with (addresses of placed data included).
+    pub args: [u64; MAX_ARGS],
+    /// How many of [`args`](Self::args) the call declared.
+    pub argc: usize,
+    /// `rax` after the call: a value, or `-errno`.
+    pub ret: i64,
+    /// The bytes read back from the step's [`Arg::Out`] buffer (empty without one).
+    pub out: Vec<u8>,
+}
+
+/// What a recipe does after a step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Run this call.
+    Call(Syscall),
+    /// Done: restore the thread.
+    Done,
+    /// Give up with this message: restore the thread, the injection fails with
+    /// [`InjectError::Recipe`](super::InjectError::Recipe).
+    Fail(String),
+}
+
+/// The decision function of a recipe.
+pub type Decide<'a> = Box<dyn FnMut(&StepOutcome) -> Next + 'a>;
+
+/// Ordered steps: a first system call, then a closure that sees each step's outcome and
+/// chooses the next call or finishes (so a reader can loop `read` until it returns 0).
+///
+/// ```
+/// use vmi_utils::inject::{Arg, Next, Recipe, Syscall, nr};
+/// let recipe = Recipe::new(Syscall::new(nr::GETPID, "getpid", vec![]), |_| Next::Done);
+/// assert_eq!(recipe.first().name, "getpid");
+/// ```
+pub struct Recipe<'a> {
+    first: Syscall,
+    decide: Decide<'a>,
+}
+
+impl fmt::Debug for Recipe<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Recipe")
+            .field("first", &self.first)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<'a> Recipe<'a> {
+    /// A recipe starting with `first`; `decide` chooses each next step.
+    pub fn new(first: Syscall, decide: impl FnMut(&StepOutcome) -> Next + 'a) -> Self {
+        Self {
+            first,
+            decide: Box::new(decide),
+        }
+    }
+
+    /// The first call.
+    pub fn first(&self) -> &Syscall {
+        &self.first
+    }
+
+    /// The next step after `outcome`.
+    pub fn decide(&mut self, outcome: &StepOutcome) -> Next {
+        (self.decide)(outcome)
+    }
+
+    /// `cat PATH`: `openat(AT_FDCWD, path, O_RDONLY|O_CLOEXEC)`, then `read` in chunks of
+    /// up to `chunk` bytes until it returns 0, each chunk handed to `sink` (which returns
+    /// `false` to stop early), then `close`. Stops (and closes) after `max_bytes`. A failed
+    /// `openat` or `read` fails the recipe with the error's name, after the `close`.
+    pub fn cat(
+        path: &str,
+        chunk: usize,
+        max_bytes: u64,
+        mut sink: impl FnMut(&[u8]) -> bool + 'a,
+    ) -> Self {
+        let shown = path.to_string();
+        let mut fd: Option<u64> = None;
+        let mut total: u64 = 0;
+        let mut failure: Option<String> = None;
+        let read = move |fd: u64| {
+            Syscall::new(
+                nr::READ,
+                "read",
+                vec![Arg::Value(fd), Arg::Out(chunk), Arg::OutLen],
+            )
+        };
+        let close = |fd: u64| Syscall::new(nr::CLOSE, "close", vec![Arg::Value(fd)]);
+        Self::new(
+            Syscall::new(
+                nr::OPENAT,
+                "openat",
+                vec![
+                    Arg::int(AT_FDCWD),
+                    Arg::c_string(path),
+                    Arg::Value(O_RDONLY_CLOEXEC),
+                    Arg::Value(0),
+                ],
+            ),
+            move |o| match o.nr {
+                nr::OPENAT => {
+                    if o.ret < 0 {
+                        return Next::Fail(format!("openat {shown}: {}", errno_text(o.ret)));
+                    }
+                    fd = Some(o.ret as u64);
+                    Next::Call(read(o.ret as u64))
+                }
+                nr::READ => {
+                    let Some(f) = fd else {
+                        return Next::Fail("read without an open file".into());
+                    };
+                    if o.ret < 0 {
+                        failure = Some(format!("read {shown}: {}", errno_text(o.ret)));
+                        return Next::Call(close(f));
+                    }
+                    if o.ret == 0 {
+                        return Next::Call(close(f));
+                    }
+                    total = total.saturating_add(o.out.len() as u64);
+                    if !sink(&o.out) {
+                        return Next::Call(close(f));
+                    }
+                    if total >= max_bytes {
+                        failure = Some(format!("{shown}: longer than {max_bytes} bytes"));
+                        return Next::Call(close(f));
+                    }
+                    Next::Call(read(f))
+                }
+                _ => match failure.take() {
+                    Some(f) => Next::Fail(f),
+                    None => Next::Done,
+                },
+            },
+        )
+    }
+}
+
+/// `-errno` as its name and text (`ENOENT (No such file or directory)`), the number for
+/// names not in this short list.
+pub fn errno_text(ret: i64) -> String {
+    let e = ret.checked_neg().unwrap_or(0);
+    let name = match e {
+        1 => "EPERM (operation not permitted)",
+        2 => "ENOENT (no such file or directory)",
+        4 => "EINTR (interrupted system call)",
+        5 => "EIO (input/output error)",
+        9 => "EBADF (bad file descriptor)",
+        11 => "EAGAIN (resource temporarily unavailable)",
+        12 => "ENOMEM (cannot allocate memory)",
+        13 => "EACCES (permission denied)",
+        14 => "EFAULT (bad address)",
+        17 => "EEXIST (file exists)",
+        20 => "ENOTDIR (not a directory)",
+        21 => "EISDIR (is a directory)",
+        22 => "EINVAL (invalid argument)",
+        24 => "EMFILE (too many open files)",
+        28 => "ENOSPC (no space left on device)",
+        30 => "EROFS (read-only file system)",
+        36 => "ENAMETOOLONG (file name too long)",
+        38 => "ENOSYS (function not implemented)",
+        40 => "ELOOP (too many levels of symbolic links)",
+        _ => return format!("error {e}"),
+    };
+    name.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn outcome(nr: u64, ret: i64, out: &[u8]) -> StepOutcome {
+        StepOutcome {
+            index: 0,
+            nr,
+            name: "",
+            args: [0; 6],
+            argc: 0,
+            ret,
+            out: out.to_vec(),
+        }
+    }
+
+    #[test]
+    fn cat_opens_reads_until_zero_and_closes() {
+        let mut got = Vec::new();
+        {
+            let mut r = Recipe::cat("/etc/x", 4096, 1 << 20, |b| {
+                got.extend_from_slice(b);
+                true
+            });
+            assert_eq!(r.first().nr, nr::OPENAT);
+            assert_eq!(r.first().args[1], Arg::Bytes(b"/etc/x\0".to_vec()));
+            let Next::Call(c) = r.decide(&outcome(nr::OPENAT, 3, b"")) else {
+                panic!()
+            };
+            assert_eq!(c.nr, nr::READ);
+            assert_eq!(c.args[0], Arg::Value(3));
+            assert!(
+                matches!(r.decide(&outcome(nr::READ, 2, b"ab")), Next::Call(c) if c.nr == nr::READ)
+            );
+            assert!(
+                matches!(r.decide(&outcome(nr::READ, 0, b"")), Next::Call(c) if c.nr == nr::CLOSE)
+            );
+            assert_eq!(r.decide(&outcome(nr::CLOSE, 0, b"")), Next::Done);
+        }
+        assert_eq!(got, b"ab");
+    }
+
+    #[test]
+    fn cat_reports_errors_after_closing() {
+        let mut r = Recipe::cat("/nope", 4096, 1 << 20, |_| true);
+        assert!(
+            matches!(r.decide(&outcome(nr::OPENAT, -2, b"")), Next::Fail(m) if m.contains("ENOENT"))
+        );
+        let mut r = Recipe::cat("/d", 4096, 1 << 20, |_| true);
+        r.decide(&outcome(nr::OPENAT, 4, b""));
+        assert!(
+            matches!(r.decide(&outcome(nr::READ, -21, b"")), Next::Call(c) if c.nr == nr::CLOSE)
+        );
+        assert!(
+            matches!(r.decide(&outcome(nr::CLOSE, 0, b"")), Next::Fail(m) if m.contains("EISDIR"))
+        );
+    }
+
+    #[test]
+    fn errno_text_of_unknown_and_extreme_values() {
+        assert_eq!(errno_text(-9999), "error 9999");
+        assert_eq!(errno_text(i64::MIN), "error 0");
+    }
+}
