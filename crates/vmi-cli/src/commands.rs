@@ -33,6 +33,9 @@ pub fn run(cli: Cli) -> Result<(), Failure> {
             error: anyhow!("no target: give --target qemu:<QMP socket> or --target <dump file>"),
         });
     };
+    if let Command::Inject(args) = &cli.command {
+        return inject::run(&cli, &spec, args);
+    }
     match target::open(&spec)? {
         Target::Dump(core) => {
             let vmcoreinfo = core.driver().vmcoreinfo().map(str::to_owned);
@@ -83,6 +86,7 @@ where
     ctx.incomplete()
 }
 
+mod inject;
 mod scan;
 mod trace;
 mod watch;
@@ -260,7 +264,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             }
             Command::Dump { out } => self.dump(out),
             Command::Scan(args) => self.scan(args),
-            Command::Trace { .. } | Command::Watch(_) => Err(Failure {
+            Command::Trace { .. } | Command::Watch(_) | Command::Inject(_) => Err(Failure {
                 code: 1,
                 error: anyhow!(
                     "trace and watch need a live target (qemu:<QMP socket>); {} is a dump",

@@ -149,6 +149,9 @@ pub enum Command {
     /// Watch what happens in a live target, one line per event.
     #[command(subcommand)]
     Watch(WatchCommand),
+    /// Run system calls inside a process of a live Linux guest (qemu: targets), through
+    /// one of its threads, which is then restored exactly; no agent in the guest.
+    Inject(InjectArgs),
     /// Profile operations.
     #[command(subcommand)]
     Profile(ProfileCommand),
@@ -163,6 +166,33 @@ pub enum WatchCommand {
         /// Stop after this many events (default: until Ctrl-C).
         #[arg(long, short = 'n')]
         count: Option<u64>,
+    },
+}
+
+/// `vmi inject` arguments.
+#[derive(Args, Debug)]
+pub struct InjectArgs {
+    /// The process to borrow a thread from (its main thread).
+    #[arg(long)]
+    pid: u32,
+    /// Seconds to wait for the thread to return to user mode.
+    #[arg(long, default_value = "10")]
+    timeout: u64,
+    /// What to run.
+    #[command(subcommand)]
+    what: InjectCommand,
+}
+
+/// `vmi inject` sub-commands.
+#[derive(Subcommand, Debug)]
+pub enum InjectCommand {
+    /// Print a guest file's bytes (openat, read until 0, close).
+    Cat {
+        /// The file, as the process would open it (relative to its working directory).
+        path: String,
+        /// Stop with an error after this many bytes.
+        #[arg(long, default_value = "268435456")]
+        max_bytes: u64,
     },
 }
 

@@ -1,0 +1,127 @@
+//! `vmi inject`: system calls run inside a process of a live Linux guest.
+//!
+//! Output: the command's result on stdout (`cat`: the file's bytes, unchanged); a
+//! one-line summary on stderr. With `--json`, stderr carries one JSON object per step
+//! (`{"step", "syscall", "nr", "args", "ret"}`) and a final summary object (see
+//! `docs/cli-json.md`), so stdout stays the file's bytes.
+
+use std::io::Write;
+use std::time::Duration;
+
+use anyhow::anyhow;
+use serde_json::json;
+use vmi_core::VmiCore;
+use vmi_driver_qemu::{AttachOptions, QemuDriver};
+use vmi_utils::inject::{InjectError, InjectOptions, InjectReport, Injector, Recipe};
+
+use crate::{Cli, Failure, InjectArgs, InjectCommand, target};
+
+/// Bytes read per `read` step (the scratch area may make it less).
+const CHUNK: usize = 64 << 10;
+
+/// Runs `vmi inject`.
+pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
+    let Some(socket) = spec.strip_prefix("qemu:") else {
+        return Err(Failure {
+            code: 2,
+            error: anyhow!(
+                "inject needs a running QEMU (--target qemu:<QMP socket>); {spec} is not one"
+            ),
+        });
+    };
+    // Registers and the stack are written: a writable attach.
+    let driver =
+        QemuDriver::attach_with(socket, AttachOptions::default().writable(true)).map_err(|e| {
+            Failure {
+                code: crate::EXIT_TARGET,
+                error: anyhow!(e).context(format!("cannot attach to {socket}")),
+            }
+        })?;
+    let core = VmiCore::new(driver)?;
+    let os = {
+        let _pause = core.pause_guard()?;
+        target::linux(&core, cli, None)?
+    };
+    let stop = super::watch::stop_on_ctrl_c()?;
+    let options = InjectOptions {
+        safe_point_timeout: Duration::from_secs(args.timeout),
+        ..InjectOptions::default()
+    };
+    let injector = Injector::new(&core, &os)
+        .with_options(options)
+        .with_stop(&stop);
+    let mut write_err = None;
+    let result = match &args.what {
+        InjectCommand::Cat { path, max_bytes } => {
+            let mut stdout = std::io::stdout().lock();
+            let mut recipe = Recipe::cat(path, CHUNK, *max_bytes, |bytes| {
+                match stdout.write_all(bytes) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        write_err = Some(e);
+                        false
+                    }
+                }
+            });
+            let r = injector.run(args.pid, &mut recipe);
+            drop(recipe);
+            stdout.flush().ok();
+            r
+        }
+    };
+    let report = result.map_err(|e| Failure {
+        code: 1,
+        error: match &e {
+            InjectError::StuckInSyscall { .. } | InjectError::Lost(_) => {
+                anyhow!(e).context("the guest thread was NOT restored")
+            }
+            _ => anyhow!(e),
+        },
+    })?;
+    summarize(cli, &report);
+    if let Some(e) = write_err {
+        return Err(anyhow!(e)
+            .context("writing the file's bytes to stdout")
+            .into());
+    }
+    Ok(())
+}
+
+fn summarize(cli: &Cli, r: &InjectReport) {
+    let registers = r.restored.as_ref().map(|x| *x == r.saved);
+    if cli.json {
+        for (i, s) in r.steps.iter().enumerate() {
+            eprintln!(
+                "{}",
+                json!({"step": i, "syscall": s.name, "nr": s.nr,
+                    "args": s.args.iter().map(|a| format!("{a:#x}")).collect::<Vec<_>>(),
+                    "ret": s.ret})
+            );
+        }
+        eprintln!(
+            "{}",
+            json!({"pid": r.pid, "tid": r.tid,
+                "safe_point": format!("{:#x}", r.safe_point.0),
+                "syscall_at": format!("{:#x}", r.syscall_at.0),
+                "scratch": [format!("{:#x}", r.scratch.0.0), format!("{:#x}", r.scratch.1.0)],
+                "steps": r.steps.len(), "hits": r.hits, "foreign_hits": r.foreign_hits,
+                "elapsed_ms": r.elapsed.as_secs_f64() * 1000.0,
+                "registers_restored": registers, "memory_restored": r.memory_restored})
+        );
+    } else {
+        let verified = match (registers, r.memory_restored) {
+            (Some(true), Some(true)) => "registers and stack verified".to_string(),
+            (None, _) | (_, None) => "not verified (the thread did not stop again)".to_string(),
+            (reg, mem) => format!("MISMATCH: registers equal {reg:?}, stack equal {mem:?}"),
+        };
+        eprintln!(
+            "pid {} (tid {}): {} system calls via syscall at {:#x}, {} breakpoint hits, {:.1} ms; thread restored, {verified}",
+            r.pid,
+            r.tid,
+            r.steps.len(),
+            r.syscall_at.0,
+            r.hits,
+            r.elapsed.as_secs_f64() * 1000.0
+        );
+    }
+}

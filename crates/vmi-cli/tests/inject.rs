@@ -1,0 +1,180 @@
+//! `vmi inject` against the live test guest: `cat` of files whose bytes the guest wrote
+//! (known content), into a process blocked in `wait4` (`vmi_loop`) and into a busy one
+//! (a shell loop started for the test); the thread's user registers and the stack bytes
+//! read back after the restore equal those saved; the process lives on; refusals (kernel
+//! thread, a thread that never returns to user mode) leave the guest as found; the
+//! kernel's code is byte-identical after all sessions.
+
+use std::process::{Command, Output};
+use std::time::Duration;
+
+use serde_json::Value;
+use vmi_test_guest::{GuestConfig, TestGuest};
+
+fn vmi(target: &str, args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .arg("--target")
+        .arg(target)
+        .args(args)
+        .env(
+            "VMI_PROFILE_CACHE",
+            std::env::temp_dir().join("vmi-cli-test-profiles"),
+        )
+        .output()
+        .expect("run vmi")
+}
+
+/// The guest kernel's code (`Kernel code` of `/proc/iomem`), read from the RAM file.
+fn kernel_code(g: &TestGuest) -> Vec<u8> {
+    let r = g
+        .truth()
+        .iomem
+        .iter()
+        .find(|r| r.name == "Kernel code")
+        .expect("Kernel code in /proc/iomem");
+    let off = vmi_test_guest::gpa_to_file_offset(g.env().mem_size, r.start).unwrap();
+    let bytes = std::fs::read(g.mem_file()).unwrap();
+    bytes[usize::try_from(off).unwrap()..][..usize::try_from(r.end - r.start + 1).unwrap()].to_vec()
+}
+
+/// The last JSON line of stderr (the summary), after checking every step line parses.
+fn summary(out: &Output) -> Value {
+    let err = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<Value> = err
+        .lines()
+        .filter(|l| l.starts_with('{'))
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    assert!(lines.len() >= 2, "{err}");
+    for s in &lines[..lines.len() - 1] {
+        assert!(s["syscall"].is_string() && s["ret"].is_i64(), "{s}");
+    }
+    lines[lines.len() - 1].clone()
+}
+
+/// `cat` through `vmi inject` must print `want` exactly and restore the thread.
+fn cat_ok(live: &str, pid: u32, path: &str, want: &[u8]) -> Value {
+    let out = vmi(
+        live,
+        &["--json", "inject", "--pid", &pid.to_string(), "cat", path],
+    );
+    assert!(
+        out.status.success(),
+        "inject cat {path} into {pid}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(out.stdout.len(), want.len(), "{path}");
+    assert!(out.stdout == want, "{path}: bytes differ");
+    let s = summary(&out);
+    eprintln!("{path} into {pid}: {s}");
+    assert_eq!(s["registers_restored"], true, "{s}");
+    assert_eq!(s["memory_restored"], true, "{s}");
+    s
+}
+
+fn alive(g: &TestGuest, pid: u32) {
+    let t = Duration::from_secs(60);
+    let out = g
+        .run(
+            &format!("kill -0 {pid} && cut -d' ' -f3 /proc/{pid}/stat"),
+            t,
+        )
+        .unwrap();
+    assert_eq!(out.rc, 0, "pid {pid} gone: {}", out.output);
+    let state = out.output.trim();
+    assert!(["R", "S"].contains(&state), "pid {pid} in state {state}");
+}
+
+#[test]
+fn inject_cat_restores_the_thread_and_refuses_clearly() {
+    let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default().control(true)) else {
+        return;
+    };
+    let live = format!("qemu:{}", guest.qmp_socket().display());
+    let t = Duration::from_secs(60);
+    let code = kernel_code(&guest);
+
+    // Known content: a short file and one of many read chunks (`seq`, 108 894 bytes).
+    let small = b"vmi inject\nline two\n";
+    assert_eq!(
+        guest
+            .run("printf 'vmi inject\\nline two\\n' > /tmp/vmi-small", t)
+            .unwrap()
+            .rc,
+        0
+    );
+    assert_eq!(guest.run("seq 1 20000 > /tmp/vmi-seq", t).unwrap().rc, 0);
+    let seq: Vec<u8> = (1..=20000)
+        .flat_map(|n| format!("{n}\n").into_bytes())
+        .collect();
+
+    // A process blocked in wait4 most of the time: it returns to user mode every second.
+    let loop_pid = guest.truth().process("vmi_loop").expect("vmi_loop").pid;
+    let s = cat_ok(&live, loop_pid, "/tmp/vmi-small", small);
+    // openat, read (data), read (0), close.
+    assert_eq!(s["steps"], 4, "{s}");
+    cat_ok(&live, loop_pid, "/tmp/vmi-seq", &seq);
+    alive(&guest, loop_pid);
+
+    // A busy process, in user space all the time: 20 injections in a row.
+    let busy = guest
+        .run("sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!", t)
+        .unwrap();
+    assert_eq!(busy.rc, 0);
+    let busy_pid: u32 = busy.output.trim().parse().expect("busy pid");
+    for _ in 0..20 {
+        cat_ok(&live, busy_pid, "/tmp/vmi-small", small);
+    }
+    alive(&guest, busy_pid);
+    alive(&guest, loop_pid);
+
+    // A missing file: the guest's error, the thread restored.
+    let out = vmi(
+        &live,
+        &[
+            "inject",
+            "--pid",
+            &loop_pid.to_string(),
+            "cat",
+            "/nonexistent",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ENOENT"), "{err}");
+
+    // Refused: a kernel thread (kthreadd is pid 2).
+    let out = vmi(&live, &["inject", "--pid", "2", "cat", "/tmp/vmi-small"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("kernel thread"), "{err}");
+    assert!(out.stdout.is_empty());
+
+    // Refused: a thread blocked for good (sleep 100000) never reaches user mode.
+    let sleeper = guest
+        .truth()
+        .process("vmi_sleeper")
+        .expect("vmi_sleeper")
+        .pid;
+    let out = vmi(
+        &live,
+        &[
+            "inject",
+            "--pid",
+            &sleeper.to_string(),
+            "--timeout",
+            "3",
+            "cat",
+            "/tmp/vmi-small",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not return to user mode"), "{err}");
+    alive(&guest, sleeper);
+
+    assert_eq!(guest.run(&format!("kill {busy_pid}"), t).unwrap().rc, 0);
+    let after = kernel_code(&guest);
+    let diff = code.iter().zip(&after).position(|(a, b)| a != b);
+    assert!(diff.is_none(), "kernel code changed at offset {diff:?}");
+}
