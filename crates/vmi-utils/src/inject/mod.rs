@@ -4,7 +4,8 @@
 //! # How
 //!
 //! 1. **Safe point.** The thread's user instruction pointer saved at its last kernel
-//!    entry (`pt_regs->ip`, [`LinuxOs::syscall_frame`]) gets a breakpoint in the
+//!    entry (`pt_regs->ip`, [`LinuxOs::syscall_frame`], read again every 50 ms while
+//!    waiting: a busy thread's moves at each timer interrupt) gets a breakpoint in the
 //!    process's own address space only (matched by page-table root; other threads of
 //!    the process are told apart by the current task). When the thread runs that
 //!    instruction it is in user mode, between two instructions, outside any system
@@ -64,6 +65,8 @@ pub const MIN_SCRATCH: usize = 512;
 /// Most bytes of executable mappings read while looking for a `syscall` instruction.
 pub const MAX_SYSCALL_SCAN: u64 = 32 << 20;
 const PAGE: u64 = 4096;
+/// Most safe-point breakpoints set while waiting for one thread.
+const MAX_SAFE_POINTS: usize = 16;
 
 /// Limits of one injection.
 #[derive(Clone, Debug)]
@@ -340,6 +343,9 @@ pub struct InjectReport {
     pub hits: u64,
     /// Breakpoint events at our addresses that were another thread's.
     pub foreign_hits: u64,
+    /// From the start of `run` to the thread's arrival at its safe point (most of it
+    /// is waiting for the thread to run user code).
+    pub taken_after: Duration,
     /// From the start of `run` to the restore.
     pub elapsed: Duration,
 }
@@ -420,6 +426,10 @@ struct Run<'r, 'a> {
     restored: Option<UserRegisters>,
     memory_restored: Option<bool>,
     restored_at: Option<Instant>,
+    taken_at: Option<Instant>,
+    /// Safe-point breakpoints: user instructions of the thread (every `pt_regs->ip`
+    /// seen while waiting).
+    safe_points: Vec<(u64, BreakpointId)>,
 }
 
 /// Runs [`Recipe`]s in Linux processes of a live guest. See the [module docs](self).
@@ -552,7 +562,7 @@ where
         let kpti = self.os.kernel().kpti == Some(true);
         let bpm = BreakpointManager::new(self.core).ignore_root_bits(if kpti { 0x1000 } else { 0 });
         let space = AddressSpace::Process(root);
-        bpm.add(space, Va(frame.ip), Tag::SafePoint)?;
+        let first_bp = bpm.add(space, Va(frame.ip), Tag::SafePoint)?;
         let mut run = Run {
             pid,
             tid: task.pid,
@@ -566,7 +576,10 @@ where
             restored: None,
             memory_restored: None,
             restored_at: None,
+            taken_at: None,
+            safe_points: vec![(frame.ip, first_bp)],
         };
+        let mut last_look = Instant::now();
         loop {
             match &run.phase {
                 Phase::Finished => break,
@@ -580,6 +593,22 @@ where
                     }
                     if self.stopped() {
                         return Err(InjectError::Interrupted);
+                    }
+                    // The saved user rip moves at each kernel entry (a timer interrupt of
+                    // a busy thread; right after an injection it is still our
+                    // `syscall`'s): every user instruction seen is a safe point.
+                    if last_look.elapsed() > Duration::from_millis(50)
+                        && run.safe_points.len() < MAX_SAFE_POINTS
+                    {
+                        last_look = Instant::now();
+                        if let Ok(f) = self.os.syscall_frame(self.core, &task)
+                            && f.cs & 3 == 3
+                            && f.ip != 0
+                            && !run.safe_points.iter().any(|(ip, _)| *ip == f.ip)
+                        {
+                            let id = bpm.add(space, Va(f.ip), Tag::SafePoint)?;
+                            run.safe_points.push((f.ip, id));
+                        }
                     }
                 }
                 Phase::InCall(c) => {
@@ -599,7 +628,12 @@ where
                     }
                 }
             }
-            let waited = bpm.wait(Duration::from_millis(100), |event, hits| {
+            let slice = if matches!(run.phase, Phase::Waiting) {
+                Duration::from_millis(50)
+            } else {
+                Duration::from_millis(100)
+            };
+            let waited = bpm.wait(slice, |event, hits| {
                 self.on_event(&bpm, space, &mut run, event, hits)
             });
             if let Err(e) = waited {
@@ -634,6 +668,7 @@ where
             memory_restored: run.memory_restored,
             hits: stats.hits,
             foreign_hits: stats.foreign_hits,
+            taken_after: run.taken_at.unwrap_or(started) - started,
             elapsed: run.restored_at.unwrap_or_else(Instant::now) - started,
         })
     }
@@ -656,7 +691,14 @@ where
         hits: &[Hit<Tag>],
     ) -> VmiEventResponse<Amd64> {
         let regs = &event.registers;
-        let Some(hit) = hits.first() else {
+        // Two of our breakpoints may share an address: take the one this phase waits for.
+        let wanted = match run.phase {
+            Phase::Waiting => Tag::SafePoint,
+            Phase::InCall(_) => Tag::Return,
+            Phase::Verifying { .. } => Tag::Verify,
+            Phase::Finished => return VmiEventResponse::default(),
+        };
+        let Some(hit) = hits.iter().find(|h| h.tag == wanted) else {
             return VmiEventResponse::default();
         };
         match (&run.phase, hit.tag) {
@@ -664,7 +706,9 @@ where
                 if regs.cpl() != 3 || self.is_our_thread(run, regs) != Some(true) {
                     return VmiEventResponse::default();
                 }
-                let _ = bpm.remove(hit.id);
+                for (_, id) in std::mem::take(&mut run.safe_points) {
+                    let _ = bpm.remove(id);
+                }
                 self.take(bpm, space, run, regs)
             }
             (Phase::InCall(c), Tag::Return) => {
@@ -771,6 +815,7 @@ where
             Ok(id) => id,
             Err(e) => return untouched(run, e.into()),
         };
+        run.taken_at = Some(Instant::now());
         run.taken = Some(Taken {
             saved: regs.clone(),
             lo,
