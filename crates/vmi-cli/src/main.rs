@@ -194,6 +194,16 @@ pub enum InjectCommand {
         #[arg(long, default_value = "268435456")]
         max_bytes: u64,
     },
+    /// Copy a guest file to a local file (removed again if the copy fails).
+    Get {
+        /// The guest file, as the process would open it.
+        path: String,
+        /// The local file to write.
+        local: PathBuf,
+        /// Stop with an error after this many bytes.
+        #[arg(long, default_value = "268435456")]
+        max_bytes: u64,
+    },
 }
 
 /// `vmi read` arguments.

@@ -54,9 +54,14 @@ fn summary(out: &Output) -> Value {
 
 /// `cat` through `vmi inject` must print `want` exactly and restore the thread.
 fn cat_ok(live: &str, pid: u32, path: &str, want: &[u8]) -> Value {
+    let started = std::time::Instant::now();
     let out = vmi(
         live,
         &["--json", "inject", "--pid", &pid.to_string(), "cat", path],
+    );
+    eprintln!(
+        "vmi inject cat {path}: {:?} (whole command)",
+        started.elapsed()
     );
     assert!(
         out.status.success(),
@@ -115,6 +120,41 @@ fn inject_cat_restores_the_thread_and_refuses_clearly() {
     assert_eq!(s["steps"], 4, "{s}");
     cat_ok(&live, loop_pid, "/tmp/vmi-seq", &seq);
     alive(&guest, loop_pid);
+    // `get`: the same bytes into a local file.
+    let local = guest.dir().join("vmi-seq.copy");
+    let out = vmi(
+        &live,
+        &[
+            "inject",
+            "--pid",
+            &loop_pid.to_string(),
+            "get",
+            "/tmp/vmi-seq",
+            local.to_str().unwrap(),
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(out.stdout.is_empty());
+    assert!(std::fs::read(&local).unwrap() == seq, "get: bytes differ");
+    // A failed `get` leaves no local file.
+    let missing = guest.dir().join("missing.copy");
+    let out = vmi(
+        &live,
+        &[
+            "inject",
+            "--pid",
+            &loop_pid.to_string(),
+            "get",
+            "/nonexistent",
+            missing.to_str().unwrap(),
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(!missing.exists());
 
     // A busy process, in user space all the time: 20 injections in a row.
     let busy = guest

@@ -1,7 +1,7 @@
 //! `vmi inject`: system calls run inside a process of a live Linux guest.
 //!
-//! Output: the command's result on stdout (`cat`: the file's bytes, unchanged); a
-//! one-line summary on stderr. With `--json`, stderr carries one JSON object per step
+//! Output: the command's result on stdout (`cat`: the file's bytes, unchanged; `get`
+//! writes them to a local file instead); a one-line summary on stderr. With `--json`, stderr carries one JSON object per step
 //! (`{"step", "syscall", "nr", "args", "ret"}`) and a final summary object (see
 //! `docs/cli-json.md`), so stdout stays the file's bytes.
 
@@ -66,6 +66,35 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             let r = injector.run(args.pid, &mut recipe);
             drop(recipe);
             stdout.flush().ok();
+            r
+        }
+        InjectCommand::Get {
+            path,
+            local,
+            max_bytes,
+        } => {
+            let file = std::fs::File::create(local)
+                .map_err(|e| anyhow!(e).context(format!("cannot create {}", local.display())))?;
+            let mut out = std::io::BufWriter::new(file);
+            let mut recipe = Recipe::cat(path, CHUNK, *max_bytes, |bytes| {
+                match out.write_all(bytes) {
+                    Ok(()) => true,
+                    Err(e) => {
+                        write_err = Some(e);
+                        false
+                    }
+                }
+            });
+            let r = injector.run(args.pid, &mut recipe);
+            drop(recipe);
+            let flushed = out.flush();
+            if r.is_err() || write_err.is_some() || flushed.is_err() {
+                // No half copy left behind.
+                let _ = std::fs::remove_file(local);
+            }
+            if let (Ok(_), Err(e)) = (&r, flushed) {
+                write_err.get_or_insert(e);
+            }
             r
         }
     };
