@@ -34,7 +34,20 @@
 //! stop before `run` returns. A step that stays inside the kernel longer than
 //! [`InjectOptions::step_timeout`] (a blocking read of a pipe) cannot be taken back:
 //! [`InjectError::StuckInSyscall`] says so. At most one injection runs per thread in
-//! this host process.
+//! this host process. A `vmi` killed outright (SIGKILL) or a driver that fails in the
+//! middle of a step leaves the thread with the injector's registers
+//! ([`InjectError::Lost`]): the QEMU driver's guard removes the breakpoints, but only the
+//! injector knew the registers to put back.
+//!
+//! # Measured
+//!
+//! `benches/inject.rs`, `Recipe::cat` into a busy shell loop of the live test guest
+//! under QEMU TCG (2-core host at load 5), 5 rounds each: a 4 KiB file in 45-130 ms
+//! (4 system calls, 6 breakpoint hits: safe point, one per call, the verification
+//! stop); a 1 MiB file in 1.5-2.3 s (197-226 calls, as many hits plus 2: each `read`
+//! gets the 4-5 KiB of present stack below the red zone, about 8 ms per call). The
+//! whole `vmi inject cat` command (attach, kernel discovery with a cached profile,
+//! debug build) takes 0.45-0.9 s for a small file.
 
 mod recipe;
 
