@@ -178,6 +178,10 @@ pub struct InjectArgs {
     /// Seconds to wait for the thread to return to user mode.
     #[arg(long, default_value = "10")]
     timeout: u64,
+    /// Allow commands that change the guest's files (`put`): the process creates or
+    /// overwrites the file with its own rights, and that change stays.
+    #[arg(long)]
+    allow_write: bool,
     /// What to run.
     #[command(subcommand)]
     what: InjectCommand,
@@ -193,6 +197,14 @@ pub enum InjectCommand {
         /// Stop with an error after this many bytes.
         #[arg(long, default_value = "268435456")]
         max_bytes: u64,
+    },
+    /// Copy a local file into the guest (creates or truncates GUEST_PATH, mode 0644 minus
+    /// the process's umask); needs --allow-write.
+    Put {
+        /// The local file (at most 256 MiB).
+        local: PathBuf,
+        /// The guest file, as the process would open it.
+        path: String,
     },
     /// Copy a guest file to a local file (removed again if the copy fails).
     Get {

@@ -2,8 +2,9 @@
 //! (known content), into a process blocked in `wait4` (`vmi_loop`) and into a busy one
 //! (a shell loop started for the test); the thread's user registers and the stack bytes
 //! read back after the restore equal those saved; the process lives on; refusals (kernel
-//! thread, a thread that never returns to user mode) leave the guest as found; the
-//! kernel's code is byte-identical after all sessions.
+//! thread, a thread that never returns to user mode, `put` without `--allow-write`) leave
+//! the guest as found; `get` and `put` copy exactly; the kernel's code is byte-identical
+//! after all sessions.
 
 use std::process::{Command, Output};
 use std::time::Duration;
@@ -155,6 +156,34 @@ fn inject_cat_restores_the_thread_and_refuses_clearly() {
     );
     assert_eq!(out.status.code(), Some(1));
     assert!(!missing.exists());
+
+    // `put`: refused without --allow-write (nothing created), then the guest's own `cat`
+    // and `wc -c` see exactly the local bytes.
+    let text: String = (1..=1500).map(|n| format!("put line {n}\n")).collect();
+    let src = guest.dir().join("put.src");
+    std::fs::write(&src, &text).unwrap();
+    let put = |extra: &[&str]| {
+        let pid = loop_pid.to_string();
+        let mut a = vec!["inject", "--pid", &pid];
+        a.extend_from_slice(extra);
+        a.extend_from_slice(&["put", src.to_str().unwrap(), "/tmp/vmi-put"]);
+        vmi(&live, &a)
+    };
+    let out = put(&[]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--allow-write"));
+    assert_eq!(guest.run("test -e /tmp/vmi-put", t).unwrap().rc, 1);
+    let out = put(&["--allow-write"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let size = guest.run("wc -c < /tmp/vmi-put", t).unwrap();
+    assert_eq!(size.output.trim(), text.len().to_string());
+    let back = guest.run("cat /tmp/vmi-put", t).unwrap();
+    assert_eq!(back.output.trim_end(), text.trim_end());
+    alive(&guest, loop_pid);
 
     // A busy process, in user space all the time: 20 injections in a row.
     let busy = guest

@@ -21,6 +21,16 @@ const CHUNK: usize = 64 << 10;
 
 /// Runs `vmi inject`.
 pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
+    if matches!(args.what, InjectCommand::Put { .. }) && !args.allow_write {
+        return Err(Failure {
+            code: 2,
+            error: anyhow!(
+                "put writes a file inside the guest (created or overwritten by process {} with its rights; \
+                 the change stays after vmi exits): add --allow-write to do it",
+                args.pid
+            ),
+        });
+    }
     let Some(socket) = spec.strip_prefix("qemu:") else {
         return Err(Failure {
             code: 2,
@@ -66,6 +76,13 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             let r = injector.run(args.pid, &mut recipe);
             drop(recipe);
             stdout.flush().ok();
+            r
+        }
+        InjectCommand::Put { local, path } => {
+            let data = read_local(local)?;
+            let mut recipe = Recipe::put(path, &data, 0o644);
+            let r = injector.run(args.pid, &mut recipe);
+            drop(recipe);
             r
         }
         InjectCommand::Get {
@@ -114,6 +131,23 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             .into());
     }
     Ok(())
+}
+
+/// Most bytes `put` copies.
+const MAX_PUT: u64 = 256 << 20;
+
+fn read_local(path: &std::path::Path) -> Result<Vec<u8>, Failure> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .map_err(|e| anyhow!(e).context(format!("cannot open {}", path.display())))?;
+    let mut data = Vec::new();
+    file.take(MAX_PUT + 1)
+        .read_to_end(&mut data)
+        .map_err(|e| anyhow!(e).context(format!("cannot read {}", path.display())))?;
+    if data.len() as u64 > MAX_PUT {
+        return Err(anyhow!("{} is larger than {MAX_PUT} bytes", path.display()).into());
+    }
+    Ok(data)
 }
 
 fn summarize(cli: &Cli, r: &InjectReport) {

@@ -58,8 +58,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use recipe::{
-    AT_FDCWD, Arg, Decide, MAX_ARGS, Next, O_RDONLY_CLOEXEC, Recipe, StepOutcome, Syscall,
-    errno_text, nr,
+    AT_FDCWD, Arg, Decide, MAX_ARGS, Next, O_RDONLY_CLOEXEC, O_WRITE_CREATE_CLOEXEC, Recipe,
+    StepOutcome, Syscall, errno_text, nr,
 };
 use vmi_arch_amd64::{Amd64, Registers};
 use vmi_core::{
@@ -987,6 +987,7 @@ where
             argc: c.argc,
             ret,
             out,
+            scratch: run.taken.as_ref().map_or(0, |t| t.original.len()),
         };
         let recipe = &mut *run.recipe;
         let next = catch_unwind(AssertUnwindSafe(|| recipe.decide(&outcome)))

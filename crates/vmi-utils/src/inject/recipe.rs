@@ -13,6 +13,8 @@ pub mod nr {
     pub const CLOSE: u64 = 3;
     /// `getpid()`.
     pub const GETPID: u64 = 39;
+    /// `fsync(fd)`.
+    pub const FSYNC: u64 = 74;
     /// `openat(dirfd, path, flags, mode)`.
     pub const OPENAT: u64 = 257;
 }
@@ -21,6 +23,9 @@ pub mod nr {
 pub const AT_FDCWD: i64 = -100;
 /// `O_RDONLY | O_CLOEXEC`: the descriptor does not leak into a program the process runs.
 pub const O_RDONLY_CLOEXEC: u64 = 0o2_000_000;
+
+/// `O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC`.
+pub const O_WRITE_CREATE_CLOEXEC: u64 = 0o1 | 0o100 | 0o1000 | 0o2_000_000;
 
 /// Most arguments of a system call on x86-64 (`rdi, rsi, rdx, r10, r8, r9`).
 pub const MAX_ARGS: usize = 6;
@@ -93,6 +98,9 @@ pub struct StepOutcome {
     pub ret: i64,
     /// The bytes read back from the step's [`Arg::Out`] buffer (empty without one).
     pub out: Vec<u8>,
+    /// Bytes of the scratch area: the most data (all [`Arg::Bytes`] of a step, each
+    /// rounded up to 16) a next step can place.
+    pub scratch: usize,
 }
 
 /// What a recipe does after a step.
@@ -219,6 +227,95 @@ impl<'a> Recipe<'a> {
             },
         )
     }
+
+    /// `put`: `openat(AT_FDCWD, path, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, mode)`, then
+    /// `write` of `data` in chunks that fit the scratch area (a short write goes on
+    /// from where it stopped), `fsync`, `close`. A failed `openat` or `write` fails the
+    /// recipe after the `close` (a failed write leaves the file partly written).
+    pub fn put(path: &str, data: &'a [u8], mode: u32) -> Self {
+        let shown = path.to_string();
+        let mut fd: Option<u64> = None;
+        let mut done: usize = 0;
+        let mut failure: Option<String> = None;
+        let write = |fd: u64, chunk: &[u8]| {
+            Syscall::new(
+                nr::WRITE,
+                "write",
+                vec![
+                    Arg::Value(fd),
+                    Arg::Bytes(chunk.to_vec()),
+                    Arg::Value(chunk.len() as u64),
+                ],
+            )
+        };
+        let close = |fd: u64| Syscall::new(nr::CLOSE, "close", vec![Arg::Value(fd)]);
+        Self::new(
+            Syscall::new(
+                nr::OPENAT,
+                "openat",
+                vec![
+                    Arg::int(AT_FDCWD),
+                    Arg::c_string(path),
+                    Arg::Value(O_WRITE_CREATE_CLOEXEC),
+                    Arg::Value(u64::from(mode)),
+                ],
+            ),
+            move |o| {
+                // The next chunk: what fits the scratch area (16-byte rounding kept).
+                let next = |fd: u64, done: usize| {
+                    let room = o.scratch.saturating_sub(16).max(1);
+                    let end = done.saturating_add(room).min(data.len());
+                    write(fd, &data[done..end])
+                };
+                match o.nr {
+                    nr::OPENAT => {
+                        if o.ret < 0 {
+                            return Next::Fail(format!("openat {shown}: {}", errno_text(o.ret)));
+                        }
+                        let f = o.ret as u64;
+                        fd = Some(f);
+                        if data.is_empty() {
+                            return Next::Call(Syscall::new(
+                                nr::FSYNC,
+                                "fsync",
+                                vec![Arg::Value(f)],
+                            ));
+                        }
+                        Next::Call(next(f, 0))
+                    }
+                    nr::WRITE => {
+                        let Some(f) = fd else {
+                            return Next::Fail("write without an open file".into());
+                        };
+                        if o.ret <= 0 {
+                            failure = Some(format!(
+                                "write {shown} at byte {done}: {}",
+                                if o.ret == 0 {
+                                    "wrote nothing".into()
+                                } else {
+                                    errno_text(o.ret)
+                                }
+                            ));
+                            return Next::Call(close(f));
+                        }
+                        done = done.saturating_add(o.ret as usize).min(data.len());
+                        if done < data.len() {
+                            return Next::Call(next(f, done));
+                        }
+                        Next::Call(Syscall::new(nr::FSYNC, "fsync", vec![Arg::Value(f)]))
+                    }
+                    nr::FSYNC => match fd {
+                        Some(f) => Next::Call(close(f)),
+                        None => Next::Fail("fsync without an open file".into()),
+                    },
+                    _ => match failure.take() {
+                        Some(f) => Next::Fail(f),
+                        None => Next::Done,
+                    },
+                }
+            },
+        )
+    }
 }
 
 /// `-errno` as its name and text (`ENOENT (No such file or directory)`), the number for
@@ -263,6 +360,7 @@ mod tests {
             argc: 0,
             ret,
             out: out.to_vec(),
+            scratch: 4096,
         }
     }
 
@@ -306,6 +404,43 @@ mod tests {
         assert!(
             matches!(r.decide(&outcome(nr::CLOSE, 0, b"")), Next::Fail(m) if m.contains("EISDIR"))
         );
+    }
+
+    #[test]
+    fn put_writes_in_scratch_sized_chunks_and_resumes_short_writes() {
+        let data: Vec<u8> = (0..10_000u32).map(|i| i as u8).collect();
+        let mut r = Recipe::put("/tmp/p", &data, 0o644);
+        let Next::Call(w) = r.decide(&outcome(nr::OPENAT, 5, b"")) else {
+            panic!()
+        };
+        // 4096 of scratch, 16 kept: 4080 bytes.
+        assert_eq!(w.args[1], Arg::Bytes(data[..4080].to_vec()));
+        // A short write of 100: the next starts at 100.
+        let Next::Call(w) = r.decide(&outcome(nr::WRITE, 100, b"")) else {
+            panic!()
+        };
+        assert_eq!(w.args[1], Arg::Bytes(data[100..4180].to_vec()));
+        let (mut cur, mut at) = (w, 100);
+        loop {
+            let Arg::Bytes(b) = &cur.args[1] else {
+                panic!("{cur:?}")
+            };
+            assert!(b.len() <= 4080 && *b == data[at..at + b.len()]);
+            at += b.len();
+            match r.decide(&outcome(nr::WRITE, b.len() as i64, b"")) {
+                Next::Call(c) if c.nr == nr::WRITE => cur = c,
+                Next::Call(c) => {
+                    assert_eq!(c.nr, nr::FSYNC);
+                    break;
+                }
+                n => panic!("{n:?}"),
+            }
+        }
+        assert_eq!(at, data.len());
+        assert!(
+            matches!(r.decide(&outcome(nr::FSYNC, 0, b"")), Next::Call(c) if c.nr == nr::CLOSE)
+        );
+        assert_eq!(r.decide(&outcome(nr::CLOSE, 0, b"")), Next::Done);
     }
 
     #[test]
