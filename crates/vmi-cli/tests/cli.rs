@@ -2,25 +2,13 @@
 //! guest's own ground truth; golden files for human output (`UPDATE_EXPECT=1` rewrites
 //! them); bad input gives one clear error line and the documented exit code.
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Output};
+mod common;
 
+use std::path::{Path, PathBuf};
+
+use common::vmi;
 use serde_json::Value;
 use vmi_test_guest::{DumpFormat, GuestConfig, TestGuest, Truth, Userland};
-
-fn vmi(target: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmi"))
-        .arg("--target")
-        .arg(target)
-        .args(args)
-        // Each test run builds its profile from guest memory once, then uses its own cache.
-        .env(
-            "VMI_PROFILE_CACHE",
-            std::env::temp_dir().join("vmi-cli-test-profiles"),
-        )
-        .output()
-        .expect("run vmi")
-}
 
 fn json(target: &str, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
@@ -268,12 +256,7 @@ fn live_guest_and_its_dumps() {
     );
     let vol = vmi_test_guest::volatility();
     if let Ok(vol) = &vol {
-        std::fs::create_dir_all(isf_dir.join("vol-cache")).unwrap();
-        let out = Command::new(vol)
-            // A private Volatility cache: a run drops from its cache every ISF outside
-            // its own `-s` path, which would hide them from concurrent runs of other tests.
-            .args(["-q", "--cache-path"])
-            .arg(isf_dir.join("vol-cache"))
+        let out = vmi_test_guest::volatility_command(vol, &isf_dir.join("vol-cache"))
             .args(["-r", "json", "-s"])
             .arg(&isf_dir)
             .arg("-f")

@@ -4,24 +4,14 @@
 //! live and on the dump; the same matches as Volatility 3's `vmayarascan` and
 //! `yarascan` on the dump; a malformed rules file gives libyara's message and exit code 1.
 
-use std::path::Path;
-use std::process::{Command, Output};
+mod common;
 
+use std::path::Path;
+use std::process::Command;
+
+use common::vmi;
 use serde_json::Value;
 use vmi_test_guest::{DumpFormat, GuestConfig, TestGuest, Truth, Userland};
-
-fn vmi(target: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmi"))
-        .arg("--target")
-        .arg(target)
-        .args(args)
-        .env(
-            "VMI_PROFILE_CACHE",
-            std::env::temp_dir().join("vmi-cli-test-profiles"),
-        )
-        .output()
-        .expect("run vmi")
-}
 
 /// `vmi --json scan --rules RULES ARGS`: the matches (one object per line).
 fn scan(target: &str, rules: &Path, args: &[&str]) -> Vec<Value> {
@@ -44,18 +34,8 @@ fn scan(target: &str, rules: &Path, args: &[&str]) -> Vec<Value> {
 
 /// Where the guest says the value of the environment marker lies: pid and address.
 fn marker_address(truth: &Truth) -> (u64, u64) {
-    let sleeper = truth.process("vmi_sleeper").expect("vmi_sleeper in truth");
-    let (key, _) = vmi_test_guest::ENV_MARKER.split_once('=').unwrap();
-    let before: u64 = sleeper
-        .environ
-        .iter()
-        .take_while(|e| *e != vmi_test_guest::ENV_MARKER)
-        .map(|e| e.len() as u64 + 1)
-        .sum();
-    (
-        u64::from(sleeper.pid),
-        sleeper.env_start + before + key.len() as u64 + 1,
-    )
+    let (pid, at) = truth.env_marker_address().expect("vmi_sleeper in truth");
+    (u64::from(pid), at)
 }
 
 fn find<'a>(matches: &'a [Value], rule: &str, key: &str, value: &Value) -> Option<&'a Value> {
@@ -265,12 +245,7 @@ fn volatility_agrees(dump: &Path, rules: &Path) {
     );
     let run_vol = |plugin: &str| -> Vec<Value> {
         let t = std::time::Instant::now();
-        std::fs::create_dir_all(isf_dir.join("vol-cache")).unwrap();
-        let out = Command::new(&vol)
-            // A private Volatility cache: a run drops from its cache every ISF outside
-            // its own `-s` path, which would hide them from concurrent runs of other tests.
-            .args(["-q", "--cache-path"])
-            .arg(isf_dir.join("vol-cache"))
+        let out = vmi_test_guest::volatility_command(&vol, &isf_dir.join("vol-cache"))
             .args(["-r", "json", "-s"])
             .arg(&isf_dir)
             .arg("-f")

@@ -392,11 +392,7 @@ fn real_guest_dumps_in_every_format() {
     // finds the guest's banners at physical addresses where the RAM file has them too.
     let vol = vmi_test_guest::cache::workspace_root().join("target/venv/bin/vol");
     if vol.exists() {
-        std::fs::create_dir_all(ours_path.with_extension("vol-cache")).unwrap();
-        let out = Command::new(&vol)
-            // A private Volatility cache (shared, concurrent runs hide each other's ISFs).
-            .args(["-q", "--cache-path"])
-            .arg(ours_path.with_extension("vol-cache"))
+        let out = vmi_test_guest::volatility_command(&vol, &ours_path.with_extension("vol-cache"))
             .arg("-f")
             .arg(&ours_path)
             .arg("banners.Banners")

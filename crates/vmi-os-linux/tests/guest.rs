@@ -274,18 +274,9 @@ fn process_scan_finds_the_environment_marker<D: VmiRead<Architecture = Amd64>>(
     truth: &Truth,
 ) {
     use std::sync::Mutex;
-    let sleeper = truth.process("vmi_sleeper").expect("vmi_sleeper in truth");
-    let (key, value) = vmi_test_guest::ENV_MARKER.split_once('=').unwrap();
-    let before: u64 = sleeper
-        .environ
-        .iter()
-        .take_while(|e| *e != vmi_test_guest::ENV_MARKER)
-        .map(|e| e.len() as u64 + 1)
-        .sum();
-    let want = (
-        u64::from(sleeper.pid),
-        sleeper.env_start + before + key.len() as u64 + 1,
-    );
+    let (_, value) = vmi_test_guest::ENV_MARKER.split_once('=').unwrap();
+    let (pid, at) = truth.env_marker_address().expect("vmi_sleeper in truth");
+    let want = (u64::from(pid), at);
     let value = value.as_bytes();
     let found = Mutex::new(Vec::new());
     let t = Instant::now();

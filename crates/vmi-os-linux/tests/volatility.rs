@@ -9,7 +9,6 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::process::Command;
 
 use vmi_core::VmiCore;
 use vmi_driver_dump::DumpDriver;
@@ -52,12 +51,7 @@ fn volatility_pslist_agrees() {
     let isf_dir = guest.dir().join("isf");
     std::fs::create_dir_all(&isf_dir).unwrap();
     os.write_isf(&isf_dir.join("linux-vmi.json")).unwrap();
-    std::fs::create_dir_all(isf_dir.join("vol-cache")).unwrap();
-    let out = Command::new(&vol)
-        // A private Volatility cache: a run drops from its cache every ISF outside
-        // its own `-s` path, which would hide them from concurrent runs of other tests.
-        .args(["-q", "--cache-path"])
-        .arg(isf_dir.join("vol-cache"))
+    let out = vmi_test_guest::volatility_command(&vol, &isf_dir.join("vol-cache"))
         .args(["-r", "json", "-s"])
         .arg(&isf_dir)
         .arg("-f")

@@ -9,7 +9,6 @@
 //! the test prints `SKIPPED` — and fails under `VMI_REQUIRE_GUEST=1`.
 
 use std::collections::BTreeMap;
-use std::process::Command;
 
 use vmi_profile::isf::{ExportOptions, write_isf};
 use vmi_profile::linux::profile_from_kernel_image;
@@ -90,12 +89,7 @@ fn volatility_pslist_with_exported_isf_matches_the_truth() {
     guest.pause().expect("pause");
     let dump = guest.dir().join("isf-roundtrip.elf");
     guest.dump(DumpFormat::Elf, &dump).expect("dump");
-    std::fs::create_dir_all(dir.join("vol-cache")).unwrap();
-    let out = Command::new(&vol)
-        // A private Volatility cache: a run drops from its cache every ISF outside
-        // its own `-s` path, which would hide them from concurrent runs of other tests.
-        .args(["-q", "--cache-path"])
-        .arg(dir.join("vol-cache"))
+    let out = vmi_test_guest::volatility_command(&vol, &dir.join("vol-cache"))
         .args(["-r", "json", "-s"])
         .arg(&dir)
         .arg("-f")

@@ -61,7 +61,7 @@ pub use guest::{
     Accel, DEFAULT_BOOT_TIMEOUT, DumpFormat, GuestConfig, GuestEnv, TestGuest, gpa_to_file_offset,
     guest_required, qemu_available_or_skip, reap_orphans, stop_dir,
 };
-pub use oracle::volatility;
+pub use oracle::{volatility, volatility_command};
 pub use truth::{
     ENV_MARKER, Fd, IomemRange, MapEntry, Module, Process, Task, Thread, Truth, VmcoreinfoNote,
 };

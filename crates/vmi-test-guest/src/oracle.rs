@@ -38,6 +38,17 @@ pub fn volatility() -> Result<PathBuf, String> {
     }
 }
 
+/// `vol -q --cache-path CACHE` (the directory made if missing): a Volatility run with a
+/// private cache. A run drops from its cache every ISF outside its own `-s` path, so runs
+/// of concurrent tests sharing `~/.cache/volatility3` could hide each other's ISFs.
+pub fn volatility_command(vol: &std::path::Path, cache: &std::path::Path) -> Command {
+    // A failure to make it shows as vol's own error about the cache.
+    let _ = std::fs::create_dir_all(cache);
+    let mut cmd = Command::new(vol);
+    cmd.args(["-q", "--cache-path"]).arg(cache);
+    cmd
+}
+
 /// The drgn release the benchmarks compare against.
 pub const DRGN: &str = "drgn==0.3.0";
 

@@ -318,6 +318,24 @@ impl Truth {
         self.processes.iter().find(|p| p.comm == comm)
     }
 
+    /// Where the value of [`crate::ENV_MARKER`] lies in `vmi_sleeper`'s memory, by the
+    /// guest's own `/proc`: its pid, and `mm->env_start` plus the variables before it and
+    /// the marker's `KEY=`.
+    pub fn env_marker_address(&self) -> Option<(u32, u64)> {
+        let sleeper = self.process("vmi_sleeper")?;
+        let (key, _) = crate::ENV_MARKER.split_once('=')?;
+        let before: u64 = sleeper
+            .environ
+            .iter()
+            .take_while(|e| *e != crate::ENV_MARKER)
+            .map(|e| e.len() as u64 + 1)
+            .sum();
+        Some((
+            sleeper.pid,
+            sleeper.env_start + before + key.len() as u64 + 1,
+        ))
+    }
+
     /// The task with this pid.
     pub fn task_by_pid(&self, pid: u32) -> Option<&Task> {
         self.tasks.iter().find(|t| t.pid == pid)
