@@ -1,7 +1,7 @@
 //! The injector's failure paths on the live test guest: a recipe that fails, panics, runs
 //! past the step limit or is stopped (Ctrl-C) mid-way leaves the thread restored — the
-//! process lives on and the next injection reads the file exactly — and a second
-//! injector cannot take a thread that one holds.
+//! process lives on and the next injection reads the file exactly; `fork` is refused
+//! before it runs.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
@@ -130,6 +130,18 @@ fn failed_stopped_and_panicking_recipes_leave_the_thread_restored() {
         .run(pid, &mut Recipe::new(big, |_| Next::Done))
         .unwrap_err();
     assert!(matches!(e, InjectError::InvalidStep { .. }), "{e}");
+    alive(&guest, pid);
+    cat_works();
+
+    // fork would give a child the injector's registers: refused, restored.
+    let fork = Syscall::new(57, "fork", vec![]);
+    let e = Injector::new(&core, &os)
+        .run(pid, &mut Recipe::new(fork, |_| Next::Done))
+        .unwrap_err();
+    assert!(
+        matches!(e, InjectError::InvalidStep { name: "fork", .. }),
+        "{e}"
+    );
     alive(&guest, pid);
     cat_works();
 

@@ -58,8 +58,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 pub use recipe::{
-    AT_FDCWD, Arg, Decide, MAX_ARGS, Next, O_RDONLY_CLOEXEC, O_WRITE_CREATE_CLOEXEC, Recipe,
-    StepOutcome, Syscall, errno_text, nr,
+    AT_FDCWD, Arg, Decide, MAX_ARGS, Next, O_RDONLY_CLOEXEC, O_WRITE_CREATE_CLOEXEC,
+    REFUSED_SYSCALLS, Recipe, StepOutcome, Syscall, errno_text, nr, refusal,
 };
 use vmi_arch_amd64::{Amd64, Registers};
 use vmi_core::{
@@ -174,7 +174,7 @@ pub enum InjectError {
         available: usize,
     },
     /// A step asks for what cannot be done (more than six arguments, data larger than
-    /// the scratch area, two output buffers).
+    /// the scratch area, two output buffers, a call in [`REFUSED_SYSCALLS`]).
     #[error("step {step} ({name}): {reason}")]
     InvalidStep {
         /// The step's index.
@@ -892,11 +892,8 @@ where
         let Some(t) = &run.taken else {
             return Err(invalid("no scratch area".into()));
         };
-        if call.args.len() > MAX_ARGS {
-            return Err(invalid(format!(
-                "{} arguments (at most 6)",
-                call.args.len()
-            )));
+        if let Some(why) = recipe::refusal(call) {
+            return Err(invalid(why));
         }
         let hi = t.lo + t.original.len() as u64;
         let mut cursor = t.lo;

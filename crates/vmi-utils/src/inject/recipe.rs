@@ -318,6 +318,46 @@ impl<'a> Recipe<'a> {
     }
 }
 
+/// System calls a recipe may not run: they would leave the borrowed thread, or a new
+/// task sharing its registers, running with the injector's state (`fork`/`clone`
+/// children return to the injector's `syscall` with its stack; `execve` and `exit`
+/// never return to be restored; `rt_sigreturn` replaces every register).
+pub const REFUSED_SYSCALLS: &[(u64, &str)] = &[
+    (15, "rt_sigreturn"),
+    (56, "clone"),
+    (57, "fork"),
+    (58, "vfork"),
+    (59, "execve"),
+    (60, "exit"),
+    (231, "exit_group"),
+    (322, "execveat"),
+    (435, "clone3"),
+];
+
+/// Why `call` cannot be a step, `None` when it can.
+pub fn refusal(call: &Syscall) -> Option<String> {
+    if call.args.len() > MAX_ARGS {
+        return Some(format!(
+            "{} arguments (at most {MAX_ARGS})",
+            call.args.len()
+        ));
+    }
+    if let Some((_, name)) = REFUSED_SYSCALLS.iter().find(|(n, _)| *n == call.nr) {
+        return Some(format!(
+            "{name} is not supported: the thread (or a child sharing its state) would run on with the injector's registers"
+        ));
+    }
+    let outs = call
+        .args
+        .iter()
+        .filter(|a| matches!(a, Arg::Out(_)))
+        .count();
+    if outs > 1 {
+        return Some("two output buffers".into());
+    }
+    None
+}
+
 /// `-errno` as its name and text (`ENOENT (No such file or directory)`), the number for
 /// names not in this short list.
 pub fn errno_text(ret: i64) -> String {
@@ -441,6 +481,23 @@ mod tests {
             matches!(r.decide(&outcome(nr::FSYNC, 0, b"")), Next::Call(c) if c.nr == nr::CLOSE)
         );
         assert_eq!(r.decide(&outcome(nr::CLOSE, 0, b"")), Next::Done);
+    }
+
+    #[test]
+    fn steps_that_would_leave_the_thread_hijacked_are_refused() {
+        for nr in [56, 57, 58, 59, 60, 231, 322, 435, 15] {
+            assert!(refusal(&Syscall::new(nr, "x", vec![])).is_some(), "{nr}");
+        }
+        assert!(
+            refusal(&Syscall::new(
+                nr::READ,
+                "read",
+                vec![Arg::Out(1), Arg::Out(2)]
+            ))
+            .is_some()
+        );
+        assert!(refusal(&Syscall::new(nr::READ, "read", vec![Arg::Value(0); 7])).is_some());
+        assert_eq!(refusal(&Syscall::new(nr::GETPID, "getpid", vec![])), None);
     }
 
     #[test]
