@@ -6,24 +6,14 @@
 //! the guest as found; `get` and `put` copy exactly; the kernel's code is byte-identical
 //! after all sessions.
 
-use std::process::{Command, Output};
+mod common;
+
+use std::process::Output;
 use std::time::Duration;
 
+use common::vmi;
 use serde_json::Value;
 use vmi_test_guest::{GuestConfig, TestGuest};
-
-fn vmi(target: &str, args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_vmi"))
-        .arg("--target")
-        .arg(target)
-        .args(args)
-        .env(
-            "VMI_PROFILE_CACHE",
-            std::env::temp_dir().join("vmi-cli-test-profiles"),
-        )
-        .output()
-        .expect("run vmi")
-}
 
 /// The guest kernel's code (`Kernel code` of `/proc/iomem`), read from the RAM file.
 fn kernel_code(g: &TestGuest) -> Vec<u8> {
