@@ -178,8 +178,8 @@ pub struct InjectArgs {
     /// Seconds to wait for the thread to return to user mode.
     #[arg(long, default_value = "10")]
     timeout: u64,
-    /// Allow commands that change the guest's files (`put`): the process creates or
-    /// overwrites the file with its own rights, and that change stays.
+    /// Allow commands that change the guest (`put`: the process creates or overwrites
+    /// the file with its own rights; `exec`: it starts a program): the change stays.
     #[arg(long)]
     allow_write: bool,
     /// What to run.
@@ -205,6 +205,17 @@ pub enum InjectCommand {
         local: PathBuf,
         /// The guest file, as the process would open it.
         path: String,
+    },
+    /// Start a program in the guest: the process makes a sibling (clone with
+    /// CLONE_PARENT) that runs execve(CMD[0], CMD, ENV); prints the new pid. Needs
+    /// --allow-write.
+    Exec {
+        /// Environment of the new program, `NAME=VALUE` (repeat); default `PATH` only.
+        #[arg(long = "env")]
+        env: Vec<String>,
+        /// The program (a path: no PATH search) and its arguments.
+        #[arg(last = true, required = true)]
+        command: Vec<String>,
     },
     /// Copy a guest file to a local file (removed again if the copy fails).
     Get {

@@ -175,6 +175,67 @@ fn inject_cat_restores_the_thread_and_refuses_clearly() {
     assert_eq!(back.output.trim_end(), text.trim_end());
     alive(&guest, loop_pid);
 
+    // `exec`: refused without --allow-write; then a sibling of vmi_loop runs the
+    // command: the guest sees the pid vmi printed, and so does `vmi ps`.
+    let exec = |extra: &[&str], cmd: &[&str]| {
+        let pid = loop_pid.to_string();
+        let mut a = vec!["inject", "--pid", &pid];
+        a.extend_from_slice(extra);
+        a.push("exec");
+        a.push("--");
+        a.extend_from_slice(cmd);
+        vmi(&live, &a)
+    };
+    let script = [
+        "/bin/sh",
+        "-c",
+        "echo $$ > /tmp/vmi-exec.pid; exec sleep 1000",
+    ];
+    let out = exec(&[], &script);
+    assert_eq!(out.status.code(), Some(2));
+    let out = exec(&["--allow-write"], &script);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_pid: u32 = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .parse()
+        .expect("exec prints the new pid");
+    let mut seen = String::new();
+    for _ in 0..40 {
+        seen = guest
+            .run("cat /tmp/vmi-exec.pid 2>/dev/null || true", t)
+            .unwrap()
+            .output
+            .trim()
+            .to_string();
+        if !seen.is_empty() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(seen, new_pid.to_string());
+    alive(&guest, new_pid);
+    alive(&guest, loop_pid);
+    let ps = vmi(&live, &["--json", "ps"]);
+    let procs: Value = serde_json::from_slice(&ps.stdout).expect("ps json");
+    let p = procs
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|p| p["pid"] == new_pid)
+        .unwrap_or_else(|| panic!("vmi ps does not show {new_pid}"));
+    assert_eq!(p["argv"], serde_json::json!(["sleep", "1000"]), "{p}");
+    assert_eq!(guest.run(&format!("kill {new_pid}"), t).unwrap().rc, 0);
+    // A program that does not exist: execve's error, the child gone, vmi_loop fine.
+    let out = exec(&["--allow-write"], &["/nonexistent/prog"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("ENOENT") && err.contains("code 127"), "{err}");
+    alive(&guest, loop_pid);
+
     // A busy process, in user space all the time: 20 injections in a row.
     let busy = guest
         .run("sh -c 'while :; do :; done' >/dev/null 2>&1 & echo $!", t)

@@ -1,9 +1,10 @@
 //! `vmi inject`: system calls run inside a process of a live Linux guest.
 //!
-//! Output: the command's result on stdout (`cat`: the file's bytes, unchanged; `get`
-//! writes them to a local file instead); a one-line summary on stderr. With `--json`, stderr carries one JSON object per step
-//! (`{"step", "syscall", "nr", "args", "ret"}`) and a final summary object (see
-//! `docs/cli-json.md`), so stdout stays the file's bytes.
+//! Output: the command's result on stdout (`cat`: the file's bytes, unchanged; `exec`:
+//! the new pid; `get` writes the bytes to a local file); a one-line summary on stderr.
+//! With `--json`, stderr carries one JSON object per step (`{"step", "syscall", "nr",
+//! "args", "ret"}`) and a final summary object (see `docs/cli-json.md`), so stdout stays
+//! the result.
 
 use std::io::Write;
 use std::time::Duration;
@@ -21,15 +22,26 @@ const CHUNK: usize = 64 << 10;
 
 /// Runs `vmi inject`.
 pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
-    if matches!(args.what, InjectCommand::Put { .. }) && !args.allow_write {
-        return Err(Failure {
-            code: 2,
-            error: anyhow!(
-                "put writes a file inside the guest (created or overwritten by process {} with its rights; \
-                 the change stays after vmi exits): add --allow-write to do it",
-                args.pid
-            ),
-        });
+    if !args.allow_write {
+        let what = match args.what {
+            InjectCommand::Put { .. } => {
+                Some("put writes a file inside the guest (created or overwritten")
+            }
+            InjectCommand::Exec { .. } => {
+                Some("exec starts a program inside the guest (a new process made")
+            }
+            _ => None,
+        };
+        if let Some(what) = what {
+            return Err(Failure {
+                code: 2,
+                error: anyhow!(
+                    "{what} by process {} with its rights; the change stays after vmi exits): \
+                     add --allow-write to do it",
+                    args.pid
+                ),
+            });
+        }
     }
     let Some(socket) = spec.strip_prefix("qemu:") else {
         return Err(Failure {
@@ -83,6 +95,39 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             let mut recipe = Recipe::put(path, &data, 0o644);
             let r = injector.run(args.pid, &mut recipe);
             drop(recipe);
+            r
+        }
+        InjectCommand::Exec { env, command } => {
+            let envp = if env.is_empty() {
+                vec![
+                    "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+                ]
+            } else {
+                env.clone()
+            };
+            let mut pid = None;
+            let mut recipe = Recipe::exec(command.clone(), envp, |p| pid = Some(p));
+            let r = injector.run(args.pid, &mut recipe);
+            drop(recipe);
+            if let Ok(report) = &r {
+                match (pid, report.child_exec) {
+                    (Some(p), Some(None)) => println!("{p}"),
+                    (p, Some(Some(err))) => {
+                        summarize(cli, report);
+                        return Err(anyhow!(
+                            "execve {} failed in the new process{}: {}; it exited with code 127",
+                            command[0],
+                            p.map_or(String::new(), |p| format!(" (pid {p})")),
+                            vmi_utils::inject::errno_text(err)
+                        )
+                        .into());
+                    }
+                    _ => {
+                        summarize(cli, report);
+                        return Err(anyhow!("the new process was not seen executing").into());
+                    }
+                }
+            }
             r
         }
         InjectCommand::Get {

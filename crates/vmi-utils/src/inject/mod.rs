@@ -29,6 +29,16 @@
 //!    once more: the registers the driver reads there and the scratch bytes read again
 //!    are compared with what was saved ([`InjectReport::restored`]).
 //!
+//! **A new process** ([`Recipe::exec`]): a `clone` step may carry the `execve` its
+//! child runs ([`Syscall::child`]). The child's data is placed before the `clone`, so
+//! the child has its own copy; a breakpoint after the `syscall` in any address space
+//! catches the child's first return (the new task, `rax` 0, our stack pointer) and
+//! points it at `execve`. Until the child's `mm` changes (`execve` has copied its
+//! arguments) the parent is held in `sched_yield` steps: restoring our scratch bytes
+//! earlier would write through pages the child still shares copy-on-write. An
+//! `execve` that returns (failed) makes the child `exit(127)`. `fork`, `vfork`,
+//! `execve`, `exit` and the like are refused as plain steps ([`REFUSED_SYSCALLS`]).
+//!
 //! On a recipe failure, a guest read or write error during a step, a panic in the
 //! recipe, too many steps or the stop flag (Ctrl-C), the thread is restored at its next
 //! stop before `run` returns. A step that stays inside the kernel longer than
@@ -352,6 +362,10 @@ pub struct InjectReport {
     pub restored: Option<UserRegisters>,
     /// Whether the scratch bytes read back at the verification stop equal those saved.
     pub memory_restored: Option<bool>,
+    /// For a recipe that started a process ([`Recipe::exec`]): `Some(None)` when its
+    /// `execve` succeeded, `Some(Some(-errno))` when it failed (the child then exited
+    /// with code 127).
+    pub child_exec: Option<Option<i64>>,
     /// Breakpoint events that were ours (safe point, one per step, verification).
     pub hits: u64,
     /// Breakpoint events at our addresses that were another thread's.
@@ -393,6 +407,33 @@ enum Tag {
     SafePoint,
     Return,
     Verify,
+    /// A new process's first return from `clone` (any address space).
+    Child,
+}
+
+/// The new process of a step with a [`Syscall::child`].
+enum Child {
+    None,
+    /// Waiting for its first return from `clone`: it then runs `call`.
+    Expect {
+        nr: u64,
+        args: [u64; MAX_ARGS],
+        rsp: u64,
+        bp: BreakpointId,
+        since: Instant,
+    },
+    /// Sent into `execve`: it either returns (failed: it is made to exit) or its address
+    /// space changes (done).
+    Exec {
+        task: Va,
+        tid: u32,
+        /// Its `mm` before `execve` (its own copy of ours since `clone`).
+        mm: Option<Va>,
+        bp: BreakpointId,
+        since: Instant,
+    },
+    /// Gone through: `execve`'s error, `None` when it succeeded.
+    Done(Option<i64>),
 }
 
 /// The call in flight.
@@ -443,6 +484,12 @@ struct Run<'r, 'a> {
     /// Safe-point breakpoints: user instructions of the thread (every `pt_regs->ip`
     /// seen while waiting).
     safe_points: Vec<(u64, BreakpointId)>,
+    child: Child,
+    /// The parent's result of the `clone`, held back (the parent runs `sched_yield`)
+    /// until the child is through `execve`: until then its copy of the scratch area
+    /// shares pages with ours, and our restore would rewrite its arguments.
+    parked: Option<(InCall, i64)>,
+    child_exec: Option<Option<i64>>,
 }
 
 /// Runs [`Recipe`]s in Linux processes of a live guest. See the [module docs](self).
@@ -591,11 +638,18 @@ where
             restored_at: None,
             taken_at: None,
             safe_points: vec![(frame.ip, first_bp)],
+            child: Child::None,
+            parked: None,
+            child_exec: None,
         };
         let mut last_look = Instant::now();
         loop {
+            // Never leave a new process on the way to its execve behind.
+            if matches!(run.phase, Phase::Finished) && self.child_through(&bpm, &mut run) {
+                break;
+            }
             match &run.phase {
-                Phase::Finished => break,
+                Phase::Finished => {}
                 Phase::Waiting => {
                     if started.elapsed() > self.options.safe_point_timeout {
                         return Err(InjectError::NoSafePoint {
@@ -679,6 +733,7 @@ where
                 .unwrap_or_default(),
             restored: run.restored,
             memory_restored: run.memory_restored,
+            child_exec: run.child_exec,
             hits: stats.hits,
             foreign_hits: stats.foreign_hits,
             taken_after: run.taken_at.unwrap_or(started) - started,
@@ -704,6 +759,9 @@ where
         hits: &[Hit<Tag>],
     ) -> VmiEventResponse<Amd64> {
         let regs = &event.registers;
+        if hits.iter().any(|h| h.tag == Tag::Child) && self.is_our_thread(run, regs) != Some(true) {
+            return self.on_child(bpm, run, regs);
+        }
         // Two of our breakpoints may share an address: take the one this phase waits for.
         let wanted = match run.phase {
             Phase::Waiting => Tag::SafePoint,
@@ -849,7 +907,27 @@ where
         index: u64,
         call: &Syscall,
     ) -> VmiEventResponse<Amd64> {
-        match self.place(run, index, call) {
+        let placed = self
+            .place(run, index, call)
+            .and_then(|(args, out, rsp, end)| {
+                if let Some(child) = &call.child {
+                    let (cargs, _, _, _) = self.place_from(run, index, child, end)?;
+                    let bp = bpm.add(
+                        AddressSpace::Kernel(run.root),
+                        Va(run.syscall_at.wrapping_add(2)),
+                        Tag::Child,
+                    )?;
+                    run.child = Child::Expect {
+                        nr: child.nr,
+                        args: cargs,
+                        rsp,
+                        bp,
+                        since: Instant::now(),
+                    };
+                }
+                Ok((args, out, rsp))
+            });
+        match placed {
             Ok((args, out, rsp)) => {
                 let mut r = regs.clone();
                 r.rax = call.nr;
@@ -883,7 +961,28 @@ where
         run: &Run<'_, '_>,
         index: u64,
         call: &Syscall,
-    ) -> Result<([u64; MAX_ARGS], Option<(u64, usize)>, u64), InjectError> {
+    ) -> Result<([u64; MAX_ARGS], Option<(u64, usize)>, u64, u64), InjectError> {
+        // The step itself is checked here; a child's execve by `refusal` of its clone.
+        if let Some(why) = recipe::refusal(call) {
+            return Err(InjectError::InvalidStep {
+                step: index,
+                name: call.name,
+                reason: why,
+            });
+        }
+        let lo = run.taken.as_ref().map_or(0, |t| t.lo);
+        self.place_from(run, index, call, lo)
+    }
+
+    /// [`place`](Self::place) from `cursor` on; also returns where the data ends.
+    #[allow(clippy::type_complexity)]
+    fn place_from(
+        &self,
+        run: &Run<'_, '_>,
+        index: u64,
+        call: &Syscall,
+        cursor: u64,
+    ) -> Result<([u64; MAX_ARGS], Option<(u64, usize)>, u64, u64), InjectError> {
         let invalid = |reason: String| InjectError::InvalidStep {
             step: index,
             name: call.name,
@@ -892,14 +991,25 @@ where
         let Some(t) = &run.taken else {
             return Err(invalid("no scratch area".into()));
         };
-        if let Some(why) = recipe::refusal(call) {
-            return Err(invalid(why));
-        }
         let hi = t.lo + t.original.len() as u64;
-        let mut cursor = t.lo;
+        let mut cursor = cursor;
         let mut args = [0u64; MAX_ARGS];
         for (i, a) in call.args.iter().enumerate() {
-            if let Arg::Bytes(b) = a {
+            let array;
+            let b: &[u8] = match a {
+                Arg::Bytes(b) => b,
+                Arg::StrArray(items) => {
+                    array =
+                        self.place_strings(run, &mut cursor, hi, items)
+                            .map_err(|e| match e {
+                                InjectError::InvalidStep { reason, .. } => invalid(reason),
+                                e => e,
+                            })?;
+                    &array
+                }
+                _ => continue,
+            };
+            {
                 let end = cursor
                     .checked_add(b.len() as u64)
                     .filter(|&e| e <= hi)
@@ -935,12 +1045,123 @@ where
             match a {
                 Arg::Value(v) => args[i] = *v,
                 Arg::OutLen => args[i] = out.map_or(0, |(_, n)| n as u64),
-                Arg::Bytes(_) | Arg::Out(_) => {}
+                Arg::Bytes(_) | Arg::Out(_) | Arg::StrArray(_) => {}
             }
         }
         // Below our data, so that a signal frame does not land on it.
         let rsp = (t.lo & !15).saturating_sub(16);
-        Ok((args, out, rsp))
+        let end = out.map_or(cursor, |(at, n)| at + n as u64);
+        Ok((args, out, rsp, end))
+    }
+
+    /// Writes NUL-terminated copies of `items` at `cursor` (moved past them) and
+    /// returns the pointer array (NULL-terminated) for the caller to place.
+    fn place_strings(
+        &self,
+        run: &Run<'_, '_>,
+        cursor: &mut u64,
+        hi: u64,
+        items: &[String],
+    ) -> Result<Vec<u8>, InjectError> {
+        let too_big = || InjectError::InvalidStep {
+            step: 0,
+            name: "",
+            reason: "strings do not fit the scratch area".into(),
+        };
+        let mut array = Vec::with_capacity((items.len() + 1) * 8);
+        for item in items {
+            let mut b = item.as_bytes().to_vec();
+            b.push(0);
+            let end = cursor
+                .checked_add(b.len() as u64)
+                .filter(|&e| e <= hi)
+                .ok_or_else(too_big)?;
+            self.core
+                .write(AccessContext::paging(Va(*cursor), run.root), &b)?;
+            array.extend_from_slice(&cursor.to_le_bytes());
+            *cursor = (end + 15) & !15;
+        }
+        array.extend_from_slice(&0u64.to_le_bytes());
+        Ok(array)
+    }
+
+    /// A return from `clone` (or from `execve`) in a task that is not the borrowed one.
+    fn on_child(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        run: &mut Run<'_, '_>,
+        regs: &Registers,
+    ) -> VmiEventResponse<Amd64> {
+        let Ok(task) = self.os.current_task_from_registers(self.core, regs) else {
+            return VmiEventResponse::default();
+        };
+        match run.child {
+            Child::Expect {
+                nr, args, rsp, bp, ..
+            } => {
+                if task.tgid == run.pid
+                    || regs.rax != 0
+                    || regs.rsp != rsp
+                    || regs.rip != run.syscall_at.wrapping_add(2)
+                {
+                    return VmiEventResponse::default();
+                }
+                let mut r = regs.clone();
+                r.rax = nr;
+                [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9] = args;
+                r.rip = run.syscall_at;
+                run.child = Child::Exec {
+                    task: task.task,
+                    tid: task.pid,
+                    mm: task.mm,
+                    bp,
+                    since: Instant::now(),
+                };
+                VmiEventResponse::set_registers(r)
+            }
+            Child::Exec { tid, bp, .. } if task.pid == tid => {
+                // execve returned: it failed. The child goes.
+                let ret = regs.rax as i64;
+                let _ = bpm.remove(bp);
+                run.child = Child::Done(Some(ret));
+                let mut r = regs.clone();
+                r.rax = nr::EXIT;
+                r.rdi = 127;
+                r.rip = run.syscall_at;
+                VmiEventResponse::set_registers(r)
+            }
+            _ => VmiEventResponse::default(),
+        }
+    }
+
+    /// Whether the child is through `execve` (done or failed), checking its `mm`.
+    fn child_through(&self, bpm: &BreakpointManager<'_, D, Tag>, run: &mut Run<'_, '_>) -> bool {
+        match run.child {
+            Child::None | Child::Done(_) => true,
+            Child::Expect { since, bp, .. } | Child::Exec { since, bp, .. }
+                if since.elapsed() > self.options.step_timeout =>
+            {
+                let _ = bpm.remove(bp);
+                run.error.get_or_insert(InjectError::Recipe(
+                    "the new process did not get through execve in time".into(),
+                ));
+                run.child = Child::Done(None);
+                true
+            }
+            Child::Expect { .. } => false,
+            Child::Exec { task, mm, bp, .. } => {
+                // execve gives it a new mm once the arguments are copied.
+                let executed = self
+                    .os
+                    .task(self.core, task)
+                    .is_ok_and(|t| t.mm.is_some() && t.mm != mm);
+                if executed {
+                    let _ = bpm.remove(bp);
+                    run.child = Child::Done(None);
+                }
+                executed
+            }
+        }
     }
 
     /// At the return of a step: reports it to the recipe and runs the next or restores.
@@ -953,7 +1174,47 @@ where
         let Phase::InCall(c) = std::mem::replace(&mut run.phase, Phase::Waiting) else {
             return VmiEventResponse::default();
         };
-        let ret = regs.rax as i64;
+        let mut ret = regs.rax as i64;
+        let mut c = c;
+        // A clone's parent waits (yielding) until the child is through execve.
+        let parked = run.parked.take();
+        let waiting_child = match &parked {
+            Some(_) => true,
+            None => !matches!(run.child, Child::None | Child::Done(_)) && ret > 0,
+        };
+        if waiting_child {
+            let (orig, orig_ret) = parked.unwrap_or((c, ret));
+            if !self.child_through(bpm, run) {
+                let mut r = regs.clone();
+                r.rax = nr::SCHED_YIELD;
+                r.rip = run.syscall_at;
+                r.rsp = orig.rsp;
+                run.phase = Phase::InCall(InCall {
+                    index: orig.index,
+                    name: orig.name,
+                    nr: nr::SCHED_YIELD,
+                    args: [0; MAX_ARGS],
+                    argc: 0,
+                    out: None,
+                    rsp: orig.rsp,
+                    started: Instant::now(),
+                });
+                run.parked = Some((orig, orig_ret));
+                return VmiEventResponse::set_registers(r);
+            }
+            c = orig;
+            ret = orig_ret;
+        } else if ret <= 0
+            && let Child::Expect { bp, .. } = run.child
+        {
+            // clone failed: no child will come.
+            let _ = bpm.remove(bp);
+            run.child = Child::None;
+        }
+        if let Child::Done(e) = run.child {
+            run.child_exec = Some(e);
+            run.child = Child::None;
+        }
         let out = match c.out {
             Some((at, len)) if ret > 0 => {
                 let n = (ret as u64).min(len as u64) as usize;

@@ -11,8 +11,16 @@ pub mod nr {
     pub const WRITE: u64 = 1;
     /// `close(fd)`.
     pub const CLOSE: u64 = 3;
+    /// `sched_yield()`.
+    pub const SCHED_YIELD: u64 = 24;
     /// `getpid()`.
     pub const GETPID: u64 = 39;
+    /// `clone(flags, stack, parent_tid, child_tid, tls)`.
+    pub const CLONE: u64 = 56;
+    /// `execve(path, argv, envp)`.
+    pub const EXECVE: u64 = 59;
+    /// `exit(code)`.
+    pub const EXIT: u64 = 60;
     /// `fsync(fd)`.
     pub const FSYNC: u64 = 74;
     /// `openat(dirfd, path, flags, mode)`.
@@ -23,6 +31,13 @@ pub mod nr {
 pub const AT_FDCWD: i64 = -100;
 /// `O_RDONLY | O_CLOEXEC`: the descriptor does not leak into a program the process runs.
 pub const O_RDONLY_CLOEXEC: u64 = 0o2_000_000;
+
+/// `clone` flags of [`Recipe::exec`]: `CLONE_PARENT | SIGCHLD` — the new process is
+/// the target's sibling, so the target never has to reap it.
+pub const CLONE_PARENT_SIGCHLD: u64 = 0x8000 | 17;
+/// `clone` flags that share memory or the thread group with the caller: a child made
+/// with them would run on the borrowed thread's stack.
+const CLONE_SHARING: u64 = 0x100 | 0x4000 | 0x1_0000;
 
 /// `O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC`.
 pub const O_WRITE_CREATE_CLOEXEC: u64 = 0o1 | 0o100 | 0o1000 | 0o2_000_000;
@@ -47,6 +62,9 @@ pub enum Arg {
     Out(usize),
     /// The length the injector gave the step's [`Arg::Out`] buffer.
     OutLen,
+    /// A NULL-terminated array of pointers to NUL-terminated copies of these strings
+    /// (`argv`, `envp`), placed like [`Arg::Bytes`]; the argument is the array's address.
+    StrArray(Vec<String>),
 }
 
 impl Arg {
@@ -72,12 +90,21 @@ pub struct Syscall {
     pub name: &'static str,
     /// Its arguments, at most [`MAX_ARGS`].
     pub args: Vec<Arg>,
+    /// For a `clone` that makes a new process: the `execve` the child runs first (its
+    /// data is placed before the `clone`, so the child has its own copy). If the
+    /// `execve` fails the child exits with code 127.
+    pub child: Option<Box<Syscall>>,
 }
 
 impl Syscall {
     /// A call of `nr` (named `name`) with `args`.
     pub fn new(nr: u64, name: &'static str, args: Vec<Arg>) -> Self {
-        Self { nr, name, args }
+        Self {
+            nr,
+            name,
+            args,
+            child: None,
+        }
     }
 }
 
@@ -228,6 +255,44 @@ impl<'a> Recipe<'a> {
         )
     }
 
+    /// `exec`: `clone(CLONE_PARENT|SIGCHLD)` in the target, and in the new process
+    /// `execve(argv[0], argv, envp)` (no `PATH` search: give a path). The new process is
+    /// the target's sibling (its parent is the target's parent). `on_pid` gets the new
+    /// pid. A failed `clone` fails the recipe; a failed `execve` is reported by the
+    /// injector ([`InjectReport::child_exec`](super::InjectReport::child_exec)).
+    pub fn exec(argv: Vec<String>, envp: Vec<String>, mut on_pid: impl FnMut(u32) + 'a) -> Self {
+        let path = argv.first().cloned().unwrap_or_default();
+        let mut child = Syscall::new(
+            nr::EXECVE,
+            "execve",
+            vec![
+                Arg::c_string(&path),
+                Arg::StrArray(argv),
+                Arg::StrArray(envp),
+            ],
+        );
+        child.child = None;
+        let mut clone = Syscall::new(
+            nr::CLONE,
+            "clone",
+            vec![
+                Arg::Value(CLONE_PARENT_SIGCHLD),
+                Arg::Value(0),
+                Arg::Value(0),
+                Arg::Value(0),
+                Arg::Value(0),
+            ],
+        );
+        clone.child = Some(Box::new(child));
+        Self::new(clone, move |o| {
+            if o.ret < 0 {
+                return Next::Fail(format!("clone: {}", errno_text(o.ret)));
+            }
+            on_pid(u32::try_from(o.ret).unwrap_or(0));
+            Next::Done
+        })
+    }
+
     /// `put`: `openat(AT_FDCWD, path, O_WRONLY|O_CREAT|O_TRUNC|O_CLOEXEC, mode)`, then
     /// `write` of `data` in chunks that fit the scratch area (a short write goes on
     /// from where it stopped), `fsync`, `close`. A failed `openat` or `write` fails the
@@ -341,6 +406,22 @@ pub fn refusal(call: &Syscall) -> Option<String> {
             "{} arguments (at most {MAX_ARGS})",
             call.args.len()
         ));
+    }
+    if let Some(child) = &call.child {
+        let flags = match call.args.first() {
+            Some(Arg::Value(f)) => *f,
+            _ => return Some("clone with a child needs its flags as a value".into()),
+        };
+        if call.nr != nr::CLONE || flags & CLONE_SHARING != 0 {
+            return Some(
+                "a child call needs a clone that makes a new process (no CLONE_VM, CLONE_VFORK, CLONE_THREAD)"
+                    .into(),
+            );
+        }
+        if child.nr != nr::EXECVE || child.child.is_some() || child.args.len() > MAX_ARGS {
+            return Some("the child's call must be one execve".into());
+        }
+        return None;
     }
     if let Some((_, name)) = REFUSED_SYSCALLS.iter().find(|(n, _)| *n == call.nr) {
         return Some(format!(
@@ -498,6 +579,19 @@ mod tests {
         );
         assert!(refusal(&Syscall::new(nr::READ, "read", vec![Arg::Value(0); 7])).is_some());
         assert_eq!(refusal(&Syscall::new(nr::GETPID, "getpid", vec![])), None);
+        // exec's clone with its child execve passes; a clone sharing memory, a child
+        // other than execve, or a child on another call do not.
+        let exec = Recipe::exec(vec!["/bin/true".into()], vec![], |_| {});
+        assert_eq!(refusal(exec.first()), None);
+        let mut shared = exec.first().clone();
+        shared.args[0] = Arg::Value(CLONE_PARENT_SIGCHLD | 0x100);
+        assert!(refusal(&shared).is_some());
+        let mut not_exec = exec.first().clone();
+        not_exec.child = Some(Box::new(Syscall::new(nr::GETPID, "getpid", vec![])));
+        assert!(refusal(&not_exec).is_some());
+        let mut on_read = Syscall::new(nr::READ, "read", vec![Arg::Value(0)]);
+        on_read.child = exec.first().child.clone();
+        assert!(refusal(&on_read).is_some());
     }
 
     #[test]
