@@ -217,6 +217,20 @@ fn inject_cat_restores_the_thread_and_refuses_clearly() {
         std::thread::sleep(Duration::from_millis(250));
     }
     assert_eq!(seen, new_pid.to_string());
+    // The shell wrote the file before its `exec sleep`: wait (bounded) for the exec, so
+    // that the guest's state no longer changes when vmi reads it.
+    let mut cmdline = String::new();
+    for _ in 0..40 {
+        cmdline = guest
+            .run(&format!("tr '\\0' ' ' < /proc/{new_pid}/cmdline; echo"), t)
+            .unwrap()
+            .output;
+        if cmdline.trim() == "sleep 1000" {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(cmdline.trim(), "sleep 1000");
     alive(&guest, new_pid);
     alive(&guest, loop_pid);
     let ps = vmi(&live, &["--json", "ps"]);
