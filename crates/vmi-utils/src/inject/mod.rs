@@ -52,10 +52,11 @@
 //! # Measured
 //!
 //! `benches/inject.rs`, `Recipe::cat` into a busy shell loop of the live test guest
-//! under QEMU TCG (2-core host at load 5), 5 rounds each: a 4 KiB file in 45-130 ms
-//! (4 system calls, 6 breakpoint hits: safe point, one per call, the verification
-//! stop); a 1 MiB file in 1.5-2.3 s (197-226 calls, as many hits plus 2: each `read`
-//! gets the 4-5 KiB of present stack below the red zone, about 8 ms per call). The
+//! under QEMU TCG (2-core host at load 3.5-5), two runs of 5 rounds each: a 4 KiB file
+//! in 25-130 ms (4 system calls, 6 breakpoint hits: safe point, one per call, the
+//! verification stop); a 1 MiB file in 1.3-3.5 s (176-226 calls, as many hits plus 2:
+//! each `read` gets the 4-6 KiB of present stack below the red zone, about 8-15 ms per
+//! call). The
 //! whole `vmi inject cat` command (attach, kernel discovery with a cached profile,
 //! debug build) takes 0.45-0.9 s for a small file.
 
