@@ -52,10 +52,24 @@ def test_trace_collects_hits_and_leaves_the_guest_running(guest, dump_path):
 
 def test_trace_stops_on_ctrl_c_and_removes_its_breakpoint(guest):
     with vmi.open(guest.spec) as t:
-        timer = threading.Timer(1.0, lambda: os.kill(os.getpid(), signal.SIGINT))
+        fired = []
+
+        def interrupt():
+            fired.append(time.monotonic())
+            os.kill(os.getpid(), signal.SIGINT)
+
+        timer = threading.Timer(1.0, interrupt)
+        start = time.monotonic()
         timer.start()
-        with pytest.raises(KeyboardInterrupt):
-            t.trace("do_nanosleep", count=1_000_000, timeout=60)
+        try:
+            hits = t.trace("do_nanosleep", count=1_000_000, timeout=60)
+        except KeyboardInterrupt:
+            hits = None
         timer.join()
+        # What happened, if the interrupt was missed (seen once in CI, not reproduced).
+        assert hits is None, (
+            f"trace returned {len(hits)} hits after {time.monotonic() - start:.1f} s; "
+            f"the SIGINT was sent {[round(f - start, 2) for f in fired]} s after the start"
+        )
         assert guest.running()
         assert len(t.trace("do_nanosleep", count=1, timeout=120)) == 1
