@@ -491,6 +491,10 @@ struct Run<'r, 'a> {
     /// shares pages with ours, and our restore would rewrite its arguments.
     parked: Option<(InCall, i64)>,
     child_exec: Option<Option<i64>>,
+    /// A safe point passed up because the stack below the red zone was not yet
+    /// writable (e.g. still shared copy-on-write after a fork): the error if no later
+    /// safe point does better.
+    scratch_refusal: Option<InjectError>,
 }
 
 /// Runs [`Recipe`]s in Linux processes of a live guest. See the [module docs](self).
@@ -642,6 +646,7 @@ where
             child: Child::None,
             parked: None,
             child_exec: None,
+            scratch_refusal: None,
         };
         let mut last_look = Instant::now();
         loop {
@@ -653,11 +658,13 @@ where
                 Phase::Finished => {}
                 Phase::Waiting => {
                     if started.elapsed() > self.options.safe_point_timeout {
-                        return Err(InjectError::NoSafePoint {
-                            pid,
-                            rip: frame.ip,
-                            waited: started.elapsed(),
-                        });
+                        return Err(run.scratch_refusal.take().unwrap_or(
+                            InjectError::NoSafePoint {
+                                pid,
+                                rip: frame.ip,
+                                waited: started.elapsed(),
+                            },
+                        ));
                     }
                     if self.stopped() {
                         return Err(InjectError::Interrupted);
@@ -778,10 +785,20 @@ where
                 if regs.cpl() != 3 || self.is_our_thread(run, regs) != Some(true) {
                     return VmiEventResponse::default();
                 }
+                // Too little writable stack here (a page still shared copy-on-write
+                // after a fork is present but read-only until the thread writes it):
+                // let the thread run on and take a later safe point.
+                let (lo, hi) = match self.scratch(run, regs) {
+                    Ok(range) => range,
+                    Err(e) => {
+                        run.scratch_refusal = Some(e);
+                        return VmiEventResponse::default();
+                    }
+                };
                 for (_, id) in std::mem::take(&mut run.safe_points) {
                     let _ = bpm.remove(id);
                 }
-                self.take(bpm, space, run, regs)
+                self.take(bpm, space, run, regs, lo, hi)
             }
             (Phase::InCall(c), Tag::Return) => {
                 if regs.rip != run.syscall_at.wrapping_add(2)
@@ -822,29 +839,16 @@ where
         }
     }
 
-    /// At the safe point: saves, places the first step, points the thread at it.
-    fn take(
-        &self,
-        bpm: &BreakpointManager<'_, D, Tag>,
-        space: AddressSpace,
-        run: &mut Run<'_, '_>,
-        regs: &Registers,
-    ) -> VmiEventResponse<Amd64> {
-        let untouched = |run: &mut Run<'_, '_>, e: InjectError| {
-            run.error = Some(e);
-            run.phase = Phase::Finished;
-            VmiEventResponse::default()
+    /// The scratch range `[lo, hi)` at a safe point: below the red zone, 16-byte
+    /// aligned, on present, writable user pages, at most `max_scratch` bytes.
+    fn scratch(&self, run: &Run<'_, '_>, regs: &Registers) -> Result<(u64, u64), InjectError> {
+        let no_scratch = |available| InjectError::NoScratch {
+            pid: run.pid,
+            rsp: regs.rsp,
+            available,
         };
-        // Scratch: [lo, hi) below the red zone, 16-byte aligned, writable present pages.
         let Some(hi) = regs.rsp.checked_sub(RED_ZONE).map(|v| v & !15) else {
-            return untouched(
-                run,
-                InjectError::NoScratch {
-                    pid: run.pid,
-                    rsp: regs.rsp,
-                    available: 0,
-                },
-            );
+            return Err(no_scratch(0));
         };
         let mut lo = hi;
         while ((hi - lo) as usize) < self.options.max_scratch {
@@ -867,15 +871,28 @@ where
         let lo = (lo + 15) & !15;
         let available = hi.saturating_sub(lo) as usize;
         if available < MIN_SCRATCH {
-            return untouched(
-                run,
-                InjectError::NoScratch {
-                    pid: run.pid,
-                    rsp: regs.rsp,
-                    available,
-                },
-            );
+            return Err(no_scratch(available));
         }
+        Ok((lo, hi))
+    }
+
+    /// At the safe point, with the scratch range from [`Self::scratch`]: saves, places
+    /// the first step, points the thread at it.
+    fn take(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        space: AddressSpace,
+        run: &mut Run<'_, '_>,
+        regs: &Registers,
+        lo: u64,
+        hi: u64,
+    ) -> VmiEventResponse<Amd64> {
+        let untouched = |run: &mut Run<'_, '_>, e: InjectError| {
+            run.error = Some(e);
+            run.phase = Phase::Finished;
+            VmiEventResponse::default()
+        };
+        let available = hi.saturating_sub(lo) as usize;
         let original = match self
             .core
             .read_vec(AccessContext::paging(Va(lo), run.root), available)
