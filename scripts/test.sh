@@ -4,11 +4,13 @@
 # guest test fail instead of skipping when it cannot boot).
 set -euo pipefail
 cd "$(dirname "$0")/.."
+# Each step says how long the run has taken so far, so a slow CI run shows where.
+step() { printf '\n== %s (at %d s)\n' "$*" "$SECONDS" >&2; }
+step "set-up (scripts/setup.sh)"
 bash scripts/setup.sh
 
 export VMI_REQUIRE_GUEST=${VMI_REQUIRE_GUEST:-1}
 
-step() { printf '\n== %s\n' "$*" >&2; }
 step "cargo fmt --check"
 cargo fmt --all --check
 step "cargo clippy"
@@ -44,4 +46,4 @@ left=$(comm -13 <(echo "$shm_before") <(ls /dev/shm 2>/dev/null | grep '^vmi-gue
 if [ -n "$left" ]; then
   echo "error: tests left guest RAM files in /dev/shm:" >&2; echo "$left" >&2; exit 1
 fi
-echo "all tests passed" >&2
+echo "all tests passed in $SECONDS s" >&2

@@ -61,6 +61,31 @@
 //! # Ok::<(), vmi::core::VmiError>(())
 //! ```
 //!
+//! The same function on a Linux ELF dump (`no_run` here because it needs a dump;
+//! `tests/one_program.rs` runs it on the real Linux test guest, live and dumped):
+//!
+//! ```no_run
+//! # #[cfg(all(feature = "os-linux", feature = "driver-dump"))] {
+//! # use vmi::core::{VmiOs, VmiRead};
+//! # use vmi::arch::amd64::Amd64;
+//! # fn summary<D: VmiRead<Architecture = Amd64>>(core: &VmiCore<D>, os: &dyn VmiOs<D>) -> Vec<String> { Vec::new() }
+//! use vmi::core::{VmiCore, VmiSession};
+//! use vmi::driver::dump::DumpDriver;
+//! use vmi::os::linux::LinuxOs;
+//!
+//! let core = VmiCore::new(DumpDriver::open("guest.elf")?)?;
+//! let os = LinuxOs::new(&core)?; // kernel, KASLR and symbols found in the dump itself
+//! let session = VmiSession::new(&core, &os);
+//! for process in session.os().processes()? {
+//!     println!("{} {}", process.pid, process.name);
+//! }
+//! for line in summary(&core, &os) {
+//!     println!("{line}");
+//! }
+//! # }
+//! # Ok::<(), vmi::core::VmiError>(())
+//! ```
+//!
 //! ```
 //! # #[cfg(feature = "driver-mock")] {
 //! use vmi::core::{Pa, VmiCore};
