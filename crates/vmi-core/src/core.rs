@@ -211,8 +211,25 @@ const _: () = {
     }
 };
 
-/// Reads page-table entries through the core's page cache.
-struct CoreReader<'a, D: VmiDriver>(&'a VmiCore<D>);
+/// Memory a driver lends as plain bytes ([`VmiRead::direct_memory`]): taken once per
+/// read and handed down, so that the walk's entry reads and the data read share it.
+type Direct<'a> = Option<(Pa, &'a [u8])>;
+
+/// Reads page-table entries through the core (its direct memory, else its page cache).
+struct CoreReader<'a, D: VmiDriver> {
+    core: &'a VmiCore<D>,
+    direct: Direct<'a>,
+}
+
+impl<'a, D: VmiRead> CoreReader<'a, D> {
+    #[inline(always)]
+    fn new(core: &'a VmiCore<D>) -> Self {
+        Self {
+            core,
+            direct: core.driver.direct_memory(),
+        }
+    }
+}
 
 impl<D: VmiRead> PageTableReader for CoreReader<'_, D> {
     /// One page chunk, not [`VmiCore::read`]: a read that translates walks, and a walk
@@ -223,12 +240,27 @@ impl<D: VmiRead> PageTableReader for CoreReader<'_, D> {
     fn read_entry(&self, pa: Pa) -> Result<u64, VmiError> {
         let mut buf = [0u8; 8];
         if ArchOf::<D>::page_offset(pa.0) <= ArchOf::<D>::PAGE_SIZE - 8 {
-            self.0.read_page_chunk(pa, &mut buf)?;
+            if let Some(entry) = direct_array(self.direct, pa) {
+                return Ok(u64::from_le_bytes(entry));
+            }
+            self.core.read_chunk_in(self.direct, pa, &mut buf)?;
         } else {
-            self.0.read_chunks(AccessContext::direct(pa), &mut buf)?;
+            self.core
+                .read_chunks(pa.0, TranslationMechanism::Direct, &mut buf)?;
         }
         Ok(u64::from_le_bytes(buf))
     }
+}
+
+/// The `N` bytes at `pa` in `direct`, when it holds them all: returned by value, so that
+/// a fixed-size read from a dump stays in registers (a buffer that a slow path may be
+/// handed lives in memory: a store and a load more per read).
+#[inline(always)]
+fn direct_array<const N: usize>(direct: Direct<'_>, pa: Pa) -> Option<[u8; N]> {
+    let (base, memory) = direct?;
+    let at = usize::try_from(pa.0.wrapping_sub(base.0)).ok()?;
+    // A wrapped end (`at > end`) makes `get` fail: no overflow check needed.
+    memory.get(at..at.wrapping_add(N))?.try_into().ok()
 }
 
 /// `dst.copy_from_slice(src)` (equal lengths), with the sizes of integer reads as
@@ -269,8 +301,28 @@ pub(crate) fn page_chunks(
 impl<D: VmiRead> VmiCore<D> {
     // Always inlined: small (the page-cache path is a call), and it carries a fixed-size
     // read's constant length into the driver.
+    //
+    // Memory the driver lends as plain bytes ([`VmiRead::direct_memory`], a dump's RAM)
+    // is copied from directly: no frame arithmetic, no page-cache check, no driver call.
+    // A chunk outside it (or a driver without it: the check folds away) takes the
+    // driver's path, which gives the same bytes or the page's own error.
     #[inline(always)]
     pub(crate) fn read_page_chunk(&self, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
+        self.read_chunk_in(self.driver.direct_memory(), pa, buf)
+    }
+
+    /// [`Self::read_page_chunk`] with the driver's direct memory already taken.
+    #[inline(always)]
+    fn read_chunk_in(&self, direct: Direct<'_>, pa: Pa, buf: &mut [u8]) -> Result<(), VmiError> {
+        if let Some((base, memory)) = direct {
+            // A wrapped end (`at > end`) makes `get` fail: no overflow check needed.
+            if let Ok(at) = usize::try_from(pa.0.wrapping_sub(base.0))
+                && let Some(src) = memory.get(at..at.wrapping_add(buf.len()))
+            {
+                copy_small(buf, src);
+                return Ok(());
+            }
+        }
         let gfn = ArchOf::<D>::gfn_from_pa(pa);
         let offset = ArchOf::<D>::page_offset(pa.0) as usize;
         if !self.pages.enabled() {
@@ -316,29 +368,42 @@ impl<D: VmiRead> VmiCore<D> {
 
     /// Walks the page tables for `ctx` (not cached) and returns every step.
     pub fn translate(&self, ctx: AddressContext) -> Result<Translation, VmiError> {
-        ArchOf::<D>::translate(&CoreReader(self), ctx, self.paging_mode())
+        ArchOf::<D>::translate(&CoreReader::new(self), ctx, self.paging_mode())
     }
 
     /// Translates a virtual address to a physical one, through the translation cache.
     #[inline(always)]
     pub fn translate_address(&self, ctx: AddressContext) -> Result<Pa, VmiError> {
-        match self.translations.get(ctx.root.0, ctx.va.0) {
+        self.translate_with(&CoreReader::new(self), ctx)
+    }
+
+    /// [`Self::translate_address`] with the reader of the read that translates.
+    #[inline(always)]
+    fn translate_with(
+        &self,
+        reader: &CoreReader<'_, D>,
+        ctx: AddressContext,
+    ) -> Result<Pa, VmiError> {
+        let shift = ArchOf::<D>::LAST_TABLE_SHIFT;
+        match self.translations.get(shift, ctx.root.0, ctx.va.0) {
             Some(Cached::Leaf(pa)) => Ok(Pa(pa)),
             Some(Cached::Table(table)) => {
-                ArchOf::<D>::translate_in_last_table(&CoreReader(self), ctx, Pa(table))
-                    .map(|leaf| leaf.pa)
+                ArchOf::<D>::translate_in_last_table(reader, ctx, Pa(table)).map(|leaf| leaf.pa)
             }
-            None => self.translate_uncached(ctx),
+            None => self.translate_uncached(reader, ctx),
         }
     }
 
     /// [`Self::translate_address`] when the cache knows nothing of the region of `ctx`:
     /// a walk without its steps, and what it found at the last level filed in the cache.
     #[inline]
-    fn translate_uncached(&self, ctx: AddressContext) -> Result<Pa, VmiError> {
+    fn translate_uncached(
+        &self,
+        reader: &CoreReader<'_, D>,
+        ctx: AddressContext,
+    ) -> Result<Pa, VmiError> {
         let epoch = self.translations.epoch();
-        let reader = CoreReader(self);
-        match ArchOf::<D>::translate_to_last_table(&reader, ctx, self.paging_mode()) {
+        match ArchOf::<D>::translate_to_last_table(reader, ctx, self.paging_mode()) {
             Ok(LastLevel::Leaf(leaf)) => {
                 let found = Cached::Leaf(leaf.pa.0);
                 (self.translations).insert(ctx.root.0, ctx.va.0, found, leaf.page_size, epoch);
@@ -348,7 +413,7 @@ impl<D: VmiRead> VmiCore<D> {
                 let found = Cached::Table(table.0);
                 let size = ArchOf::<D>::PAGE_SIZE;
                 (self.translations).insert(ctx.root.0, ctx.va.0, found, size, epoch);
-                ArchOf::<D>::translate_in_last_table(&reader, ctx, table).map(|leaf| leaf.pa)
+                ArchOf::<D>::translate_in_last_table(reader, ctx, table).map(|leaf| leaf.pa)
             }
             Err(e) => {
                 self.translations.miss();
@@ -359,10 +424,20 @@ impl<D: VmiRead> VmiCore<D> {
 
     #[inline(always)]
     pub(crate) fn resolve(&self, at: u64, mechanism: TranslationMechanism) -> Result<Pa, VmiError> {
+        self.resolve_with(&CoreReader::new(self), at, mechanism)
+    }
+
+    #[inline(always)]
+    fn resolve_with(
+        &self,
+        reader: &CoreReader<'_, D>,
+        at: u64,
+        mechanism: TranslationMechanism,
+    ) -> Result<Pa, VmiError> {
         match mechanism {
             TranslationMechanism::Direct => Ok(Pa(at)),
             TranslationMechanism::Paging { root } => {
-                self.translate_address(AddressContext { va: Va(at), root })
+                self.translate_with(reader, AddressContext { va: Va(at), root })
             }
         }
     }
@@ -380,17 +455,27 @@ impl<D: VmiRead> VmiCore<D> {
         // does not straddle a page) is exactly the first and only chunk of the general loop,
         // whose error is returned as it is. Without the chunk iterator it inlines, and a
         // fixed-size read keeps its constant length down to the driver.
+        // The driver's direct memory is taken once, for the walk and the data alike.
         let room = ArchOf::<D>::PAGE_SIZE - ArchOf::<D>::page_offset(ctx.address);
         if !buf.is_empty() && buf.len() as u64 <= room {
-            let pa = self.resolve(ctx.address, ctx.mechanism)?;
-            return self.read_page_chunk(pa, buf);
+            let reader = CoreReader::new(self);
+            let pa = self.resolve_with(&reader, ctx.address, ctx.mechanism)?;
+            return self.read_chunk_in(reader.direct, pa, buf);
         }
-        self.read_chunks(ctx, buf)
+        self.read_chunks(ctx.address, ctx.mechanism, buf)
     }
 
     /// The general case of [`Self::read`]: page by page, with partial-access errors.
+    /// (The context comes as its parts, which travel in registers: a context argument
+    /// made every inlined `read` store it to the stack, for this rarely taken call.)
     #[inline(never)]
-    fn read_chunks(&self, ctx: AccessContext, buf: &mut [u8]) -> Result<(), VmiError> {
+    fn read_chunks(
+        &self,
+        address: u64,
+        mechanism: TranslationMechanism,
+        buf: &mut [u8],
+    ) -> Result<(), VmiError> {
+        let ctx = AccessContext { address, mechanism };
         let len = buf.len();
         for (at, start, n) in page_chunks(ctx.address, len, ArchOf::<D>::PAGE_SIZE) {
             let result = self
@@ -410,6 +495,24 @@ impl<D: VmiRead> VmiCore<D> {
             }
         }
         Ok(())
+    }
+
+    /// [`Self::read`] of a fixed-size value, returned by value (see [`direct_array`]).
+    #[inline(always)]
+    fn read_array<const N: usize>(&self, ctx: AccessContext) -> Result<[u8; N], VmiError> {
+        let room = ArchOf::<D>::PAGE_SIZE - ArchOf::<D>::page_offset(ctx.address);
+        let mut bytes = [0u8; N];
+        if N != 0 && N as u64 <= room {
+            let reader = CoreReader::new(self);
+            let pa = self.resolve_with(&reader, ctx.address, ctx.mechanism)?;
+            if let Some(bytes) = direct_array(reader.direct, pa) {
+                return Ok(bytes);
+            }
+            self.read_chunk_in(reader.direct, pa, &mut bytes)?;
+        } else {
+            self.read_chunks(ctx.address, ctx.mechanism, &mut bytes)?;
+        }
+        Ok(bytes)
     }
 
     /// Reads as much of `buf` as is readable from the start; returns the number of bytes
@@ -438,33 +541,25 @@ impl<D: VmiRead> VmiCore<D> {
     /// Reads one byte.
     #[inline]
     pub fn read_u8(&self, ctx: impl Into<AccessContext>) -> Result<u8, VmiError> {
-        let mut b = [0u8; 1];
-        self.read(ctx, &mut b)?;
-        Ok(b[0])
+        Ok(self.read_array::<1>(ctx.into())?[0])
     }
 
     /// Reads a little-endian `u16`.
     #[inline]
     pub fn read_u16(&self, ctx: impl Into<AccessContext>) -> Result<u16, VmiError> {
-        let mut b = [0u8; 2];
-        self.read(ctx, &mut b)?;
-        Ok(u16::from_le_bytes(b))
+        self.read_array(ctx.into()).map(u16::from_le_bytes)
     }
 
     /// Reads a little-endian `u32`.
     #[inline]
     pub fn read_u32(&self, ctx: impl Into<AccessContext>) -> Result<u32, VmiError> {
-        let mut b = [0u8; 4];
-        self.read(ctx, &mut b)?;
-        Ok(u32::from_le_bytes(b))
+        self.read_array(ctx.into()).map(u32::from_le_bytes)
     }
 
     /// Reads a little-endian `u64`.
     #[inline]
     pub fn read_u64(&self, ctx: impl Into<AccessContext>) -> Result<u64, VmiError> {
-        let mut b = [0u8; 8];
-        self.read(ctx, &mut b)?;
-        Ok(u64::from_le_bytes(b))
+        self.read_array(ctx.into()).map(u64::from_le_bytes)
     }
 
     /// Reads an integer of `width` bytes (1, 2, 4 or 8).

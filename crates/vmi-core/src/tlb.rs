@@ -94,18 +94,27 @@ impl Tlb {
     /// The slot for `va` in `root`, and the tag that would match it.
     #[inline(always)]
     fn slot(&self, root: u64, va: u64) -> Option<(&Slot, u64)> {
+        self.slot_at(self.shift, root, va)
+    }
+
+    /// [`Self::slot`] with the shift given.
+    #[inline(always)]
+    fn slot_at(&self, shift: u32, root: u64, va: u64) -> Option<(&Slot, u64)> {
         // `shift` < 64 (`new`): the shifts cannot wrap.
-        let region = va.wrapping_shr(self.shift);
+        let region = va.wrapping_shr(shift);
         // Neighbouring regions land in neighbouring slots; the root spreads address spaces.
         let index = (region ^ (root >> 12).wrapping_mul(0x9e37_79b9_7f4a_7c15)) & self.mask;
-        let tag = region.wrapping_shl(self.shift) | 1;
+        let tag = region.wrapping_shl(shift) | 1;
         Some((self.slots.get(index as usize)?, tag))
     }
 
-    /// What is cached for the region of `va` in `root`.
+    /// What is cached for the region of `va` in `root`. `shift` is the one the cache was
+    /// made with (a constant in the caller: shifts by an immediate, no load).
     #[inline(always)]
-    pub(crate) fn get(&self, root: u64, va: u64) -> Option<Cached> {
-        let (slot, tag) = self.slot(root, va)?;
+    pub(crate) fn get(&self, shift: u32, root: u64, va: u64) -> Option<Cached> {
+        let shift = shift.clamp(1, 63);
+        debug_assert_eq!(shift, self.shift);
+        let (slot, tag) = self.slot_at(shift, root, va)?;
         let epoch = self.epoch();
         let seq = slot.seq.load(Ordering::Acquire);
         let (r, t, value, e) = (
@@ -124,7 +133,7 @@ impl Tlb {
             self.hits.fetch_add(1, Ordering::Relaxed);
         }
         Some(if value & 1 != 0 {
-            Cached::Leaf((value & !1) | (va & !u64::MAX.wrapping_shl(self.shift)))
+            Cached::Leaf((value & !1) | (va & !u64::MAX.wrapping_shl(shift)))
         } else {
             Cached::Table(value)
         })
@@ -233,19 +242,22 @@ mod tests {
         let va = 0xffff_8880_0020_1234;
         t.insert(0x1000, va, Cached::Leaf(0x40_1234), MIB2, e);
         assert_eq!(
-            t.get(0x1000, 0xffff_8880_0020_0000),
+            t.get(21, 0x1000, 0xffff_8880_0020_0000),
             Some(Cached::Leaf(0x40_0000))
         );
         assert_eq!(
-            t.get(0x1000, 0xffff_8880_003f_fff8),
+            t.get(21, 0x1000, 0xffff_8880_003f_fff8),
             Some(Cached::Leaf(0x5f_fff8))
         );
         // Not the next region, not another address space.
-        assert_eq!(t.get(0x1000, 0xffff_8880_0040_0000), None);
-        assert_eq!(t.get(0x2000, 0xffff_8880_0020_0000), None);
+        assert_eq!(t.get(21, 0x1000, 0xffff_8880_0040_0000), None);
+        assert_eq!(t.get(21, 0x2000, 0xffff_8880_0020_0000), None);
         // A 1 GiB leaf is filed as the 2 MiB part of it that holds the address.
         t.insert(0x1000, 0x4060_0010, Cached::Leaf(0x8060_0010), 1 << 30, e);
-        assert_eq!(t.get(0x1000, 0x4070_0000), Some(Cached::Leaf(0x8070_0000)));
+        assert_eq!(
+            t.get(21, 0x1000, 0x4070_0000),
+            Some(Cached::Leaf(0x8070_0000))
+        );
         let s = t.stats();
         assert_eq!((s.hits, s.misses, s.entries), (3, 2, 2));
     }
@@ -255,9 +267,9 @@ mod tests {
         let t = tlb();
         let e = t.epoch();
         t.insert(0, 0x7000_1008, Cached::Leaf(0x9008), 4096, e);
-        assert_eq!(t.get(0, 0x7000_1008), None);
+        assert_eq!(t.get(21, 0, 0x7000_1008), None);
         t.insert(0, 0x7000_1008, Cached::Table(0x33_000), 4096, e);
-        assert_eq!(t.get(0, 0x7010_0000), Some(Cached::Table(0x33_000)));
+        assert_eq!(t.get(21, 0, 0x7010_0000), Some(Cached::Table(0x33_000)));
     }
 
     #[test]
@@ -265,14 +277,14 @@ mod tests {
         let t = tlb();
         t.insert(0x1000, 0x5000, Cached::Table(0x9000), 4096, t.epoch());
         t.remove(0x1000, 0x1f_f008);
-        assert_eq!(t.get(0x1000, 0x5000), None);
+        assert_eq!(t.get(21, 0x1000, 0x5000), None);
         let stale = t.epoch();
         t.insert(0x1000, 0x5000, Cached::Table(0x9000), 4096, stale);
         t.clear();
-        assert_eq!(t.get(0x1000, 0x5000), None);
+        assert_eq!(t.get(21, 0x1000, 0x5000), None);
         // A walk that began before the clear files under the old epoch: never visible.
         t.insert(0x1000, 0x6000, Cached::Table(0xa000), 4096, stale);
-        assert_eq!(t.get(0x1000, 0x6000), None);
+        assert_eq!(t.get(21, 0x1000, 0x6000), None);
         assert_eq!(t.stats().entries, 0);
     }
 
@@ -280,7 +292,7 @@ mod tests {
     fn disabled_caches_nothing() {
         let t = Tlb::new(21, 0, true);
         t.insert(0, 0x1000, Cached::Table(0x2000), 4096, t.epoch());
-        assert_eq!(t.get(0, 0x1000), None);
+        assert_eq!(t.get(21, 0, 0x1000), None);
         t.remove(0, 0x1000);
         assert_eq!(t.stats().capacity, 0);
     }
@@ -298,7 +310,7 @@ mod tests {
                         let va = ((i * 7 + n) % 64) << 21;
                         let table = (va >> 9) ^ 0xabc_d000;
                         t.insert(0, va, Cached::Table(table), 4096, t.epoch());
-                        if let Some(found) = t.get(0, va | 8) {
+                        if let Some(found) = t.get(21, 0, va | 8) {
                             assert_eq!(found, Cached::Table(table));
                         }
                     }

@@ -1,9 +1,12 @@
 //! The bytes of a dump: a read-only private mapping of the file, or a buffer.
 //!
-//! This module holds the crate's only `unsafe` code: the `mmap` call.
+//! This module holds the crate's only `unsafe` code: the `mmap` call, and the window of
+//! [`DumpBytes`] (a sub-slice kept as a pointer and a length).
 
 use std::fs::File;
+use std::ops::Range;
 use std::path::Path;
+use std::ptr::NonNull;
 
 use vmi_core::VmiError;
 
@@ -58,6 +61,76 @@ impl DumpData {
         match self {
             Self::Mapped(m) => m,
             Self::Owned(v) => v,
+        }
+    }
+}
+
+/// The bytes of a dump, and a window on them lent without a bounds check on each use.
+///
+/// The window is the run of the file [`VmiRead::direct_memory`](vmi_core::VmiRead)
+/// lends on every read (the largest stored segment). Held as a pointer and a length, it
+/// costs two loads per read instead of the four loads and two compares of slicing the
+/// file again each time: what limits random reads is how many cache misses the CPU keeps
+/// in flight, and every load and instruction per read takes room from them.
+pub(crate) struct DumpBytes {
+    data: DumpData,
+    /// Start of the window: inside `data`'s bytes, or dangling when `window_len` is 0.
+    window_ptr: NonNull<u8>,
+    window_len: usize,
+}
+
+// SAFETY: `DumpBytes` is `DumpData` (`Send + Sync`) plus a pointer into its bytes that
+// is only ever read through shared `&[u8]` borrows of `self`: the same access a
+// `&[u8]` borrow of `data` gives, which is `Send + Sync`. Nothing writes the bytes.
+#[allow(unsafe_code)]
+unsafe impl Send for DumpBytes {}
+// SAFETY: see `Send` above: shared reads of immutable bytes only.
+#[allow(unsafe_code)]
+unsafe impl Sync for DumpBytes {}
+
+impl DumpBytes {
+    /// The bytes, with an empty window.
+    pub(crate) fn new(data: DumpData) -> Self {
+        Self {
+            data,
+            window_ptr: NonNull::dangling(),
+            window_len: 0,
+        }
+    }
+
+    /// All bytes of the dump.
+    #[inline(always)]
+    pub(crate) fn bytes(&self) -> &[u8] {
+        self.data.bytes()
+    }
+
+    /// Sets the window to `range` of the bytes; a range that is not all there makes it
+    /// empty.
+    pub(crate) fn set_window(&mut self, range: Range<usize>) {
+        let (ptr, len) = match self.data.bytes().get(range) {
+            Some(window) => (NonNull::from(window).cast::<u8>(), window.len()),
+            None => (NonNull::dangling(), 0),
+        };
+        self.window_ptr = ptr;
+        self.window_len = len;
+    }
+
+    /// The window's bytes.
+    #[inline(always)]
+    pub(crate) fn window(&self) -> &[u8] {
+        #[allow(unsafe_code)]
+        // SAFETY: `from_raw_parts` needs `window_len` initialised bytes at `window_ptr`,
+        // valid and unmodified for the returned lifetime. `set_window` took them from a
+        // checked sub-slice of `self.data`'s bytes (or a dangling pointer with length 0,
+        // which is valid for an empty slice). Those bytes stay where they are as long as
+        // `self.data` lives: moving a `DumpData` moves neither the mapping (`Mmap` holds
+        // the address of a mapping it never remaps) nor a `Vec`'s heap buffer, and
+        // `data` is never mutated, dropped or replaced while `self` lives (the field is
+        // private, and only `set_window` changes the window). The borrow of `self` ties
+        // the slice's lifetime to `data`. The bytes are never written (`DumpData::map`
+        // argues the mapping), so the shared slice aliases nothing mutable.
+        unsafe {
+            std::slice::from_raw_parts(self.window_ptr.as_ptr(), self.window_len)
         }
     }
 }

@@ -79,7 +79,7 @@
 //! # Ok::<(), VmiError>(())
 //! ```
 
-#![deny(unsafe_code)] // the mmap call in `data.rs` is the one argued exception
+#![deny(unsafe_code)] // `data.rs` (the mmap call, the dump's window) is the one argued exception
 
 mod data;
 mod elf;
@@ -99,7 +99,7 @@ use vmi_core::{
     Gfn, Pa, PageAbsence, VcpuId, VmiDriver, VmiError, VmiInfo, VmiQueryRegisters, VmiRead,
 };
 
-use crate::data::DumpData;
+use crate::data::{DumpBytes, DumpData};
 use crate::notes::NoteInfo;
 use crate::ranges::{RangeMap, Segment};
 
@@ -191,12 +191,15 @@ enum Body {
 /// A memory dump opened read-only: [`VmiRead`] for its pages and, where the format has
 /// CPU state, [`VmiQueryRegisters`].
 pub struct DumpDriver {
-    data: DumpData,
+    data: DumpBytes,
     format: DumpFormat,
     body: Body,
     notes: NoteInfo,
     vcpus: u16,
     windows: Option<WindowsHeader>,
+    /// The physical address of the first byte of the data's window (the largest stored
+    /// segment, empty for kdump): the bytes [`VmiRead::direct_memory`] lends.
+    direct_base: u64,
 }
 
 impl std::fmt::Debug for DumpDriver {
@@ -266,6 +269,12 @@ impl DumpDriver {
             Some(h) => u16::try_from(h.number_processors).unwrap_or(u16::MAX),
             None => u16::try_from(notes.vcpus.len()).unwrap_or(u16::MAX),
         };
+        let (direct_base, direct_bytes) = match &body {
+            Body::Mapped(ranges) => ranges.primary_file_range(data.bytes()),
+            Body::Kdump(_) => (0, 0..0),
+        };
+        let mut data = DumpBytes::new(data);
+        data.set_window(direct_bytes);
         Ok(Self {
             data,
             format,
@@ -273,6 +282,7 @@ impl DumpDriver {
             notes,
             vcpus,
             windows,
+            direct_base,
         })
     }
 
@@ -408,13 +418,10 @@ impl VmiRead for DumpDriver {
 
     /// The largest stored segment (for raw, ELF and LiME dumps of a small guest, all of
     /// RAM); the mapping never changes while the driver lives.
+    // Always inlined: `VmiCore` asks for it on every read.
+    #[inline(always)]
     fn direct_memory(&self) -> Option<(Pa, &[u8])> {
-        match &self.body {
-            Body::Mapped(ranges) => ranges
-                .primary_bytes(self.data.bytes())
-                .map(|(start, bytes)| (Pa(start), bytes)),
-            Body::Kdump(_) => None,
-        }
+        Some((Pa(self.direct_base), self.data.window()))
     }
 
     fn physical_ranges(&self) -> Result<Vec<Range<Pa>>, VmiError> {

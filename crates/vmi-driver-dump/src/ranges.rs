@@ -249,12 +249,19 @@ impl RangeMap {
         Ok(())
     }
 
-    /// The largest segment's physical start and bytes.
-    pub(crate) fn primary_bytes<'a>(&self, data: &'a [u8]) -> Option<(u64, &'a [u8])> {
+    /// The largest segment's physical start and where its bytes lie in `data` (an empty
+    /// range when they do not fit, which `new` rules out).
+    pub(crate) fn primary_file_range(&self, data: &[u8]) -> (u64, Range<usize>) {
         let s = &self.primary;
-        let start = usize::try_from(s.file_offset).ok()?;
-        let len = usize::try_from(s.len).ok()?;
-        Some((s.start, data.get(start..start.checked_add(len)?)?))
+        let range = usize::try_from(s.file_offset)
+            .ok()
+            .zip(usize::try_from(s.len).ok())
+            .and_then(|(start, len)| Some(start..start.checked_add(len)?))
+            .filter(|r| r.end <= data.len());
+        match range {
+            Some(r) => (s.start, r),
+            None => (0, 0..0),
+        }
     }
 
     /// The physical ranges held, adjacent segments merged.
