@@ -18,7 +18,7 @@ pub fn target_failure(error: TargetError) -> Failure {
     }
 }
 
-/// Opens `spec`: `qemu:<socket>`, `xen:<domid>`, or a dump path.
+/// Opens `spec`: `qemu:<socket>`, `libvirt[+URI]:<name>`, `xen:<domid>`, or a dump path.
 pub fn open(spec: &str) -> Result<Target, Failure> {
     vmi_target::open(spec).map_err(target_failure)
 }

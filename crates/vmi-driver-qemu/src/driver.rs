@@ -18,7 +18,9 @@ use vmi_core::{
 
 use crate::error::QemuError;
 use crate::gdb::{GdbAddress, GdbConn, RegMap, StopReply, decode_hex, encode_le, parse_stop_reply};
+use crate::libvirt::LibvirtDomain;
 use crate::memory::{Access, AccessPath, Layout, Memory};
+use crate::monitor::Monitor;
 use crate::qmp::QmpClient;
 use crate::regs;
 use crate::rundir::PrivateDir;
@@ -218,12 +220,16 @@ struct Inner {
 pub struct QemuDriver {
     // Field order matters: `qmp` closes before `inner` drops the guard, so that a guard
     // left to clean up (our clean-up failed) finds the QMP socket free.
-    qmp: Mutex<QmpClient>,
+    qmp: Mutex<Monitor>,
     memory: Memory,
     inner: Mutex<Inner>,
     options: AttachOptions,
-    /// The QMP socket path (for the guard).
-    qmp_path: PathBuf,
+    /// The QMP socket path (for the guard); `None` for libvirt, which owns the socket.
+    qmp_path: Option<PathBuf>,
+    /// Where to make the private directory of a gdbstub we start (`None`: the default,
+    /// see `rundir`); a libvirt domain's own directory, where its confined QEMU may
+    /// create sockets.
+    gdb_base: Option<PathBuf>,
     vcpus: u16,
     pid: Option<u32>,
     /// QEMU's user id (peer credentials of the QMP socket).
@@ -264,7 +270,7 @@ pub(crate) fn vm_state(status: &str) -> VmState {
     }
 }
 
-fn query_status(qmp: &mut QmpClient) -> Result<String, QemuError> {
+fn query_status(qmp: &mut Monitor) -> Result<String, QemuError> {
     let v = qmp.execute("query-status", None)?;
     v.get("status")
         .and_then(Value::as_str)
@@ -273,8 +279,8 @@ fn query_status(qmp: &mut QmpClient) -> Result<String, QemuError> {
 }
 
 /// The QEMU pid: the QMP socket's peer credentials, else a vCPU thread's thread group.
-fn qemu_pid(qmp: &mut QmpClient) -> Option<u32> {
-    if let Some((pid, _)) = crate::sys::peer_cred(qmp.stream()) {
+fn qemu_pid(qmp: &mut Monitor) -> Option<u32> {
+    if let Some((pid, _)) = qmp.peer_cred() {
         return Some(pid);
     }
     let cpus = qmp.execute("query-cpus-fast", None).ok()?;
@@ -286,8 +292,24 @@ fn qemu_pid(qmp: &mut QmpClient) -> Option<u32> {
         .and_then(|v| v.trim().parse().ok())
 }
 
+/// The directory of libvirt's monitor socket for the domain (libvirt's per-domain
+/// private directory, `/var/lib/libvirt/qemu/domain-ID-NAME`): the place a confined QEMU
+/// (AppArmor, SELinux) may create a socket.
+fn libvirt_domain_dir(qmp: &mut Monitor) -> Option<PathBuf> {
+    let v = qmp.execute("query-chardev", None).ok()?;
+    v.as_array()?.iter().find_map(|c| {
+        if c.get("label")?.as_str()? != "charmonitor" {
+            return None;
+        }
+        let f = c.get("filename")?.as_str()?;
+        let path = f.strip_prefix("unix:")?.split(',').next()?;
+        let dir = Path::new(path).parent()?;
+        (dir.is_absolute() && dir.is_dir()).then(|| dir.to_path_buf())
+    })
+}
+
 /// Finds the address of QEMU's existing gdbstub (`query-chardev`, label `gdb`).
-fn find_gdbstub(qmp: &mut QmpClient) -> Result<Option<GdbAddress>, QemuError> {
+fn find_gdbstub(qmp: &mut Monitor) -> Result<Option<GdbAddress>, QemuError> {
     let v = qmp.execute("query-chardev", None)?;
     Ok(v.as_array().into_iter().flatten().find_map(|c| {
         (c.get("label")?.as_str()? == "gdb")
@@ -577,7 +599,37 @@ impl QemuDriver {
         options: AttachOptions,
     ) -> Result<Self, VmiError> {
         let path = qmp_socket.as_ref();
-        let mut qmp = QmpClient::connect(path, options.greeting_timeout, options.command_timeout)?;
+        let qmp = QmpClient::connect(path, options.greeting_timeout, options.command_timeout)?;
+        // The guard connects after we are gone, possibly from elsewhere: an absolute path.
+        let qmp_path = std::path::absolute(path)
+            .ok()
+            .filter(|p| RawAddr::unix(p).is_some())
+            .unwrap_or_else(|| path.to_path_buf());
+        Self::attach_monitor(Monitor::Qmp(qmp), Some(qmp_path), options)
+    }
+
+    /// Attaches to the libvirt domain called `domain` at the libvirt `uri` (`None`:
+    /// libvirt's default, `LIBVIRT_DEFAULT_URI` or `qemu:///system` for root), through
+    /// libvirt itself: monitor commands pass through `virDomainQemuMonitorCommand`,
+    /// pause and resume are libvirt's, memory is the domain's file backing when it has a
+    /// shared one, else the QEMU process's memory; a gdbstub is started on a socket in
+    /// the domain's private directory when needed. The domain's definition is not
+    /// changed. The QEMU process must run on this host (its pid is checked by its
+    /// `-name guest=NAME` argument), and reading it needs root (or its user).
+    pub fn attach_libvirt(
+        uri: Option<&str>,
+        domain: &str,
+        options: AttachOptions,
+    ) -> Result<Self, VmiError> {
+        let dom = LibvirtDomain::open(uri, domain)?;
+        Self::attach_monitor(Monitor::Libvirt(Box::new(dom)), None, options)
+    }
+
+    fn attach_monitor(
+        mut qmp: Monitor,
+        qmp_path: Option<PathBuf>,
+        options: AttachOptions,
+    ) -> Result<Self, VmiError> {
         let target = qmp.execute("query-target", None)?;
         let arch = target
             .get("arch")
@@ -626,8 +678,29 @@ impl QemuDriver {
             }
         }
         let layout = Layout::discover(&mut qmp)?;
-        let pid = qemu_pid(&mut qmp);
-        let qemu_uid = crate::sys::peer_cred(qmp.stream()).map(|(_, uid)| uid);
+        let (pid, qemu_uid, gdb_base) = match &qmp {
+            Monitor::Qmp(_) => (
+                qemu_pid(&mut qmp),
+                qmp.peer_cred().map(|(_, uid)| uid),
+                None,
+            ),
+            Monitor::Libvirt(d) => {
+                let name = d.name().to_owned();
+                let pid = qemu_pid(&mut qmp)
+                    .filter(|&p| crate::sys::is_libvirt_qemu(p, &name))
+                    .ok_or_else(|| QemuError::Libvirt {
+                        operation: format!("finding the QEMU process of domain {name}"),
+                        message: "no local process runs it (libvirt targets must run on \
+                                      this host)"
+                            .into(),
+                    })?;
+                (
+                    Some(pid),
+                    crate::sys::process_uid(pid),
+                    libvirt_domain_dir(&mut qmp),
+                )
+            }
+        };
         let access = open_access(
             &layout,
             &mut qmp,
@@ -636,11 +709,6 @@ impl QemuDriver {
             options.writable,
         )?;
         let found_running = status == "running";
-        // The guard connects after we are gone, possibly from elsewhere: an absolute path.
-        let qmp_path = std::path::absolute(path)
-            .ok()
-            .filter(|p| RawAddr::unix(p).is_some())
-            .unwrap_or_else(|| path.to_path_buf());
         Ok(QemuDriver {
             qmp: Mutex::new(qmp),
             memory: Memory {
@@ -655,6 +723,7 @@ impl QemuDriver {
             }),
             options,
             qmp_path,
+            gdb_base,
             vcpus,
             pid,
             qemu_uid,
@@ -670,11 +739,11 @@ impl QemuDriver {
     /// stops at the first hit. A VM that was paused (not `debug`) stays paused.
     pub fn recover(qmp_socket: impl AsRef<Path>) -> Result<VmState, VmiError> {
         let options = AttachOptions::default();
-        let mut qmp = QmpClient::connect(
+        let mut qmp = Monitor::Qmp(QmpClient::connect(
             qmp_socket.as_ref(),
             options.greeting_timeout,
             options.command_timeout,
-        )?;
+        )?);
         let before = query_status(&mut qmp)?;
         if let Some(addr) = find_gdbstub(&mut qmp)? {
             detach_gdbstub(&addr, &options)?;
@@ -780,19 +849,21 @@ impl QemuDriver {
             inner.guard = if !self.options.guard {
                 GuardState::Off
             } else {
-                let started = RawAddr::unix(&self.qmp_path)
-                    .ok_or_else(|| {
+                let qmp = match &self.qmp_path {
+                    None => Ok(None),
+                    Some(p) => RawAddr::unix(p).map(Some).ok_or_else(|| {
                         QemuError::protocol(
                             "QMP socket path",
-                            format!("{} does not fit a unix address", self.qmp_path.display()),
+                            format!("{} does not fit a unix address", p.display()),
                         )
+                    }),
+                };
+                let started = qmp.and_then(|qmp| {
+                    Watchdog::spawn(Plan {
+                        qmp,
+                        found_running: self.found_running,
                     })
-                    .and_then(|qmp| {
-                        Watchdog::spawn(Plan {
-                            qmp,
-                            found_running: self.found_running,
-                        })
-                    });
+                });
                 match started {
                     Ok(w) => GuardState::Armed(Arc::new(w)),
                     Err(e) => {
@@ -815,11 +886,14 @@ impl QemuDriver {
     /// Makes a private directory and asks QEMU to start a gdbstub on a socket in it.
     fn start_private_gdbstub(
         &self,
-        qmp: &mut QmpClient,
+        qmp: &mut Monitor,
         guard: Option<&Watchdog>,
     ) -> Result<(GdbAddress, PrivateDir), QemuError> {
         let qemu_uid = self.qemu_uid.unwrap_or_else(crate::sys::euid);
-        let dir = PrivateDir::create(qemu_uid)?;
+        let dir = match &self.gdb_base {
+            Some(base) => PrivateDir::create_in(base, qemu_uid)?,
+            None => PrivateDir::create(qemu_uid)?,
+        };
         let path = dir.path().join("gdb.sock");
         if let Some(g) = guard {
             g.note_private(&path);
@@ -872,6 +946,12 @@ impl QemuDriver {
             GdbMode::Auto => {
                 let mut qmp = lock(&self.qmp);
                 match find_gdbstub(&mut qmp)? {
+                    // A gdbstub whose socket is gone (its directory removed by a guard
+                    // after our predecessor died) is replaced: `gdbserver` takes over.
+                    Some(GdbAddress::Unix(p)) if !p.exists() => {
+                        let (a, dir) = self.start_private_gdbstub(&mut qmp, guard.as_deref())?;
+                        (a, Some(dir))
+                    }
                     Some(a) => (a, None),
                     None => {
                         let (a, dir) = self.start_private_gdbstub(&mut qmp, guard.as_deref())?;
@@ -903,7 +983,7 @@ impl QemuDriver {
                 }
                 // Accepting us stopped the VM: let it run again if it ran.
                 if !user_paused && query_status(&mut qmp).is_ok_and(|s| s != "running") {
-                    let _ = qmp.execute("cont", None);
+                    let _ = qmp.cont();
                 }
                 return Err(e);
             }
@@ -1182,9 +1262,9 @@ impl QemuDriver {
         match query_status(qmp) {
             Ok(status) => {
                 if self.found_running && status != "running" {
-                    note(qmp.execute("cont", None).map(drop));
+                    note(qmp.cont());
                 } else if !self.found_running && status == "running" {
-                    note(qmp.execute("stop", None).map(drop));
+                    note(qmp.stop());
                 }
             }
             Err(e) => note(Err(e)),
@@ -1222,7 +1302,7 @@ fn detach_gdbstub(addr: &GdbAddress, options: &AttachOptions) -> Result<(), Qemu
 
 fn open_access(
     layout: &Layout,
-    qmp: &mut QmpClient,
+    qmp: &mut Monitor,
     pid: Option<u32>,
     force: Option<AccessPath>,
     writable: bool,
@@ -1445,7 +1525,7 @@ impl VmiVmControl for QemuDriver {
             s.ensure_stopped()?;
             return Ok(());
         }
-        lock(&self.qmp).execute("stop", None)?;
+        lock(&self.qmp).stop()?;
         Ok(())
     }
 
@@ -1458,7 +1538,7 @@ impl VmiVmControl for QemuDriver {
             s.resume(self.kvm)?;
             return Ok(());
         }
-        lock(&self.qmp).execute("cont", None)?;
+        lock(&self.qmp).cont()?;
         Ok(())
     }
 

@@ -104,6 +104,20 @@ pub enum QemuError {
     #[error("gdbstub unavailable: {0}")]
     GdbUnavailable(String),
 
+    /// libvirt's client library could not be loaded (a `libvirt:` target on a host
+    /// without libvirt).
+    #[error("libvirt is not available: {0}")]
+    LibvirtUnavailable(String),
+
+    /// A libvirt call failed.
+    #[error("libvirt: {operation}: {message}")]
+    Libvirt {
+        /// What was being done.
+        operation: String,
+        /// libvirt's message.
+        message: String,
+    },
+
     /// I/O failed.
     #[error("{context}")]
     Io {

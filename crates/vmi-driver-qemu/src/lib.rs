@@ -31,6 +31,22 @@
 //! drop. It connects lazily, at the first register read or event request: accepting a
 //! client stops the VM, and the driver resumes it when it was running.
 //!
+//! # libvirt domains
+//!
+//! [`QemuDriver::attach_libvirt`] attaches to a domain run by libvirtd, whose QMP socket
+//! libvirt owns, through libvirt itself and without changing the domain's definition:
+//!
+//! | what | how |
+//! |---|---|
+//! | monitor | every QMP and HMP command through `virDomainQemuMonitorCommand` (libvirt logs the domain as "tainted: custom-monitor"); `libvirt.so.0` is loaded at run time, nothing is needed at build time |
+//! | pause, resume | libvirt's `virDomainSuspend`/`virDomainResume`, so that `virsh domstate` stays right |
+//! | memory | as above: `mmap` of the domain's RAM file when libvirt gave it a shared file backing (`<memoryBacking><source type='file'/><access mode='shared'/>`), else the QEMU process's memory (the default anonymous RAM); QEMU's pid from a vCPU thread, checked by its `-name guest=NAME` argument (the domain must run on this host) |
+//! | gdbstub | started with HMP `gdbserver` on a socket in a private directory made inside the domain's own libvirt directory (`/var/lib/libvirt/qemu/domain-ID-NAME`, where a confined QEMU may create files), handed to QEMU's user; removed on detach |
+//! | guard | as below, but it cannot reach libvirt's QMP socket: after a `SIGKILL` it detaches the gdbstub (`D`: breakpoints removed, a VM found running runs again) and removes the directory; a VM we paused with libvirt stays paused |
+//!
+//! Requests through libvirt have libvirt's own timeouts, not
+//! [`AttachOptions::command_timeout`].
+//!
 //! # Trust boundaries
 //!
 //! * **Read-only unless asked.** QEMU's RAM file and `/proc/<pid>/mem` are opened
@@ -129,7 +145,9 @@
 mod driver;
 mod error;
 mod gdb;
+mod libvirt;
 mod memory;
+mod monitor;
 mod mtree;
 mod qmp;
 mod regs;

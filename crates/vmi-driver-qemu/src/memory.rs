@@ -9,8 +9,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use serde_json::{Value, json};
 
 use crate::error::QemuError;
+use crate::monitor::Monitor;
 use crate::mtree::{FlatRange, parse_flat_view};
-use crate::qmp::QmpClient;
 use crate::sys::SharedMap;
 
 /// How the driver reaches guest RAM, fastest first.
@@ -55,7 +55,7 @@ pub(crate) struct Layout {
 
 impl Layout {
     /// Asks QEMU: `query-memdev`, `qom-get` of `mem-path`, `info mtree -f`.
-    pub(crate) fn discover(qmp: &mut QmpClient) -> Result<Layout, QemuError> {
+    pub(crate) fn discover(qmp: &mut Monitor) -> Result<Layout, QemuError> {
         let memdevs = qmp.execute("query-memdev", None)?;
         let mut backends = Vec::new();
         for m in memdevs.as_array().into_iter().flatten() {
@@ -229,7 +229,7 @@ impl Access {
     /// for each range.
     pub(crate) fn open_process(
         layout: &Layout,
-        qmp: &mut QmpClient,
+        qmp: &mut Monitor,
         pid: u32,
         writable: bool,
     ) -> Result<Access, String> {
@@ -307,7 +307,7 @@ impl Memory {
         &self,
         gpa: u64,
         buf: &mut [u8],
-        qmp: &Mutex<QmpClient>,
+        qmp: &Mutex<Monitor>,
     ) -> Result<bool, QemuError> {
         let Some((i, r)) = self.layout.find(gpa) else {
             return Ok(false);

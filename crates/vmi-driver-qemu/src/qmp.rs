@@ -143,18 +143,6 @@ impl QmpClient {
         }
     }
 
-    /// Runs an HMP command line, optionally on vCPU `cpu`, returning its text output.
-    pub fn hmp(&mut self, command_line: &str, cpu: Option<u16>) -> Result<String, QemuError> {
-        let mut args = json!({ "command-line": command_line });
-        if let Some(cpu) = cpu {
-            args["cpu-index"] = json!(cpu);
-        }
-        let v = self.execute("human-monitor-command", Some(args))?;
-        v.as_str()
-            .map(str::to_owned)
-            .ok_or_else(|| QemuError::protocol("HMP reply", v.to_string()))
-    }
-
     /// Reads one JSON message (one line), waiting until `deadline`.
     fn read_message(&mut self, deadline: Instant) -> Result<Value, QemuError> {
         loop {

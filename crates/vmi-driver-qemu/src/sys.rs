@@ -189,3 +189,32 @@ pub(crate) fn process_vm_read(pid: u32, pieces: &mut [(u64, &mut [u8])]) -> usiz
     }
     done
 }
+
+/// The real uid of process `pid` (`/proc/<pid>/status`).
+pub(crate) fn process_uid(pid: u32) -> Option<u32> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Uid:"))
+        .and_then(|v| v.split_whitespace().next()?.parse().ok())
+}
+
+/// Whether process `pid` is the QEMU that libvirt started for domain `name`: libvirt
+/// names it with `-name guest=NAME,...` (commas in NAME doubled, QEMU's escaping).
+pub(crate) fn is_libvirt_qemu(pid: u32, name: &str) -> bool {
+    let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+        return false;
+    };
+    let want = format!("guest={}", name.replace(',', ",,"));
+    let mut args = cmdline.split(|&b| b == 0);
+    while let Some(a) = args.next() {
+        if a == b"-name"
+            && let Some(v) = args.next()
+            && let Some(rest) = v.strip_prefix(want.as_bytes())
+            && (rest.is_empty() || (rest[0] == b',' && rest.get(1) != Some(&b',')))
+        {
+            return true;
+        }
+    }
+    false
+}

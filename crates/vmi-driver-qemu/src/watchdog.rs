@@ -198,8 +198,9 @@ impl RawAddr {
 /// What the guard knows from the start.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
-    /// The QMP socket the driver uses.
-    pub qmp: RawAddr,
+    /// The QMP socket the driver uses (`None` for libvirt: its socket is the daemon's,
+    /// and the run state is left to `D`, which resumes a VM found running).
+    pub qmp: Option<RawAddr>,
     /// The VM ran when the driver attached (else it is left stopped).
     pub found_running: bool,
 }

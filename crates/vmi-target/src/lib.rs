@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! qemu:/path/qmp.sock   a running QEMU/KVM, attached by its QMP socket alone
+//! libvirt:NAME          a domain run by libvirt (libvirt's default URI), through libvirt
+//! libvirt+URI:NAME      the same at a libvirt URI: libvirt+qemu:///system:NAME
 //! xen:3                 a Xen domain by id, from dom0 (feature `xen`)
 //! guest.elf             a dump file (raw, ELF, kdump, LiME, Windows crash dump; detected)
 //! ```
@@ -89,6 +91,23 @@ pub enum TargetError {
         /// Why.
         #[source]
         source: VmiError,
+    },
+    /// The QEMU driver could not attach to a libvirt domain.
+    #[error("cannot attach to libvirt domain {domain} ({})", uri.as_deref().unwrap_or("libvirt's default URI"))]
+    LibvirtAttach {
+        /// The domain name.
+        domain: String,
+        /// The libvirt URI (`None`: libvirt's default).
+        uri: Option<String>,
+        /// Why.
+        #[source]
+        source: VmiError,
+    },
+    /// A `libvirt` spec that names no domain.
+    #[error("{spec}: give libvirt:NAME or libvirt+URI:NAME (e.g. libvirt+qemu:///system:NAME)")]
+    BadLibvirt {
+        /// The spec as given.
+        spec: String,
     },
     /// The target spec names no existing file.
     #[error("target {spec} does not exist (give a dump file or qemu:<QMP socket path>)")]
@@ -210,8 +229,62 @@ impl TargetError {
     }
 }
 
-/// Opens `spec`: `qemu:<socket>`, `xen:<domid>`, or a dump path.
+/// Splits a `libvirt:NAME` or `libvirt+URI:NAME` spec into the URI (`None`: libvirt's
+/// default) and the domain name; `None` when `spec` is not a libvirt spec.
+///
+/// The name is what follows the **last** `:`, so a URI may hold colons
+/// (`libvirt+qemu+ssh://host:22/system:NAME`) and a name may not: a domain whose name
+/// holds one is reached with `libvirt:NAME` and `LIBVIRT_DEFAULT_URI`.
+///
+/// ```
+/// use vmi_target::parse_libvirt;
+/// assert_eq!(parse_libvirt("libvirt:web1"), Some(Ok((None, "web1"))));
+/// assert_eq!(
+///     parse_libvirt("libvirt+qemu:///system:web1"),
+///     Some(Ok((Some("qemu:///system"), "web1")))
+/// );
+/// assert_eq!(parse_libvirt("libvirt:a:b"), Some(Ok((None, "a:b"))));
+/// assert!(parse_libvirt("libvirt+qemu:///system").unwrap().is_err());
+/// assert_eq!(parse_libvirt("qemu:/run/qmp.sock"), None);
+/// ```
+pub fn parse_libvirt(spec: &str) -> Option<Result<(Option<&str>, &str), TargetError>> {
+    let bad = || {
+        Err(TargetError::BadLibvirt {
+            spec: spec.to_owned(),
+        })
+    };
+    if let Some(name) = spec.strip_prefix("libvirt:") {
+        return Some(if name.is_empty() {
+            bad()
+        } else {
+            Ok((None, name))
+        });
+    }
+    let rest = spec.strip_prefix("libvirt+")?;
+    Some(match rest.rsplit_once(':') {
+        // The last colon must come after the URI's scheme and path: `qemu:///system`
+        // alone ends in a path, not in a name.
+        Some((uri, name)) if !name.is_empty() && !name.contains('/') && uri.contains("://") => {
+            Ok((Some(uri), name))
+        }
+        _ => bad(),
+    })
+}
+
+/// Opens `spec`: `qemu:<socket>`, `libvirt:<name>`, `libvirt+<uri>:<name>`,
+/// `xen:<domid>`, or a dump path.
 pub fn open(spec: &str) -> Result<Target, TargetError> {
+    if let Some(parsed) = parse_libvirt(spec) {
+        let (uri, domain) = parsed?;
+        let driver =
+            QemuDriver::attach_libvirt(uri, domain, vmi_driver_qemu::AttachOptions::default())
+                .map_err(|source| TargetError::LibvirtAttach {
+                    domain: domain.to_owned(),
+                    uri: uri.map(str::to_owned),
+                    source,
+                })?;
+        return Ok(Target::Qemu(VmiCore::new(driver)?));
+    }
     if let Some(socket) = spec.strip_prefix("qemu:") {
         let driver = QemuDriver::attach(socket).map_err(|source| TargetError::Attach {
             socket: socket.to_owned(),

@@ -621,7 +621,13 @@ fn recover(plan: &Plan, j: &Journal) {
     // QEMU serves one QMP client per socket and may not have seen the dead process's
     // connection close yet: the greeting then never comes. Try a few times.
     let mut qmp_note: &[u8] = b"; QMP unreachable (run state not restored)";
-    for _ in 0..QMP_ATTEMPTS {
+    let attempts = if plan.qmp.is_some() {
+        QMP_ATTEMPTS
+    } else {
+        qmp_note = b"; no QMP socket (libvirt): run state left as the gdbstub left it";
+        0
+    };
+    for _ in 0..attempts {
         let deadline = now_ms().wrapping_add(STEP_MS);
         let (note, done) = qmp_restore(plan, j, deadline);
         qmp_note = note;
@@ -670,7 +676,10 @@ const QMP_ATTEMPTS: usize = 3;
 /// One attempt to restore the run state over QMP (and stop a private gdbstub): the note to
 /// print, and whether it succeeded.
 fn qmp_restore(plan: &Plan, j: &Journal, deadline: i64) -> (&'static [u8], bool) {
-    match connect(&plan.qmp, deadline) {
+    let Some(qmp) = &plan.qmp else {
+        return (b"; no QMP socket", false);
+    };
+    match connect(qmp, deadline) {
         None => (b"; QMP unreachable (run state not restored)", false),
         Some(fd) => {
             let mut lines = QmpLines {
