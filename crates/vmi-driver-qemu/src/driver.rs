@@ -1542,8 +1542,35 @@ impl VmiVmControl for QemuDriver {
         Ok(())
     }
 
+    /// QEMU's run state (`query-status`). On a libvirt domain with no gdbstub session,
+    /// libvirt's own state when it is certain (running, or suspended through libvirt):
+    /// nothing but libvirt and our gdbstub can stop or start that QEMU, and libvirt
+    /// updates its state before its suspend and resume return, in 1 ms instead of the
+    /// 5 ms of a monitor command (measured on libvirt 9.0 under load).
+    ///
+    /// On a libvirt domain held stopped by our gdbstub session, `debug` (what
+    /// `query-status` says then) without asking.
     fn state(&self) -> Result<VmState, VmiError> {
-        Ok(vm_state(&query_status(&mut lock(&self.qmp))?))
+        let libvirt = matches!(*lock(&self.qmp), Monitor::Libvirt(_));
+        if !libvirt {
+            return Ok(vm_state(&query_status(&mut lock(&self.qmp))?));
+        }
+        let gdb_idle = match &lock(&self.inner).gdb {
+            GdbState::Connected(s) if !s.running && !s.external_pause => {
+                return Ok(VmState::Debug);
+            }
+            GdbState::Connected(_) => false,
+            GdbState::NotConnected | GdbState::Unavailable(_) => true,
+        };
+        let mut qmp = lock(&self.qmp);
+        if gdb_idle && let Monitor::Libvirt(d) = &mut *qmp {
+            match d.quick_state()? {
+                Some(true) => return Ok(VmState::Running),
+                Some(false) => return Ok(VmState::Paused),
+                None => {}
+            }
+        }
+        Ok(vm_state(&query_status(&mut qmp)?))
     }
 }
 

@@ -37,6 +37,7 @@ type ConnectOpen = unsafe extern "C" fn(*const c_char) -> *mut c_void;
 type ConnectClose = unsafe extern "C" fn(*mut c_void) -> c_int;
 type LookupByName = unsafe extern "C" fn(*mut c_void, *const c_char) -> *mut c_void;
 type DomainOp = unsafe extern "C" fn(*mut c_void) -> c_int;
+type GetState = unsafe extern "C" fn(*mut c_void, *mut c_int, *mut c_int, c_uint) -> c_int;
 type MonitorCommand =
     unsafe extern "C" fn(*mut c_void, *const c_char, *mut *mut c_char, c_uint) -> c_int;
 type LastErrorMessage = unsafe extern "C" fn() -> *const c_char;
@@ -54,6 +55,7 @@ struct Api {
     domain_free: DomainOp,
     suspend: DomainOp,
     resume: DomainOp,
+    get_state: GetState,
     monitor_command: MonitorCommand,
     last_error: LastErrorMessage,
 }
@@ -124,7 +126,8 @@ impl LibvirtDomain {
         let qemu_lib = load("libvirt-qemu.so.0")?;
         // virConnectOpen 0.0.3, virConnectClose 0.0.3, virDomainLookupByName 0.1.0,
         // virDomainFree 0.0.3, virDomainSuspend/Resume 0.0.3, virGetLastErrorMessage
-        // 1.0.6, virSetErrorFunc 0.1.0, virDomainQemuMonitorCommand 0.8.3.
+        // 1.0.6, virSetErrorFunc 0.1.0, virDomainGetState 0.9.2,
+        // virDomainQemuMonitorCommand 0.8.3.
         let connect_open: ConnectOpen = symbol(&lib, "virConnectOpen")?;
         let lookup: LookupByName = symbol(&lib, "virDomainLookupByName")?;
         let set_error_func: SetErrorFunc = symbol(&lib, "virSetErrorFunc")?;
@@ -133,6 +136,7 @@ impl LibvirtDomain {
             domain_free: symbol(&lib, "virDomainFree")?,
             suspend: symbol(&lib, "virDomainSuspend")?,
             resume: symbol(&lib, "virDomainResume")?,
+            get_state: symbol(&lib, "virDomainGetState")?,
             monitor_command: symbol(&qemu_lib, "virDomainQemuMonitorCommand")?,
             last_error: symbol(&lib, "virGetLastErrorMessage")?,
         };
@@ -236,6 +240,32 @@ impl LibvirtDomain {
     /// Resumes the domain through libvirt (`virDomainResume`).
     pub(crate) fn resume(&mut self) -> Result<(), QemuError> {
         self.domain_op(self.api.resume, "resuming")
+    }
+
+    /// libvirt's own idea of the domain's state, without a trip to QEMU (a fifth of the
+    /// time of a monitor command): whether it runs, and whether it is paused because a
+    /// client suspended it through libvirt (libvirt's `VIR_DOMAIN_PAUSED_USER`, set when
+    /// the suspend returns). `None` for any other state, which only QEMU can tell
+    /// precisely.
+    pub(crate) fn quick_state(&mut self) -> Result<Option<bool>, QemuError> {
+        const RUNNING: c_int = 1;
+        const PAUSED: c_int = 3;
+        const PAUSED_USER: c_int = 1;
+        let (mut state, mut reason): (c_int, c_int) = (0, 0);
+        // SAFETY: `virDomainGetState(virDomainPtr, int *state, int *reason, unsigned int
+        // flags)`: our live domain reference, two valid out-pointers, flags 0.
+        let rc = unsafe { (self.api.get_state)(self.dom.as_ptr(), &mut state, &mut reason, 0) };
+        if rc < 0 {
+            return Err(QemuError::Libvirt {
+                operation: format!("state of domain {}", self.name),
+                message: last_error(&self.api),
+            });
+        }
+        Ok(match (state, reason) {
+            (RUNNING, _) => Some(true),
+            (PAUSED, PAUSED_USER) => Some(false),
+            _ => None,
+        })
     }
 
     fn domain_op(&mut self, op: DomainOp, what: &str) -> Result<(), QemuError> {
