@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what the project needs on a fresh Debian 12 machine (idempotent):
-# QEMU and busybox for the test guest, makedumpfile for the dump tests, and a Python
+# QEMU and busybox for the test guest, makedumpfile for the dump tests, libvirt's daemon
+# for the libvirt: target tests, and a Python
 # venv with Volatility 3 (the independent oracle of the OS-layer tests), pytest, and our
 # Python package `vmi` (crates/vmi-python, built by maturin).
 set -euo pipefail
@@ -20,11 +21,24 @@ dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 # gdb: the test harness's watchdog prints every thread's backtrace of a hung test.
 command -v gdb >/dev/null || need+=(gdb)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)
+# libvirt: the daemon (its user, directories and qemu.conf; the sysv flavour, which needs
+# no systemd) and virsh, for the libvirt: target tests (crates/vmi-cli/tests/libvirt.rs),
+# which start libvirtd themselves when none runs. The driver loads libvirt.so.0 at run time.
+dpkg -s libvirt-daemon-system libvirt-clients >/dev/null 2>&1 || need+=(libvirt-daemon-system libvirt-daemon-system-sysv libvirt-clients)
 if [ ${#need[@]} -gt 0 ]; then
   log "apt-get install ${need[*]}"
   SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
   $SUDO apt-get update -q >/dev/null
   DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+# /dev/kvm with udev's usual owner and mode (root:kvm 0660; machines without udev leave
+# it root-only): libvirt probes QEMU's capabilities as root, sees KVM, and when QEMU's
+# user (libvirt-qemu, in group kvm) cannot open /dev/kvm it throws the probe away and
+# probes again at every lookup: a `virsh create` then takes a minute instead of 2 s.
+if [ -c /dev/kvm ] && getent group kvm >/dev/null && [ "$(stat -c %G /dev/kvm)" = root ]; then
+  SUDO=; [ "$(id -u)" = 0 ] || SUDO=sudo
+  $SUDO chgrp kvm /dev/kvm && $SUDO chmod 0660 /dev/kvm || log "warning: cannot give /dev/kvm to group kvm (libvirt tests will be slow)"
 fi
 
 # Volatility 3 in a project-local venv (tests find it at target/venv/bin/vol).

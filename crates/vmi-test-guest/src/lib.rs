@@ -47,6 +47,7 @@ mod error;
 pub mod guest;
 pub mod initramfs;
 pub mod kernel;
+pub mod libvirt;
 pub mod oracle;
 pub mod qmp;
 pub mod truth;
@@ -61,6 +62,7 @@ pub use guest::{
     Accel, DEFAULT_BOOT_TIMEOUT, DumpFormat, GuestConfig, GuestEnv, TestGuest, gpa_to_file_offset,
     guest_required, qemu_available_or_skip, reap_orphans, stop_dir,
 };
+pub use libvirt::{LibvirtConfig, LibvirtGuest};
 pub use oracle::{volatility, volatility_command};
 pub use truth::{
     ENV_MARKER, Fd, IomemRange, MapEntry, Module, Process, Task, Thread, Truth, VmcoreinfoNote,

@@ -1,0 +1,140 @@
+//! `vmi` on a domain run by libvirtd (`libvirt:NAME`): the test guest defined as a
+//! transient TCG domain with libvirt's default (anonymous) RAM, so that monitor commands
+//! go through libvirt and memory through the QEMU process; `ps`, `trace` and `dump`
+//! compared with the guest's own truth. The domain is destroyed at the end, also on
+//! failure (and a libvirtd the harness had to start is stopped).
+
+mod common;
+
+use std::time::Duration;
+
+use common::vmi;
+use serde_json::Value;
+use vmi_test_guest::{LibvirtConfig, LibvirtGuest, Truth};
+
+fn json(target: &str, args: &[&str]) -> Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = vmi(target, &all);
+    assert!(
+        out.status.success(),
+        "vmi {args:?} on {target} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
+/// `ps` shows every long-lived task of the truth (init and the `vmi_*` processes) with
+/// the pid, parent, name and uid the guest printed.
+fn check_ps(target: &str, truth: &Truth) {
+    let ps = json(target, &["ps"]);
+    let ps = ps.as_array().expect("array");
+    let stable: Vec<_> = truth
+        .tasks
+        .iter()
+        .filter(|t| t.comm.starts_with("vmi_") || t.pid == 1)
+        .collect();
+    assert!(stable.len() >= 6, "the truth lists the test processes");
+    for t in stable {
+        let e = ps
+            .iter()
+            .find(|e| e["pid"] == t.pid)
+            .unwrap_or_else(|| panic!("{target}: pid {} ({}) missing from ps", t.pid, t.comm));
+        assert_eq!(e["name"], t.comm.as_str(), "{target}: name of {}", t.pid);
+        assert_eq!(e["ppid"], t.ppid, "{target}: ppid of {}", t.pid);
+        assert_eq!(e["uid"], t.uid, "{target}: uid of {}", t.pid);
+    }
+    let sleeper = truth.process("vmi_sleeper").expect("vmi_sleeper in truth");
+    let e = ps.iter().find(|e| e["pid"] == sleeper.pid).unwrap();
+    assert_eq!(e["cmdline"], sleeper.argv.join(" "));
+}
+
+/// The domain runs, as libvirt and QEMU both say, and has no gdbstub directory of ours
+/// left in its libvirt directory.
+fn check_left_running(guest: &LibvirtGuest, after: &str) {
+    assert_eq!(
+        guest.state().unwrap(),
+        "running",
+        "libvirt's state after {after}"
+    );
+    let status = guest.qmp(r#"{"execute":"query-status"}"#).unwrap();
+    assert_eq!(
+        status["return"]["status"], "running",
+        "QEMU's state after {after}"
+    );
+    let dirs: Vec<_> = std::fs::read_dir("/var/lib/libvirt/qemu")
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().ends_with(guest.name()))
+        .flat_map(|d| std::fs::read_dir(d.path()).unwrap().flatten())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("vmi-qemu-"))
+        .collect();
+    assert!(
+        dirs.is_empty(),
+        "gdbstub directories left after {after}: {dirs:?}"
+    );
+}
+
+#[test]
+fn ps_trace_and_dump_through_libvirt() {
+    let Some(guest) = LibvirtGuest::boot_or_skip(LibvirtConfig::default()) else {
+        return;
+    };
+    let truth = guest.truth().clone();
+    let target = format!("libvirt:{}", guest.name());
+
+    // ps, by libvirt's default URI and by an explicit one.
+    check_ps(&target, &truth);
+    check_left_running(&guest, "ps");
+    let explicit = format!("libvirt+qemu:///system:{}", guest.name());
+    let info = json(&explicit, &["info"]);
+    assert_eq!(info["live"], true);
+    assert_eq!(info["kernel_release"], guest.kernel_release());
+
+    // trace: two hits on the function vmi_loop's `sleep 1` calls (a breakpoint through
+    // a gdbstub started in the domain's directory), then the guest runs on.
+    let out = vmi(
+        &target,
+        &["--json", "trace", "hrtimer_nanosleep", "--count", "2"],
+    );
+    assert!(
+        out.status.success(),
+        "trace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(
+        hits[0]["rip"],
+        format!("{:#x}", truth.ksym("hrtimer_nanosleep").unwrap())
+    );
+    // No breakpoint left behind: vmi_loop sleeps every second, so a breakpoint still
+    // in QEMU's gdbstub would have stopped the VM (state `debug`) by now.
+    std::thread::sleep(Duration::from_millis(2500));
+    check_left_running(&guest, "trace");
+
+    // dump: the domain's memory through libvirt into our ELF writer; the dump shows the
+    // same processes.
+    let dump = guest.dir().join("guest.elf");
+    let out = vmi(&target, &["dump", dump.to_str().unwrap()]);
+    assert!(
+        out.status.success(),
+        "dump: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    check_left_running(&guest, "dump");
+    check_ps(dump.to_str().unwrap(), &truth);
+
+    // A domain libvirt does not know: one clear error line, the target exit code.
+    let out = vmi("libvirt:vmi-no-such-domain", &["ps"]);
+    assert_eq!(out.status.code(), Some(3));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot attach to libvirt domain vmi-no-such-domain"),
+        "{err}"
+    );
+}
