@@ -23,7 +23,7 @@ pyo3::create_exception!(
     vmi,
     NotSupportedError,
     VmiError,
-    "The target, driver or OS layer does not support the operation (libvirt:, a dump's pause...)."
+    "The target, driver or OS layer does not support the operation (xen:, a dump's pause...)."
 );
 pyo3::create_exception!(
     vmi,

@@ -127,9 +127,10 @@ pub struct PyTarget {
 
 /// Opens a target and recognises its OS.
 ///
-/// `target` is `qemu:/path/qmp.sock` (a running QEMU, by its QMP socket), a dump file
-/// (raw, ELF, kdump, LiME, Windows crash dump), or `xen:DOMID` / `libvirt:NAME` (not
-/// available in the Python package yet: `vmi.NotSupportedError`). The keyword arguments
+/// `target` is `qemu:/path/qmp.sock` (a running QEMU, by its QMP socket),
+/// `libvirt:NAME` or `libvirt+URI:NAME` (a domain run by libvirt, through libvirt), a dump
+/// file (raw, ELF, kdump, LiME, Windows crash dump), or `xen:DOMID` (not available in the
+/// Python package yet: `vmi.NotSupportedError`). The keyword arguments
 /// are the `vmi` command's global options. Raises `vmi.TargetError` when the target cannot
 /// be opened; an OS that is not recognised is raised by the first call that needs it
 /// (`Target.info` still works).
@@ -144,13 +145,6 @@ pub fn open(
     symbol_path: Option<String>,
     no_cache: bool,
 ) -> PyResult<PyTarget> {
-    if target.starts_with("libvirt:") || target.starts_with("libvirt+") {
-        return Err(Failure::new(
-            Kind::NotSupported,
-            format!("{target}: libvirt targets are not supported yet (give qemu:<QMP socket path> of the domain)"),
-        )
-        .into());
-    }
     if target.starts_with("xen:") {
         return Err(Failure::new(
             Kind::NotSupported,

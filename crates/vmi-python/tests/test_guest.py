@@ -126,8 +126,10 @@ def test_errors_carry_the_command_message(target, vmi_command):
     )
     assert cli.returncode == 3
     assert cli.stderr.strip() == f"error: {e.value}"
-    with pytest.raises(vmi.NotSupportedError):
-        vmi.open("libvirt:guest")
+    # A libvirt domain that does not exist (or no libvirt here): a TargetError.
+    with pytest.raises(vmi.TargetError) as e:
+        vmi.open("libvirt:vmi-no-such-domain")
+    assert "vmi-no-such-domain" in str(e.value)
 
 
 def test_paused_keeps_a_live_guest_paused(target, guest):

@@ -34,9 +34,10 @@ def open(
     symbol_path: Optional[str] = None,
     no_cache: bool = False,
 ) -> Target:
-    """Opens ``qemu:/path/qmp.sock`` or a dump file and recognises its OS.
+    """Opens ``qemu:/path/qmp.sock``, ``libvirt:NAME`` (``libvirt+URI:NAME``) or a dump
+    file and recognises its OS.
 
-    ``xen:DOMID`` and ``libvirt:NAME`` raise ``NotSupportedError`` for now.
+    ``xen:DOMID`` raises ``NotSupportedError`` for now.
     """
 
 class Target:
