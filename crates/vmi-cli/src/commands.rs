@@ -267,7 +267,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             Command::Trace { .. } | Command::Watch(_) | Command::Inject(_) => Err(Failure {
                 code: 1,
                 error: anyhow!(
-                    "trace and watch need a live target (qemu:<QMP socket>); {} is a dump",
+                    "trace and watch need a live target (qemu:<QMP socket> or libvirt:<domain>); {} is a dump",
                     self.core.info().kind
                 ),
             }),

@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! vmi --target qemu:/path/qmp.sock ps        # a running QEMU, attached by its QMP socket
+//! vmi --target libvirt:web1 ps               # a domain run by libvirtd, through libvirt
 //! vmi --target guest.elf ps --json           # a dump (raw, ELF, kdump, LiME, Windows)
 //! ```
 //!
@@ -26,7 +27,8 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 #[derive(Parser, Debug)]
 #[command(name = "vmi", version, about, propagate_version = true)]
 pub struct Cli {
-    /// What to introspect: `qemu:<QMP socket path>`, or a dump file (format detected).
+    /// What to introspect: `qemu:<QMP socket path>`, `libvirt:<domain>` (`libvirt+<URI>:<domain>`),
+    /// or a dump file (format detected).
     #[arg(long, short = 't', global = true, env = "VMI_TARGET")]
     target: Option<String>,
 

@@ -238,14 +238,19 @@ impl TargetError {
 ///
 /// ```
 /// use vmi_target::parse_libvirt;
-/// assert_eq!(parse_libvirt("libvirt:web1"), Some(Ok((None, "web1"))));
+/// fn ok(spec: &str) -> Option<(Option<&str>, &str)> {
+///     parse_libvirt(spec).and_then(Result::ok)
+/// }
+/// assert_eq!(ok("libvirt:web1"), Some((None, "web1")));
+/// assert_eq!(ok("libvirt+qemu:///system:web1"), Some((Some("qemu:///system"), "web1")));
 /// assert_eq!(
-///     parse_libvirt("libvirt+qemu:///system:web1"),
-///     Some(Ok((Some("qemu:///system"), "web1")))
+///     ok("libvirt+qemu+ssh://host:22/system:web1"),
+///     Some((Some("qemu+ssh://host:22/system"), "web1"))
 /// );
-/// assert_eq!(parse_libvirt("libvirt:a:b"), Some(Ok((None, "a:b"))));
+/// assert_eq!(ok("libvirt:a:b"), Some((None, "a:b")));
 /// assert!(parse_libvirt("libvirt+qemu:///system").unwrap().is_err());
-/// assert_eq!(parse_libvirt("qemu:/run/qmp.sock"), None);
+/// assert!(parse_libvirt("libvirt:").unwrap().is_err());
+/// assert!(parse_libvirt("qemu:/run/qmp.sock").is_none());
 /// ```
 pub fn parse_libvirt(spec: &str) -> Option<Result<(Option<&str>, &str), TargetError>> {
     let bad = || {
