@@ -87,7 +87,7 @@ where
 }
 
 mod inject;
-mod scan;
+pub(crate) mod scan;
 mod trace;
 mod watch;
 

@@ -268,6 +268,10 @@ pub struct ScanArgs {
     /// Worker threads (default: one per CPU).
     #[arg(long, default_value = "0")]
     threads: usize,
+    /// Matches shown per rule; the rest are counted and reported on stderr (and, with
+    /// `--json`, in a closing `truncated` object per rule). 0 shows every match.
+    #[arg(long, default_value_t = commands::scan::DEFAULT_MAX_MATCHES, value_name = "N")]
+    max_matches: u64,
 }
 
 /// `vmi profile` sub-commands.

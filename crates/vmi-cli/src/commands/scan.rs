@@ -14,13 +14,18 @@
 //! - a rule is reported at its string matches: a rule that matches without any (a
 //!   condition with no strings) is not reported.
 //!
-//! Matches are printed as workers find them: in no particular order. Memory stays
-//! bounded whatever the guest holds: libyara keeps at most [`SHOWN`] bytes of each match
-//! (and its own limit of matches per string and scan), and nothing is collected.
+//! Matches are printed as workers find them: in no particular order. At most
+//! `--max-matches` per rule are printed (default [`DEFAULT_MAX_MATCHES`]; 0: all): the
+//! others are counted, and reported on stderr and, with `--json`, in one closing
+//! `{"truncated": true, "rule": ...}` object per rule. Memory stays bounded whatever the
+//! guest holds: libyara keeps at most [`SHOWN`] bytes of each match (and its own limit of
+//! matches per string and scan), a scan of one run keeps at most `--max-matches` of them
+//! per rule, and nothing else is collected but a count per rule.
 //!
 //! Live targets are paused for the whole scan by the caller's pause guard; Ctrl-C stops
 //! the scan early (the remaining chunks are skipped) so the guard still resumes the VM.
 
+use std::collections::BTreeMap;
 use std::io::Write;
 use std::path::Path;
 use std::sync::Arc;
@@ -46,6 +51,8 @@ pub const CHUNK: usize = 4 << 20;
 pub const OVERLAP: usize = 64 << 10;
 /// Bytes of each match kept and printed (its full length is printed too).
 pub const SHOWN: usize = 64;
+/// Matches printed per rule unless `--max-matches` says otherwise.
+pub const DEFAULT_MAX_MATCHES: u64 = 10_000;
 /// Largest rules file read.
 const MAX_RULES_FILE: u64 = 256 << 20;
 /// Problems warned about one by one (the rest are counted).
@@ -128,29 +135,44 @@ struct Hit {
     data: Vec<u8>,
 }
 
+/// What a scan of one run found.
+struct Found {
+    /// Matches that start in the run's owned bytes, at most the limit per rule.
+    hits: Vec<Hit>,
+    /// Matches beyond the limit, per rule: counted, not kept.
+    beyond: BTreeMap<String, u64>,
+    /// Strings with more matches than libyara keeps.
+    overflow: Vec<String>,
+}
+
 /// The rules and a pool of libyara scanners (a scanner is used by one thread at a time).
 struct Matcher<'r> {
     rules: &'r yara::Rules,
     idle: Mutex<Vec<yara::Scanner<'r>>>,
+    /// Matches kept per rule and run (0: all): no more can be shown in total.
+    limit: u64,
 }
 
 impl<'r> Matcher<'r> {
-    fn new(rules: &'r yara::Rules) -> Self {
+    fn new(rules: &'r yara::Rules, limit: u64) -> Self {
         Self {
             rules,
             idle: Mutex::new(Vec::new()),
+            limit,
         }
     }
 
-    /// The matches in `bytes` that start in its first `owned` bytes, and the strings that
-    /// had too many matches for libyara to keep them all.
-    fn scan(&self, bytes: &[u8], owned: usize) -> Result<(Vec<Hit>, Vec<String>), yara::YaraError> {
+    /// The matches in `bytes` that start in its first `owned` bytes (at most the limit
+    /// per rule, the others counted), and the strings that had too many matches for
+    /// libyara to keep them all.
+    fn scan(&self, bytes: &[u8], owned: usize) -> Result<Found, yara::YaraError> {
         let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
         let mut scanner = match pooled {
             Some(s) => s,
             None => self.rules.scanner()?,
         };
         let mut hits = Vec::new();
+        let mut beyond = BTreeMap::new();
         let mut overflow = Vec::new();
         let result = scanner.scan_mem_callback(bytes, |message| {
             match message {
@@ -159,12 +181,22 @@ impl<'r> Matcher<'r> {
                         "default" | "" => rule.identifier.to_owned(),
                         ns => format!("{ns}:{}", rule.identifier),
                     };
+                    let mut kept = 0u64;
+                    let mut more = 0u64;
                     for s in &rule.strings {
                         for m in &s.matches {
                             let Some(offset) = m.base.checked_add(m.offset) else {
                                 continue;
                             };
-                            if offset < owned {
+                            if offset >= owned {
+                                continue;
+                            }
+                            if self.limit != 0 && kept >= self.limit {
+                                more += 1;
+                                continue;
+                            }
+                            kept += 1;
+                            {
                                 hits.push(Hit {
                                     rule: name.clone(),
                                     string: s.identifier.to_owned(),
@@ -174,6 +206,9 @@ impl<'r> Matcher<'r> {
                                 });
                             }
                         }
+                    }
+                    if more > 0 {
+                        *beyond.entry(name).or_insert(0) += more;
                     }
                 }
                 yara::CallbackMsg::TooManyMatches(s) => overflow.push(s.identifier.to_owned()),
@@ -185,7 +220,11 @@ impl<'r> Matcher<'r> {
             .lock()
             .unwrap_or_else(|e| e.into_inner())
             .push(scanner);
-        result.map(|()| (hits, overflow))
+        result.map(|()| Found {
+            hits,
+            beyond,
+            overflow,
+        })
     }
 }
 
@@ -234,6 +273,10 @@ struct Scan<'a, D: VmiRead> {
     problems: Mutex<Vec<String>>,
     /// Problems beyond the first [`MAX_PROBLEMS`].
     more_problems: AtomicU64,
+    /// Matches printed per rule (0: all).
+    limit: u64,
+    /// Per rule that matched: matches printed, and matches not printed (over the limit).
+    counts: Mutex<BTreeMap<String, (u64, u64)>>,
 }
 
 impl<D: VmiRead<Architecture = Amd64>> Scan<'_, D> {
@@ -245,7 +288,11 @@ impl<D: VmiRead<Architecture = Amd64>> Scan<'_, D> {
         self.bar.inc(chunk.owned as u64);
         self.scanned
             .fetch_add(chunk.owned as u64, Ordering::Relaxed);
-        let (hits, overflow) = match self.matcher.scan(chunk.bytes, chunk.owned) {
+        let Found {
+            hits,
+            beyond,
+            overflow,
+        } = match self.matcher.scan(chunk.bytes, chunk.owned) {
             Ok(found) => found,
             Err(e) => {
                 self.problem(format!(
@@ -262,6 +309,7 @@ impl<D: VmiRead<Architecture = Amd64>> Scan<'_, D> {
                 chunk.ctx.address
             ));
         }
+        let hits = self.admit(hits, beyond);
         if hits.is_empty() {
             return;
         }
@@ -296,6 +344,27 @@ impl<D: VmiRead<Architecture = Amd64>> Scan<'_, D> {
                     .get_or_insert(e);
             }
         });
+    }
+
+    /// The hits that are printed (each rule's first `limit`, in the order workers come);
+    /// the others, and those `beyond` the limit already, are counted.
+    fn admit(&self, hits: Vec<Hit>, beyond: BTreeMap<String, u64>) -> Vec<Hit> {
+        let mut counts = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        let mut shown = Vec::with_capacity(hits.len());
+        for h in hits {
+            let (printed, hidden) = counts.entry(h.rule.clone()).or_insert((0, 0));
+            if self.limit == 0 || *printed < self.limit {
+                *printed += 1;
+                shown.push(h);
+            } else {
+                *hidden += 1;
+            }
+        }
+        for (rule, n) in beyond {
+            let (_, hidden) = counts.entry(rule).or_insert((0, 0));
+            *hidden = hidden.saturating_add(n);
+        }
+        shown
     }
 
     /// Records a problem to warn about after the scan (the first [`MAX_PROBLEMS`]; a
@@ -399,7 +468,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
         );
         let scan = Scan {
             core: self.core,
-            matcher: Matcher::new(&compiled.rules),
+            matcher: Matcher::new(&compiled.rules, args.max_matches),
             format: self.format(),
             bar,
             stop,
@@ -408,6 +477,8 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             output_error: Mutex::new(None),
             problems: Mutex::new(Vec::new()),
             more_problems: AtomicU64::new(0),
+            limit: args.max_matches,
+            counts: Mutex::new(BTreeMap::new()),
         };
         let options = ScanOptions {
             chunk_size: CHUNK,
@@ -530,7 +601,42 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
             bytes_scanned: scan.scanned.into_inner(),
             ..summary
         };
-        summary_line(regions, &summary, scan.matches.into_inner(), elapsed);
+        let counts = scan.counts.into_inner().unwrap_or_else(|e| e.into_inner());
+        let mut not_shown = 0u64;
+        let mut notes = String::new();
+        for (rule, &(shown, hidden)) in counts.iter().filter(|(_, c)| c.1 > 0) {
+            not_shown = not_shown.saturating_add(hidden);
+            // A note, not a warning: nothing failed to be read, so the exit code stays 0.
+            eprintln!(
+                "note: rule {rule}: {hidden} more matches not shown (the first {shown} are; \
+                 --max-matches {} sets the limit per rule, 0 shows all)",
+                scan.limit
+            );
+            if scan.format == Format::Json {
+                notes.push_str(
+                    &json!({
+                        "truncated": true,
+                        "rule": rule,
+                        "shown": shown,
+                        "not_shown": hidden,
+                        "max_matches": scan.limit,
+                    })
+                    .to_string(),
+                );
+                notes.push('\n');
+            }
+        }
+        if !notes.is_empty() {
+            let mut out = std::io::stdout().lock();
+            out.write_all(notes.as_bytes()).and_then(|()| out.flush())?;
+        }
+        summary_line(
+            regions,
+            &summary,
+            scan.matches.into_inner(),
+            not_shown,
+            elapsed,
+        );
         if scan.stop.load(Ordering::SeqCst) {
             return Err(Failure {
                 code: EXIT_INTERRUPTED,
@@ -542,11 +648,22 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
 }
 
 /// The closing line on stderr.
-fn summary_line(regions: usize, summary: &ScanSummary, matches: u64, elapsed: std::time::Duration) {
+fn summary_line(
+    regions: usize,
+    summary: &ScanSummary,
+    matches: u64,
+    not_shown: u64,
+    elapsed: std::time::Duration,
+) {
     let secs = elapsed.as_secs_f64();
     let mib = summary.bytes_scanned as f64 / f64::from(1 << 20);
+    let more = if not_shown > 0 {
+        format!(" ({not_shown} more not shown: --max-matches)")
+    } else {
+        String::new()
+    };
     eprintln!(
-        "scanned {regions} regions, {} bytes ({mib:.1} MiB) in {secs:.2} s ({:.0} MiB/s), {} unreadable pages, {matches} matches",
+        "scanned {regions} regions, {} bytes ({mib:.1} MiB) in {secs:.2} s ({:.0} MiB/s), {} unreadable pages, {matches} matches{more}",
         summary.bytes_scanned,
         if secs > 0.0 { mib / secs } else { 0.0 },
         summary.pages_unreadable,
