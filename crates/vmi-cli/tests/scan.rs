@@ -1,4 +1,5 @@
-//! `vmi scan` with YARA rules against the live test guest and its ELF dump: matches the
+//! `vmi scan` with YARA rules against the live test guest and its ELF, kdump and LiME
+//! dumps (synthetic Windows images: `tests/windows.rs`): matches the
 //! guest planted (the environment marker of `vmi_sleeper`, the kernel's `linux_banner`)
 //! at the exact pid, address and region the guest's own truth gives; the same matches
 //! live and on the dump; the same matches as Volatility 3's `vmayarascan` and
@@ -171,6 +172,20 @@ fn scan_finds_planted_matches_live_and_in_a_dump() {
         dump_found, live_found,
         "physical addresses live and in the dump"
     );
+
+    // And on the other dump formats of the same paused guest: kdump (compressed pages)
+    // and LiME (no registers: the OS layer finds the kernel in memory).
+    let kdump = guest.dir().join("scan.kdump");
+    guest.dump(DumpFormat::KdumpZlib, &kdump).unwrap();
+    let lime = guest.dir().join("scan.lime");
+    let ram = std::fs::read(guest.mem_file()).expect("the guest's RAM file");
+    std::fs::write(&lime, vmi_driver_dump::build_lime(&[(0, &ram)])).unwrap();
+    drop(ram);
+    for dump in [&kdump, &lime] {
+        let found = check(dump.to_str().unwrap(), &rules, &truth);
+        assert_eq!(found, live_found, "physical addresses live and in {dump:?}");
+        std::fs::remove_file(dump).ok();
+    }
 
     volatility_agrees(&elf, &rules);
 
