@@ -6,7 +6,9 @@
 
 mod common;
 
-use std::time::Duration;
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
 
 use common::vmi;
 use serde_json::Value;
@@ -116,6 +118,44 @@ fn ps_trace_and_dump_through_libvirt() {
     // in QEMU's gdbstub would have stopped the VM (state `debug`) by now.
     std::thread::sleep(Duration::from_millis(2500));
     check_left_running(&guest, "trace");
+
+    // A `vmi trace` killed with SIGKILL at a hit: its guard process removes the
+    // breakpoint and resumes the domain through virsh (it cannot call libvirt), and the
+    // next attach replaces the gdbstub whose socket directory the guard removed.
+    let mut child = Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .args(["--target", &target, "--json", "trace", "hrtimer_nanosleep"])
+        .env(
+            "VMI_PROFILE_CACHE",
+            std::env::temp_dir().join("vmi-cli-test-profiles"),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut first)
+        .unwrap();
+    assert!(
+        first.contains("\"rip\""),
+        "a first hit before the kill: {first:?}"
+    );
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while guest.state().unwrap() != "running" && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    std::thread::sleep(Duration::from_millis(2500));
+    check_left_running(&guest, "a SIGKILL of trace");
+    let out = vmi(&target, &["trace", "hrtimer_nanosleep", "--count", "1"]);
+    assert!(
+        out.status.success(),
+        "trace after a killed trace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    check_left_running(&guest, "the trace after a killed trace");
 
     // dump: the domain's memory through libvirt into our ELF writer; the dump shows the
     // same processes.

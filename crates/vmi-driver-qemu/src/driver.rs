@@ -24,7 +24,7 @@ use crate::monitor::Monitor;
 use crate::qmp::QmpClient;
 use crate::regs;
 use crate::rundir::PrivateDir;
-use crate::watchdog::{Plan, RawAddr, Watchdog};
+use crate::watchdog::{Plan, RawAddr, RawCommand, Watchdog};
 
 const PAGE: u64 = 4096;
 
@@ -290,6 +290,23 @@ fn qemu_pid(qmp: &mut Monitor) -> Option<u32> {
         .lines()
         .find_map(|l| l.strip_prefix("Tgid:"))
         .and_then(|v| v.trim().parse().ok())
+}
+
+/// `virsh [-c URI] resume NAME`, for the guard (it cannot call libvirt after a fork):
+/// `None` without `virsh` in `PATH`.
+fn libvirt_resume_command(d: &LibvirtDomain) -> Option<RawCommand> {
+    use std::os::unix::ffi::OsStrExt;
+    let virsh = std::env::var_os("PATH")?
+        .as_bytes()
+        .split(|&b| b == b':')
+        .map(|dir| Path::new(std::ffi::OsStr::from_bytes(dir)).join("virsh"))
+        .find(|p| p.is_absolute() && p.is_file())?;
+    let mut args: Vec<&[u8]> = vec![virsh.as_os_str().as_bytes(), b"-q"];
+    if let Some(uri) = d.uri() {
+        args.extend([b"-c".as_slice(), uri.as_bytes()]);
+    }
+    args.extend([b"resume".as_slice(), d.name().as_bytes()]);
+    RawCommand::new(&args)
 }
 
 /// The directory of libvirt's monitor socket for the domain (libvirt's per-domain
@@ -858,9 +875,14 @@ impl QemuDriver {
                         )
                     }),
                 };
+                let resume = match &*lock(&self.qmp) {
+                    Monitor::Libvirt(d) => libvirt_resume_command(d),
+                    Monitor::Qmp(_) => None,
+                };
                 let started = qmp.and_then(|qmp| {
                     Watchdog::spawn(Plan {
                         qmp,
+                        resume,
                         found_running: self.found_running,
                     })
                 });
@@ -947,8 +969,10 @@ impl QemuDriver {
                 let mut qmp = lock(&self.qmp);
                 match find_gdbstub(&mut qmp)? {
                     // A gdbstub whose socket is gone (its directory removed by a guard
-                    // after our predecessor died) is replaced: `gdbserver` takes over.
+                    // after our predecessor died, a guard that could not reach QMP:
+                    // libvirt) is stopped and replaced.
                     Some(GdbAddress::Unix(p)) if !p.exists() => {
+                        qmp.hmp("gdbserver none", None)?;
                         let (a, dir) = self.start_private_gdbstub(&mut qmp, guard.as_deref())?;
                         (a, Some(dir))
                     }

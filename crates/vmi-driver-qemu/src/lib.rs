@@ -42,7 +42,7 @@
 //! | pause, resume | libvirt's `virDomainSuspend`/`virDomainResume`, so that `virsh domstate` stays right |
 //! | memory | as above: `mmap` of the domain's RAM file when libvirt gave it a shared file backing (`<memoryBacking><source type='file'/><access mode='shared'/>`), else the QEMU process's memory (the default anonymous RAM); QEMU's pid from a vCPU thread, checked by its `-name guest=NAME` argument (the domain must run on this host) |
 //! | gdbstub | started with HMP `gdbserver` on a socket in a private directory made inside the domain's own libvirt directory (`/var/lib/libvirt/qemu/domain-ID-NAME`, where a confined QEMU may create files), handed to QEMU's user; removed on detach |
-//! | guard | as below, but it cannot reach libvirt's QMP socket: after a `SIGKILL` it detaches the gdbstub (`D`: breakpoints removed, a VM found running runs again) and removes the directory; a VM we paused with libvirt stays paused |
+//! | guard | as below, but libvirt's QMP socket is the daemon's and libvirt cannot be called after a `fork`: after a `SIGKILL` it detaches the gdbstub (`D`: breakpoints removed), removes the directory, and resumes a VM found running with `virsh resume NAME` (QEMU pauses the VM when a gdb client goes away); the next attach stops the gdbstub left listening on the removed socket and starts its own |
 //!
 //! Requests through libvirt have libvirt's own timeouts, not
 //! [`AttachOptions::command_timeout`].

@@ -186,6 +186,11 @@ impl LibvirtDomain {
         &self.name
     }
 
+    /// The libvirt URI (`None`: libvirt's default).
+    pub(crate) fn uri(&self) -> Option<&str> {
+        self.uri.as_deref()
+    }
+
     /// Runs a QMP command through libvirt (`virDomainQemuMonitorCommand`, which marks
     /// the domain "tainted: custom-monitor" in libvirt's log) and returns its `return`.
     /// The command carries no `id`: libvirt adds its own.

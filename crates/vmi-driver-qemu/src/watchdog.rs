@@ -195,12 +195,62 @@ impl RawAddr {
     }
 }
 
+/// Room for a [`RawCommand`]'s strings.
+const CMD_ROOM: usize = 1024;
+/// Most arguments of a [`RawCommand`] (program included).
+pub(crate) const MAX_ARGS: usize = 8;
+
+/// A program and its arguments for `execv`, prepared before the fork: NUL-terminated
+/// strings one after the other, the program's path first.
+#[derive(Clone, Copy)]
+pub(crate) struct RawCommand {
+    pub(super) buf: [u8; CMD_ROOM],
+    pub(super) argc: usize,
+}
+
+impl std::fmt::Debug for RawCommand {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "RawCommand({} arguments)", self.argc)
+    }
+}
+
+impl RawCommand {
+    /// The command `args` (`args[0]` an absolute path); `None` when it does not fit or an
+    /// argument holds a NUL byte.
+    pub(crate) fn new(args: &[&[u8]]) -> Option<RawCommand> {
+        if args.is_empty() || args.len() > MAX_ARGS || !args[0].starts_with(b"/") {
+            return None;
+        }
+        let mut c = RawCommand {
+            buf: [0; CMD_ROOM],
+            argc: args.len(),
+        };
+        let mut at = 0usize;
+        for a in args {
+            if a.contains(&0) {
+                return None;
+            }
+            let end = at.checked_add(a.len())?;
+            if end >= CMD_ROOM {
+                return None;
+            }
+            c.buf[at..end].copy_from_slice(a);
+            at = end + 1; // the NUL is already there
+        }
+        Some(c)
+    }
+}
+
 /// What the guard knows from the start.
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Plan {
     /// The QMP socket the driver uses (`None` for libvirt: its socket is the daemon's,
     /// and the run state is left to `D`, which resumes a VM found running).
     pub qmp: Option<RawAddr>,
+    /// Without a QMP socket: the command that resumes a VM found running (libvirt:
+    /// `virsh resume NAME`), run once the gdbstub is detached (QEMU pauses the VM when a
+    /// gdb client goes away).
+    pub resume: Option<RawCommand>,
     /// The VM ran when the driver attached (else it is left stopped).
     pub found_running: bool,
 }

@@ -8,8 +8,8 @@
 use std::os::fd::RawFd;
 
 use super::{
-    MAX_BPS, PATH_ROOM, Plan, REC_DETACH, REC_GDB, REC_INSERT, REC_PRIVATE, REC_REMOVE, REC_RETRY,
-    RawAddr, STEP_MS, last_errno,
+    MAX_ARGS, MAX_BPS, PATH_ROOM, Plan, REC_DETACH, REC_GDB, REC_INSERT, REC_PRIVATE, REC_REMOVE,
+    REC_RETRY, RawAddr, RawCommand, STEP_MS, last_errno,
 };
 
 fn sys_exit(code: i32) -> ! {
@@ -624,7 +624,19 @@ fn recover(plan: &Plan, j: &Journal) {
     let attempts = if plan.qmp.is_some() {
         QMP_ATTEMPTS
     } else {
-        qmp_note = b"; no QMP socket (libvirt): run state left as the gdbstub left it";
+        qmp_note = match (&plan.resume, plan.found_running) {
+            (_, false) => b"; VM left stopped, as found",
+            (Some(cmd), true) => {
+                // QEMU pauses the VM when a gdb client leaves: let it see our close first.
+                sleep_ms(100);
+                if run(cmd, now_ms().wrapping_add(STEP_MS.wrapping_mul(5))) {
+                    b"; VM resumed (virsh resume)"
+                } else {
+                    b"; virsh resume failed (run state not restored)"
+                }
+            }
+            (None, true) => b"; no virsh to resume the VM (run state not restored)",
+        };
         0
     };
     for _ in 0..attempts {
@@ -668,6 +680,61 @@ fn recover(plan: &Plan, j: &Journal) {
         b"vmi-driver-qemu guard: the process using the driver ended without detaching"
     };
     say(&[why, gdb_note, qmp_note, b"\n"]);
+}
+
+/// Runs `cmd` (fork, `execv`) and waits for it until `deadline` (then kills it); whether
+/// it exited with status 0.
+fn run(cmd: &RawCommand, deadline: i64) -> bool {
+    // The argument pointers, into `cmd.buf` (NUL-terminated strings one after another).
+    let mut argv: [*const libc::c_char; MAX_ARGS + 1] = [std::ptr::null(); MAX_ARGS + 1];
+    let mut at = 0usize;
+    for slot in argv.iter_mut().take(cmd.argc.min(MAX_ARGS)) {
+        let Some(rest) = cmd.buf.get(at..) else {
+            return false;
+        };
+        let Some(len) = rest.iter().position(|&b| b == 0) else {
+            return false;
+        };
+        *slot = rest.as_ptr().cast();
+        at = at.wrapping_add(len).wrapping_add(1);
+    }
+    // SAFETY: `fork` has no memory preconditions; the guard is single-threaded. The child
+    // only calls `execv` and `_exit`.
+    let pid = unsafe { libc::fork() };
+    if pid == 0 {
+        // SAFETY: `argv[0]` and every further non-null entry point at NUL-terminated
+        // strings inside `cmd.buf`, which this (copied) frame keeps alive; the array ends
+        // with a null pointer (it has one slot more than `MAX_ARGS`). `execv` replaces the
+        // process or returns on failure.
+        unsafe {
+            libc::execv(argv[0], argv.as_ptr());
+        }
+        sys_exit(127);
+    }
+    if pid < 0 {
+        return false;
+    }
+    let mut status = 0;
+    loop {
+        // SAFETY: `pid` is our child; `status` is a live local the kernel writes.
+        let r = unsafe { libc::waitpid(pid, &raw mut status, libc::WNOHANG) };
+        if r == pid {
+            return libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0;
+        }
+        if r < 0 && last_errno() != libc::EINTR {
+            return false;
+        }
+        if deadline.wrapping_sub(now_ms()) <= 0 {
+            // SAFETY: signalling and reaping our own child touch no memory of ours but
+            // `status`, a live local.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, &raw mut status, 0);
+            }
+            return false;
+        }
+        sleep_ms(10);
+    }
 }
 
 /// Attempts of the QMP step (each up to `STEP_MS`).
@@ -724,6 +791,26 @@ mod tests {
 
     use super::*;
     use crate::watchdog::bp_record;
+
+    #[test]
+    fn raw_commands_run_report_their_status_and_are_bounded() {
+        let ok = RawCommand::new(&[b"/bin/sh", b"-c", b"exit 0"]).unwrap();
+        assert!(run(&ok, now_ms() + 5000));
+        let fails = RawCommand::new(&[b"/bin/sh", b"-c", b"exit 3"]).unwrap();
+        assert!(!run(&fails, now_ms() + 5000));
+        let missing = RawCommand::new(&[b"/nonexistent/virsh", b"resume"]).unwrap();
+        assert!(!run(&missing, now_ms() + 5000));
+        let slow = RawCommand::new(&[b"/bin/sleep", b"10"]).unwrap();
+        let t0 = now_ms();
+        assert!(!run(&slow, now_ms() + 200));
+        assert!(now_ms() - t0 < 3000, "killed at the deadline");
+        // Relative programs, NUL bytes, too many or too long arguments: refused.
+        assert!(RawCommand::new(&[b"sh"]).is_none());
+        assert!(RawCommand::new(&[b"/bin/sh", b"a\0b"]).is_none());
+        assert!(RawCommand::new(&[b"/bin/sh".as_slice(); MAX_ARGS + 1]).is_none());
+        assert!(RawCommand::new(&[b"/bin/sh", &[b'x'; 2000]]).is_none());
+        assert!(RawCommand::new(&[]).is_none());
+    }
 
     #[test]
     fn packets_and_z_bodies() {
