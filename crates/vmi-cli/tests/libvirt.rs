@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 
 use common::vmi;
 use serde_json::Value;
-use vmi_test_guest::{LibvirtConfig, LibvirtGuest, Truth};
+use vmi_test_guest::{LibvirtConfig, LibvirtGuest, Truth, cache, guest_required};
 
 fn json(target: &str, args: &[&str]) -> Value {
     let mut all = vec!["--json"];
@@ -169,6 +169,8 @@ fn ps_trace_and_dump_through_libvirt() {
     check_left_running(&guest, "dump");
     check_ps(dump.to_str().unwrap(), &truth);
 
+    check_python(&guest, &truth);
+
     // A domain libvirt does not know: one clear error line, the target exit code.
     let out = vmi("libvirt:vmi-no-such-domain", &["ps"]);
     assert_eq!(out.status.code(), Some(3));
@@ -176,5 +178,87 @@ fn ps_trace_and_dump_through_libvirt() {
     assert!(
         err.contains("cannot attach to libvirt domain vmi-no-such-domain"),
         "{err}"
+    );
+}
+
+/// The Python package on the same domain: `vmi.open("libvirt:NAME")` lists the truth's
+/// processes, and Volatility's own `linux.pslist` runs through `vmi+libvirt://NAME`.
+/// Needs the project venv of `scripts/setup.sh` (a visible skip without it, a failure
+/// with `VMI_REQUIRE_GUEST=1`).
+fn check_python(guest: &LibvirtGuest, truth: &Truth) {
+    let python = cache::workspace_root().join("target/venv/bin/python");
+    let usable = python.exists()
+        && Command::new(&python)
+            .args(["-c", "import vmi, volatility3"])
+            .status()
+            .is_ok_and(|s| s.success());
+    if !usable {
+        let why = format!(
+            "{} cannot import vmi and volatility3 (scripts/setup.sh)",
+            python.display()
+        );
+        assert!(!guest_required(), "VMI_REQUIRE_GUEST=1 but {why}");
+        eprintln!("SKIPPED: the Python part of the libvirt test: {why}");
+        return;
+    }
+    let script = "import json, sys, vmi\n\
+                  with vmi.open(sys.argv[1]) as t:\n\
+                  \x20   print(json.dumps([[p.pid, p.name] for p in t.os.processes()]))\n";
+    let out = Command::new(&python)
+        .args(["-c", script, &format!("libvirt:{}", guest.name())])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "vmi.open(libvirt:...): {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed: Vec<(u32, String)> = serde_json::from_slice(&out.stdout).unwrap();
+    for t in truth.tasks.iter().filter(|t| t.comm.starts_with("vmi_")) {
+        assert!(
+            listed
+                .iter()
+                .any(|(pid, name)| *pid == t.pid && *name == t.comm),
+            "Python: pid {} ({}) missing from {listed:?}",
+            t.pid,
+            t.comm
+        );
+    }
+
+    let plugins = Command::new(&python)
+        .args(["-m", "vmi.volatility", "--plugin-dir"])
+        .output()
+        .unwrap();
+    assert!(plugins.status.success());
+    let plugins = String::from_utf8_lossy(&plugins.stdout).trim().to_owned();
+    let cache_dir = guest.dir().join("vol-cache");
+    std::fs::create_dir_all(&cache_dir).unwrap();
+    let location = format!("vmi+libvirt://{}", guest.name());
+    let vol = "import sys\nfrom volatility3.cli import main\nsys.argv[0] = 'vol'\nmain()\n";
+    let out = Command::new(&python)
+        .args(["-c", vol, "-q", "--cache-path"])
+        .arg(&cache_dir)
+        .args(["-p", &plugins, "-f", &location, "linux.pslist"])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "vol linux.pslist on {location}: {}{text}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let sleeper = truth.process("vmi_sleeper").expect("vmi_sleeper in truth");
+    assert!(
+        text.lines().any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.get(1) == Some(&sleeper.pid.to_string().as_str()) && f.contains(&"vmi_sleeper")
+        }),
+        "vol linux.pslist on {location} lacks vmi_sleeper (pid {}): {text}",
+        sleeper.pid
+    );
+    assert_eq!(
+        guest.state().unwrap(),
+        "running",
+        "libvirt's state after vol"
     );
 }
