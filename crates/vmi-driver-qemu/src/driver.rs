@@ -293,13 +293,15 @@ fn qemu_pid(qmp: &mut Monitor) -> Option<u32> {
 }
 
 /// `virsh [-c URI] resume NAME`, for the guard (it cannot call libvirt after a fork):
-/// `None` without `virsh` in `PATH`.
+/// `None` without `virsh` in `PATH` or `/usr/bin`.
 fn libvirt_resume_command(d: &LibvirtDomain) -> Option<RawCommand> {
     use std::os::unix::ffi::OsStrExt;
-    let virsh = std::env::var_os("PATH")?
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    let virsh = path
         .as_bytes()
         .split(|&b| b == b':')
         .map(|dir| Path::new(std::ffi::OsStr::from_bytes(dir)).join("virsh"))
+        .chain([PathBuf::from("/usr/bin/virsh")])
         .find(|p| p.is_absolute() && p.is_file())?;
     let mut args: Vec<&[u8]> = vec![virsh.as_os_str().as_bytes(), b"-q"];
     if let Some(uri) = d.uri() {

@@ -69,9 +69,20 @@ pub struct LibvirtGuest {
     _lock: cache::CacheLock,
 }
 
+/// A program on `PATH`, else in the system directories a non-login `PATH` may lack
+/// (libvirtd and virtlogd live in `/usr/sbin`).
+fn program(name: &str) -> Option<PathBuf> {
+    cache::which(name).or_else(|| {
+        ["/usr/sbin", "/usr/bin", "/sbin"]
+            .iter()
+            .map(|d| Path::new(d).join(name))
+            .find(|p| p.is_file())
+    })
+}
+
 /// Runs `virsh -c URI ARGS...`, returns its stdout.
 fn virsh(args: &[&str]) -> Result<String> {
-    let out = Command::new("virsh")
+    let out = Command::new(program("virsh").unwrap_or_else(|| "virsh".into()))
         .arg("-c")
         .arg(URI)
         .args(args)
@@ -109,7 +120,7 @@ fn skipped(why: &str) {
 
 /// Starts `program` in the foreground (its own process group, output into `log`).
 fn start_daemon(name: &'static str, log: &Path) -> Result<Daemon> {
-    let program = cache::which(name).ok_or_else(|| missing(name))?;
+    let program = program(name).ok_or_else(|| missing(name))?;
     let out = std::fs::File::create(log).map_err(Error::io("create", log))?;
     let err = out.try_clone().map_err(Error::io("dup", log))?;
     let mut cmd = Command::new(&program);
@@ -146,13 +157,13 @@ impl Daemon {
 
 /// Makes sure libvirtd answers at [`URI`]; returns the daemons started for that.
 fn ensure_daemon(dir: &Path) -> Result<Vec<Daemon>> {
-    if cache::which("virsh").is_none() {
+    if program("virsh").is_none() {
         return Err(missing("virsh"));
     }
     if virsh(&["version"]).is_ok() {
         return Ok(Vec::new());
     }
-    if cache::which("libvirtd").is_none() || !Path::new("/etc/libvirt/qemu.conf").exists() {
+    if program("libvirtd").is_none() || !Path::new("/etc/libvirt/qemu.conf").exists() {
         return Err(missing("libvirtd"));
     }
     let mut started = Vec::new();
