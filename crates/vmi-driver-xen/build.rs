@@ -14,7 +14,10 @@ fn main() {
 mod xen_sys {
     use std::path::PathBuf;
 
-    const WRAPPER: &str = "#include <xenctrl.h>
+    // The compatibility device-model API brings `xc_hvm_inject_trap` (in libxenctrl, over
+    // libxendevicemodel) from Xen 4.9 to 4.20 alike.
+    const WRAPPER: &str = "#define XC_WANT_COMPAT_DEVICEMODEL_API 1
+#include <xenctrl.h>
 #include <xenforeignmemory.h>
 #include <xenevtchn.h>
 #include <xen/vm_event.h>
@@ -47,7 +50,7 @@ mod xen_sys {
             .header_contents("vmi_xen_wrapper.h", WRAPPER)
             .clang_arg(format!("-I{inc}"))
             .allowlist_function(
-                "xc_interface_(open|close)|xc_domain_(pause|unpause|getinfolist|getinfo_single|maximum_gpfn|hvm_getcontext|hvm_getcontext_partial|hvm_setcontext)|xc_vcpu_(get|set)context|xc_monitor_(enable|disable|write_ctrlreg|mov_to_msr|software_breakpoint|singlestep|cpuid|debug_exceptions|guest_request)|xc_altp2m_(set_domain_state|create_view|destroy_view|switch_to_view|set_mem_access)|xc_set_mem_access|xenforeignmemory_(open|close|map|unmap)|xenevtchn_(open|close|fd|bind_interdomain|unbind|notify|pending|unmask)",
+                "xc_interface_(open|close)|xc_domain_(pause|unpause|getinfolist|getinfo_single|maximum_gpfn|hvm_getcontext|hvm_getcontext_partial|hvm_setcontext)|xc_vcpu_(get|set)context|xc_monitor_(enable|disable|write_ctrlreg|mov_to_msr|software_breakpoint|singlestep|cpuid|debug_exceptions|guest_request)|xc_altp2m_(set_domain_state|create_view|destroy_view|switch_to_view|set_mem_access)|xc_set_mem_access|xc_hvm_inject_trap|xenforeignmemory_(open|close|map|unmap)|xenevtchn_(open|close|fd|bind_interdomain|unbind|notify|pending|unmask)",
             )
             .allowlist_type(
                 "vm_event_st|vm_event_regs_x86|hvm_hw_cpu|hvm_save_descriptor|vcpu_guest_context_any_t|vcpu_guest_context_x86_64_t|xc_domaininfo_t|xenmem_access_t",

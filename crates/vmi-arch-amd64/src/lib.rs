@@ -9,6 +9,7 @@
 
 #![forbid(unsafe_code)]
 
+pub mod instruction;
 pub mod paging;
 mod registers;
 

@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use serde_json::Value;
+use vmi_arch_amd64::instruction::{MAX_NOP_LENGTH, nop_length};
 use vmi_arch_amd64::{Amd64, EventReason, Registers};
 use vmi_core::{
     BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor, Gfn, MemoryAccess,
@@ -521,7 +522,7 @@ impl GdbSession {
     }
 
     /// Steps over the breakpoint at `addr` without a single-step when the instruction
-    /// there is a no-op ([`nop_len`]): `rip` moves past it, which is all executing it
+    /// there is a no-op ([`nop_length`]): `rip` moves past it, which is all executing it
     /// would do. Under TCG this halves what an event costs: QEMU's gdbstub flushes every
     /// translated block at each debug stop (breakpoint and single-step alike; not at
     /// watchpoints), and the guest then runs on freshly translated code. The bytes are
@@ -533,8 +534,10 @@ impl GdbSession {
             return Ok(false);
         };
         self.select(vcpu)?;
-        let m = self.conn.request(&format!("m{addr:x},{:x}", MAX_NOP))?;
-        let Some(len) = decode_hex(&m).and_then(|b| nop_len(&b)) else {
+        let m = self
+            .conn
+            .request(&format!("m{addr:x},{:x}", MAX_NOP_LENGTH))?;
+        let Some(len) = decode_hex(&m).and_then(|b| nop_length(&b)) else {
             return Ok(false);
         };
         let next = addr.wrapping_add(len as u64);
@@ -1666,57 +1669,5 @@ impl VmiEventControl for QemuDriver {
                 }
             }
         }
-    }
-}
-
-/// Longest instruction [`nop_len`] knows.
-const MAX_NOP: usize = 11;
-
-/// The length of the no-op instruction `code` starts with, if it is one of the encodings
-/// compilers and the kernel emit for padding and `__fentry__` sites (the recommended
-/// multi-byte `nop` forms, `xchg ax, ax`, `endbr64`); `None` for anything else. Exact
-/// byte patterns, not a decoder: an instruction this does not know is single-stepped.
-fn nop_len(code: &[u8]) -> Option<usize> {
-    const NOPS: &[&[u8]] = &[
-        &[0x90],
-        &[0x66, 0x90],
-        &[0x0f, 0x1f, 0x00],
-        &[0x0f, 0x1f, 0x40, 0x00],
-        &[0x0f, 0x1f, 0x44, 0x00, 0x00],
-        &[0x66, 0x0f, 0x1f, 0x44, 0x00, 0x00],
-        &[0x0f, 0x1f, 0x80, 0x00, 0x00, 0x00, 0x00],
-        &[0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
-        &[0x66, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
-        &[0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00],
-        &[
-            0x66, 0x66, 0x2e, 0x0f, 0x1f, 0x84, 0x00, 0x00, 0x00, 0x00, 0x00,
-        ],
-        // endbr64: no architectural effect without CET, which TCG does not emulate.
-        &[0xf3, 0x0f, 0x1e, 0xfa],
-    ];
-    NOPS.iter().find(|n| code.starts_with(n)).map(|n| n.len())
-}
-
-#[cfg(test)]
-mod nop_tests {
-    use super::{MAX_NOP, nop_len};
-
-    #[test]
-    fn known_nops_and_nothing_else() {
-        // The kernel's ftrace site (P6_NOP5), then `sub rsp, 0x20`.
-        assert_eq!(
-            nop_len(&[0x0f, 0x1f, 0x44, 0x00, 0x00, 0x48, 0x83, 0xec]),
-            Some(5)
-        );
-        assert_eq!(nop_len(&[0xf3, 0x0f, 0x1e, 0xfa, 0x0f, 0x1f]), Some(4));
-        assert_eq!(nop_len(&[0x90, 0xcc]), Some(1));
-        // push rbp; call rel32; a truncated nop; a nop with a non-zero displacement
-        // (still a nop, but not a form we know: stepped).
-        assert_eq!(nop_len(&[0x55, 0x48, 0x89, 0xe5]), None);
-        assert_eq!(nop_len(&[0xe8, 0x00, 0x00, 0x00, 0x00]), None);
-        assert_eq!(nop_len(&[0x0f, 0x1f, 0x44, 0x00]), None);
-        assert_eq!(nop_len(&[0x0f, 0x1f, 0x44, 0x00, 0x01]), None);
-        assert_eq!(nop_len(&[]), None);
-        assert!((0..=255u8).all(|b| nop_len(&[b; MAX_NOP]).is_none_or(|n| n <= MAX_NOP)));
     }
 }

@@ -2,9 +2,10 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::ops::Range;
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use std::time::Duration;
 
+use vmi_arch_amd64::instruction::{MAX_NOP_LENGTH, nop_length};
 use vmi_arch_amd64::{Amd64, Cr3, DescriptorTable, EventReason, Registers, Segment, efer};
 use vmi_core::{
     BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor, Gfn, MemoryAccess,
@@ -30,6 +31,8 @@ const BY_DRIVER: &str = "the Xen driver";
 const MAX_BATCHES_PER_WAIT: usize = 16;
 /// Upper bound on the size of an HVM context blob we accept (Xen's are a few KiB per vCPU).
 const MAX_HVM_CONTEXT: usize = 16 << 20;
+/// The `int3` instruction.
+const INT3: u8 = 0xcc;
 
 /// What kind of guest a domain is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -57,6 +60,12 @@ pub struct EventStats {
     pub bad_vcpu: u64,
     /// Responses written.
     pub responses: u64,
+    /// `int3`s that were not ours (the guest's own), handed back to the guest as `#BP`.
+    pub reinjected: u64,
+    /// Hits of our `int3`s continued by moving `rip` past the no-op it replaced.
+    pub stepped_over_nops: u64,
+    /// Hits of our `int3`s continued by single-stepping the original instruction.
+    pub single_stepped: u64,
 }
 
 /// An altp2m view id (0 is the host p2m).
@@ -76,10 +85,11 @@ struct State {
     mem_access: BTreeSet<(u16, u64)>,
     altp2m: bool,
     views: BTreeSet<u16>,
-    /// Physical address of each planted `int3` and the byte it replaced.
-    breakpoints: BTreeMap<u64, u8>,
     /// vCPUs we asked Xen to single-step.
     stepping: BTreeSet<u32>,
+    /// vCPUs single-stepping over the instruction under one of our `int3`s (its
+    /// physical address): the `int3` goes back after the step.
+    stepping_over: BTreeMap<u32, u64>,
     stats: EventStats,
 }
 
@@ -98,8 +108,20 @@ pub struct XenDriver<X: XenInterface> {
     vcpus: u16,
     max_gfn: u64,
     state: Mutex<State>,
+    /// Our planted `int3`s by physical address. Reads hold it shared from the foreign
+    /// read to the patch-up, so they never see an `int3` of ours.
+    breakpoints: RwLock<BTreeMap<u64, Planted>>,
     ring: Mutex<Option<RingState>>,
     closed: bool,
+}
+
+/// An `int3` of ours.
+#[derive(Clone, Copy, Debug)]
+struct Planted {
+    /// The byte it replaced: what reads of the page return.
+    original: u8,
+    /// Whether the original byte is back for a moment (a vCPU single-steps over it).
+    lifted: bool,
 }
 
 impl<X: XenInterface> std::fmt::Debug for XenDriver<X> {
@@ -135,6 +157,22 @@ fn map_err(operation: &'static str, einval_is_refusal: bool, e: XenCallError) ->
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
     // A handler that panicked must not make cleanup impossible: take the data anyway.
     m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+fn read_lock<T>(m: &RwLock<T>) -> RwLockReadGuard<'_, T> {
+    m.read().unwrap_or_else(|p| p.into_inner())
+}
+
+fn write_lock<T>(m: &RwLock<T>) -> RwLockWriteGuard<'_, T> {
+    m.write().unwrap_or_else(|p| p.into_inner())
+}
+
+/// The physical address of byte `offset` of frame `gfn` (`None` past the address space:
+/// no breakpoint of ours can be there).
+fn frame_address(gfn: Gfn, offset: usize) -> Option<u64> {
+    gfn.0
+        .checked_mul(XEN_PAGE_SIZE as u64)?
+        .checked_add(offset as u64)
 }
 
 /// Lists the domains Xen knows (up to 1024).
@@ -183,6 +221,7 @@ impl<X: XenInterface> XenDriver<X> {
             vcpus,
             max_gfn,
             state: Mutex::new(State::default()),
+            breakpoints: RwLock::new(BTreeMap::new()),
             ring: Mutex::new(None),
             closed: false,
         })
@@ -284,6 +323,7 @@ impl<X: XenInterface> XenDriver<X> {
             .collect();
         let mut ok = vec![false; n];
         let k = frames.len();
+        let bps = read_lock(&self.breakpoints);
         self.xen
             .read_frames(
                 self.domid,
@@ -292,6 +332,18 @@ impl<X: XenInterface> XenDriver<X> {
                 &mut ok[..k],
             )
             .map_err(|e| Self::frame_err(first, e))?;
+        if !bps.is_empty() {
+            for ((frame, page), _) in frames
+                .iter()
+                .zip(buf.chunks_exact_mut(XEN_PAGE_SIZE))
+                .zip(&ok)
+                .filter(|(_, ok)| **ok)
+            {
+                if let Some(start) = frame_address(Gfn(*frame), 0) {
+                    Self::hide_breakpoints(&bps, start, page);
+                }
+            }
+        }
         Ok(ok)
     }
 
@@ -418,25 +470,66 @@ impl<X: XenInterface> XenDriver<X> {
     }
 
     fn plant_breakpoint(&self, pa: Pa) -> Result<(), VmiError> {
-        if lock(&self.state).breakpoints.contains_key(&pa.0) {
+        if read_lock(&self.breakpoints).contains_key(&pa.0) {
             return Ok(());
         }
         self.monitor(MonitorOp::SoftwareBreakpoint, true)?;
         let gfn = Gfn(pa.0 >> 12);
+        self.check_frame(gfn)?;
         let off = (pa.0 & 0xfff) as usize;
+        let mut bps = write_lock(&self.breakpoints);
+        if bps.contains_key(&pa.0) {
+            return Ok(());
+        }
         let mut orig = [0u8];
-        self.read_page(gfn, off, &mut orig)?;
-        self.write_page(gfn, off, &[0xcc])?;
-        lock(&self.state).breakpoints.insert(pa.0, orig[0]);
+        self.raw_read(gfn, off, &mut orig)?;
+        self.raw_write(gfn, off, &[INT3])?;
+        bps.insert(
+            pa.0,
+            Planted {
+                original: orig[0],
+                lifted: false,
+            },
+        );
         Ok(())
     }
 
     fn remove_breakpoint(&self, pa: u64) -> Result<(), VmiError> {
-        let orig = lock(&self.state).breakpoints.remove(&pa);
-        if let Some(b) = orig {
-            self.write_page(Gfn(pa >> 12), (pa & 0xfff) as usize, &[b])?;
+        let mut bps = write_lock(&self.breakpoints);
+        if let Some(b) = bps.remove(&pa) {
+            self.raw_write(Gfn(pa >> 12), (pa & 0xfff) as usize, &[b.original])?;
         }
         Ok(())
+    }
+
+    /// The foreign read, without hiding our `int3`s.
+    fn raw_read(&self, gfn: Gfn, offset: usize, buf: &mut [u8]) -> Result<(), VmiError> {
+        self.xen
+            .read_frame(self.domid, gfn.0, offset, buf)
+            .map_err(|e| Self::frame_err(gfn, e))
+    }
+
+    /// The foreign write, without keeping our `int3`s.
+    fn raw_write(&self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), VmiError> {
+        self.xen
+            .write_frame(self.domid, gfn.0, offset, data)
+            .map_err(|e| Self::frame_err(gfn, e))
+    }
+
+    /// Puts the original bytes of our `int3`s in `buf`, read from `start`.
+    fn hide_breakpoints(bps: &BTreeMap<u64, Planted>, start: u64, buf: &mut [u8]) {
+        let Some(end) = start.checked_add(buf.len() as u64) else {
+            return;
+        };
+        for (pa, b) in bps.range(start..end) {
+            // In range by construction: pa - start < buf.len().
+            buf[(pa - start) as usize] = b.original;
+        }
+    }
+
+    /// How many physical `int3`s this driver has planted.
+    pub fn planted_breakpoints(&self) -> usize {
+        read_lock(&self.breakpoints).len()
     }
 
     /// Leaves the guest as found and reports the first failure: answers pending
@@ -457,11 +550,12 @@ impl<X: XenInterface> XenDriver<X> {
             }
         };
         // 1. Stop new events and restore what we changed in the guest.
-        let (monitors, bps, mem, views, altp2m) = {
+        let bps = std::mem::take(&mut *write_lock(&self.breakpoints));
+        let (monitors, mem, views, altp2m) = {
             let mut st = lock(&self.state);
+            st.stepping_over.clear();
             (
                 std::mem::take(&mut st.monitors),
-                std::mem::take(&mut st.breakpoints),
                 std::mem::take(&mut st.mem_access),
                 std::mem::take(&mut st.views),
                 std::mem::replace(&mut st.altp2m, false),
@@ -475,7 +569,7 @@ impl<X: XenInterface> XenDriver<X> {
             );
         }
         for (pa, b) in bps {
-            note(self.write_page(Gfn(pa >> 12), (pa & 0xfff) as usize, &[b]));
+            note(self.raw_write(Gfn(pa >> 12), (pa & 0xfff) as usize, &[b.original]));
         }
         for (view, gfn) in mem
             .into_iter()
@@ -1022,6 +1116,17 @@ enum FollowUp {
     RemoveBreakpoint(u64),
     ResetAccess(u64),
     Disable(MonitorOp),
+    /// Hand the guest's own `int3` back to it on this vCPU.
+    Reinject(u32),
+}
+
+/// What a vCPU stopped at one of our `int3`s needs before it goes on, decided once the
+/// follow-ups ran (the handler may have removed the breakpoint).
+#[derive(Clone, Copy)]
+struct StepOver {
+    /// Index of the response in the batch.
+    index: usize,
+    pa: u64,
 }
 
 impl<X: XenInterface> XenDriver<X> {
@@ -1032,26 +1137,59 @@ impl<X: XenInterface> XenDriver<X> {
         handler: &mut EventCallback<'_, Amd64>,
         follow: &mut Vec<FollowUp>,
         handled: &mut usize,
-    ) -> VmEvent {
+    ) -> (VmEvent, Option<u64>) {
         let mut rsp = plain_response(req);
-        let mut st = lock(&self.state);
-        if req.version != VM_EVENT_INTERFACE_VERSION {
-            st.stats.bad_version += 1;
-            return rsp;
+        {
+            let mut st = lock(&self.state);
+            if req.version != VM_EVENT_INTERFACE_VERSION {
+                st.stats.bad_version += 1;
+                return (rsp, None);
+            }
         }
         let vcpu = match u16::try_from(req.vcpu_id) {
             Ok(v) if v < self.vcpus => VcpuId(v),
             _ => {
-                st.stats.bad_vcpu += 1;
-                return rsp;
+                lock(&self.state).stats.bad_vcpu += 1;
+                return (rsp, None);
             }
         };
         let Some(reason) = event_reason(req) else {
-            st.stats.unknown_reason += 1;
-            return rsp;
+            lock(&self.state).stats.unknown_reason += 1;
+            return (rsp, None);
         };
-        st.stats.handled += 1;
-        drop(st);
+        // Our int3s: hits of the guest's own go back to it; a vCPU that stepped over
+        // the instruction under one of ours gets the int3 back.
+        let mut ours = None;
+        match &reason {
+            EventReason::Breakpoint { pa: Some(pa), .. } => {
+                if read_lock(&self.breakpoints).contains_key(&pa.0) {
+                    ours = Some(pa.0);
+                } else {
+                    let mut byte = [0u8];
+                    let gfn = Gfn(pa.0 >> 12);
+                    let off = (pa.0 & 0xfff) as usize;
+                    // An int3 still there is the guest's; none means ours was removed
+                    // after the vCPU hit it, and it runs the original instruction.
+                    if self.raw_read(gfn, off, &mut byte).is_ok() && byte[0] == INT3 {
+                        follow.push(FollowUp::Reinject(req.vcpu_id));
+                        lock(&self.state).stats.reinjected += 1;
+                    }
+                    return (rsp, None);
+                }
+            }
+            EventReason::SingleStep => {
+                let over = lock(&self.state).stepping_over.remove(&req.vcpu_id);
+                if let Some(pa) = over {
+                    self.replant(pa);
+                    if !lock(&self.state).stepping.contains(&req.vcpu_id) {
+                        // Our step, not the handler's: no event.
+                        return (rsp, None);
+                    }
+                }
+            }
+            _ => {}
+        }
+        lock(&self.state).stats.handled += 1;
         let event = VmiEvent {
             vcpu,
             reason: reason.clone(),
@@ -1059,18 +1197,14 @@ impl<X: XenInterface> XenDriver<X> {
         };
         let answer: VmiEventResponse<Amd64> = handler(&event);
         *handled += 1;
-        let mut st = lock(&self.state);
-        let stepping = st.stepping.contains(&req.vcpu_id);
-        let want_step = answer.action == EventAction::SingleStep;
-        if want_step != stepping {
-            rsp.flags |= flags::TOGGLE_SINGLESTEP;
-            if want_step {
+        {
+            let mut st = lock(&self.state);
+            if answer.action == EventAction::SingleStep {
                 st.stepping.insert(req.vcpu_id);
             } else {
                 st.stepping.remove(&req.vcpu_id);
             }
         }
-        drop(st);
         if let Some(regs) = &answer.set_registers {
             rsp.regs = req.regs;
             registers_into_event(regs, &mut rsp.regs);
@@ -1113,7 +1247,74 @@ impl<X: XenInterface> XenDriver<X> {
             }
             _ => {}
         }
-        rsp
+        // A vCPU at our int3 that goes on at the same instruction must get past it.
+        let moved = rsp.flags & flags::SET_REGISTERS != 0 && rsp.regs.rip != req.regs.rip;
+        let step = ours.filter(|_| !answer.remove_monitor && !moved);
+        (rsp, step)
+    }
+
+    /// Puts the `int3` back after a single-step over the instruction it replaced.
+    fn replant(&self, pa: u64) {
+        let mut bps = write_lock(&self.breakpoints);
+        if let Some(b) = bps.get_mut(&pa).filter(|b| b.lifted) {
+            // A failure leaves the original byte: the breakpoint is lost, the guest is
+            // intact; the next plant of this address starts afresh.
+            if self
+                .raw_write(Gfn(pa >> 12), (pa & 0xfff) as usize, &[INT3])
+                .is_ok()
+            {
+                b.lifted = false;
+            } else {
+                bps.remove(&pa);
+            }
+        }
+    }
+
+    /// Lets a vCPU stopped at our `int3` at `pa` go on through the instruction the int3
+    /// replaced: `rip` moves past a no-op; anything else is single-stepped with the
+    /// original byte back for that step (other vCPUs can pass it unseen meanwhile).
+    /// Where the hypervisor cannot single-step, the breakpoint is removed and the error
+    /// says so; the vCPU then runs the original instruction.
+    fn step_over(&self, req: &VmEvent, rsp: &mut VmEvent, pa: u64) -> Result<(), VmiError> {
+        if !read_lock(&self.breakpoints).contains_key(&pa) {
+            return Ok(()); // removed meanwhile: the original instruction runs
+        }
+        let gfn = Gfn(pa >> 12);
+        let off = (pa & 0xfff) as usize;
+        let mut code = [0u8; MAX_NOP_LENGTH];
+        let len = MAX_NOP_LENGTH.min(XEN_PAGE_SIZE - off);
+        self.read_page(gfn, off, &mut code[..len])?;
+        if let Some(n) = nop_length(&code[..len]) {
+            if rsp.flags & flags::SET_REGISTERS == 0 {
+                rsp.regs = req.regs;
+                rsp.flags |= flags::SET_REGISTERS;
+            }
+            rsp.regs.rip = rsp.regs.rip.wrapping_add(n as u64);
+            lock(&self.state).stats.stepped_over_nops += 1;
+            return Ok(());
+        }
+        if let Err(e) = self.monitor(MonitorOp::Singlestep, true) {
+            self.remove_breakpoint(pa)?;
+            return Err(VmiError::driver(
+                DRIVER,
+                format!(
+                    "breakpoint at physical {pa:#x} removed: continuing past the instruction it replaced ({:02x?}, not a no-op) needs single-step, and {e}",
+                    &code[..len]
+                ),
+            ));
+        }
+        {
+            let mut bps = write_lock(&self.breakpoints);
+            let Some(b) = bps.get_mut(&pa) else {
+                return Ok(());
+            };
+            self.raw_write(gfn, off, &[b.original])?;
+            b.lifted = true;
+        }
+        let mut st = lock(&self.state);
+        st.stepping_over.insert(req.vcpu_id, pa);
+        st.stats.single_stepped += 1;
+        Ok(())
     }
 }
 
@@ -1139,9 +1340,16 @@ impl<X: XenInterface> VmiRead for XenDriver<X> {
     fn read_page(&self, gfn: Gfn, offset: usize, buf: &mut [u8]) -> Result<(), VmiError> {
         Self::check_page_range(offset, buf.len())?;
         self.check_frame(gfn)?;
-        self.xen
-            .read_frame(self.domid, gfn.0, offset, buf)
-            .map_err(|e| Self::frame_err(gfn, e))
+        // Held from the read to the patch-up: no int3 of ours is planted or removed
+        // in between.
+        let bps = read_lock(&self.breakpoints);
+        self.raw_read(gfn, offset, buf)?;
+        if !bps.is_empty()
+            && let Some(start) = frame_address(gfn, offset)
+        {
+            Self::hide_breakpoints(&bps, start, buf);
+        }
+        Ok(())
     }
 
     fn physical_ranges(&self) -> Result<Vec<Range<Pa>>, VmiError> {
@@ -1162,9 +1370,26 @@ impl<X: XenInterface> VmiWrite for XenDriver<X> {
     fn write_page(&self, gfn: Gfn, offset: usize, data: &[u8]) -> Result<(), VmiError> {
         Self::check_page_range(offset, data.len())?;
         self.check_frame(gfn)?;
-        self.xen
-            .write_frame(self.domid, gfn.0, offset, data)
-            .map_err(|e| Self::frame_err(gfn, e))
+        let mut bps = write_lock(&self.breakpoints);
+        let Some(start) = frame_address(gfn, offset) else {
+            return self.raw_write(gfn, offset, data);
+        };
+        // Within the frame (check_page_range), so no overflow.
+        let end = start + data.len() as u64;
+        if bps.range(start..end).next().is_none() {
+            return self.raw_write(gfn, offset, data);
+        }
+        // A write over our int3: it becomes the byte the int3 stands for (what reads
+        // return and what goes back at removal); the int3 stays.
+        let mut bytes = data.to_vec();
+        for (pa, b) in bps.range_mut(start..end) {
+            let i = (pa - start) as usize;
+            b.original = bytes[i];
+            if !b.lifted {
+                bytes[i] = INT3;
+            }
+        }
+        self.raw_write(gfn, offset, &bytes)
     }
 }
 
@@ -1349,10 +1574,26 @@ impl<X: XenInterface> VmiEventControl for XenDriver<X> {
                 break;
             }
             let mut follow = Vec::new();
-            let responses: Vec<VmEvent> = batch
-                .iter()
-                .map(|req| self.respond(req, handler, &mut follow, &mut handled))
-                .collect();
+            // Whether Xen single-steps each vCPU now (for the handler or for us).
+            let stepping_before: Vec<bool> = {
+                let st = lock(&self.state);
+                batch
+                    .iter()
+                    .map(|r| {
+                        st.stepping.contains(&r.vcpu_id)
+                            || st.stepping_over.contains_key(&r.vcpu_id)
+                    })
+                    .collect()
+            };
+            let mut steps = Vec::new();
+            let mut responses: Vec<VmEvent> = Vec::with_capacity(batch.len());
+            for (index, req) in batch.iter().enumerate() {
+                let (rsp, step) = self.respond(req, handler, &mut follow, &mut handled);
+                if let Some(pa) = step {
+                    steps.push(StepOver { index, pa });
+                }
+                responses.push(rsp);
+            }
             let mut first_err = None;
             for f in follow {
                 let r = match f {
@@ -1363,9 +1604,29 @@ impl<X: XenInterface> VmiEventControl for XenDriver<X> {
                         self.set_mem_access(ViewId(0), Gfn(gfn), XenMemAccess::RWX)
                     }
                     FollowUp::Disable(op) => self.monitor(op, false),
+                    FollowUp::Reinject(vcpu) => self
+                        .xen
+                        .inject_breakpoint(self.domid, vcpu)
+                        .map_err(|e| map_err("handing an int3 back to the guest", true, e)),
                 };
                 if let Err(e) = r {
                     first_err.get_or_insert(e);
+                }
+            }
+            for s in steps {
+                let (req, rsp) = (&batch[s.index], &mut responses[s.index]);
+                if let Err(e) = self.step_over(req, rsp, s.pa) {
+                    first_err.get_or_insert(e);
+                }
+            }
+            {
+                let st = lock(&self.state);
+                for ((req, rsp), before) in batch.iter().zip(&mut responses).zip(stepping_before) {
+                    let after = st.stepping.contains(&req.vcpu_id)
+                        || st.stepping_over.contains_key(&req.vcpu_id);
+                    if before != after {
+                        rsp.flags |= flags::TOGGLE_SINGLESTEP;
+                    }
                 }
             }
             {

@@ -94,6 +94,8 @@ struct Domain {
     altp2m: bool,
     views: BTreeSet<u16>,
     current_view: u16,
+    /// vCPUs a `#BP` was injected into, in order.
+    injected: Vec<u32>,
 }
 
 #[derive(Default)]
@@ -139,6 +141,7 @@ pub mod calls {
         "xc_monitor_enable",
         "xc_monitor_disable",
         "xc_monitor_control",
+        "xc_hvm_inject_trap",
         "xenevtchn_bind_interdomain",
         "xenevtchn_unbind",
         "xenevtchn_notify",
@@ -314,6 +317,15 @@ impl FakeXen {
     /// The domain's pause count (ours plus anyone else's).
     pub fn pause_count(&self, d: DomId) -> u32 {
         self.with_dom(d, |dom| dom.pause_count).unwrap_or(0)
+    }
+
+    /// The vCPUs a `#BP` was injected into (`xc_hvm_inject_trap`), in order.
+    pub fn injected_breakpoints(&self, d: DomId) -> Vec<u32> {
+        self.st()
+            .domains
+            .get(&d)
+            .map(|d| d.injected.clone())
+            .unwrap_or_default()
     }
 
     /// Whether the monitor ring is enabled (mapped).
@@ -629,6 +641,17 @@ impl XenInterface for FakeXen {
         } else {
             d.monitors.remove(&op);
         }
+        Ok(())
+    }
+
+    fn inject_breakpoint(&self, domid: DomId, vcpu: u32) -> XenResult<()> {
+        const C: &str = "xc_hvm_inject_trap";
+        let mut s = self.enter(C)?;
+        let d = s.domains.get_mut(&domid).ok_or(Self::dom_err(C))?;
+        if !d.hvm || vcpu as usize >= d.hvm_cpus.len() {
+            return Err(XenCallError::new(C, EINVAL));
+        }
+        d.injected.push(vcpu);
         Ok(())
     }
 

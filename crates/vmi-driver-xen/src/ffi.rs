@@ -542,6 +542,22 @@ impl XenInterface for LibXen {
         check(call, rc)
     }
 
+    fn inject_breakpoint(&self, domid: DomId, vcpu: u32) -> XenResult<()> {
+        /// `X86_EVENTTYPE_SW_EXCEPTION`: an exception raised by an instruction (`int3`).
+        const SW_EXCEPTION: u8 = 6;
+        /// `#BP`.
+        const BREAKPOINT: u8 = 3;
+        let vcpu =
+            i32::try_from(vcpu).map_err(|_| XenCallError::new("xc_hvm_inject_trap", EINVAL))?;
+        let h = self.lock();
+        // SAFETY: valid handle and plain values; no error code (`~0`), one instruction
+        // byte, no CR2.
+        let rc = unsafe {
+            sys::xc_hvm_inject_trap(h.xc, domid, vcpu, BREAKPOINT, SW_EXCEPTION, !0, 1, 0)
+        };
+        check("xc_hvm_inject_trap", rc)
+    }
+
     fn evtchn_bind(&self, domid: DomId, remote_port: u32) -> XenResult<u32> {
         let h = self.lock();
         // SAFETY: valid handle.

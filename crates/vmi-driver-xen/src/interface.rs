@@ -139,6 +139,10 @@ pub trait XenInterface: Send + Sync {
     fn monitor_disable(&self, domid: DomId) -> XenResult<()>;
     /// Switches one monitor on or off.
     fn monitor_control(&self, domid: DomId, op: MonitorOp, enable: bool) -> XenResult<()>;
+    /// Hands an `int3` back to the guest: injects the `#BP` software exception (vector 3,
+    /// instruction length 1) into vCPU `vcpu` of an HVM/PVH domain (`xc_hvm_inject_trap`),
+    /// for a breakpoint event the monitor did not cause (the guest's own `int3`).
+    fn inject_breakpoint(&self, domid: DomId, vcpu: u32) -> XenResult<()>;
 
     /// `xenevtchn_bind_interdomain`: returns the local port.
     fn evtchn_bind(&self, domid: DomId, remote_port: u32) -> XenResult<u32>;

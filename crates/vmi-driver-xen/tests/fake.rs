@@ -174,7 +174,8 @@ fn version_mismatch_and_unknown_reasons_are_answered_not_handed_on() {
             unknown_reason: 2,
             bad_version: 1,
             bad_vcpu: 1,
-            responses: 4
+            responses: 4,
+            ..EventStats::default()
         }
     );
 }
@@ -209,10 +210,13 @@ fn garbage_requests_never_panic() {
 #[test]
 fn every_known_reason_is_decoded() {
     let xen = FakeXen::new();
-    let d = xen.add_hvm_domain_with_vcpus(64, 2);
+    let d = xen.add_hvm_domain_with_vcpus(0x1300, 2);
     let drv = XenDriver::new(xen.clone(), d).unwrap();
     drv.monitor_enable(EventMonitor::MsrWrite(0xc000_0082))
         .unwrap();
+    // the breakpoint event is one of ours (the guest's own int3s are not reported)
+    xen.write_memory(d, 0x123_4567, &[0x90]);
+    drv.monitor_enable(software_breakpoint(0x123_4567)).unwrap();
     let mk = |reason: u32, u: [u64; 4]| {
         let mut e = cr3_request(1, 0, 0);
         e.reason = reason;
@@ -353,6 +357,174 @@ fn breakpoints_are_planted_and_restored() {
             }),
         Err(VmiError::NotSupported { .. })
     ));
+}
+
+/// A software-breakpoint request of vCPU `vcpu` at guest-physical `pa` (rip in the
+/// same page offset).
+fn int3_request(vcpu: u32, pa: u64) -> VmEvent {
+    let mut e = cr3_request(vcpu, 0, 0);
+    e.reason = reason::SOFTWARE_BREAKPOINT;
+    e.u = [pa >> 12, 0, 1, 0];
+    e.regs.rip = 0xffff_ffff_8000_0000 | pa;
+    e
+}
+
+fn software_breakpoint(pa: u64) -> EventMonitor {
+    EventMonitor::Breakpoint {
+        address: BreakpointAddress::Physical(Pa(pa)),
+        kind: BreakpointKind::Software,
+    }
+}
+
+#[test]
+fn reads_see_the_original_bytes_and_writes_keep_the_int3() {
+    let (xen, d, drv) = hvm();
+    xen.write_memory(d, 0x3ffe, &[0x11, 0x22, 0x33, 0x44]);
+    drv.monitor_enable(software_breakpoint(0x3fff)).unwrap();
+    drv.monitor_enable(software_breakpoint(0x4000)).unwrap();
+    assert_eq!(xen.read_memory(d, 0x3ffe, 4), [0x11, 0xcc, 0xcc, 0x44]);
+    let mut b = [0u8; 2];
+    drv.read_page(Gfn(3), 0xffe, &mut b).unwrap();
+    assert_eq!(b, [0x11, 0x22]);
+    let mut page = vec![0u8; 2 * 4096];
+    assert_eq!(drv.read_frames(Gfn(3), &mut page).unwrap(), [true, true]);
+    assert_eq!(&page[0xffe..0x1002], &[0x11, 0x22, 0x33, 0x44]);
+    // through the core's cross-page read as well
+    let core = VmiCore::new(drv).unwrap();
+    assert_eq!(
+        core.read_vec(Pa(0x3ffe), 4).unwrap(),
+        [0x11, 0x22, 0x33, 0x44]
+    );
+    // a write over a planted byte changes what it stands for; the int3 stays
+    core.write(Pa(0x3fff), &[0x99, 0x98]).unwrap();
+    assert_eq!(xen.read_memory(d, 0x3ffe, 4), [0x11, 0xcc, 0xcc, 0x44]);
+    assert_eq!(
+        core.read_vec(Pa(0x3ffe), 4).unwrap(),
+        [0x11, 0x99, 0x98, 0x44]
+    );
+    drop(core);
+    assert_eq!(xen.read_memory(d, 0x3ffe, 4), [0x11, 0x99, 0x98, 0x44]);
+}
+
+#[test]
+fn a_hit_on_a_nop_goes_on_past_it_and_keeps_the_int3() {
+    let (xen, d, drv) = hvm();
+    // the kernel's __fentry__ padding (nop5), then push rbp
+    xen.write_memory(d, 0x3010, &[0x0f, 0x1f, 0x44, 0x00, 0x00, 0x55]);
+    drv.monitor_enable(software_breakpoint(0x3010)).unwrap();
+    let req = int3_request(0, 0x3010);
+    xen.push_request(d, &req).unwrap();
+    let mut seen = Vec::new();
+    drv.wait_for_events(T, &mut |e| {
+        seen.push(e.reason.clone());
+        VmiEventResponse::default()
+    })
+    .unwrap();
+    assert!(matches!(
+        seen[..],
+        [EventReason::Breakpoint {
+            pa: Some(Pa(0x3010)),
+            ..
+        }]
+    ));
+    let rsp = &xen.take_responses(d)[0];
+    assert_eq!(rsp.flags, flags::VCPU_PAUSED | flags::SET_REGISTERS);
+    assert_eq!(rsp.regs.rip, req.regs.rip + 5);
+    assert_eq!(rsp.regs.rsp, req.regs.rsp);
+    assert_eq!(xen.read_memory(d, 0x3010, 1), [0xcc], "still armed");
+    assert_eq!(drv.event_stats().stepped_over_nops, 1);
+    // a handler that moves rip itself is obeyed
+    xen.push_request(d, &req).unwrap();
+    drv.wait_for_events(T, &mut |e| {
+        let mut r = e.registers.clone();
+        r.rip = 0xffff_ffff_8100_0000;
+        VmiEventResponse::set_registers(r)
+    })
+    .unwrap();
+    assert_eq!(xen.take_responses(d)[0].regs.rip, 0xffff_ffff_8100_0000);
+}
+
+#[test]
+fn a_hit_elsewhere_is_single_stepped_with_the_original_byte_then_rearmed() {
+    let (xen, d, drv) = hvm();
+    xen.write_memory(d, 0x3010, &[0x55, 0x48, 0x89, 0xe5]); // push rbp; mov rbp, rsp
+    drv.monitor_enable(software_breakpoint(0x3010)).unwrap();
+    xen.push_request(d, &int3_request(0, 0x3010)).unwrap();
+    let mut events = 0;
+    drv.wait_for_events(T, &mut |_| {
+        events += 1;
+        VmiEventResponse::default()
+    })
+    .unwrap();
+    let rsp = &xen.take_responses(d)[0];
+    assert_eq!(rsp.flags, flags::VCPU_PAUSED | flags::TOGGLE_SINGLESTEP);
+    assert_eq!(xen.read_memory(d, 0x3010, 1), [0x55], "lifted for the step");
+    let mut b = [0u8];
+    drv.read_page(Gfn(3), 0x10, &mut b).unwrap();
+    assert_eq!(b, [0x55]);
+    // the step: the int3 goes back, single-step goes off, the handler sees nothing
+    let mut step = cr3_request(0, 0, 0);
+    step.reason = reason::SINGLESTEP;
+    step.u = [0; 4];
+    xen.push_request(d, &step).unwrap();
+    drv.wait_for_events(T, &mut |_| {
+        events += 1;
+        VmiEventResponse::default()
+    })
+    .unwrap();
+    assert_eq!(events, 1);
+    let rsp = &xen.take_responses(d)[0];
+    assert_eq!(rsp.flags, flags::VCPU_PAUSED | flags::TOGGLE_SINGLESTEP);
+    assert_eq!(xen.read_memory(d, 0x3010, 1), [0xcc], "armed again");
+    assert_eq!(drv.event_stats().single_stepped, 1);
+    drop(drv);
+    assert_eq!(xen.read_memory(d, 0x3010, 4), [0x55, 0x48, 0x89, 0xe5]);
+}
+
+#[test]
+fn without_single_step_a_hit_elsewhere_removes_the_breakpoint_and_says_why() {
+    let xen = FakeXen::amd_tcg();
+    let d = xen.add_hvm_domain(64);
+    let drv = XenDriver::new(xen.clone(), d).unwrap();
+    xen.write_memory(d, 0x3010, &[0x55]);
+    drv.monitor_enable(software_breakpoint(0x3010)).unwrap();
+    xen.push_request(d, &int3_request(0, 0x3010)).unwrap();
+    let err = drv
+        .wait_for_events(T, &mut |_| VmiEventResponse::default())
+        .unwrap_err();
+    assert!(err.to_string().contains("needs single-step"), "{err}");
+    // answered all the same, the original instruction in place
+    assert_eq!(xen.take_responses(d).len(), 1);
+    assert_eq!(xen.read_memory(d, 0x3010, 1), [0x55]);
+    assert_eq!(drv.planted_breakpoints(), 0);
+}
+
+#[test]
+fn the_guests_own_int3_goes_back_to_the_guest() {
+    let (xen, d, drv) = hvm();
+    xen.write_memory(d, 0x3010, &[0x90]);
+    xen.write_memory(d, 0x5020, &[0xcc]); // the guest's
+    drv.monitor_enable(software_breakpoint(0x3010)).unwrap();
+    xen.push_request(d, &int3_request(0, 0x5020)).unwrap();
+    // and a hit of ours that a handler removed before this vCPU's event was read
+    xen.write_memory(d, 0x6030, &[0x55]);
+    xen.push_request(d, &int3_request(0, 0x6030)).unwrap();
+    let mut events = 0;
+    drv.wait_for_events(T, &mut |_| {
+        events += 1;
+        VmiEventResponse::default()
+    })
+    .unwrap();
+    assert_eq!(events, 0, "neither is ours");
+    assert_eq!(
+        xen.injected_breakpoints(d),
+        [0],
+        "only the guest's int3 is re-raised"
+    );
+    for rsp in xen.take_responses(d) {
+        assert_eq!(rsp.flags, flags::VCPU_PAUSED);
+    }
+    assert_eq!(drv.event_stats().reinjected, 1);
 }
 
 #[test]
