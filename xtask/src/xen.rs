@@ -631,7 +631,7 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
         "WRITE_RESTORE",
         "RESUME",
     ];
-    const PVH_ONLY: [&str; 10] = [
+    const PVH_ONLY: [&str; 11] = [
         "PERF_READS_NOCACHE",
         "PERF_READS_CACHE",
         "PERF_READS_BATCHED",
@@ -642,6 +642,7 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
         "LINUX_OS",
         "PROCESS_LIST",
         "PROCESS_MATCH",
+        "PROCESS_EVENTS",
     ];
     const LAST: [&str; 2] = ["CLEANUP", "END"];
     let pv = BOTH.iter().chain(&LAST).map(|c| format!("pv {c}"));

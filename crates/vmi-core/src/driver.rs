@@ -152,6 +152,16 @@ pub enum BreakpointAddress {
     Physical(Pa),
 }
 
+/// Which addresses a driver's breakpoints take ([`VmiEventControl::breakpoint_addressing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BreakpointAddressing {
+    /// Guest-virtual addresses, in whatever address space the vCPU runs (QEMU's gdbstub).
+    Virtual,
+    /// Guest-physical addresses (an `int3` written into the frame, as on Xen): the caller
+    /// translates, and a breakpoint fires in every address space that maps the frame.
+    Physical,
+}
+
 /// How a breakpoint is implemented.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum BreakpointKind {
@@ -218,6 +228,11 @@ pub trait VmiEventControl: VmiDriver {
 
     /// Stops reporting it.
     fn monitor_disable(&self, monitor: EventMonitor) -> Result<(), VmiError>;
+
+    /// Which addresses [`EventMonitor::Breakpoint`] takes here: virtual by default.
+    fn breakpoint_addressing(&self) -> BreakpointAddressing {
+        BreakpointAddressing::Virtual
+    }
 
     /// Waits up to `timeout` for events and hands each to `handler`, then applies the
     /// response and lets the vCPU go on. Returns how many events were handled (0 on

@@ -32,9 +32,9 @@ use std::time::Duration;
 use vmi_arch_amd64::paging::pte;
 use vmi_arch_amd64::{Amd64, PagingMode, Registers};
 use vmi_core::{
-    EventCallback, EventMonitor, Gfn, MonitorChange, Pa, PageAbsence, PageRead, Va, VcpuId,
-    VmState, VmiDriver, VmiError, VmiEvent, VmiEventControl, VmiEventResponse, VmiInfo,
-    VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+    BreakpointAddressing, EventCallback, EventMonitor, Gfn, MonitorChange, Pa, PageAbsence,
+    PageRead, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent, VmiEventControl,
+    VmiEventResponse, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 
 const PAGE: u64 = 4096;
@@ -110,6 +110,7 @@ pub struct MockDriver {
     state: Mutex<VmState>,
     live: bool,
     cache_pages: bool,
+    physical_breakpoints: bool,
     calls: Mutex<Vec<MockCall>>,
     faults: Mutex<Vec<(MockOp, VmiError)>>,
     events: Mutex<VecDeque<VmiEvent<Amd64>>>,
@@ -127,6 +128,7 @@ impl MockDriver {
             vcpus: RwLock::new(vec![Registers::default()]),
             state: Mutex::new(VmState::Running),
             live: false,
+            physical_breakpoints: false,
             cache_pages: false,
             calls: Mutex::default(),
             faults: Mutex::default(),
@@ -141,6 +143,13 @@ impl MockDriver {
     pub fn live(mut self) -> Self {
         self.live = true;
         self.cache_pages = true;
+        self
+    }
+
+    /// Takes breakpoints at physical addresses, as Xen's driver does
+    /// ([`BreakpointAddressing::Physical`]).
+    pub fn physical_breakpoints(mut self) -> Self {
+        self.physical_breakpoints = true;
         self
     }
 
@@ -381,6 +390,14 @@ impl VmiVmControl for MockDriver {
 }
 
 impl VmiEventControl for MockDriver {
+    fn breakpoint_addressing(&self) -> BreakpointAddressing {
+        if self.physical_breakpoints {
+            BreakpointAddressing::Physical
+        } else {
+            BreakpointAddressing::Virtual
+        }
+    }
+
     fn monitor_enable(&self, monitor: EventMonitor) -> Result<(), VmiError> {
         self.record(MockCall::MonitorEnable(monitor))?;
         lock(&self.monitors).push(monitor);

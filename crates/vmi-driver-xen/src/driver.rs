@@ -8,9 +8,10 @@ use std::time::Duration;
 use vmi_arch_amd64::instruction::{MAX_NOP_LENGTH, nop_length};
 use vmi_arch_amd64::{Amd64, Cr3, DescriptorTable, EventReason, Registers, Segment, efer};
 use vmi_core::{
-    BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor, Gfn, MemoryAccess,
-    MonitorChange, Pa, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent, VmiEventControl,
-    VmiEventResponse, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+    BreakpointAddress, BreakpointAddressing, BreakpointKind, EventAction, EventCallback,
+    EventMonitor, Gfn, MemoryAccess, MonitorChange, Pa, Va, VcpuId, VmState, VmiDriver, VmiError,
+    VmiEvent, VmiEventControl, VmiEventResponse, VmiInfo, VmiQueryRegisters, VmiRead,
+    VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 use zerocopy::{FromBytes, FromZeros, IntoBytes};
 
@@ -497,7 +498,20 @@ impl<X: XenInterface> XenDriver<X> {
     fn remove_breakpoint(&self, pa: u64) -> Result<(), VmiError> {
         let mut bps = write_lock(&self.breakpoints);
         if let Some(b) = bps.remove(&pa) {
-            self.raw_write(Gfn(pa >> 12), (pa & 0xfff) as usize, &[b.original])?;
+            self.restore(pa, b)?;
+        }
+        Ok(())
+    }
+
+    /// Puts the original byte back where our `int3` still is. A frame that no longer
+    /// holds it was written since (lifted for a step, or reused after the page it held
+    /// moved): it is left alone.
+    fn restore(&self, pa: u64, b: Planted) -> Result<(), VmiError> {
+        let (gfn, off) = (Gfn(pa >> 12), (pa & 0xfff) as usize);
+        let mut now = [0u8];
+        self.raw_read(gfn, off, &mut now)?;
+        if now[0] == INT3 {
+            self.raw_write(gfn, off, &[b.original])?;
         }
         Ok(())
     }
@@ -569,7 +583,7 @@ impl<X: XenInterface> XenDriver<X> {
             );
         }
         for (pa, b) in bps {
-            note(self.raw_write(Gfn(pa >> 12), (pa & 0xfff) as usize, &[b.original]));
+            note(self.restore(pa, b));
         }
         for (view, gfn) in mem
             .into_iter()
@@ -1532,6 +1546,11 @@ impl<X: XenInterface> VmiEventControl for XenDriver<X> {
             }
             _ => Err(VmiError::not_supported("this kind of monitor", BY_DRIVER)),
         }
+    }
+
+    /// Physical: an `int3` lives in a frame, whichever address space maps it.
+    fn breakpoint_addressing(&self) -> BreakpointAddressing {
+        BreakpointAddressing::Physical
     }
 
     fn wait_for_events(

@@ -33,6 +33,16 @@
 //! An armed breakpoint stays armed when its page goes out: QEMU's gdbstub breakpoints
 //! match the virtual address, so they fire again once the page is back.
 //!
+//! # Drivers that take physical addresses
+//!
+//! Xen's driver plants an `int3` in a frame ([`BreakpointAddressing::Physical`]). The
+//! manager then translates each armed entry in its own address space and sets the driver
+//! breakpoint at that physical address, one per frame byte however many entries share
+//! it. Before every wait it walks each armed entry again: an entry whose page went out
+//! is pending again (its `int3` removed), one whose page moved follows it. A frame that a
+//! page of another process shares (a library's code) fires there too; as with virtual
+//! breakpoints, such hits are matched by the page-table root and answered silently.
+//!
 //! # Leaving the guest as found
 //!
 //! Driver breakpoints are removed when their last entry goes: by
@@ -60,9 +70,9 @@ use std::time::Duration;
 
 use vmi_arch_amd64::{Amd64, EventReason, PagingMode};
 use vmi_core::{
-    AccessContext, AddressContext, Architecture, BreakpointAddress, BreakpointKind, EventMonitor,
-    FaultKind, MemoryAccess, MonitorChange, Pa, Registers as _, Va, VmiCore, VmiError, VmiEvent,
-    VmiEventControl, VmiEventResponse, VmiRead,
+    AccessContext, AddressContext, Architecture, BreakpointAddress, BreakpointAddressing,
+    BreakpointKind, EventMonitor, FaultKind, MemoryAccess, MonitorChange, Pa, Registers as _, Va,
+    VmiCore, VmiError, VmiEvent, VmiEventControl, VmiEventResponse, VmiRead,
 };
 
 /// Architectures whose events and page tables the manager can read.
@@ -197,6 +207,8 @@ struct Entry<T> {
     /// Pending with the page-table monitor on: the direct-map address of the entry that
     /// keeps the page absent.
     watch: Option<Va>,
+    /// Armed, with a driver that takes physical addresses: where `va` translates.
+    pa: Option<Pa>,
 }
 
 /// A driver monitor the manager sets: a breakpoint, or a write watchpoint on a
@@ -204,6 +216,8 @@ struct Entry<T> {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Monitor {
     Breakpoint(Va),
+    /// A breakpoint at a physical address (drivers with physical addressing).
+    Physical(Pa),
     Watch(Va),
 }
 
@@ -262,6 +276,8 @@ struct State<T> {
 pub struct BreakpointManager<'a, D: VmiRead + VmiEventControl, T> {
     core: &'a VmiCore<D>,
     kind: BreakpointKind,
+    /// The driver takes physical addresses.
+    physical: bool,
     root_mask: u64,
     direct_map: Option<Va>,
     state: Mutex<State<T>>,
@@ -283,6 +299,7 @@ where
         Self {
             core,
             kind: BreakpointKind::Software,
+            physical: core.driver().breakpoint_addressing() == BreakpointAddressing::Physical,
             root_mask: !0,
             direct_map: None,
             state: Mutex::new(State {
@@ -340,7 +357,7 @@ where
         s.next_id = s.next_id.checked_add(1).ok_or_else(|| {
             VmiError::InvalidArgument("breakpoint ids exhausted (2^64 breakpoints)".into())
         })?;
-        let state = self.page_state(space, va)?;
+        let (state, pa) = self.page_state(space, va)?;
         s.entries.insert(
             id,
             Entry {
@@ -349,6 +366,7 @@ where
                 tag,
                 state,
                 watch: None,
+                pa,
             },
         );
         if !s.dispatching
@@ -433,7 +451,7 @@ where
         lock(&self.state)
             .installed
             .iter()
-            .filter(|m| matches!(m, Monitor::Breakpoint(_)))
+            .filter(|m| matches!(m, Monitor::Breakpoint(_) | Monitor::Physical(_)))
             .count()
     }
 
@@ -581,18 +599,23 @@ where
         Ok(())
     }
 
-    /// Whether `va` is present in `space` now (a fresh walk, no cache).
-    fn page_state(&self, space: AddressSpace, va: Va) -> Result<BreakpointState, VmiError> {
+    /// Whether `va` is present in `space` now (a fresh walk, no cache), and where it
+    /// translates when the driver takes physical addresses.
+    fn page_state(
+        &self,
+        space: AddressSpace,
+        va: Va,
+    ) -> Result<(BreakpointState, Option<Pa>), VmiError> {
         match self.core.translate(AddressContext {
             va,
             root: space.root(),
         }) {
-            Ok(_) => Ok(BreakpointState::Armed),
+            Ok(t) => Ok((BreakpointState::Armed, self.physical.then_some(t.pa))),
             Err(e) => match e.page_fault() {
                 Some(f) if f.kind == FaultKind::NonCanonical => Err(VmiError::InvalidArgument(
                     format!("breakpoint at non-canonical address {va}"),
                 )),
-                Some(_) => Ok(BreakpointState::Pending),
+                Some(_) => Ok((BreakpointState::Pending, None)),
                 None => Err(e),
             },
         }
@@ -610,9 +633,10 @@ where
     fn wanted(s: &State<T>) -> BTreeSet<Monitor> {
         s.entries
             .values()
-            .filter_map(|e| match e.state {
-                BreakpointState::Armed => Some(Monitor::Breakpoint(e.va)),
-                BreakpointState::Pending => e.watch.map(Monitor::Watch),
+            .filter_map(|e| match (e.state, e.pa) {
+                (BreakpointState::Armed, Some(pa)) => Some(Monitor::Physical(pa)),
+                (BreakpointState::Armed, None) => Some(Monitor::Breakpoint(e.va)),
+                (BreakpointState::Pending, _) => e.watch.map(Monitor::Watch),
             })
             .collect()
     }
@@ -620,6 +644,10 @@ where
     fn driver_monitor(&self, m: Monitor) -> EventMonitor {
         match m {
             Monitor::Breakpoint(va) => self.monitor(va),
+            Monitor::Physical(pa) => EventMonitor::Breakpoint {
+                address: BreakpointAddress::Physical(pa),
+                kind: self.kind,
+            },
             Monitor::Watch(va) => EventMonitor::Watchpoint {
                 address: BreakpointAddress::Virtual(va),
                 len: 8,
@@ -666,7 +694,7 @@ where
         if !s
             .entries
             .values()
-            .any(|e| e.state == BreakpointState::Pending)
+            .any(|e| e.state == BreakpointState::Pending || e.pa.is_some())
         {
             return Ok(0);
         }
@@ -676,15 +704,28 @@ where
         let mut first_err = None;
         for e in s.entries.values_mut() {
             if e.state != BreakpointState::Pending {
+                // Physical: follow the page (or go pending with it).
+                if e.pa.is_some() {
+                    match self.page_state(e.space, e.va) {
+                        Ok((state, pa)) => {
+                            e.state = state;
+                            e.pa = pa;
+                        }
+                        Err(err) => {
+                            first_err.get_or_insert(err);
+                        }
+                    }
+                }
                 continue;
             }
             match self.page_state(e.space, e.va) {
-                Ok(BreakpointState::Armed) => {
+                Ok((BreakpointState::Armed, pa)) => {
                     e.state = BreakpointState::Armed;
                     e.watch = None;
+                    e.pa = pa;
                     armed += 1;
                 }
-                Ok(BreakpointState::Pending) => {
+                Ok((BreakpointState::Pending, _)) => {
                     if let Some(base) = self.direct_map {
                         let ctx = AddressContext {
                             va: e.va,
@@ -743,6 +784,12 @@ where
                                 entry.state = BreakpointState::Pending;
                             }
                         }
+                        Monitor::Physical(pa) => {
+                            for entry in s.entries.values_mut().filter(|e| e.pa == Some(pa)) {
+                                entry.state = BreakpointState::Pending;
+                                entry.pa = None;
+                            }
+                        }
                         // No watchpoint: the entry is re-checked at each wait instead.
                         Monitor::Watch(va) => {
                             for entry in s.entries.values_mut() {
@@ -770,6 +817,10 @@ impl<D: VmiRead + VmiEventControl, T> Drop for BreakpointManager<'_, D, T> {
             let _ = self.core.monitor_disable(match m {
                 Monitor::Breakpoint(va) => EventMonitor::Breakpoint {
                     address: BreakpointAddress::Virtual(va),
+                    kind: self.kind,
+                },
+                Monitor::Physical(pa) => EventMonitor::Breakpoint {
+                    address: BreakpointAddress::Physical(pa),
                     kind: self.kind,
                 },
                 Monitor::Watch(va) => EventMonitor::Watchpoint {

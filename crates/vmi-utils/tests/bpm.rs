@@ -308,3 +308,74 @@ fn page_table_monitor_arms_at_the_write_of_the_entry() {
     drop(bpm);
     assert!(core.driver().monitors().is_empty());
 }
+
+fn physical(pa: u64) -> EventMonitor {
+    EventMonitor::Breakpoint {
+        address: BreakpointAddress::Physical(Pa(pa)),
+        kind: BreakpointKind::Software,
+    }
+}
+
+/// A driver that takes physical addresses (Xen's): each armed entry becomes a breakpoint
+/// where it translates in its own address space, follows its page when the page moves,
+/// and goes pending (no int3) when the page goes out.
+#[test]
+fn physical_breakpoints_follow_their_page() {
+    let core = VmiCore::new(MockDriver::new(32 << 20).live().physical_breakpoints()).unwrap();
+    let mut a = PageTableBuilder::new(core.driver(), Pa(0x10_0000), Pa(0x20_0000));
+    a.map(KERNEL, Pa(0x5000), PageSize::Size4K);
+    a.map(USER, Pa(0x6000), PageSize::Size4K);
+    let mut b = PageTableBuilder::new(core.driver(), Pa(0x40_0000), Pa(0x50_0000));
+    b.map(KERNEL, Pa(0x5000), PageSize::Size4K);
+    b.map(USER, Pa(0x9000), PageSize::Size4K);
+    let (ra, rb) = (a.root(), b.root());
+    let bpm = BreakpointManager::new(&core);
+    let k = bpm
+        .add(AddressSpace::Kernel(ra), KERNEL + 0x10, "kernel")
+        .unwrap();
+    let u = bpm.add(AddressSpace::Process(ra), USER, "user a").unwrap();
+    assert_eq!(bpm.state(k), Some(BreakpointState::Armed));
+    assert_eq!(
+        core.driver().monitors(),
+        vec![physical(0x5010), physical(0x6000)]
+    );
+    assert_eq!(bpm.driver_breakpoints(), 2);
+
+    // Hits are still matched by virtual address and address space.
+    for ev in [hit(KERNEL + 0x10, rb), hit(USER, rb), hit(USER, ra)] {
+        core.driver().push_event(ev);
+    }
+    let mut seen = Vec::new();
+    bpm.wait(Duration::ZERO, |_, hits| {
+        seen.extend(hits.iter().map(|h| h.tag));
+        VmiEventResponse::default()
+    })
+    .unwrap();
+    assert_eq!(seen, ["kernel", "user a"]);
+    assert_eq!(
+        core.driver().monitors(),
+        vec![physical(0x5010), physical(0x6000)]
+    );
+
+    // The user page moves to another frame: the breakpoint follows it.
+    a.map(USER, Pa(0x8000), PageSize::Size4K);
+    bpm.refresh().unwrap();
+    assert_eq!(
+        core.driver().monitors(),
+        vec![physical(0x5010), physical(0x8000)]
+    );
+    // It goes out: pending, no int3 left in the frame it had.
+    a.set_raw_entry(USER, 1, 0);
+    bpm.refresh().unwrap();
+    assert_eq!(bpm.state(u), Some(BreakpointState::Pending));
+    assert_eq!(core.driver().monitors(), vec![physical(0x5010)]);
+    // And comes back.
+    a.map(USER, Pa(0x7000), PageSize::Size4K);
+    assert_eq!(bpm.refresh().unwrap(), 1);
+    assert_eq!(
+        core.driver().monitors(),
+        vec![physical(0x5010), physical(0x7000)]
+    );
+    drop(bpm);
+    assert!(core.driver().monitors().is_empty());
+}

@@ -230,9 +230,11 @@ fn run(rep: &mut Report, domid: u32, kind: &str, banner: u64, events: usize) {
     if want_pv && let Some(regs) = &regs {
         pv_diag(rep, core.driver(), regs);
     }
-    if !want_pv {
-        linux_processes(rep, domid, tot_pages);
-    }
+    let os = if want_pv {
+        None
+    } else {
+        linux_processes(rep, domid, tot_pages)
+    };
     rep.result("RESUME", core.resume().and_then(|_| core.vm_state()), |s| {
         format!("{s:?}")
     });
@@ -242,6 +244,10 @@ fn run(rep: &mut Report, domid: u32, kind: &str, banner: u64, events: usize) {
         perf_batched(rep, domid, tot_pages.min(0x10000));
         probes(rep, &core);
         cr3_events(rep, &core, events);
+        match &os {
+            Some(os) => process_events(rep, &core, os, 12),
+            None => rep.line("PROCESS_EVENTS", Some(false), "no Linux OS layer"),
+        }
     }
     let drv_kind = core.driver().guest_kind();
     drop(core);
@@ -493,8 +499,8 @@ impl<X: XenInterface> VmiQueryRegisters for Batched<X> {
 /// Zero-file Linux OS layer over the paused PVH guest: finds VMCOREINFO by scanning its
 /// RAM, reads kallsyms and BTF from memory, lists the processes. One `XEN_TASK` line per
 /// process, compared by the xtask with what the guest printed itself.
-fn linux_processes(rep: &mut Report, domid: u32, tot_pages: u64) {
-    let r = (|| -> Result<(), VmiError> {
+fn linux_processes(rep: &mut Report, domid: u32, tot_pages: u64) -> Option<LinuxOs> {
+    let r = (|| -> Result<LinuxOs, VmiError> {
         let drv = XenDriver::new(open()?, domid)?;
         drv.pause()?;
         let max = drv.info()?.max_gfn.0;
@@ -548,9 +554,105 @@ fn linux_processes(rep: &mut Report, domid: u32, tot_pages: u64) {
             ),
         );
         core.driver().drv.resume()?;
-        Ok(())
+        Ok(os)
     })();
-    if let Err(e) = r {
-        rep.line("LINUX_OS", Some(false), e);
+    match r {
+        Ok(os) => Some(os),
+        Err(e) => {
+            rep.line("LINUX_OS", Some(false), e);
+            None
+        }
     }
+}
+
+/// The argument vectors the domU's busy loop execs (`ls /`, `cat /proc/uptime`,
+/// `sleep 0.05`).
+const LOOP_ARGV: [&[&str]; 3] = [&["ls", "/"], &["cat", "/proc/uptime"], &["sleep", "0.05"]];
+
+/// The process tracker of `vmi-utils` on real Xen breakpoints: `int3`s planted in the
+/// kernel's fork, exec and exit functions through the breakpoint manager (physical
+/// addresses), hidden from reads while planted, stepped over at each hit, gone after.
+fn process_events(rep: &mut Report, core: &VmiCore<XenDriver<LibXen>>, os: &LinuxOs, want: usize) {
+    use std::sync::atomic::AtomicBool;
+    use vmi_utils::tracker::{ProcessEventKind, ProcessTracker};
+    let r = (|| -> Result<String, VmiError> {
+        let domid = core.driver().domid();
+        let va = os
+            .symbol_address("finalize_exec")
+            .ok_or(VmiError::NotFound {
+                kind: "kernel function",
+                name: "finalize_exec".into(),
+            })?;
+        let pa = core.translate_address(vmi_core::AddressContext {
+            va,
+            root: os.kernel().kernel_root,
+        })?;
+        let raw = |core: &VmiCore<XenDriver<LibXen>>| -> Result<u8, VmiError> {
+            let mut b = [0u8];
+            core.driver()
+                .interface()
+                .read_frame(domid, pa.0 >> 12, (pa.0 & 0xfff) as usize, &mut b)
+                .map_err(|e| VmiError::driver("xen", e.to_string()))?;
+            Ok(b[0])
+        };
+        let before = raw(core)?;
+        let tracker = ProcessTracker::new(core, os)?;
+        let (planted, seen) = (raw(core)?, core.read_u8(pa)?);
+        if planted != 0xcc || seen != before {
+            return Err(VmiError::driver(
+                "xen",
+                format!("at finalize_exec: frame {planted:#x}, read {seen:#x}, before {before:#x}"),
+            ));
+        }
+        let stop = AtomicBool::new(false);
+        let (mut execs, mut forks, mut exits, mut strange) = (0usize, 0usize, 0usize, Vec::new());
+        let t = Instant::now();
+        let result = std::thread::scope(|scope| {
+            scope.spawn(|| {
+                while !stop.load(Ordering::SeqCst) && t.elapsed() < Duration::from_secs(90) {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                stop.store(true, Ordering::SeqCst);
+            });
+            let r = tracker.run_until(&stop, |e| match e.kind {
+                ProcessEventKind::Exec => {
+                    let argv = e.argv.clone().unwrap_or_default();
+                    if LOOP_ARGV.iter().any(|a| a.iter().eq(argv.iter())) {
+                        execs += 1;
+                    } else {
+                        strange.push(format!("{argv:?} {:?}", e.problems));
+                    }
+                    if execs >= want {
+                        stop.store(true, Ordering::SeqCst);
+                    }
+                }
+                ProcessEventKind::Fork => forks += 1,
+                ProcessEventKind::Exit => exits += 1,
+            });
+            stop.store(true, Ordering::SeqCst);
+            r
+        });
+        let secs = t.elapsed().as_secs_f64();
+        let stats = tracker.stats();
+        let driver_stats = core.driver().event_stats();
+        drop(tracker);
+        result?;
+        let after = raw(core)?;
+        if execs < want || !strange.is_empty() || forks == 0 || exits == 0 || after != before {
+            return Err(VmiError::driver(
+                "xen",
+                format!(
+                    "{execs} loop execs of {want}, {forks} forks, {exits} exits in {secs:.1} s; unexpected execs {strange:?}; finalize_exec byte {after:#x} after, {before:#x} before"
+                ),
+            ));
+        }
+        Ok(format!(
+            "{execs} execs of the loop (exact argv), {forks} forks, {exits} exits in {secs:.1} s = {:.0} events/s; {} hits, {} stepped over a no-op, {} reinjected; int3 hidden from reads while planted, original byte back after",
+            (execs + forks + exits) as f64 / secs,
+            stats.hits,
+            driver_stats.stepped_over_nops,
+            driver_stats.reinjected
+        ))
+    })();
+    rep.result("PROCESS_EVENTS", r, |s| s.clone());
 }
