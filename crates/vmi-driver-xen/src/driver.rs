@@ -386,6 +386,11 @@ impl<X: XenInterface> XenDriver<X> {
             MonitorOp::DebugExceptions => "debug-exception events",
             MonitorOp::GuestRequest => "guest-request events",
         };
+        // Xen answers EEXIST to a monitor switched to the state it has: ask only for a
+        // change (each planted int3 needs the software-breakpoint monitor on).
+        if lock(&self.state).monitors.contains(&op) == enable {
+            return Ok(());
+        }
         if enable {
             self.ensure_ring()?;
         }

@@ -31,7 +31,8 @@ use crate::abi::{
     XEN_PAGE_SIZE, XenMemAccess, dominf, sring,
 };
 use crate::interface::{
-    DomId, DomainInfo, EINVAL, EOPNOTSUPP, ESRCH, MonitorOp, XenCallError, XenInterface, XenResult,
+    DomId, DomainInfo, EEXIST, EINVAL, EOPNOTSUPP, ESRCH, MonitorOp, XenCallError, XenInterface,
+    XenResult,
 };
 use crate::ring::{RingMemory, VM_EVENT_RING_SLOTS};
 
@@ -636,12 +637,17 @@ impl XenInterface for FakeXen {
         if d.ring.is_none() && enable {
             return Err(XenCallError::new(name, EINVAL));
         }
-        if enable {
-            d.monitors.insert(op);
+        // As Xen: switching a monitor to the state it has is EEXIST.
+        let changed = if enable {
+            d.monitors.insert(op)
         } else {
-            d.monitors.remove(&op);
+            d.monitors.remove(&op)
+        };
+        if changed {
+            Ok(())
+        } else {
+            Err(XenCallError::new(name, EEXIST))
         }
-        Ok(())
     }
 
     fn inject_breakpoint(&self, domid: DomId, vcpu: u32) -> XenResult<()> {

@@ -40,6 +40,8 @@ pub const EOPNOTSUPP: i32 = 95;
 pub const ESRCH: i32 = 3;
 /// `EPERM`.
 pub const EPERM: i32 = 1;
+/// `EEXIST`: Xen's answer to a monitor switched to the state it already has.
+pub const EEXIST: i32 = 17;
 
 /// Result of a library call.
 pub type XenResult<T> = Result<T, XenCallError>;

@@ -56,7 +56,14 @@ impl Report {
                 Some(v)
             }
             Err(e) => {
-                self.line(check, Some(false), e);
+                // With its causes (a library call's errno).
+                let mut text = e.to_string();
+                let mut source = std::error::Error::source(&e);
+                while let Some(cause) = source {
+                    text.push_str(&format!(": {cause}"));
+                    source = cause.source();
+                }
+                self.line(check, Some(false), text);
                 None
             }
         }
