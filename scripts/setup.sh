@@ -43,6 +43,12 @@ fi
 
 # Volatility 3 in a project-local venv (tests find it at target/venv/bin/vol).
 VENV=target/venv
+# A venv copied or moved from another directory (a target/ reused elsewhere) has console
+# scripts whose interpreter line points there: `vol` would fail with "no such file".
+if [ -d "$VENV" ] && ! head -n 1 "$VENV/bin/pip" 2>/dev/null | grep -qxF "#!$PWD/$VENV/bin/python3"; then
+  log "recreating $VENV: it was made for another directory"
+  rm -rf "$VENV"
+fi
 if [ ! -x "$VENV/bin/vol" ]; then
   log "creating $VENV with volatility3"
   mkdir -p target
