@@ -197,24 +197,7 @@ fn live_guest_and_its_dumps() {
     check_target(&live, &truth);
 
     // trace: two hits on a function vmi_loop's `sleep 1` calls, then the guest runs on.
-    let out = vmi(
-        &live,
-        &["--json", "trace", "hrtimer_nanosleep", "--count", "2"],
-    );
-    assert!(
-        out.status.success(),
-        "trace: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(hits.len(), 2);
-    assert_eq!(
-        hits[0]["rip"],
-        format!("{:#x}", truth.ksym("hrtimer_nanosleep").unwrap())
-    );
+    common::trace_two_sleeps(&live, truth.ksym("hrtimer_nanosleep").unwrap());
     let status = guest
         .qmp(serde_json::json!({"execute": "query-status"}))
         .unwrap();

@@ -96,24 +96,7 @@ fn ps_trace_and_dump_through_libvirt() {
 
     // trace: two hits on the function vmi_loop's `sleep 1` calls (a breakpoint through
     // a gdbstub started in the domain's directory), then the guest runs on.
-    let out = vmi(
-        &target,
-        &["--json", "trace", "hrtimer_nanosleep", "--count", "2"],
-    );
-    assert!(
-        out.status.success(),
-        "trace: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let hits: Vec<Value> = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .map(|l| serde_json::from_str(l).unwrap())
-        .collect();
-    assert_eq!(hits.len(), 2);
-    assert_eq!(
-        hits[0]["rip"],
-        format!("{:#x}", truth.ksym("hrtimer_nanosleep").unwrap())
-    );
+    common::trace_two_sleeps(&target, truth.ksym("hrtimer_nanosleep").unwrap());
     // No breakpoint left behind: vmi_loop sleeps every second, so a breakpoint still
     // in QEMU's gdbstub would have stopped the VM (state `debug`) by now.
     std::thread::sleep(Duration::from_millis(2500));

@@ -6,8 +6,10 @@ use std::process::Command;
 
 use serde_json::Value;
 
-fn vmi(target: &std::path::Path, args: &[&str]) -> Value {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmi"))
+/// `vmi --target TARGET --json ARGS…` with the images' symbol tables and the tests'
+/// profile cache.
+fn vmi_json(target: &std::path::Path, args: &[&str]) -> std::process::Output {
+    Command::new(env!("CARGO_BIN_EXE_vmi"))
         .arg("--target")
         .arg(target)
         .arg("--json")
@@ -18,7 +20,11 @@ fn vmi(target: &std::path::Path, args: &[&str]) -> Value {
             std::env::temp_dir().join("vmi-cli-test-profiles"),
         )
         .output()
-        .expect("run vmi");
+        .expect("run vmi")
+}
+
+fn vmi(target: &std::path::Path, args: &[&str]) -> Value {
+    let out = vmi_json(target, args);
     assert!(
         out.status.success(),
         "vmi {args:?}: {}",
@@ -105,18 +111,7 @@ fn windows_crash_dump_and_raw_image() {
 
 /// Runs `vmi --json scan ARGS` on `target`: the JSON lines of stdout and stderr.
 fn scan(target: &std::path::Path, args: &[&str]) -> (Vec<Value>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_vmi"))
-        .arg("--target")
-        .arg(target)
-        .args(["--json", "scan"])
-        .args(args)
-        .env("_NT_SYMBOL_PATH", vmi_test_windows::isf_dir())
-        .env(
-            "VMI_PROFILE_CACHE",
-            std::env::temp_dir().join("vmi-cli-test-profiles"),
-        )
-        .output()
-        .expect("run vmi");
+    let out = vmi_json(target, &[&["scan"], args].concat());
     let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(out.status.success(), "vmi scan {args:?}: {stderr}");
     let lines = String::from_utf8_lossy(&out.stdout)

@@ -16,3 +16,25 @@ pub fn vmi(target: &str, args: &[&str]) -> Output {
         .output()
         .expect("run vmi")
 }
+
+/// `vmi --json trace hrtimer_nanosleep --count 2` on a live test guest: two hits at the
+/// function's address `at` (the guest's `vmi_loop` sleeps every second); the JSON hits.
+#[allow(dead_code)] // not every test binary traces
+pub fn trace_two_sleeps(target: &str, at: u64) -> Vec<serde_json::Value> {
+    let out = vmi(
+        target,
+        &["--json", "trace", "hrtimer_nanosleep", "--count", "2"],
+    );
+    assert!(
+        out.status.success(),
+        "trace: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let hits: Vec<serde_json::Value> = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert_eq!(hits.len(), 2);
+    assert_eq!(hits[0]["rip"], format!("{at:#x}"));
+    hits
+}
