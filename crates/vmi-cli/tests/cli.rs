@@ -6,21 +6,9 @@ mod common;
 
 use std::path::{Path, PathBuf};
 
-use common::vmi;
+use common::{json, vmi};
 use serde_json::Value;
 use vmi_test_guest::{DumpFormat, GuestConfig, TestGuest, Truth, Userland};
-
-fn json(target: &str, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = vmi(target, &all);
-    assert!(
-        out.status.success(),
-        "vmi {args:?} on {target} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("valid JSON")
-}
 
 fn golden(name: &str, actual: &str) {
     let path = Path::new(env!("CARGO_MANIFEST_DIR"))

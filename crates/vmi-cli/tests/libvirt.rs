@@ -10,21 +10,8 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use common::vmi;
-use serde_json::Value;
+use common::{json, vmi};
 use vmi_test_guest::{LibvirtConfig, LibvirtGuest, Truth, cache, guest_required};
-
-fn json(target: &str, args: &[&str]) -> Value {
-    let mut all = vec!["--json"];
-    all.extend_from_slice(args);
-    let out = vmi(target, &all);
-    assert!(
-        out.status.success(),
-        "vmi {args:?} on {target} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    serde_json::from_slice(&out.stdout).expect("valid JSON")
-}
 
 /// `ps` shows every long-lived task of the truth (init and the `vmi_*` processes) with
 /// the pid, parent, name and uid the guest printed.

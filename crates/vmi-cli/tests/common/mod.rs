@@ -17,6 +17,20 @@ pub fn vmi(target: &str, args: &[&str]) -> Output {
         .expect("run vmi")
 }
 
+/// `vmi --target TARGET --json ARGS…`, which must succeed: its JSON output.
+#[allow(dead_code)] // not every test binary reads JSON this way
+pub fn json(target: &str, args: &[&str]) -> serde_json::Value {
+    let mut all = vec!["--json"];
+    all.extend_from_slice(args);
+    let out = vmi(target, &all);
+    assert!(
+        out.status.success(),
+        "vmi {args:?} on {target} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).expect("valid JSON")
+}
+
 /// `vmi --json trace hrtimer_nanosleep --count 2` on a live test guest: two hits at the
 /// function's address `at` (the guest's `vmi_loop` sleeps every second); the JSON hits.
 #[allow(dead_code)] // not every test binary traces
