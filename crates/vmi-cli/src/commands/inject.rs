@@ -47,7 +47,7 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
         return Err(Failure {
             code: 2,
             error: anyhow!(
-                "inject needs a running QEMU (--target qemu:<QMP socket> or libvirt:<domain>); {spec} is not one"
+                "inject needs a running QEMU given by its QMP socket (--target qemu:<QMP socket>); {spec} is not one (libvirt: domains are not supported by inject yet)"
             ),
         });
     };
