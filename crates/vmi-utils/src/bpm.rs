@@ -681,7 +681,8 @@ where
     /// the driver changes for the answer. A walk that fails leaves its entry pending, to
     /// be reported by the next [`wait`](Self::wait).
     fn settle(&self, s: &mut State<T>) -> Vec<MonitorChange> {
-        if let Ok(n) = self.check_pending(s) {
+        // Armed physical entries are walked again before each wait, not at each event.
+        if let Ok(n) = self.check_pending(s, false) {
             s.stats.armed_later += n;
         }
         self.plan(s)
@@ -689,12 +690,14 @@ where
 
     /// Walks the page tables of every pending entry afresh: arms those now present,
     /// finds the absent entry of the others (page-table monitor). Returns how many were
-    /// armed; the first error is returned after every entry was looked at.
-    fn check_pending(&self, s: &mut State<T>) -> Result<u64, VmiError> {
+    /// armed; the first error is returned after every entry was looked at. With
+    /// `rewalk_armed`, armed entries at physical addresses are walked too (they follow
+    /// their page, or go pending).
+    fn check_pending(&self, s: &mut State<T>, rewalk_armed: bool) -> Result<u64, VmiError> {
         if !s
             .entries
             .values()
-            .any(|e| e.state == BreakpointState::Pending || e.pa.is_some())
+            .any(|e| e.state == BreakpointState::Pending || (rewalk_armed && e.pa.is_some()))
         {
             return Ok(0);
         }
@@ -705,7 +708,7 @@ where
         for e in s.entries.values_mut() {
             if e.state != BreakpointState::Pending {
                 // Physical: follow the page (or go pending with it).
-                if e.pa.is_some() {
+                if rewalk_armed && e.pa.is_some() {
                     match self.page_state(e.space, e.va) {
                         Ok((state, pa)) => {
                             e.state = state;
@@ -752,7 +755,7 @@ where
     /// monitors so that they match the table.
     fn sync(&self, s: &mut State<T>) -> Result<(), VmiError> {
         let mut first_err = None;
-        match self.check_pending(s) {
+        match self.check_pending(s, true) {
             Ok(n) => s.stats.armed_later += n,
             Err(e) => first_err = Some(e),
         }
