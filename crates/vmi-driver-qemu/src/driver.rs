@@ -452,6 +452,19 @@ impl GdbSession {
         Ok(())
     }
 
+    /// Records a stop reply that came while the VM ran under us: a `SIGINT` stop we did
+    /// not ask for is a pause by another client (QMP `stop`), anything else an event.
+    fn stopped_with(&mut self, reply: &str) -> Result<(), QemuError> {
+        self.running = false;
+        let stop = parse_stop_reply(reply)?;
+        if stop.signal == 2 && self.stepping.is_none() {
+            self.external_pause = true;
+        } else {
+            self.pending.push_back(stop);
+        }
+        Ok(())
+    }
+
     /// Stops the VM if it runs under us; a real event that raced the interrupt is queued.
     fn ensure_stopped(&mut self) -> Result<(), QemuError> {
         if !self.running {
@@ -1052,9 +1065,44 @@ impl QemuDriver {
         s.ensure_stopped()?;
         let r = f(s);
         if was_running {
-            s.resume(self.kvm)?;
+            self.resume_confirmed(s)?;
         }
         r
+    }
+
+    /// Lets the VM run again ([`GdbSession::resume`]) and returns once QEMU runs it. The
+    /// gdbstub answers a continue only at the next stop, and QEMU may serve a QMP
+    /// command sent after it first: without this, a `query-status` (ours or another
+    /// client's: libvirt, a test harness) right after a resume could still say `paused`
+    /// or `debug`. A stop that came meanwhile (an event, a pause by another client) is
+    /// kept for [`VmiEventControl::wait_for_events`]: QEMU writes its stop reply before
+    /// it answers a later QMP command, so `paused`/`debug` with no stop reply waiting
+    /// means the continue is not processed yet. One `query-status` when it was.
+    fn resume_confirmed(&self, s: &mut GdbSession) -> Result<(), QemuError> {
+        s.resume(self.kvm)?;
+        if !s.running {
+            return Ok(()); // events wait: the VM stays stopped for them
+        }
+        let deadline = Instant::now() + s.conn.timeout();
+        loop {
+            let status = query_status(&mut lock(&self.qmp))?;
+            if status != "paused" && status != "debug" {
+                return Ok(());
+            }
+            if let Some(p) = s
+                .conn
+                .wait_stop(Instant::now() + Duration::from_millis(2))?
+            {
+                return s.stopped_with(&p);
+            }
+            if Instant::now() >= deadline {
+                return Err(QemuError::Timeout {
+                    what: "gdbstub",
+                    request: "vCont;c (QEMU still reports the VM stopped)".into(),
+                    millis: s.conn.timeout().as_millis(),
+                });
+            }
+        }
     }
 
     fn event_registers(&self, s: &mut GdbSession, vcpu: usize) -> Result<Registers, QemuError> {
@@ -1564,7 +1612,7 @@ impl VmiVmControl for QemuDriver {
         inner.user_paused = false;
         if let GdbState::Connected(s) = &mut inner.gdb {
             s.external_pause = false;
-            s.resume(self.kvm)?;
+            self.resume_confirmed(s)?;
             return Ok(());
         }
         lock(&self.qmp).cont()?;
@@ -1658,15 +1706,7 @@ impl VmiEventControl for QemuDriver {
             }
             match s.conn.wait_stop(deadline)? {
                 None => return Ok(0),
-                Some(p) => {
-                    s.running = false;
-                    let stop = parse_stop_reply(&p)?;
-                    if stop.signal == 2 && s.stepping.is_none() {
-                        s.external_pause = true;
-                        continue;
-                    }
-                    s.pending.push_back(stop);
-                }
+                Some(p) => s.stopped_with(&p)?,
             }
         }
     }
