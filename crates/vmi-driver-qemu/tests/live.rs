@@ -182,6 +182,13 @@ fn memory_layout_registers_control() {
     }
     assert_eq!(core.vm_state().unwrap(), VmState::Running);
     assert_eq!(status(&g), "running");
+    // A resume returns once QEMU runs the VM, though the gdbstub answers a continue only
+    // at the next stop: another QMP client (here the harness's own socket) sees it
+    // running right after, every time.
+    for i in 0..50 {
+        drop(core.pause_guard().unwrap());
+        assert_eq!(status(&g), "running", "right after resume {i}");
+    }
 
     // Writing registers (gdbstub `P`), restored before the guest runs again.
     {
