@@ -1,7 +1,7 @@
 //! `vmi` on a domain run by libvirtd (`libvirt:NAME`): the test guest defined as a
 //! transient TCG domain with libvirt's default (anonymous) RAM, so that monitor commands
-//! go through libvirt and memory through the QEMU process; `ps`, `trace` and `dump`
-//! compared with the guest's own truth. The domain is destroyed at the end, also on
+//! go through libvirt and memory through the QEMU process; `ps`, `trace`, `dump` and
+//! `inject` compared with the guest's own truth. The domain is destroyed at the end, also on
 //! failure (and a libvirtd the harness had to start is stopped).
 
 mod common;
@@ -140,6 +140,37 @@ fn ps_trace_and_dump_through_libvirt() {
     check_ps(dump.to_str().unwrap(), &truth);
 
     check_python(&guest, &truth);
+
+    // inject: vmi_loop (back in user mode every second) reads a file through its own
+    // system calls, over a writable attach through libvirt; the guest runs on after.
+    let loop_pid = truth.process("vmi_loop").expect("vmi_loop in truth").pid;
+    let out = vmi(
+        &target,
+        &[
+            "inject",
+            "--pid",
+            &loop_pid.to_string(),
+            "cat",
+            "/proc/sys/kernel/osrelease",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "inject through libvirt: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        format!("{}\n", guest.kernel_release()),
+        "inject cat /proc/sys/kernel/osrelease through libvirt"
+    );
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("registers and stack verified"),
+        "the thread restored and verified: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    std::thread::sleep(Duration::from_millis(2500));
+    check_left_running(&guest, "inject");
 
     // A domain libvirt does not know: one clear error line, the target exit code.
     let out = vmi("libvirt:vmi-no-such-domain", &["ps"]);

@@ -43,22 +43,29 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             });
         }
     }
-    let Some(socket) = spec.strip_prefix("qemu:") else {
+    // Registers and the stack are written: a writable attach.
+    let options = AttachOptions::default().writable(true);
+    let driver = if let Some(parsed) = vmi_target::parse_libvirt(spec) {
+        let (uri, domain) = parsed.map_err(target::target_failure)?;
+        QemuDriver::attach_libvirt(uri, domain, options).map_err(|e| Failure {
+            code: crate::EXIT_TARGET,
+            error: anyhow!(e).context(format!("cannot attach to libvirt domain {domain}")),
+        })?
+    } else if let Some(socket) = spec.strip_prefix("qemu:") {
+        QemuDriver::attach_with(socket, options).map_err(|e| Failure {
+            code: crate::EXIT_TARGET,
+            error: anyhow!(e).context(format!("cannot attach to {socket}")),
+        })?
+    } else {
         return Err(Failure {
             code: 2,
             error: anyhow!(
-                "inject needs a running QEMU given by its QMP socket (--target qemu:<QMP socket>); {spec} is not one (libvirt: domains are not supported by inject yet)"
+                "inject needs a running VM: a QEMU given by its QMP socket (--target \
+                 qemu:<QMP socket>) or a libvirt domain (--target libvirt:<domain>); {spec} is \
+                 neither"
             ),
         });
     };
-    // Registers and the stack are written: a writable attach.
-    let driver =
-        QemuDriver::attach_with(socket, AttachOptions::default().writable(true)).map_err(|e| {
-            Failure {
-                code: crate::EXIT_TARGET,
-                error: anyhow!(e).context(format!("cannot attach to {socket}")),
-            }
-        })?;
     let core = VmiCore::new(driver)?;
     let os = {
         let _pause = core.pause_guard()?;
