@@ -12,7 +12,7 @@
 //! t.object("task_struct", t.symbol("init_task")).comm   # b'swapper/0\x00...'
 //! t.export_isf("kernel.json")                 # Volatility 3 ISF, as `vmi profile export`
 //! with t.paused(): ...                        # a consistent view across calls
-//! for hit in t.trace("do_nanosleep", count=10): ...    # live: pid, comm, rip, args
+//! for hit in t.trace("do_nanosleep", count=10): ...    # live, as they come: pid, comm, rip, args
 //! ```
 //!
 //! Design: a thin layer over the same functions as the `vmi` command — `vmi_target` opens
@@ -50,6 +50,7 @@ fn _vmi(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(target::open, m)?)?;
     m.add_class::<target::PyTarget>()?;
     m.add_class::<target::Paused>()?;
+    m.add_class::<trace::Trace>()?;
     m.add_class::<objects::PyOs>()?;
     m.add_class::<objects::Process>()?;
     m.add_class::<objects::Thread>()?;

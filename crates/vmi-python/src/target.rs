@@ -368,24 +368,23 @@ impl PyTarget {
     }
 
     /// Breaks on kernel function (or address) `location` of a live Linux target and
-    /// returns its hits, one dict each (`hit`, `vcpu`, `rip`, `pid`, `comm`, `args`: the
-    /// first six arguments), as `vmi trace --json`: after `count` hits, or `timeout`
-    /// seconds, or Ctrl-C (`KeyboardInterrupt`). The guest runs meanwhile; the breakpoint
-    /// (hardware, or `software=True`) is removed whatever happens.
-    #[pyo3(signature = (location, count=10, timeout=None, software=false))]
-    fn trace<'py>(
+    /// returns an iterator of its hits as they come, one dict each (`hit`, `vcpu`, `rip`,
+    /// `pid`, `comm`, `args`: the first six arguments), as `vmi trace --json`. The
+    /// breakpoint (hardware, or `software=True`) is armed on return and removed after
+    /// `count` hits (`None`: no limit), at `timeout` seconds, at Ctrl-C
+    /// (`KeyboardInterrupt`), at `close()` or the end of a `with` block, or when the
+    /// iterator is freed (a `for` loop left early). The guest runs meanwhile; a hit not
+    /// yet taken holds it stopped at the breakpoint.
+    #[pyo3(signature = (location, count=Some(10), timeout=None, software=false))]
+    fn trace(
         &self,
-        py: Python<'py>,
+        py: Python<'_>,
         location: String,
-        count: u64,
+        count: Option<u64>,
         timeout: Option<f64>,
         software: bool,
-    ) -> PyResult<Vec<Bound<'py, PyDict>>> {
-        let hits = crate::trace::trace(py, &self.inner, &location, count, timeout, software)?;
-        hits.iter()
-            .enumerate()
-            .map(|(i, h)| h.to_dict(py, i + 1))
-            .collect()
+    ) -> PyResult<crate::trace::Trace> {
+        crate::trace::Trace::start(py, self.inner.clone(), &location, count, timeout, software)
     }
 
     /// Detaches from the target (a live QEMU's QMP socket is free again, a guest a

@@ -1,7 +1,7 @@
 """Type stubs of the ``vmi`` package (the extension module ``vmi._vmi``)."""
 
 import os as _os
-from typing import Any, Optional, Union
+from typing import Any, Iterator, Optional, Union
 
 __version__: str
 
@@ -75,18 +75,33 @@ class Target:
     def trace(
         self,
         location: str,
-        count: int = 10,
+        count: Optional[int] = 10,
         timeout: Optional[float] = None,
         software: bool = False,
-    ) -> list[dict[str, Any]]:
-        """Hits of a breakpoint on a kernel function of a live Linux target (``pid``,
-        ``comm``, ``rip``, ``args``...), until ``count`` hits, ``timeout`` s or Ctrl-C."""
+    ) -> Trace:
+        """Hits of a breakpoint on a kernel function of a live Linux target, as they come
+        (dicts: ``hit``, ``pid``, ``comm``, ``rip``, ``args``...): until ``count`` hits
+        (``None``: no limit), ``timeout`` s, Ctrl-C, ``close()`` or the iterator freed."""
     def close(self) -> None:
         """Detaches (frees a live QEMU's QMP socket); later calls raise ``VmiError``."""
     @property
     def closed(self) -> bool:
         """Whether ``close()`` was called."""
     def __enter__(self) -> Target: ...
+    def __exit__(self, *args: object) -> bool: ...
+
+class Trace(Iterator[dict[str, Any]]):
+    """The hits of ``Target.trace()``; its breakpoint stays armed until the iterator ends,
+    is closed (``close()``, ``with``) or freed. A hit not yet taken holds the guest."""
+
+    def __iter__(self) -> Trace: ...
+    def __next__(self) -> dict[str, Any]: ...
+    def close(self) -> None:
+        """Removes the breakpoint; the iterator ends."""
+    @property
+    def armed(self) -> bool:
+        """Whether the breakpoint is still in place."""
+    def __enter__(self) -> Trace: ...
     def __exit__(self, *args: object) -> bool: ...
 
 class Paused:
