@@ -199,6 +199,8 @@ impl Trace {
         };
         while state.queue.is_empty() && state.armed.is_some() {
             if self.closing.load(Ordering::SeqCst) {
+                // Closed from another thread: the breakpoint goes before `next()` ends.
+                self.disarm(state)?;
                 return Ok(());
             }
             let now = Instant::now();
