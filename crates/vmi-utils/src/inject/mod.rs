@@ -149,9 +149,10 @@ pub enum InjectError {
         /// Its name.
         comm: String,
     },
-    /// No `syscall` instruction is mapped executable and present in the process.
+    /// No `syscall` instruction is mapped executable and present in the process (looked
+    /// for until the safe-point timeout: a process not yet run since its fork has none).
     #[error(
-        "pid {pid}: no syscall instruction found in its vDSO or mapped code ({scanned} bytes scanned)"
+        "pid {pid}: no syscall instruction found in the pages of its vDSO or mapped code it has in memory ({scanned} bytes scanned, until the safe-point timeout)"
     )]
     NoSyscallInstruction {
         /// The pid.
@@ -609,12 +610,29 @@ where
     /// Runs `recipe` in process `pid` (its main thread) and restores the thread.
     pub fn run(&self, pid: u32, recipe: &mut Recipe<'_>) -> Result<InjectReport, InjectError> {
         let started = Instant::now();
-        let (task, root, frame, syscall_at) = {
-            let _pause = self.core.pause_guard()?;
-            let (task, root) = self.target(pid)?;
-            let frame = self.os.syscall_frame(self.core, &task)?;
-            let syscall_at = self.find_syscall(&task, root)?;
-            (task, root, frame, syscall_at)
+        // A process that has not run since it was forked has none of its code in its
+        // page tables (fork copies no file-backed entries; each page faults in when it
+        // first runs): no `syscall` instruction is present yet. It comes as the process
+        // runs, so the search is repeated until the safe-point timeout.
+        let (task, root, frame, syscall_at) = loop {
+            let found = {
+                let _pause = self.core.pause_guard()?;
+                let (task, root) = self.target(pid)?;
+                let frame = self.os.syscall_frame(self.core, &task)?;
+                self.find_syscall(&task, root)
+                    .map(|at| (task, root, frame, at))
+            };
+            match found {
+                Err(InjectError::NoSyscallInstruction { .. })
+                    if started.elapsed() < self.options.safe_point_timeout =>
+                {
+                    if self.stopped() {
+                        return Err(InjectError::Interrupted);
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                found => break found?,
+            }
         };
         if frame.cs & 3 != 3 || frame.ip == 0 {
             return Err(InjectError::NoSafePoint {
