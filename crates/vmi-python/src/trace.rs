@@ -11,7 +11,7 @@
 //! no hit is lost and a slow consumer slows the guest instead of filling memory.
 
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, PoisonError, TryLockError};
 use std::time::{Duration, Instant};
 
@@ -101,7 +101,16 @@ pub struct Trace {
     /// Set by `close()` so that a `next()` waiting in another thread gives up within
     /// one slice.
     closing: AtomicBool,
+    /// What `armed`/`repr` show, kept outside the lock: a `next()` in another thread
+    /// may hold it while it waits, for good when no hit comes.
+    shown: Shown,
     state: Mutex<State>,
+}
+
+/// [`Trace`]'s state as `armed` and `repr` read it.
+struct Shown {
+    armed: AtomicBool,
+    taken: AtomicU64,
 }
 
 impl Trace {
@@ -166,6 +175,10 @@ impl Trace {
             limit: count,
             deadline,
             closing: AtomicBool::new(false),
+            shown: Shown {
+                armed: AtomicBool::new(true),
+                taken: AtomicU64::new(0),
+            },
             state: Mutex::new(State {
                 armed: Some(monitor),
                 queue: VecDeque::new(),
@@ -179,6 +192,7 @@ impl Trace {
         let Some(monitor) = state.armed.take() else {
             return Ok(());
         };
+        self.shown.armed.store(false, Ordering::SeqCst);
         // Hits already delivered stay takeable until the count; none come after.
         let target = self
             .inner
@@ -295,6 +309,7 @@ impl Trace {
             return Ok(None);
         };
         state.taken += 1;
+        self.shown.taken.store(state.taken, Ordering::SeqCst);
         if self.limit.is_some_and(|l| state.taken >= l) {
             // The last one: the guest runs on without the breakpoint while it is used.
             self.disarm(&mut state)?;
@@ -316,14 +331,8 @@ impl Trace {
 
     /// Whether the breakpoint is still in place.
     #[getter]
-    fn armed(&self, py: Python<'_>) -> bool {
-        py.detach(|| {
-            self.state
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .armed
-                .is_some()
-        })
+    fn armed(&self) -> bool {
+        self.shown.armed.load(Ordering::SeqCst)
     }
 
     fn __enter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
@@ -341,11 +350,9 @@ impl Trace {
         Ok(false)
     }
 
-    fn __repr__(&self, py: Python<'_>) -> String {
-        let (taken, armed) = py.detach(|| {
-            let s = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-            (s.taken, s.armed.is_some())
-        });
+    fn __repr__(&self) -> String {
+        let taken = self.shown.taken.load(Ordering::SeqCst);
+        let armed = self.shown.armed.load(Ordering::SeqCst);
         format!(
             "<vmi.Trace {} on {}: {taken} hit{} taken, {}>",
             self.location,
