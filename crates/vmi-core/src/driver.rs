@@ -242,6 +242,63 @@ pub trait VmiEventControl: VmiDriver {
         timeout: Duration,
         handler: &mut EventCallback<'_, Self::Architecture>,
     ) -> Result<usize, VmiError>;
+
+    /// Tells the driver's crash guard about a thread borrowed from the guest (an
+    /// injection), so that the thread is given back if this process dies before it gives
+    /// it back itself ([`release_borrowed_thread`](Self::release_borrowed_thread)). One
+    /// thread at a time: a second call replaces the first.
+    ///
+    /// Call it before changing anything of the thread. Drivers without a guard that
+    /// outlives the process say [`VmiError::NotSupported`] (the default).
+    fn guard_borrowed_thread(
+        &self,
+        thread: &BorrowedThread<'_, RegistersOf<Self>>,
+    ) -> Result<(), VmiError> {
+        let _ = thread;
+        Err(VmiError::not_supported(
+            "giving a borrowed thread back after a crash",
+            "this driver",
+        ))
+    }
+
+    /// The borrowed thread is given back: the guard forgets it.
+    fn release_borrowed_thread(&self) {}
+}
+
+/// A thread borrowed from the guest, as a crash guard needs it to give it back
+/// ([`VmiEventControl::guard_borrowed_thread`]).
+///
+/// The guard waits (up to [`wait`](Self::wait)) for the thread to stop at
+/// [`stop_ip`](Self::stop_ip) with [`stop_sp`](Self::stop_sp) in the address space of
+/// [`root`](Self::root) (where each borrowed step returns), or finds it still at the
+/// instruction and stack pointer of [`saved`](Self::saved) (not yet borrowed). It then
+/// writes back the registers a thread owns in user mode (general-purpose, instruction
+/// pointer, flags, segment selectors, FS/GS bases: control registers and MSRs are the
+/// vCPU's) and the bytes [`original`](Self::original) at [`memory`](Self::memory).
+#[derive(Clone, Copy, Debug)]
+pub struct BorrowedThread<'a, R> {
+    /// The page-table root of the thread's process.
+    pub root: Pa,
+    /// Root bits that differ between the vCPU's view and [`root`](Self::root) and are
+    /// to be ignored (besides the low 12: PCID), e.g. KPTI's user-table bit.
+    pub root_ignore: u64,
+    /// Where the thread stops after each borrowed step.
+    pub stop_ip: crate::Va,
+    /// Its stack pointer there.
+    pub stop_sp: u64,
+    /// The thread's registers as found.
+    pub saved: &'a R,
+    /// Where [`original`](Self::original) goes back.
+    pub memory: crate::Va,
+    /// The bytes the borrowing overwrites, as found.
+    pub original: &'a [u8],
+    /// An instruction that enters the kernel (`syscall`): a new process forked by a step
+    /// (same stack pointer, another address space) is sent there to exit with status 127.
+    pub syscall_ip: crate::Va,
+    /// The exit system call's number for that.
+    pub exit_nr: u64,
+    /// How long the guard waits for the thread to stop there.
+    pub wait: Duration,
 }
 
 /// The callback a driver calls for each event in [`VmiEventControl::wait_for_events`].

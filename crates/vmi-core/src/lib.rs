@@ -50,9 +50,9 @@ pub use crate::core::{
     DEFAULT_PAGE_CACHE, DEFAULT_TRANSLATION_CACHE, PauseGuard, VmiCore, VmiCoreConfig, copy_small,
 };
 pub use crate::driver::{
-    BreakpointAddress, BreakpointAddressing, BreakpointKind, EventCallback, EventMonitor,
-    MemoryAccess, PageRead, RegistersOf, VmState, VmiDriver, VmiEventControl, VmiInfo,
-    VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+    BorrowedThread, BreakpointAddress, BreakpointAddressing, BreakpointKind, EventCallback,
+    EventMonitor, MemoryAccess, PageRead, RegistersOf, VmState, VmiDriver, VmiEventControl,
+    VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
 };
 pub use crate::error::{FaultKind, PageAbsence, PageFault, VmiError};
 pub use crate::event::{EventAction, MonitorChange, VmiEvent, VmiEventResponse};

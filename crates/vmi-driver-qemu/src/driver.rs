@@ -12,9 +12,10 @@ use serde_json::Value;
 use vmi_arch_amd64::instruction::{MAX_NOP_LENGTH, nop_length};
 use vmi_arch_amd64::{Amd64, EventReason, Registers};
 use vmi_core::{
-    BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor, Gfn, MemoryAccess,
-    MonitorChange, Pa, PageAbsence, PageRead, Va, VcpuId, VmState, VmiDriver, VmiError, VmiEvent,
-    VmiEventControl, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters, VmiVmControl, VmiWrite,
+    BorrowedThread, BreakpointAddress, BreakpointKind, EventAction, EventCallback, EventMonitor,
+    Gfn, MemoryAccess, MonitorChange, Pa, PageAbsence, PageRead, Va, VcpuId, VmState, VmiDriver,
+    VmiError, VmiEvent, VmiEventControl, VmiInfo, VmiQueryRegisters, VmiRead, VmiSetRegisters,
+    VmiVmControl, VmiWrite,
 };
 
 use crate::error::QemuError;
@@ -25,7 +26,7 @@ use crate::monitor::Monitor;
 use crate::qmp::QmpClient;
 use crate::regs;
 use crate::rundir::PrivateDir;
-use crate::watchdog::{Plan, RawAddr, RawCommand, Watchdog};
+use crate::watchdog::{Giveback, MAX_GIVEBACK_REGS, Plan, RawAddr, RawCommand, RegSlot, Watchdog};
 
 const PAGE: u64 = 4096;
 
@@ -224,6 +225,9 @@ pub struct QemuDriver {
     qmp: Mutex<Monitor>,
     memory: Memory,
     inner: Mutex<Inner>,
+    /// The guard and what it needs of the gdbstub to give a borrowed thread back; its own
+    /// lock, as the injector asks from inside an event handler (which holds `inner`).
+    borrow: Mutex<Option<BorrowLink>>,
     options: AttachOptions,
     /// The QMP socket path (for the guard); `None` for libvirt, which owns the socket.
     qmp_path: Option<PathBuf>,
@@ -238,6 +242,101 @@ pub struct QemuDriver {
     kvm: bool,
     found_running: bool,
     qemu_version: String,
+}
+
+/// The registers a thread owns in user mode, as the gdbstub names them: what the guard
+/// writes back into a borrowed thread.
+const USER_REGISTERS: [&str; 26] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "rsp", "r8", "r9", "r10", "r11", "r12", "r13",
+    "r14", "r15", "rip", "eflags", "fs_base", "gs_base", "cs", "ss", "ds", "es", "fs", "gs",
+];
+
+/// What [`VmiEventControl::guard_borrowed_thread`] needs, kept apart from the session.
+#[derive(Debug)]
+struct BorrowLink {
+    guard: Arc<Watchdog>,
+    threads: Vec<String>,
+    /// [`USER_REGISTERS`] with their slots, or the first one the description lacks.
+    slots: Result<Vec<(&'static str, RegSlot)>, &'static str>,
+}
+
+impl BorrowLink {
+    fn new(guard: Arc<Watchdog>, s: &GdbSession) -> BorrowLink {
+        let slots = USER_REGISTERS
+            .iter()
+            .chain(["cr3"].iter())
+            .map(|&name| {
+                let d = s.regmap.get(name).ok_or(name)?;
+                let num = u16::try_from(d.regnum).map_err(|_| name)?;
+                let size = u8::try_from(d.size).ok().filter(|&n| (1..=8).contains(&n));
+                Ok((
+                    name,
+                    RegSlot {
+                        num,
+                        size: size.ok_or(name)?,
+                    },
+                ))
+            })
+            .collect();
+        BorrowLink {
+            guard,
+            threads: s.threads.clone(),
+            slots,
+        }
+    }
+
+    fn plan(&self, t: &BorrowedThread<'_, Registers>) -> Result<Giveback, VmiError> {
+        let slots = self.slots.as_ref().map_err(|name| {
+            VmiError::from(QemuError::GdbUnavailable(format!(
+                "register {name} is not in the gdbstub's description: a borrowed thread \
+                 cannot be given back after a crash"
+            )))
+        })?;
+        let slot = |name: &str| {
+            slots
+                .iter()
+                .find(|(n, _)| *n == name)
+                .map(|(_, s)| *s)
+                .unwrap_or_default()
+        };
+        let mut saved = t.saved.clone();
+        let mut values: Vec<(RegSlot, u64)> = Vec::with_capacity(USER_REGISTERS.len());
+        for &name in &USER_REGISTERS {
+            let value = if let Some((_, f)) = regs::GDB_FIELDS.iter().find(|(n, _)| *n == name) {
+                *f(&mut saved)
+            } else if let Some((_, f)) = regs::GDB_SEGMENTS.iter().find(|(n, _)| *n == name) {
+                u64::from(f(&mut saved).selector)
+            } else {
+                continue;
+            };
+            values.push((slot(name), value));
+        }
+        let mut regs_out = [(RegSlot::default(), 0u64); MAX_GIVEBACK_REGS];
+        for (d, s) in regs_out.iter_mut().zip(&values) {
+            *d = *s;
+        }
+        let root_mask = !(0xfff | t.root_ignore | (1 << 63));
+        Ok(Giveback {
+            stop_ip: t.stop_ip.0,
+            stop_sp: t.stop_sp,
+            saved_ip: t.saved.rip,
+            saved_sp: t.saved.rsp,
+            root: t.root.0 & root_mask,
+            root_mask,
+            syscall_ip: t.syscall_ip.0,
+            exit_nr: t.exit_nr,
+            wait_ms: u64::try_from(t.wait.as_millis()).unwrap_or(u64::MAX),
+            mem_va: t.memory.0,
+            mem_len: t.original.len() as u64,
+            ip: slot("rip"),
+            sp: slot("rsp"),
+            root_reg: slot("cr3"),
+            ret_reg: slot("rax"),
+            arg0_reg: slot("rdi"),
+            regs: regs_out,
+            nregs: values.len().min(MAX_GIVEBACK_REGS),
+        })
+    }
 }
 
 fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -756,6 +855,7 @@ impl QemuDriver {
                 user_paused: !found_running,
                 guard: GuardState::NotStarted,
             }),
+            borrow: Mutex::new(None),
             options,
             qmp_path,
             gdb_base,
@@ -866,8 +966,13 @@ impl QemuDriver {
     fn session<'a>(&self, inner: &'a mut Inner) -> Result<&'a mut GdbSession, QemuError> {
         if let GdbState::NotConnected = inner.gdb {
             let guard = self.arm_guard(inner);
-            inner.gdb = match self.connect_gdb(inner.user_paused, guard) {
-                Ok(s) => GdbState::Connected(Box::new(s)),
+            inner.gdb = match self.connect_gdb(inner.user_paused, guard.clone()) {
+                Ok(s) => {
+                    if let Some(g) = guard {
+                        *lock(&self.borrow) = Some(BorrowLink::new(g, &s));
+                    }
+                    GdbState::Connected(Box::new(s))
+                }
                 Err(e) => GdbState::Unavailable(e.to_string()),
             };
         }
@@ -1308,6 +1413,7 @@ impl QemuDriver {
 
     /// The clean-up of `Drop`, reporting errors.
     fn cleanup(&mut self) -> Result<(), QemuError> {
+        *self.borrow.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         let gdb = std::mem::replace(&mut inner.gdb, GdbState::NotConnected);
         let mut first_err = None;
@@ -1708,6 +1814,32 @@ impl VmiEventControl for QemuDriver {
                 None => return Ok(0),
                 Some(p) => s.stopped_with(&p)?,
             }
+        }
+    }
+
+    /// Journals the thread to the guard process, which gives it back if this process
+    /// dies first: see the `watchdog` module. Needs the guard (on by default) and a
+    /// connected gdbstub (the caller's breakpoints connect it).
+    fn guard_borrowed_thread(
+        &self,
+        thread: &BorrowedThread<'_, Registers>,
+    ) -> Result<(), VmiError> {
+        let link = lock(&self.borrow);
+        let Some(link) = link.as_ref() else {
+            return Err(VmiError::not_supported(
+                "giving a borrowed thread back after a crash",
+                "the QEMU driver without its guard process or gdbstub connection",
+            ));
+        };
+        let plan = link.plan(thread)?;
+        link.guard
+            .note_borrowed(&plan, thread.original, &link.threads)
+            .map_err(|m| QemuError::protocol("guard journal", m).into())
+    }
+
+    fn release_borrowed_thread(&self) {
+        if let Some(link) = lock(&self.borrow).as_ref() {
+            link.guard.note_released();
         }
     }
 }

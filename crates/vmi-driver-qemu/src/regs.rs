@@ -43,7 +43,7 @@ pub(crate) const GDB_FIELDS: &[(&str, Field)] = &[
 type SegmentField = fn(&mut Registers) -> &mut Segment;
 
 /// Segment selector registers of the target description.
-const GDB_SEGMENTS: &[(&str, SegmentField)] = &[
+pub(crate) const GDB_SEGMENTS: &[(&str, SegmentField)] = &[
     ("cs", |r| &mut r.cs),
     ("ss", |r| &mut r.ss),
     ("ds", |r| &mut r.ds),

@@ -53,7 +53,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use crate::error::QemuError;
 use crate::gdb::GdbAddress;
 
+mod giveback;
 mod guard;
+mod wire;
 
 /// Breakpoints and watchpoints the guard can remember one by one; beyond, it falls back
 /// to `D` (removes all, resumes) followed by QMP `stop` for a VM found paused.
@@ -71,6 +73,158 @@ const REC_INSERT: u8 = b'Z';
 const REC_REMOVE: u8 = b'z';
 const REC_DETACH: u8 = b'X';
 const REC_RETRY: u8 = b'F';
+const REC_BORROW: u8 = b'H';
+const REC_THREADS: u8 = b'T';
+const REC_MEMORY: u8 = b'S';
+const REC_ARM: u8 = b'A';
+const REC_RELEASE: u8 = b'h';
+
+/// Most bytes of a borrowed thread's memory the guard can put back.
+pub(crate) const MAX_GIVEBACK_MEMORY: usize = 64 << 10;
+/// Room for the gdbstub's vCPU thread ids (each followed by a comma).
+const THREADS_ROOM: usize = 8192;
+/// Most registers the guard writes back.
+pub(crate) const MAX_GIVEBACK_REGS: usize = 32;
+/// Guest bytes per memory record.
+const MEMORY_RECORD: usize = 4096;
+/// The guard's receive buffer: room for the largest record.
+const RECV_ROOM: usize = 1 + 4 + MEMORY_RECORD;
+/// Length of a [`REC_BORROW`] record.
+const BORROW_LEN: usize = 1 + 11 * 8 + 5 * 3 + 1 + MAX_GIVEBACK_REGS * 11;
+
+/// A register as the gdbstub numbers it, and its size in bytes.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct RegSlot {
+    pub num: u16,
+    pub size: u8,
+}
+
+/// What the guard needs to give a borrowed thread back (see `giveback`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(crate) struct Giveback {
+    pub stop_ip: u64,
+    pub stop_sp: u64,
+    pub saved_ip: u64,
+    pub saved_sp: u64,
+    /// The page-table root, already masked with `root_mask`.
+    pub root: u64,
+    pub root_mask: u64,
+    pub syscall_ip: u64,
+    pub exit_nr: u64,
+    pub wait_ms: u64,
+    pub mem_va: u64,
+    pub mem_len: u64,
+    pub ip: RegSlot,
+    pub sp: RegSlot,
+    pub root_reg: RegSlot,
+    /// Where a system call's number goes (`rax`).
+    pub ret_reg: RegSlot,
+    /// Its first argument (`rdi`).
+    pub arg0_reg: RegSlot,
+    /// Registers to write back, with their values.
+    pub regs: [(RegSlot, u64); MAX_GIVEBACK_REGS],
+    pub nregs: usize,
+}
+
+impl Giveback {
+    fn encode(&self) -> [u8; BORROW_LEN] {
+        let mut r = [0u8; BORROW_LEN];
+        r[0] = REC_BORROW;
+        let words = [
+            self.stop_ip,
+            self.stop_sp,
+            self.saved_ip,
+            self.saved_sp,
+            self.root,
+            self.root_mask,
+            self.syscall_ip,
+            self.exit_nr,
+            self.wait_ms,
+            self.mem_va,
+            self.mem_len,
+        ];
+        let mut at = 1;
+        for w in words {
+            r[at..at + 8].copy_from_slice(&w.to_le_bytes());
+            at += 8;
+        }
+        for slot in [self.ip, self.sp, self.root_reg, self.ret_reg, self.arg0_reg] {
+            r[at..at + 2].copy_from_slice(&slot.num.to_le_bytes());
+            r[at + 2] = slot.size;
+            at += 3;
+        }
+        let n = self.nregs.min(MAX_GIVEBACK_REGS);
+        r[at] = n as u8;
+        at += 1;
+        for (slot, v) in &self.regs[..n] {
+            r[at..at + 2].copy_from_slice(&slot.num.to_le_bytes());
+            r[at + 2] = slot.size;
+            r[at + 3..at + 11].copy_from_slice(&v.to_le_bytes());
+            at += 11;
+        }
+        r
+    }
+
+    /// Parses a [`REC_BORROW`] record (async-signal-safe: no allocation, no panics).
+    fn decode(rec: &[u8]) -> Option<Giveback> {
+        if rec.len() != BORROW_LEN || rec.first() != Some(&REC_BORROW) {
+            return None;
+        }
+        let word = |i: usize| -> u64 {
+            let mut b = [0u8; 8];
+            for (d, s) in b.iter_mut().zip(rec.get(1 + i * 8..).unwrap_or(&[])) {
+                *d = *s;
+            }
+            u64::from_le_bytes(b)
+        };
+        let slot_at = |at: usize| -> RegSlot {
+            RegSlot {
+                num: u16::from_le_bytes([
+                    rec.get(at).copied().unwrap_or(0),
+                    rec.get(at + 1).copied().unwrap_or(0),
+                ]),
+                size: rec.get(at + 2).copied().unwrap_or(0).min(8),
+            }
+        };
+        let base = 1 + 11 * 8;
+        let mut g = Giveback {
+            stop_ip: word(0),
+            stop_sp: word(1),
+            saved_ip: word(2),
+            saved_sp: word(3),
+            root: word(4),
+            root_mask: word(5),
+            syscall_ip: word(6),
+            exit_nr: word(7),
+            wait_ms: word(8),
+            mem_va: word(9),
+            mem_len: word(10),
+            ip: slot_at(base),
+            sp: slot_at(base + 3),
+            root_reg: slot_at(base + 6),
+            ret_reg: slot_at(base + 9),
+            arg0_reg: slot_at(base + 12),
+            ..Giveback::default()
+        };
+        let mut at = base + 15;
+        let n = usize::from(*rec.get(at)?);
+        if n > MAX_GIVEBACK_REGS {
+            return None;
+        }
+        at += 1;
+        for i in 0..n {
+            let slot = slot_at(at);
+            let mut v = [0u8; 8];
+            for (d, s) in v.iter_mut().zip(rec.get(at + 3..at + 11)?) {
+                *d = *s;
+            }
+            *g.regs.get_mut(i)? = (slot, u64::from_le_bytes(v));
+            at += 11;
+        }
+        g.nregs = n;
+        Some(g)
+    }
+}
 
 /// A socket address ready for `connect(2)`: built before the fork, used after it.
 #[derive(Clone, Copy)]
@@ -299,16 +453,27 @@ impl Watchdog {
         // else; each is wrapped exactly once.
         let (ours, theirs) =
             unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) };
+        // The memory the guard keeps a borrowed thread's bytes and the vCPU ids in:
+        // allocated now, as the guard may not allocate. Only the child's copy is used.
+        let mut room = vec![0u8; MAX_GIVEBACK_MEMORY + THREADS_ROOM];
         // SAFETY: `fork` has no memory preconditions. In the child (0) control goes to
         // `middle`, which never returns: it forks again and `_exit`s, and the grandchild
-        // runs `guard_main`, which uses only async-signal-safe system calls on its stack
-        // and on `plan` (copied into this frame before the fork) and ends in `_exit`;
+        // runs `guard_main`, which uses only async-signal-safe system calls on its stack,
+        // on `plan` (copied into this frame before the fork) and on `room` (allocated
+        // before the fork, never freed in the child) and ends in `_exit`;
         // neither touches a lock or the allocator, so a fork of a multi-threaded process
         // is sound. The parent continues below.
         let pid = unsafe { libc::fork() };
         if pid == 0 {
-            guard::middle(theirs.as_raw_fd(), ours.as_raw_fd(), &plan);
+            guard::middle(
+                theirs.as_raw_fd(),
+                ours.as_raw_fd(),
+                &plan,
+                room.as_mut_ptr(),
+                room.len(),
+            );
         }
+        drop(room);
         drop(theirs);
         if pid < 0 {
             return Err(QemuError::io(
@@ -356,6 +521,92 @@ impl Watchdog {
                 std::io::Error::last_os_error()
             );
         }
+    }
+
+    /// Sends a record, waiting up to a step's deadline for room in the socket.
+    fn send_waiting(&self, record: &[u8]) -> bool {
+        let fd = self.sock.as_raw_fd();
+        let deadline = guard::now_ms().wrapping_add(STEP_MS);
+        loop {
+            // SAFETY: `fd` is open (owned by `self`); `record` is a live slice the kernel
+            // only reads.
+            let n = unsafe {
+                libc::send(
+                    fd,
+                    record.as_ptr().cast(),
+                    record.len(),
+                    libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+                )
+            };
+            if n == record.len() as isize {
+                return true;
+            }
+            let again = n < 0 && matches!(last_errno(), libc::EAGAIN | libc::EINTR);
+            if !again || !guard::sys_poll(fd, libc::POLLOUT, deadline) {
+                return false;
+            }
+        }
+    }
+
+    /// A thread borrowed from the guest: what to give back if we die (`giveback`),
+    /// the original `memory` and the gdbstub's vCPU thread ids.
+    pub(crate) fn note_borrowed(
+        &self,
+        plan: &Giveback,
+        memory: &[u8],
+        threads: &[String],
+    ) -> Result<(), String> {
+        if memory.len() > MAX_GIVEBACK_MEMORY || plan.mem_len != memory.len() as u64 {
+            return Err(format!(
+                "{} bytes to put back; the guard keeps at most {MAX_GIVEBACK_MEMORY}",
+                memory.len()
+            ));
+        }
+        let ids: usize = threads.iter().map(|t| t.len() + 1).sum();
+        if ids > THREADS_ROOM || threads.iter().any(|t| t.contains(',') || t.len() > 32) {
+            return Err(format!(
+                "{} vCPU thread ids do not fit the guard",
+                threads.len()
+            ));
+        }
+        let mut ok = self.send_waiting(&plan.encode());
+        let mut rec = Vec::with_capacity(RECV_ROOM);
+        for t in threads {
+            if rec.len() + t.len() + 1 > 1024 {
+                ok &= self.send_waiting(&rec);
+                rec.clear();
+            }
+            if rec.is_empty() {
+                rec.push(REC_THREADS);
+            }
+            rec.extend_from_slice(t.as_bytes());
+            rec.push(b',');
+        }
+        if !rec.is_empty() {
+            ok &= self.send_waiting(&rec);
+        }
+        for (i, chunk) in memory.chunks(MEMORY_RECORD).enumerate() {
+            rec.clear();
+            rec.push(REC_MEMORY);
+            rec.extend_from_slice(&((i * MEMORY_RECORD) as u32).to_le_bytes());
+            rec.extend_from_slice(chunk);
+            ok &= self.send_waiting(&rec);
+        }
+        ok &= self.send_waiting(&[REC_ARM]);
+        if ok {
+            Ok(())
+        } else {
+            self.send(&[REC_RELEASE]);
+            Err(format!(
+                "the guard process did not take the journal ({})",
+                std::io::Error::last_os_error()
+            ))
+        }
+    }
+
+    /// The borrowed thread is given back.
+    pub(crate) fn note_released(&self) {
+        self.send(&[REC_RELEASE]);
     }
 
     /// The gdbstub in use.

@@ -221,9 +221,15 @@ fn summarize(cli: &Cli, r: &InjectReport) {
                 "scratch": [format!("{:#x}", r.scratch.0.0), format!("{:#x}", r.scratch.1.0)],
                 "steps": r.steps.len(), "hits": r.hits, "foreign_hits": r.foreign_hits,
                 "elapsed_ms": r.elapsed.as_secs_f64() * 1000.0,
-                "registers_restored": registers, "memory_restored": r.memory_restored})
+                "registers_restored": registers, "memory_restored": r.memory_restored,
+                "crash_guard": r.crash_guard.as_ref().err()})
         );
     } else {
+        if let Err(why) = &r.crash_guard {
+            eprintln!(
+                "note: had vmi died mid-recipe, the thread could not have been restored: {why}"
+            );
+        }
         let verified = match (registers, r.memory_restored) {
             (Some(true), Some(true)) => "registers and stack verified".to_string(),
             (None, _) | (_, None) => "not verified (the thread did not stop again)".to_string(),

@@ -7,9 +7,12 @@
 
 use std::os::fd::RawFd;
 
+use super::giveback::{Borrowed, Room, give_back};
+use super::wire::{GdbReply, HEX, Wire};
 use super::{
-    MAX_ARGS, MAX_BPS, PATH_ROOM, Plan, REC_DETACH, REC_GDB, REC_INSERT, REC_PRIVATE, REC_REMOVE,
-    REC_RETRY, RawAddr, RawCommand, STEP_MS, last_errno,
+    Giveback, MAX_ARGS, MAX_BPS, MAX_GIVEBACK_MEMORY, PATH_ROOM, Plan, REC_ARM, REC_BORROW,
+    REC_DETACH, REC_GDB, REC_INSERT, REC_MEMORY, REC_PRIVATE, REC_RELEASE, REC_REMOVE, REC_RETRY,
+    REC_THREADS, RECV_ROOM, RawAddr, RawCommand, STEP_MS, last_errno,
 };
 
 fn sys_exit(code: i32) -> ! {
@@ -26,17 +29,17 @@ fn sys_close(fd: RawFd) {
     }
 }
 
-fn sys_write(fd: RawFd, b: &[u8]) -> isize {
+pub(super) fn sys_write(fd: RawFd, b: &[u8]) -> isize {
     // SAFETY: `b` is a live slice of `b.len()` bytes, only read by the kernel.
     unsafe { libc::write(fd, b.as_ptr().cast(), b.len()) }
 }
 
-fn sys_read(fd: RawFd, b: &mut [u8]) -> isize {
+pub(super) fn sys_read(fd: RawFd, b: &mut [u8]) -> isize {
     // SAFETY: `b` is a live, exclusive slice of `b.len()` bytes the kernel may fill.
     unsafe { libc::read(fd, b.as_mut_ptr().cast(), b.len()) }
 }
 
-fn now_ms() -> i64 {
+pub(super) fn now_ms() -> i64 {
     let mut ts = libc::timespec {
         tv_sec: 0,
         tv_nsec: 0,
@@ -51,7 +54,7 @@ fn now_ms() -> i64 {
 }
 
 /// Waits for `events` on `fd` until `deadline`; `false` on timeout or error.
-fn sys_poll(fd: RawFd, events: i16, deadline: i64) -> bool {
+pub(super) fn sys_poll(fd: RawFd, events: i16, deadline: i64) -> bool {
     loop {
         let left = deadline.wrapping_sub(now_ms());
         if left <= 0 {
@@ -73,7 +76,7 @@ fn sys_poll(fd: RawFd, events: i16, deadline: i64) -> bool {
     }
 }
 
-fn sleep_ms(ms: i32) {
+pub(super) fn sleep_ms(ms: i32) {
     // SAFETY: a poll on no descriptors is a sleep; the null pointer is allowed with 0.
     unsafe {
         libc::poll(std::ptr::null_mut(), 0, ms);
@@ -81,7 +84,7 @@ fn sleep_ms(ms: i32) {
 }
 
 /// The middle child: detach from the session, fork the guard, exit.
-pub(super) fn middle(theirs: RawFd, ours: RawFd, plan: &Plan) -> ! {
+pub(super) fn middle(theirs: RawFd, ours: RawFd, plan: &Plan, room: *mut u8, room_len: usize) -> ! {
     sys_close(ours);
     // SAFETY: `setsid` and `fork` take no pointers. The grandchild continues in
     // `guard_main` (async-signal-safe, never returns); this process exits at once.
@@ -90,7 +93,11 @@ pub(super) fn middle(theirs: RawFd, ours: RawFd, plan: &Plan) -> ! {
         libc::fork()
     };
     if pid == 0 {
-        guard_main(theirs, plan);
+        // SAFETY: `room` is this process's copy of a live allocation of `room_len`
+        // bytes made before the fork; nothing else in this single-threaded process
+        // refers to it and nothing frees it (the guard ends in `_exit`).
+        let room = unsafe { std::slice::from_raw_parts_mut(room, room_len) };
+        guard_main(theirs, plan, room);
     }
     sys_exit(if pid < 0 { 1 } else { 0 })
 }
@@ -182,10 +189,10 @@ fn guard_setup(sock: RawFd) -> RawFd {
 }
 
 #[derive(Clone, Copy)]
-struct Bp {
-    ztype: u8,
-    addr: u64,
-    len: u64,
+pub(super) struct Bp {
+    pub(super) ztype: u8,
+    pub(super) addr: u64,
+    pub(super) len: u64,
 }
 
 struct Journal {
@@ -197,6 +204,8 @@ struct Journal {
     overflow: bool,
     /// The driver's clean-up failed (else: the process died).
     retry: bool,
+    /// A thread borrowed from the guest, to give back.
+    borrowed: Borrowed,
 }
 
 fn le64(b: &[u8]) -> u64 {
@@ -221,11 +230,21 @@ impl Journal {
             n: 0,
             overflow: false,
             retry: false,
+            borrowed: Borrowed::new(),
         }
     }
 
-    fn apply(&mut self, rec: &[u8]) {
+    fn apply(&mut self, rec: &[u8], room: &mut Room<'_>) {
         match rec.first() {
+            Some(&REC_BORROW) => self.borrowed.begin(Giveback::decode(rec), room),
+            Some(&REC_THREADS) => self.borrowed.threads(rec.get(1..).unwrap_or(&[]), room),
+            Some(&REC_MEMORY) if rec.len() >= 5 => {
+                let offset = le64(rec.get(1..5).unwrap_or(&[])) as usize;
+                self.borrowed
+                    .memory(offset, rec.get(5..).unwrap_or(&[]), room);
+            }
+            Some(&REC_ARM) => self.borrowed.arm(),
+            Some(&REC_RELEASE) => self.borrowed.release(),
             Some(&REC_GDB) => self.gdb = rec.get(1..).and_then(RawAddr::from_bytes),
             Some(&REC_RETRY) => self.retry = true,
             Some(&REC_PRIVATE) => {
@@ -269,46 +288,8 @@ impl Journal {
     }
 }
 
-/// A packet `$body#cs` in a fixed buffer.
-struct Packet {
-    buf: [u8; 64],
-    len: usize,
-}
-
-impl Packet {
-    fn new(body: &[u8]) -> Packet {
-        let mut p = Packet {
-            buf: [0; 64],
-            len: 0,
-        };
-        p.push(b'$');
-        let mut sum = 0u8;
-        for &c in body {
-            sum = sum.wrapping_add(c);
-            p.push(c);
-        }
-        p.push(b'#');
-        p.push(HEX[(sum >> 4) as usize]);
-        p.push(HEX[(sum & 15) as usize]);
-        p
-    }
-
-    fn push(&mut self, c: u8) {
-        if let Some(slot) = self.buf.get_mut(self.len) {
-            *slot = c;
-            self.len += 1;
-        }
-    }
-
-    fn bytes(&self) -> &[u8] {
-        self.buf.get(..self.len).unwrap_or(&[])
-    }
-}
-
-const HEX: &[u8; 16] = b"0123456789abcdef";
-
 /// `z<t>,<addr hex>,<len hex>` into `out`; returns its length.
-fn z_body(bp: &Bp, out: &mut [u8; 48]) -> usize {
+pub(super) fn z_body(bp: &Bp, out: &mut [u8; 48]) -> usize {
     let mut n = 0;
     let mut put = |c: u8, n: &mut usize| {
         if let Some(s) = out.get_mut(*n) {
@@ -332,7 +313,7 @@ fn z_body(bp: &Bp, out: &mut [u8; 48]) -> usize {
     n
 }
 
-fn write_all(fd: RawFd, mut b: &[u8], deadline: i64) -> bool {
+pub(super) fn write_all(fd: RawFd, mut b: &[u8], deadline: i64) -> bool {
     while !b.is_empty() {
         let n = sys_write(fd, b);
         if n > 0 {
@@ -403,88 +384,6 @@ fn connect(addr: &RawAddr, deadline: i64) -> Option<RawFd> {
             continue;
         }
         return None;
-    }
-}
-
-/// What a gdb request got back.
-#[derive(PartialEq, Eq)]
-enum GdbReply {
-    Ok,
-    Refused,
-    Lost,
-}
-
-/// Sends `body` as a packet and waits for its reply, skipping acks and stop replies and
-/// sending the packet again on a `-` (QEMU's parser may hold a half packet of the dead
-/// client).
-fn gdb_request(fd: RawFd, body: &[u8], deadline: i64) -> GdbReply {
-    let pkt = Packet::new(body);
-    if !write_all(fd, pkt.bytes(), deadline) {
-        return GdbReply::Lost;
-    }
-    let mut resent = 0;
-    // 0 idle, 1 in body, 2 first checksum digit, 3 second checksum digit
-    let mut state = 0u8;
-    let mut head = [0u8; 2];
-    let mut blen = 0usize;
-    let mut buf = [0u8; 1024];
-    loop {
-        if !sys_poll(fd, libc::POLLIN, deadline) {
-            return GdbReply::Lost;
-        }
-        let n = sys_read(fd, &mut buf);
-        if n <= 0 {
-            if n < 0 && matches!(last_errno(), libc::EAGAIN | libc::EINTR) {
-                continue;
-            }
-            return GdbReply::Lost;
-        }
-        for &c in buf.get(..n as usize).unwrap_or(&[]) {
-            match state {
-                0 => match c {
-                    b'$' => {
-                        state = 1;
-                        blen = 0;
-                        head = [0; 2];
-                    }
-                    b'-' if resent < 8 => {
-                        resent += 1;
-                        if !write_all(fd, pkt.bytes(), deadline) {
-                            return GdbReply::Lost;
-                        }
-                    }
-                    _ => {}
-                },
-                1 => {
-                    if c == b'#' {
-                        state = 2;
-                    } else {
-                        if let Some(h) = head.get_mut(blen) {
-                            *h = c;
-                        }
-                        blen = blen.saturating_add(1);
-                    }
-                }
-                2 => state = 3,
-                _ => {
-                    state = 0;
-                    if !write_all(fd, b"+", deadline) {
-                        return GdbReply::Lost;
-                    }
-                    match head[0] {
-                        // Stop replies (e.g. the T02 our connection caused): not ours.
-                        b'T' | b'S' => continue,
-                        b'W' | b'X' => return GdbReply::Lost,
-                        _ => {}
-                    }
-                    return if blen == 2 && head == *b"OK" {
-                        GdbReply::Ok
-                    } else {
-                        GdbReply::Refused
-                    };
-                }
-            }
-        }
     }
 }
 
@@ -562,10 +461,12 @@ fn say(parts: &[&[u8]]) {
     }
 }
 
-fn guard_main(sock: RawFd, plan: &Plan) -> ! {
+fn guard_main(sock: RawFd, plan: &Plan, room: &mut [u8]) -> ! {
     let sock = guard_setup(sock);
     let mut j = Journal::new();
-    let mut rec = [0u8; 256];
+    let (memory, threads) = room.split_at_mut(MAX_GIVEBACK_MEMORY.min(room.len()));
+    let mut room = Room { memory, threads };
+    let mut rec = [0u8; RECV_ROOM];
     loop {
         // SAFETY: `rec` is a live local buffer of `rec.len()` bytes the kernel fills.
         let n = unsafe { libc::recv(sock, rec.as_mut_ptr().cast(), rec.len(), 0) };
@@ -574,7 +475,7 @@ fn guard_main(sock: RawFd, plan: &Plan) -> ! {
             if r.first() == Some(&REC_DETACH) {
                 sys_exit(0);
             }
-            j.apply(r);
+            j.apply(r, &mut room);
             continue;
         }
         if n < 0 && last_errno() == libc::EINTR {
@@ -583,31 +484,37 @@ fn guard_main(sock: RawFd, plan: &Plan) -> ! {
         break; // end of file (the driver's process is gone) or an error
     }
     sys_close(sock);
-    recover(plan, &j);
+    recover(plan, &j, &room);
     sys_exit(0)
 }
 
-fn recover(plan: &Plan, j: &Journal) {
+fn recover(plan: &Plan, j: &Journal, room: &Room<'_>) {
     let mut gdb_note: &[u8] = b"";
+    let mut borrowed_note: &[u8] = b"";
     if let Some(addr) = &j.gdb {
         let deadline = now_ms().wrapping_add(STEP_MS);
         gdb_note = match connect(addr, deadline) {
             None => b"; gdbstub unreachable (breakpoints may remain)",
             Some(fd) => {
+                let mut wire = Wire::new(fd);
+                let bps = j.bps.get(..j.n).unwrap_or(&[]);
+                if j.borrowed.armed() {
+                    borrowed_note = give_back(&mut wire, bps, &j.borrowed, room);
+                }
+                let deadline = now_ms().wrapping_add(STEP_MS);
                 let mut ok = true;
                 if !plan.found_running && !j.overflow {
-                    for bp in j.bps.get(..j.n).unwrap_or(&[]) {
+                    for bp in bps {
                         let mut body = [0u8; 48];
                         let len = z_body(bp, &mut body);
-                        if gdb_request(fd, body.get(..len).unwrap_or(&[]), deadline)
-                            == GdbReply::Lost
+                        if wire.request(body.get(..len).unwrap_or(&[]), deadline) == GdbReply::Lost
                         {
                             ok = false;
                             break;
                         }
                     }
                 } else {
-                    ok = gdb_request(fd, b"D;1", deadline) == GdbReply::Ok;
+                    ok = wire.request(b"D;1", deadline) == GdbReply::Ok;
                 }
                 sys_close(fd);
                 if ok {
@@ -679,7 +586,7 @@ fn recover(plan: &Plan, j: &Journal) {
     } else {
         b"vmi-driver-qemu guard: the process using the driver ended without detaching"
     };
-    say(&[why, gdb_note, qmp_note, b"\n"]);
+    say(&[why, borrowed_note, gdb_note, qmp_note, b"\n"]);
 }
 
 /// Runs `cmd` (fork, `execv`) and waits for it until `deadline` (then kills it); whether
@@ -814,8 +721,6 @@ mod tests {
 
     #[test]
     fn packets_and_z_bodies() {
-        assert_eq!(Packet::new(b"D;1").bytes(), b"$D;1#b0");
-        assert_eq!(Packet::new(b"OK").bytes(), b"$OK#9a");
         let mut out = [0u8; 48];
         let n = z_body(
             &Bp {
@@ -839,31 +744,36 @@ mod tests {
 
     #[test]
     fn journal_tracks_inserts_and_removals_and_overflows() {
+        let (mut mem, mut thr) = (vec![0u8; 128], vec![0u8; 64]);
+        let mut room = Room {
+            memory: &mut mem,
+            threads: &mut thr,
+        };
         let mut j = Journal::new();
-        j.apply(&bp_record(REC_INSERT, 0, 0x1000, 1));
-        j.apply(&bp_record(REC_INSERT, 1, 0x2000, 1));
-        j.apply(&bp_record(REC_INSERT, 1, 0x2000, 1)); // duplicate
-        j.apply(&bp_record(REC_REMOVE, 0, 0x1000, 1));
-        j.apply(&bp_record(REC_REMOVE, 0, 0x9999, 1)); // unknown
+        j.apply(&bp_record(REC_INSERT, 0, 0x1000, 1), &mut room);
+        j.apply(&bp_record(REC_INSERT, 1, 0x2000, 1), &mut room);
+        j.apply(&bp_record(REC_INSERT, 1, 0x2000, 1), &mut room); // duplicate
+        j.apply(&bp_record(REC_REMOVE, 0, 0x1000, 1), &mut room);
+        j.apply(&bp_record(REC_REMOVE, 0, 0x9999, 1), &mut room); // unknown
         assert_eq!(j.n, 1);
         assert_eq!((j.bps[0].ztype, j.bps[0].addr), (1, 0x2000));
-        j.apply(b"Zshort"); // malformed: ignored
+        j.apply(b"Zshort", &mut room); // malformed: ignored
         assert_eq!(j.n, 1);
         for i in 0..MAX_BPS as u64 {
-            j.apply(&bp_record(REC_INSERT, 0, 0x10_0000 + i, 1));
+            j.apply(&bp_record(REC_INSERT, 0, 0x10_0000 + i, 1), &mut room);
         }
         assert_eq!(j.n, MAX_BPS);
         assert!(j.overflow);
         let addr = RawAddr::unix(Path::new("/run/x/gdb.sock")).unwrap();
         let mut rec = vec![REC_GDB];
         rec.extend_from_slice(addr.bytes());
-        j.apply(&rec);
+        j.apply(&rec, &mut room);
         assert_eq!(j.gdb.unwrap().bytes(), addr.bytes());
-        j.apply(b"P/run/x/gdb.sock");
+        j.apply(b"P/run/x/gdb.sock", &mut room);
         assert_eq!(&j.private[..j.private_len], b"/run/x/gdb.sock");
-        j.apply(b"P");
+        j.apply(b"P", &mut room);
         assert_eq!(j.private_len, 0);
-        j.apply(b"G");
+        j.apply(b"G", &mut room);
         assert!(j.gdb.is_none());
     }
 }

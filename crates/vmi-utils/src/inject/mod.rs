@@ -44,10 +44,20 @@
 //! stop before `run` returns. A step that stays inside the kernel longer than
 //! [`InjectOptions::step_timeout`] (a blocking read of a pipe) cannot be taken back:
 //! [`InjectError::StuckInSyscall`] says so. At most one injection runs per thread in
-//! this host process. A `vmi` killed outright (SIGKILL) or a driver that fails in the
-//! middle of a step leaves the thread with the injector's registers
-//! ([`InjectError::Lost`]): the QEMU driver's guard removes the breakpoints, but only the
-//! injector knew the registers to put back.
+//! this host process.
+//!
+//! **A host process that dies mid-recipe** (SIGKILL, OOM killer, crash): before it
+//! changes anything, the injector journals the thread to the driver's crash guard
+//! ([`VmiEventControl::guard_borrowed_thread`]): the page-table root, the `rip`/`rsp`
+//! where each step returns, the saved registers and the scratch bytes. The QEMU driver's
+//! guard process then waits for the thread to come back from the step in flight (up to
+//! [`InjectOptions::step_timeout`]), writes the user registers and the scratch bytes back,
+//! reads them back, sends a process forked by an `exec` step that has not yet reached its
+//! `execve` to `exit(127)`, and only then removes the breakpoints and lets the VM go.
+//! System calls already made are not undone (a file opened by a cut recipe stays open in
+//! the process). A driver without such a guard says so ([`InjectReport::crash_guard`]).
+//! A driver that fails in the middle of a step while this process lives leaves the thread
+//! with the injector's registers ([`InjectError::Lost`]).
 //!
 //! # Measured
 //!
@@ -62,6 +72,7 @@
 
 mod recipe;
 
+use std::cell::Cell;
 use std::collections::BTreeSet;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Mutex;
@@ -74,8 +85,8 @@ pub use recipe::{
 };
 use vmi_arch_amd64::{Amd64, Registers};
 use vmi_core::{
-    AccessContext, AddressContext, Pa, Va, VmiCore, VmiError, VmiEvent, VmiEventControl,
-    VmiEventResponse, VmiRead, VmiVmControl, VmiWrite,
+    AccessContext, AddressContext, BorrowedThread, Pa, Va, VmiCore, VmiError, VmiEvent,
+    VmiEventControl, VmiEventResponse, VmiRead, VmiVmControl, VmiWrite,
 };
 use vmi_os_linux::{LinuxOs, LinuxTask, vm_flags};
 
@@ -368,6 +379,10 @@ pub struct InjectReport {
     /// `execve` succeeded, `Some(Some(-errno))` when it failed (the child then exited
     /// with code 127).
     pub child_exec: Option<Option<i64>>,
+    /// Whether the driver's crash guard would have given the thread back had this
+    /// process died mid-recipe (`Err`: why not, e.g. a driver without a guard). `Ok` when
+    /// the thread was never taken.
+    pub crash_guard: Result<(), String>,
     /// Breakpoint events that were ours (safe point, one per step, verification).
     pub hits: u64,
     /// Breakpoint events at our addresses that were another thread's.
@@ -496,6 +511,38 @@ struct Run<'r, 'a> {
     /// writable (e.g. still shared copy-on-write after a fork): the error if no later
     /// safe point does better.
     scratch_refusal: Option<InjectError>,
+    /// The driver's crash guard holds the thread (released once it is given back).
+    guard_holds: &'r Cell<bool>,
+    /// What the driver said when asked to guard the thread.
+    crash_guard: Result<(), String>,
+}
+
+/// Tells the driver's crash guard to forget the thread when an injection ends, however
+/// it ends.
+struct GuardRelease<'d, D: VmiEventControl> {
+    driver: &'d D,
+    holds: Cell<bool>,
+}
+
+impl<D: VmiEventControl> GuardRelease<'_, D> {
+    /// Once the restore is applied (the event's answer is in the vCPU).
+    fn release(&self) {
+        if self.holds.replace(false) {
+            self.driver.release_borrowed_thread();
+        }
+    }
+}
+
+impl<D: VmiEventControl> Drop for GuardRelease<'_, D> {
+    fn drop(&mut self) {
+        self.release();
+    }
+}
+
+/// The stack pointer of every step: 16-byte aligned, below the data placed at `lo`
+/// (so that a signal frame does not land on it).
+fn step_rsp(lo: u64) -> u64 {
+    (lo & !15).saturating_sub(16)
 }
 
 /// Runs [`Recipe`]s in Linux processes of a live guest. See the [module docs](self).
@@ -646,6 +693,10 @@ where
         let bpm = BreakpointManager::new(self.core).ignore_root_bits(if kpti { 0x1000 } else { 0 });
         let space = AddressSpace::Process(root);
         let first_bp = bpm.add(space, Va(frame.ip), Tag::SafePoint)?;
+        let guard = GuardRelease {
+            driver: self.core.driver(),
+            holds: Cell::new(false),
+        };
         let mut run = Run {
             pid,
             tid: task.pid,
@@ -665,6 +716,8 @@ where
             parked: None,
             child_exec: None,
             scratch_refusal: None,
+            guard_holds: &guard.holds,
+            crash_guard: Ok(()),
         };
         let mut last_look = Instant::now();
         loop {
@@ -729,6 +782,10 @@ where
             let waited = bpm.wait(slice, |event, hits| {
                 self.on_event(&bpm, space, &mut run, event, hits)
             });
+            // The restore is in the vCPU now: the guard need not give anything back.
+            if run.restored_at.is_some() {
+                guard.release();
+            }
             if let Err(e) = waited {
                 return Err(match run.phase {
                     Phase::InCall(_) => InjectError::Lost(e),
@@ -760,6 +817,7 @@ where
             restored: run.restored,
             memory_restored: run.memory_restored,
             child_exec: run.child_exec,
+            crash_guard: run.crash_guard,
             hits: stats.hits,
             foreign_hits: stats.foreign_hits,
             taken_after: run.taken_at.unwrap_or(started) - started,
@@ -922,6 +980,23 @@ where
             Ok(id) => id,
             Err(e) => return untouched(run, e.into()),
         };
+        // Before anything changes: the driver's guard gives the thread back if this
+        // process dies mid-recipe.
+        let kpti = self.os.kernel().kpti == Some(true);
+        let guarded = self.core.driver().guard_borrowed_thread(&BorrowedThread {
+            root: run.root,
+            root_ignore: if kpti { 0x1000 } else { 0 },
+            stop_ip: Va(run.syscall_at.wrapping_add(2)),
+            stop_sp: step_rsp(lo),
+            saved: regs,
+            memory: Va(lo),
+            original: &original,
+            syscall_ip: Va(run.syscall_at),
+            exit_nr: nr::EXIT,
+            wait: self.options.step_timeout,
+        });
+        run.guard_holds.set(guarded.is_ok());
+        run.crash_guard = guarded.map_err(|e| e.to_string());
         run.taken_at = Some(Instant::now());
         run.taken = Some(Taken {
             saved: regs.clone(),
@@ -1084,8 +1159,7 @@ where
                 Arg::Bytes(_) | Arg::Out(_) | Arg::StrArray(_) => {}
             }
         }
-        // Below our data, so that a signal frame does not land on it.
-        let rsp = (t.lo & !15).saturating_sub(16);
+        let rsp = step_rsp(t.lo);
         let end = out.map_or(cursor, |(at, n)| at + n as u64);
         Ok((args, out, rsp, end))
     }
