@@ -312,3 +312,144 @@ fn inject_cat_restores_the_thread_and_refuses_clearly() {
     let diff = code.iter().zip(&after).position(|(a, b)| a != b);
     assert!(diff.is_none(), "kernel code changed at offset {diff:?}");
 }
+
+/// Runs `vmi --json inject ARGS…` in the background, stdout and stderr piped.
+fn spawn_inject(live: &str, args: &[&str]) -> std::process::Child {
+    std::process::Command::new(env!("CARGO_BIN_EXE_vmi"))
+        .arg("--target")
+        .arg(live)
+        .arg("--json")
+        .arg("inject")
+        .args(args)
+        .env(
+            "VMI_PROFILE_CACHE",
+            std::env::temp_dir().join("vmi-cli-test-profiles"),
+        )
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("spawn vmi")
+}
+
+/// SIGKILLs `child` and returns its stderr, read until every holder closed it: the
+/// guard process inherits it and closes it when its clean-up is done.
+fn kill_and_wait_for_guard(mut child: std::process::Child) -> String {
+    use std::io::Read;
+    let mut err = child.stderr.take().unwrap();
+    child.kill().unwrap(); // SIGKILL: no destructor runs
+    child.wait().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let mut s = String::new();
+        let _ = err.read_to_string(&mut s);
+        let _ = tx.send(s);
+    });
+    rx.recv_timeout(Duration::from_secs(90))
+        .expect("the guard did not finish within 90 s")
+}
+
+/// The value the counting loop last wrote (the file is empty between its truncation
+/// and the write: read again then).
+fn count(g: &TestGuest) -> u64 {
+    for _ in 0..50 {
+        let out = g
+            .run("cat /tmp/vmi-count", Duration::from_secs(60))
+            .unwrap();
+        if let Ok(n) = out.output.trim().parse() {
+            return n;
+        }
+    }
+    panic!("/tmp/vmi-count never held a number");
+}
+
+/// The counting loop lives and counts on.
+fn counts_on(g: &TestGuest, pid: u32, what: &str) {
+    alive(g, pid);
+    let a = count(g);
+    std::thread::sleep(Duration::from_millis(500));
+    let b = count(g);
+    assert!(b > a, "{what}: the loop stopped counting ({a} then {b})");
+}
+
+#[test]
+fn a_vmi_killed_mid_recipe_leaves_the_thread_given_back_by_its_guard() {
+    let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default().control(true)) else {
+        return;
+    };
+    let live = format!("qemu:{}", guest.qmp_socket().display());
+    let t = Duration::from_secs(60);
+    let setup = "printf 'vmi inject\\nline two\\n' > /tmp/vmi-small && mkfifo /tmp/vmi-fifo \
+                 && dd if=/dev/urandom of=/tmp/vmi-big bs=1024 count=1024 2>/dev/null";
+    assert_eq!(guest.run(setup, t).unwrap().rc, 0);
+    // The target counts in a shell loop: registers or stack given back wrong would crash
+    // it or stop the count.
+    let target = guest
+        .run(
+            "sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/vmi-count; done' \
+             >/dev/null 2>&1 & echo $!",
+            t,
+        )
+        .unwrap();
+    let pid: u32 = target.output.trim().parse().expect("target pid");
+    let pids = pid.to_string();
+    counts_on(&guest, pid, "before");
+
+    // 1. Killed while the borrowed thread is inside the injected `openat` of a FIFO (it
+    // blocks until a writer comes): the guard waits for the thread to come back.
+    let child = spawn_inject(&live, &["--pid", &pids, "cat", "/tmp/vmi-fifo"]);
+    let blocked = (0..120).any(|_| {
+        let s = guest
+            .run(&format!("cat /proc/{pid}/syscall"), t)
+            .map(|o| o.output)
+            .unwrap_or_default();
+        if s.split_whitespace().next() == Some("257") {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+        false
+    });
+    assert!(blocked, "the thread never blocked in the injected openat");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let killer = std::thread::spawn(move || tx.send(kill_and_wait_for_guard(child)));
+    // A writer lets the open return; the guard then gives the thread back.
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(guest.run("echo x > /tmp/vmi-fifo", t).unwrap().rc, 0);
+    let err = rx
+        .recv_timeout(Duration::from_secs(120))
+        .expect("guard report");
+    killer.join().unwrap().unwrap();
+    eprintln!("killed in openat: {err}");
+    assert!(
+        err.contains("borrowed thread given back (registers and memory read back equal)"),
+        "{err}"
+    );
+    counts_on(&guest, pid, "after the kill in openat");
+    cat_ok(&live, pid, "/tmp/vmi-small", b"vmi inject\nline two\n");
+
+    // 2. Killed at whatever point a 1 MiB `cat` (about 200 system calls) has reached:
+    // stopped at a step's return, in a step, taking the thread, or not yet started.
+    for delay_ms in [700u64, 1100, 1500, 1900] {
+        let child = spawn_inject(&live, &["--pid", &pids, "cat", "/tmp/vmi-big"]);
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let err = kill_and_wait_for_guard(child);
+        eprintln!("killed after {delay_ms} ms: {err}");
+        for bad in [
+            "left borrowed",
+            "not given back",
+            "refused",
+            "differs",
+            "may remain",
+        ] {
+            assert!(!err.contains(bad), "killed after {delay_ms} ms: {err}");
+        }
+        counts_on(&guest, pid, &format!("after a kill at {delay_ms} ms"));
+    }
+    cat_ok(&live, pid, "/tmp/vmi-small", b"vmi inject\nline two\n");
+    let log = guest.run(
+        "dmesg | grep -E 'segfault|general protection|traps:' || true",
+        t,
+    );
+    let log = log.unwrap().output;
+    assert!(!log.contains(&format!("[{pid}]")), "{log}");
+    assert_eq!(guest.run(&format!("kill {pid}"), t).unwrap().rc, 0);
+}

@@ -29,11 +29,15 @@
 //!
 //! The driver keeps it informed (one record per message): the gdbstub's address when it
 //! connects to one, the socket of a gdbstub it started, each breakpoint or watchpoint
-//! before inserting it and after removing it, and a clean-detach record when dropped
+//! before inserting it and after removing it, a thread borrowed by an injection (what to
+//! give back, in records of at most 4 KiB, armed by a last record once complete) and its
+//! release, and a clean-detach record when dropped
 //! (the guard exits). `recv` returning end-of-file without that record means the process
 //! is gone, however it died (the kernel closes the descriptors of a dead process). The
 //! guard then, within a deadline of 2 s per step:
-//! 1. connects to the gdbstub (free now: it serves one client). If the VM was running
+//! 1. connects to the gdbstub (free now: it serves one client). A thread borrowed by an
+//!    injection and not yet given back is given back first (module `giveback`: it may
+//!    let the VM run until the thread returns from its step). If the VM was running
 //!    when the driver attached, it sends `D` (QEMU removes every gdb breakpoint and
 //!    watchpoint and resumes the VM); else it removes each journaled one with `z` and
 //!    leaves the VM stopped. A packet left half-sent by the dead process is answered
@@ -681,6 +685,34 @@ fn bp_record(tag: u8, ztype: u8, addr: u64, len: u64) -> [u8; 18] {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn borrow_records_of_any_bytes_do_not_panic() {
+        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let valid = Giveback {
+            nregs: 3,
+            ..Giveback::default()
+        }
+        .encode();
+        for _ in 0..20_000 {
+            let mut rec = valid.to_vec();
+            for _ in 0..(next() % 8) {
+                let i = (next() % rec.len() as u64) as usize;
+                rec[i] = next() as u8;
+            }
+            rec.truncate((next() % (BORROW_LEN as u64 + 8)) as usize);
+            if let Some(g) = Giveback::decode(&rec) {
+                assert!(g.nregs <= MAX_GIVEBACK_REGS);
+                assert!(g.ip.size <= 8 && g.sp.size <= 8);
+            }
+        }
+    }
 
     #[test]
     fn raw_addresses() {

@@ -399,9 +399,9 @@ fn wait_and_restore(
 
 #[cfg(test)]
 mod tests {
-    //! The give-back against a scripted gdbstub: two vCPUs, one of another process parked
-    //! on our breakpoint (stepped over), the borrowed thread returning at the first
-    //! continue.
+    //! The give-back against a scripted gdbstub: three vCPUs, one of another process
+    //! parked on our breakpoint (stepped over), one of a child forked by a step (sent to
+    //! `exit(127)`), the borrowed thread returning at the first continue.
 
     use std::collections::{BTreeMap, BTreeSet};
     use std::io::{Read, Write};
@@ -418,7 +418,7 @@ mod tests {
     const CR3: u16 = 60;
 
     struct Stub {
-        regs: [BTreeMap<u16, u64>; 2],
+        regs: [BTreeMap<u16, u64>; 3],
         memory: BTreeMap<u64, u8>,
         bps: BTreeSet<(u8, u64)>,
         g: usize,
@@ -431,7 +431,7 @@ mod tests {
     }
 
     fn vcpu(id: &str) -> usize {
-        usize::from(id.ends_with('2'))
+        usize::from(id.as_bytes()[id.len() - 1] - b'1')
     }
 
     impl Stub {
@@ -535,7 +535,7 @@ mod tests {
     }
 
     #[test]
-    fn gives_the_thread_back_after_stepping_a_foreign_thread_over() {
+    fn gives_the_thread_back_after_stepping_a_foreign_thread_over_and_ending_a_child() {
         let root = 0x1234_5000u64;
         let mask = !(0xfffu64 | 0x1000 | 1 << 63);
         let saved: Vec<(RegSlot, u64)> = (0..16u16)
@@ -591,7 +591,7 @@ mod tests {
         b.arm();
         assert!(!b.armed(), "incomplete memory does not arm");
         b.begin(Some(plan), &room);
-        b.threads(b"p1.1,p1.2,", &mut room);
+        b.threads(b"p1.1,p1.2,p1.3,", &mut room);
         b.memory(0, &original[..1000], &mut room);
         b.memory(1000, &original[1000..], &mut room);
         b.arm();
@@ -607,8 +607,13 @@ mod tests {
         regs1.insert(RIP, plan.stop_ip);
         regs1.insert(RSP, 0x7ffe_1111_0000);
         regs1.insert(CR3, 0x9999_9000);
+        // vCPU 3: the child of a `clone` step, back from it (same stack, its own root).
+        let mut regs2 = BTreeMap::new();
+        regs2.insert(RIP, plan.stop_ip);
+        regs2.insert(RSP, plan.stop_sp);
+        regs2.insert(CR3, 0x7777_7000);
         let stub = Stub {
-            regs: [regs0, regs1],
+            regs: [regs0, regs1, regs2],
             memory: (0..3000u64).map(|i| (plan.mem_va + i, 0xcc)).collect(),
             bps: [(0u8, plan.stop_ip), (0, 0x40_1000)].into_iter().collect(),
             g: 0,
@@ -658,6 +663,15 @@ mod tests {
             stub.log.iter().any(|p| p == "vCont;s:p1.2"),
             "{:?}",
             stub.log
+        );
+        let child = &stub.regs[2];
+        assert_eq!(
+            (child[&RAX], child[&RDI], child[&RIP]),
+            (60, 127, plan.syscall_ip)
+        );
+        assert_eq!(
+            stub.regs[1][&RSP], 0x7ffe_1111_0000,
+            "the foreign thread is untouched"
         );
     }
 }
