@@ -174,9 +174,14 @@ pub enum WatchCommand {
 /// `vmi inject` arguments.
 #[derive(Args, Debug)]
 pub struct InjectArgs {
-    /// The process to borrow a thread from (its main thread).
+    /// The process to borrow a thread from.
     #[arg(long)]
     pid: u32,
+    /// The thread to borrow (default: the process's main thread). A thread that rarely
+    /// leaves the kernel, e.g. a server's main thread waiting for its workers, never
+    /// reaches a safe point: pick one that runs (the error lists the others).
+    #[arg(long)]
+    tid: Option<u32>,
     /// Seconds to wait for the thread to return to user mode.
     #[arg(long, default_value = "10")]
     timeout: u64,

@@ -453,3 +453,130 @@ fn a_vmi_killed_mid_recipe_leaves_the_thread_given_back_by_its_guard() {
     assert!(!log.contains(&format!("[{pid}]")), "{log}");
     assert_eq!(guest.run(&format!("kill {pid}"), t).unwrap().rc, 0);
 }
+
+#[test]
+fn inject_tid_borrows_a_worker_when_the_main_thread_waits() {
+    let cfg = GuestConfig::default()
+        .userland(vmi_test_guest::Userland::Realistic)
+        .control(true);
+    let Some(guest) = TestGuest::boot_or_skip(cfg) else {
+        return;
+    };
+    let live = format!("qemu:{}", guest.qmp_socket().display());
+    let t = Duration::from_secs(60);
+    assert_eq!(
+        guest
+            .run("printf 'from a worker\\n' > /tmp/vmi-small", t)
+            .unwrap()
+            .rc,
+        0
+    );
+    // A server's shape: the main thread waits in join for good, a worker wakes every
+    // 100 ms.
+    let py = "python3 -c \"import threading, time; w = threading.Thread(target=lambda: \
+              [time.sleep(0.1) for _ in iter(int, 1)]); w.start(); w.join()\" \
+              >/dev/null 2>&1 & echo $!";
+    let out = guest.run(py, t).unwrap();
+    let pid: u32 = out.output.trim().parse().expect("python pid");
+    let worker: u32 = (0..100)
+        .find_map(|_| {
+            let l = guest
+                .run(&format!("ls /proc/{pid}/task"), t)
+                .unwrap()
+                .output;
+            let tids: Vec<u32> = l
+                .split_whitespace()
+                .filter_map(|x| x.parse().ok())
+                .collect();
+            if tids.len() == 2 {
+                return tids.into_iter().find(|&x| x != pid);
+            }
+            std::thread::sleep(Duration::from_millis(100));
+            None
+        })
+        .expect("the worker thread");
+    let (pids, tids) = (pid.to_string(), worker.to_string());
+
+    // The main thread never comes back to user mode: refused, and the error names the
+    // worker.
+    let out = vmi(
+        &live,
+        &[
+            "inject",
+            "--pid",
+            &pids,
+            "--timeout",
+            "3",
+            "cat",
+            "/tmp/vmi-small",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not return to user mode"), "{err}");
+    assert!(
+        err.contains(&format!("other threads of the process: {worker}")),
+        "{err}"
+    );
+
+    // The worker: exact bytes, its registers and stack restored.
+    for _ in 0..3 {
+        let out = vmi(
+            &live,
+            &[
+                "--json",
+                "inject",
+                "--pid",
+                &pids,
+                "--tid",
+                &tids,
+                "cat",
+                "/tmp/vmi-small",
+            ],
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert_eq!(out.stdout, b"from a worker\n");
+        let s = summary(&out);
+        assert_eq!(s["tid"], worker, "{s}");
+        assert_eq!(s["pid"], pid, "{s}");
+        assert_eq!(s["registers_restored"], true, "{s}");
+        assert_eq!(s["memory_restored"], true, "{s}");
+    }
+
+    // A thread the process does not have.
+    let out = vmi(
+        &live,
+        &[
+            "inject",
+            "--pid",
+            &pids,
+            "--tid",
+            "999999",
+            "cat",
+            "/tmp/vmi-small",
+        ],
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("pid {pid} has no thread 999999")),
+        "{err}"
+    );
+
+    // Both threads live on, in their usual states.
+    let state = |tid: u32| {
+        guest
+            .run(&format!("cut -d' ' -f3 /proc/{pid}/task/{tid}/stat"), t)
+            .unwrap()
+            .output
+            .trim()
+            .to_owned()
+    };
+    assert_eq!(state(pid), "S");
+    assert!(["R", "S"].contains(&state(worker).as_str()));
+    let _ = guest.run(&format!("kill {pid}"), t);
+}

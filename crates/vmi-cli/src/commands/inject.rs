@@ -92,7 +92,7 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
                     }
                 }
             });
-            let r = injector.run(args.pid, &mut recipe);
+            let r = injector.run_in_thread(args.pid, args.tid, &mut recipe);
             drop(recipe);
             stdout.flush().ok();
             r
@@ -100,7 +100,7 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
         InjectCommand::Put { local, path } => {
             let data = read_local(local)?;
             let mut recipe = Recipe::put(path, &data, 0o644);
-            let r = injector.run(args.pid, &mut recipe);
+            let r = injector.run_in_thread(args.pid, args.tid, &mut recipe);
             drop(recipe);
             r
         }
@@ -114,7 +114,7 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             };
             let mut pid = None;
             let mut recipe = Recipe::exec(command.clone(), envp, |p| pid = Some(p));
-            let r = injector.run(args.pid, &mut recipe);
+            let r = injector.run_in_thread(args.pid, args.tid, &mut recipe);
             drop(recipe);
             if let Ok(report) = &r {
                 match (pid, report.child_exec) {
@@ -154,7 +154,7 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
                     }
                 }
             });
-            let r = injector.run(args.pid, &mut recipe);
+            let r = injector.run_in_thread(args.pid, args.tid, &mut recipe);
             drop(recipe);
             let flushed = out.flush();
             if r.is_err() || write_err.is_some() || flushed.is_err() {

@@ -174,15 +174,30 @@ pub enum InjectError {
     /// The thread did not reach a safe point in user mode in time; the guest is
     /// untouched.
     #[error(
-        "pid {pid}: the thread did not return to user mode at {rip:#x} within {waited:?} (blocked in the kernel?); nothing was changed"
+        "pid {pid}: thread {tid} did not return to user mode at {rip:#x} within {waited:?} (blocked in the kernel?); nothing was changed{}",
+        others_hint(others)
     )]
     NoSafePoint {
         /// The pid.
         pid: u32,
+        /// The thread waited for.
+        tid: u32,
         /// The user instruction waited for.
         rip: u64,
         /// How long.
         waited: Duration,
+        /// The process's other threads (one of them may run user code more often).
+        others: Vec<u32>,
+    },
+    /// The process has no thread with this id.
+    #[error("pid {pid} has no thread {tid}{}", others_hint(others))]
+    NoSuchThread {
+        /// The pid.
+        pid: u32,
+        /// The thread asked for.
+        tid: u32,
+        /// The process's threads.
+        others: Vec<u32>,
     },
     /// Too little writable, present stack below the red zone; the guest is untouched.
     #[error(
@@ -241,6 +256,18 @@ pub enum InjectError {
     /// The driver failed while the thread was hijacked: it could not be restored.
     #[error("the driver failed while the thread was hijacked; it could not be restored")]
     Lost(#[source] VmiError),
+}
+
+/// ` (threads of the process: 1, 2, ...)` for an error message.
+fn others_hint(others: &[u32]) -> String {
+    if others.is_empty() {
+        return String::new();
+    }
+    let mut list: Vec<String> = others.iter().take(32).map(u32::to_string).collect();
+    if others.len() > 32 {
+        list.push(format!("... ({} in all)", others.len()));
+    }
+    format!(" (other threads of the process: {})", list.join(", "))
 }
 
 /// The user-visible state of a thread that an injection saves and restores.
@@ -585,7 +612,68 @@ where
 
     /// The process `pid`'s main thread, checked to be a user process that can run code.
     pub fn target(&self, pid: u32) -> Result<(LinuxTask, Pa), InjectError> {
-        let task = self.os.find_process(self.core, pid)?;
+        self.target_thread(pid, None)
+    }
+
+    /// [`InjectError::NoSafePoint`], with the process's other threads (read with the VM
+    /// paused; none when they cannot be read).
+    fn no_safe_point(&self, pid: u32, tid: u32, rip: u64, waited: Duration) -> InjectError {
+        let others = self
+            .core
+            .pause_guard()
+            .ok()
+            .and_then(|_pause| {
+                let leader = self.os.find_process(self.core, pid).ok()?;
+                let threads = self.os.threads_of(self.core, leader.task).ok()?;
+                Some(
+                    threads
+                        .tasks
+                        .iter()
+                        .map(|t| t.pid)
+                        .filter(|&t| t != tid)
+                        .collect(),
+                )
+            })
+            .unwrap_or_default();
+        InjectError::NoSafePoint {
+            pid,
+            tid,
+            rip,
+            waited,
+            others,
+        }
+    }
+
+    /// Thread `tid` of process `pid` (its main thread for `None`), checked to be a user
+    /// thread that can run code.
+    pub fn target_thread(
+        &self,
+        pid: u32,
+        tid: Option<u32>,
+    ) -> Result<(LinuxTask, Pa), InjectError> {
+        let leader = self.os.find_process(self.core, pid)?;
+        if leader.is_kernel_thread() {
+            return Err(InjectError::KernelThread {
+                pid,
+                comm: leader.comm,
+            });
+        }
+        let task = match tid {
+            Some(tid) if tid != pid => {
+                let threads = self.os.threads_of(self.core, leader.task)?.tasks;
+                match threads.iter().position(|t| t.pid == tid) {
+                    Some(i) => threads.into_iter().nth(i).unwrap_or(leader),
+                    None => {
+                        return Err(InjectError::NoSuchThread {
+                            pid,
+                            tid,
+                            others: threads.iter().map(|t| t.pid).collect(),
+                        });
+                    }
+                }
+            }
+            _ => leader,
+        };
         if task.is_kernel_thread() {
             return Err(InjectError::KernelThread {
                 pid,
@@ -656,6 +744,18 @@ where
 
     /// Runs `recipe` in process `pid` (its main thread) and restores the thread.
     pub fn run(&self, pid: u32, recipe: &mut Recipe<'_>) -> Result<InjectReport, InjectError> {
+        self.run_in_thread(pid, None, recipe)
+    }
+
+    /// Runs `recipe` in thread `tid` of process `pid` (its main thread for `None`) and
+    /// restores the thread. A thread that rarely leaves the kernel (a server's main
+    /// thread waiting for its workers) never reaches a safe point: borrow another.
+    pub fn run_in_thread(
+        &self,
+        pid: u32,
+        tid: Option<u32>,
+        recipe: &mut Recipe<'_>,
+    ) -> Result<InjectReport, InjectError> {
         let started = Instant::now();
         // A process that has not run since it was forked has none of its code in its
         // page tables (fork copies no file-backed entries; each page faults in when it
@@ -664,7 +764,7 @@ where
         let (task, root, frame, syscall_at) = loop {
             let found = {
                 let _pause = self.core.pause_guard()?;
-                let (task, root) = self.target(pid)?;
+                let (task, root) = self.target_thread(pid, tid)?;
                 let frame = self.os.syscall_frame(self.core, &task)?;
                 self.find_syscall(&task, root)
                     .map(|at| (task, root, frame, at))
@@ -682,11 +782,7 @@ where
             }
         };
         if frame.cs & 3 != 3 || frame.ip == 0 {
-            return Err(InjectError::NoSafePoint {
-                pid,
-                rip: frame.ip,
-                waited: Duration::ZERO,
-            });
+            return Err(self.no_safe_point(pid, task.pid, frame.ip, Duration::ZERO));
         }
         let _claim = ThreadClaim::take(task.task, task.pid)?;
         let kpti = self.os.kernel().kpti == Some(true);
@@ -729,13 +825,9 @@ where
                 Phase::Finished => {}
                 Phase::Waiting => {
                     if started.elapsed() > self.options.safe_point_timeout {
-                        return Err(run.scratch_refusal.take().unwrap_or(
-                            InjectError::NoSafePoint {
-                                pid,
-                                rip: frame.ip,
-                                waited: started.elapsed(),
-                            },
-                        ));
+                        return Err(run.scratch_refusal.take().unwrap_or_else(|| {
+                            self.no_safe_point(pid, task.pid, frame.ip, started.elapsed())
+                        }));
                     }
                     if self.stopped() {
                         return Err(InjectError::Interrupted);
