@@ -224,6 +224,21 @@ pub enum InjectCommand {
         #[arg(last = true, required = true)]
         command: Vec<String>,
     },
+    /// Call a function that the process's program or one of its libraries exports,
+    /// `[OBJECT:]SYMBOL` (`libc.so.6:getpid`, `libc:strlen`, or `getpid` to search every
+    /// object in mapping order), with up to six arguments: integers (decimal, or hex with
+    /// 0x) as values, anything else as a NUL-terminated string placed in the process's
+    /// memory (`str:TEXT` for text that looks like a number); prints the return value
+    /// (`rax`, signed). A GNU indirect function (glibc's `strlen`) is resolved by calling
+    /// its resolver first. Call only what a signal handler could (the thread is borrowed
+    /// wherever it was). Needs --allow-write: a function may change anything.
+    Call {
+        /// `[OBJECT:]SYMBOL`.
+        function: String,
+        /// The arguments.
+        #[arg(allow_hyphen_values = true)]
+        args: Vec<String>,
+    },
     /// Copy a guest file to a local file (removed again if the copy fails).
     Get {
         /// The guest file, as the process would open it.

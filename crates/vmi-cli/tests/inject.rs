@@ -455,7 +455,7 @@ fn a_vmi_killed_mid_recipe_leaves_the_thread_given_back_by_its_guard() {
 }
 
 #[test]
-fn inject_tid_borrows_a_worker_when_the_main_thread_waits() {
+fn inject_tid_borrows_a_worker_when_the_main_thread_waits_and_calls_its_functions() {
     let cfg = GuestConfig::default()
         .userland(vmi_test_guest::Userland::Realistic)
         .control(true);
@@ -546,6 +546,34 @@ fn inject_tid_borrows_a_worker_when_the_main_thread_waits() {
         assert_eq!(s["registers_restored"], true, "{s}");
         assert_eq!(s["memory_restored"], true, "{s}");
     }
+
+    // Functions of the process, called in the worker: getpid (libc), strlen (an
+    // indirect function: resolver first), refused without --allow-write, unknown.
+    let call = |extra: &[&str]| {
+        let mut a = vec!["inject", "--pid", &pids, "--tid", &tids];
+        a.extend_from_slice(extra);
+        vmi(&live, &a)
+    };
+    let out = call(&["call", "libc.so.6:getpid"]);
+    assert_eq!(out.status.code(), Some(2), "without --allow-write");
+    let out = call(&["--allow-write", "call", "libc.so.6:getpid"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), format!("{pid}\n"));
+    let out = call(&["--allow-write", "call", "libc:strlen", "introspection"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "13\n");
+    let out = call(&["--allow-write", "call", "no_such_function_here"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no function no_such_function_here"), "{err}");
 
     // A thread the process does not have.
     let out = vmi(

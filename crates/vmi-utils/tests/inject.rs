@@ -10,7 +10,7 @@ use vmi_core::VmiCore;
 use vmi_driver_qemu::{AttachOptions, QemuDriver};
 use vmi_os_linux::LinuxOs;
 use vmi_test_guest::{GuestConfig, TestGuest};
-use vmi_utils::inject::{InjectError, InjectOptions, Injector, Next, Recipe, Syscall, nr};
+use vmi_utils::inject::{Arg, InjectError, InjectOptions, Injector, Next, Recipe, Syscall, nr};
 
 fn alive(g: &TestGuest, pid: u32) {
     let out = g
@@ -145,5 +145,127 @@ fn failed_stopped_and_panicking_recipes_leave_the_thread_restored() {
     alive(&guest, pid);
     cat_works();
 
+    let _ = guest.run(&format!("kill {pid}"), t);
+}
+
+/// Runs `recipe` in `pid` and checks the thread came back exactly.
+fn run_verified(core: &VmiCore<QemuDriver>, os: &LinuxOs, pid: u32, recipe: &mut Recipe<'_>) {
+    let report = Injector::new(core, os).run(pid, recipe).unwrap();
+    assert_eq!(report.restored.as_ref(), Some(&report.saved));
+    assert_eq!(report.memory_restored, Some(true));
+}
+
+#[test]
+fn functions_of_the_process_found_by_their_elf_symbols_and_called() {
+    let cfg = GuestConfig::default()
+        .userland(vmi_test_guest::Userland::Realistic)
+        .control(true);
+    let Some(guest) = TestGuest::boot_or_skip(cfg) else {
+        return;
+    };
+    let t = Duration::from_secs(60);
+    // A glibc program back in user mode ten times a second.
+    let out = guest
+        .run(
+            "bash -c 'while :; do : > /tmp/vmi-bash-ready; sleep 0.1; done' \
+             >/dev/null 2>&1 & echo $!",
+            t,
+        )
+        .unwrap();
+    let pid: u32 = out.output.trim().parse().expect("bash pid");
+    // Until bash runs its loop it may still be loading its libraries.
+    let ready = (0..200).any(|_| {
+        let done = guest.run("test -e /tmp/vmi-bash-ready", t).unwrap().rc == 0;
+        if !done {
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        done
+    });
+    assert!(ready, "bash {pid} never ran its loop");
+    let core = VmiCore::new(
+        QemuDriver::attach_with(guest.qmp_socket(), AttachOptions::default().writable(true))
+            .unwrap(),
+    )
+    .unwrap();
+    let os = {
+        let _pause = core.pause_guard().unwrap();
+        LinuxOs::new(&core).unwrap()
+    };
+    let injector = Injector::new(&core, &os);
+    // getpid, from libc: the process's own pid.
+    let f = injector
+        .find_function(pid, Some("libc.so.6"), "getpid")
+        .unwrap();
+    assert!(f.object.ends_with("libc.so.6"), "{f:?}");
+    assert!(!f.indirect);
+    let mut got = None;
+    let mut r = Recipe::new(Syscall::function("getpid", f.address.0, vec![]), |o| {
+        got = Some(o.ret);
+        Next::Done
+    });
+    run_verified(&core, &os, pid, &mut r);
+    drop(r);
+    assert_eq!(got, Some(i64::from(pid)));
+
+    // snprintf (variadic), into a buffer the injector reads back.
+    let f = injector
+        .find_function(pid, Some("libc"), "snprintf")
+        .unwrap();
+    let call = Syscall::function(
+        "snprintf",
+        f.address.0,
+        vec![
+            Arg::Out(64),
+            Arg::OutLen,
+            Arg::c_string("%d-%s"),
+            Arg::Value(42),
+            Arg::c_string("vmi"),
+        ],
+    );
+    let mut got = None;
+    let mut r = Recipe::new(call, |o| {
+        got = Some((o.ret, o.out.clone()));
+        Next::Done
+    });
+    run_verified(&core, &os, pid, &mut r);
+    drop(r);
+    assert_eq!(got, Some((6, b"42-vmi".to_vec())));
+
+    // strlen is an indirect function in glibc: its resolver first, then what it chose.
+    let f = injector.find_function(pid, None, "strlen").unwrap();
+    assert!(f.indirect, "{f:?}");
+    let mut lengths = Vec::new();
+    let mut r = Recipe::new(
+        Syscall::function("strlen resolver", f.address.0, vec![]),
+        |o| {
+            if o.index == 0 {
+                return Next::Call(Syscall::function(
+                    "strlen",
+                    o.ret as u64,
+                    vec![Arg::c_string("introspection")],
+                ));
+            }
+            lengths.push(o.ret);
+            Next::Done
+        },
+    );
+    run_verified(&core, &os, pid, &mut r);
+    drop(r);
+    assert_eq!(lengths, [13]);
+
+    // Not there, or not a function: typed errors naming what was searched.
+    let e = injector
+        .find_function(pid, Some("libc.so.6"), "no_such_function_here")
+        .unwrap_err();
+    assert!(
+        matches!(e, InjectError::NoSuchFunction { ref objects, .. } if objects.len() == 1),
+        "{e}"
+    );
+    let e = injector
+        .find_function(pid, Some("libc.so.6"), "environ")
+        .unwrap_err();
+    assert!(e.to_string().contains("not a function"), "{e}");
+
+    alive(&guest, pid);
     let _ = guest.run(&format!("kill {pid}"), t);
 }

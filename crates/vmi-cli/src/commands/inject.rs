@@ -13,7 +13,9 @@ use anyhow::anyhow;
 use serde_json::json;
 use vmi_core::VmiCore;
 use vmi_driver_qemu::{AttachOptions, QemuDriver};
-use vmi_utils::inject::{InjectError, InjectOptions, InjectReport, Injector, Recipe};
+use vmi_utils::inject::{
+    Arg, InjectError, InjectOptions, InjectReport, Injector, Next, Recipe, Syscall,
+};
 
 use crate::{Cli, Failure, InjectArgs, InjectCommand, target};
 
@@ -29,6 +31,9 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             }
             InjectCommand::Exec { .. } => {
                 Some("exec starts a program inside the guest (a new process made")
+            }
+            InjectCommand::Call { .. } => {
+                Some("call runs a function of the process, which may change anything (done")
             }
             _ => None,
         };
@@ -137,6 +142,56 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             }
             r
         }
+        InjectCommand::Call {
+            function,
+            args: fargs,
+        } => {
+            let (object, symbol) = match function.rsplit_once(':') {
+                Some((o, s)) => (Some(o), s),
+                None => (None, function.as_str()),
+            };
+            let values = fargs.iter().map(|a| call_arg(a)).collect::<Vec<Arg>>();
+            if values.len() > vmi_utils::inject::MAX_ARGS {
+                return Err(Failure {
+                    code: 2,
+                    error: anyhow!(
+                        "{} arguments: a call takes at most {}",
+                        values.len(),
+                        vmi_utils::inject::MAX_ARGS
+                    ),
+                });
+            }
+            let f = injector
+                .find_function(args.pid, object, symbol)
+                .map_err(|e| Failure {
+                    code: 1,
+                    error: anyhow!(e),
+                })?;
+            // The step's name lives as long as the report printed at the end.
+            let name: &'static str = Box::leak(symbol.to_owned().into_boxed_str());
+            let first = if f.indirect {
+                Syscall::function("ifunc resolver", f.address.0, vec![])
+            } else {
+                Syscall::function(name, f.address.0, values.clone())
+            };
+            let mut ret = None;
+            let mut recipe = Recipe::new(first, |o| {
+                if f.indirect && o.index == 0 {
+                    if o.ret == 0 {
+                        return Next::Fail(format!("the resolver of {symbol} returned 0"));
+                    }
+                    return Next::Call(Syscall::function(name, o.ret as u64, values.clone()));
+                }
+                ret = Some(o.ret);
+                Next::Done
+            });
+            let r = injector.run_in_thread(args.pid, args.tid, &mut recipe);
+            drop(recipe);
+            if let (Ok(_), Some(v)) = (&r, ret) {
+                println!("{v}");
+            }
+            r
+        }
         InjectCommand::Get {
             path,
             local,
@@ -183,6 +238,23 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
             .into());
     }
     Ok(())
+}
+
+/// An argument of `call`: an integer (decimal, possibly negative, or `0x` hex) as a
+/// value; `str:TEXT` or anything else as a C string.
+fn call_arg(a: &str) -> Arg {
+    if let Some(text) = a.strip_prefix("str:") {
+        return Arg::c_string(text);
+    }
+    let hex = a
+        .strip_prefix("0x")
+        .and_then(|h| u64::from_str_radix(h, 16).ok());
+    match (hex, a.parse::<i64>(), a.parse::<u64>()) {
+        (Some(v), _, _) => Arg::Value(v),
+        (_, Ok(v), _) => Arg::int(v),
+        (_, _, Ok(v)) => Arg::Value(v),
+        _ => Arg::c_string(a),
+    }
 }
 
 /// Most bytes `put` copies.

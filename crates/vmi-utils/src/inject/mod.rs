@@ -29,6 +29,13 @@
 //!    once more: the registers the driver reads there and the scratch bytes read again
 //!    are compared with what was saved ([`InjectReport::restored`]).
 //!
+//! **A user function** ([`Syscall::function`], found with [`Injector::find_function`]):
+//! `rip` is the function, its arguments go in `rdi, rsi, rdx, rcx, r8, r9`, `rsp` points
+//! at a return address (inside the scratch area) that leads to the same breakpoint after
+//! the `syscall` instruction, with the same `rsp` a system call step returns with; the
+//! result is `rax`. The function's own frames go below the scratch area, into stack the
+//! thread holds no data in (below its red zone).
+//!
 //! **A new process** ([`Recipe::exec`]): a `clone` step may carry the `execve` its
 //! child runs ([`Syscall::child`]). The child's data is placed before the `clone`, so
 //! the child has its own copy; a breakpoint after the `syscall` in any address space
@@ -70,6 +77,7 @@
 //! whole `vmi inject cat` command (attach, kernel discovery with a cached profile,
 //! debug build) takes 0.45-0.9 s for a small file.
 
+mod elf;
 mod recipe;
 
 use std::cell::Cell;
@@ -189,6 +197,18 @@ pub enum InjectError {
         /// The process's other threads (one of them may run user code more often).
         others: Vec<u32>,
     },
+    /// No ELF object mapped in the process exports the function.
+    #[error("pid {pid}: no function {symbol} in {}{}", if objects.is_empty() { "any ELF object it maps".to_string() } else { objects.join(", ") }, if problems.is_empty() { String::new() } else { format!(" ({})", problems.join("; ")) })]
+    NoSuchFunction {
+        /// The pid.
+        pid: u32,
+        /// The symbol looked for.
+        symbol: String,
+        /// The objects searched (paths).
+        objects: Vec<String>,
+        /// Objects whose tables could not be read, with why.
+        problems: Vec<String>,
+    },
     /// The process has no thread with this id.
     #[error("pid {pid} has no thread {tid}{}", others_hint(others))]
     NoSuchThread {
@@ -256,6 +276,19 @@ pub enum InjectError {
     /// The driver failed while the thread was hijacked: it could not be restored.
     #[error("the driver failed while the thread was hijacked; it could not be restored")]
     Lost(#[source] VmiError),
+}
+
+/// A function found in a process ([`Injector::find_function`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Function {
+    /// Its address (for an indirect function, its resolver's).
+    pub address: Va,
+    /// The path of the object that exports it.
+    pub object: String,
+    /// A GNU indirect function (`STT_GNU_IFUNC`, e.g. glibc's `strlen`): `address` is a
+    /// resolver that takes no argument and returns the implementation's address, to
+    /// call in a second step.
+    pub indirect: bool,
 }
 
 /// ` (threads of the process: 1, 2, ...)` for an error message.
@@ -566,10 +599,16 @@ impl<D: VmiEventControl> Drop for GuardRelease<'_, D> {
     }
 }
 
-/// The stack pointer of every step: 16-byte aligned, below the data placed at `lo`
-/// (so that a signal frame does not land on it).
+/// Bytes at the bottom of the scratch area kept for a function call's return address
+/// (at `lo + 8`); the steps' data starts above them.
+const STEP_FRAME: u64 = 16;
+
+/// The stack pointer of every step, and of a called function once it returned: the
+/// bottom of the data (a signal frame lands below it, and below the red zone under it).
+/// `lo` is 16-byte aligned, so a called function's entry `rsp` (`lo + 8`, holding the
+/// return address) is 8 modulo 16, as the ABI has it after a `call`.
 fn step_rsp(lo: u64) -> u64 {
-    (lo & !15).saturating_sub(16)
+    lo + STEP_FRAME
 }
 
 /// Runs [`Recipe`]s in Linux processes of a live guest. See the [module docs](self).
@@ -693,6 +732,63 @@ where
                 comm: task.comm,
             }),
         }
+    }
+
+    /// The function `symbol` exported by an ELF object mapped in process `pid`: the
+    /// program and its shared libraries in mapping order, or only the object whose path
+    /// or file name is `object` (a file name without its version also matches:
+    /// `libc.so` and `libc` find `libc.so.6`). Read from the process's memory (program
+    /// headers, dynamic section, hash table and dynamic symbols, as the dynamic linker
+    /// does), with the VM paused.
+    pub fn find_function(
+        &self,
+        pid: u32,
+        object: Option<&str>,
+        symbol: &str,
+    ) -> Result<Function, InjectError> {
+        let _pause = self.core.pause_guard()?;
+        let (task, root) = self.target(pid)?;
+        let vmas = self.os.vmas(self.core, &task)?.vmas;
+        let matches = |path: &str| match object {
+            None => true,
+            Some(o) => {
+                let file = path.rsplit('/').next().unwrap_or(path);
+                path == o || file == o || file.starts_with(&format!("{o}."))
+            }
+        };
+        let read = |va: u64, len: usize| {
+            self.core
+                .read_vec(AccessContext::paging(Va(va), root), len)
+                .map_err(|e| e.to_string())
+        };
+        let mut objects: Vec<String> = Vec::new();
+        let mut problems = Vec::new();
+        for vma in &vmas {
+            let Some(path) = vma.path.as_deref() else {
+                continue;
+            };
+            if vma.pgoff != 0 || objects.iter().any(|o| o == path) || !matches(path) {
+                continue;
+            }
+            objects.push(path.to_owned());
+            match elf::find(&read, vma.start.0, symbol) {
+                Ok(Some(f)) => {
+                    return Ok(Function {
+                        address: Va(f.address),
+                        object: path.to_owned(),
+                        indirect: f.indirect,
+                    });
+                }
+                Ok(None) => {}
+                Err(e) => problems.push(format!("{path}: {e}")),
+            }
+        }
+        Err(InjectError::NoSuchFunction {
+            pid,
+            symbol: symbol.to_owned(),
+            objects,
+            problems,
+        })
     }
 
     /// A `syscall` instruction (`0f 05`) in a present, user-executable page of the
@@ -1130,13 +1226,36 @@ where
                 }
                 Ok((args, out, rsp))
             });
+        // A function returns, through the address at `lo + 8`, to the breakpoint after
+        // the `syscall` instruction, with `rsp` where a system call step has it.
+        let placed = placed.and_then(|(args, out, rsp)| match call.function {
+            None => Ok((args, out, rsp)),
+            Some(_) => {
+                let back = run.syscall_at.wrapping_add(2).to_le_bytes();
+                let slot = rsp - 8;
+                self.core
+                    .write(AccessContext::paging(Va(slot), run.root), &back)?;
+                Ok((args, out, rsp))
+            }
+        });
         match placed {
             Ok((args, out, rsp)) => {
                 let mut r = regs.clone();
-                r.rax = call.nr;
-                [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9] = args;
-                r.rsp = rsp;
-                r.rip = run.syscall_at;
+                match call.function {
+                    None => {
+                        r.rax = call.nr;
+                        [r.rdi, r.rsi, r.rdx, r.r10, r.r8, r.r9] = args;
+                        r.rsp = rsp;
+                        r.rip = run.syscall_at;
+                    }
+                    Some(f) => {
+                        r.rax = 0;
+                        [r.rdi, r.rsi, r.rdx, r.rcx, r.r8, r.r9] = args;
+                        r.rsp = rsp - 8;
+                        r.rip = f;
+                        r.rflags &= !(1 << 10);
+                    }
+                }
                 run.phase = Phase::InCall(InCall {
                     index,
                     name: call.name,
@@ -1174,7 +1293,7 @@ where
             });
         }
         let lo = run.taken.as_ref().map_or(0, |t| t.lo);
-        self.place_from(run, index, call, lo)
+        self.place_from(run, index, call, step_rsp(lo))
     }
 
     /// [`place`](Self::place) from `cursor` on; also returns where the data ends.

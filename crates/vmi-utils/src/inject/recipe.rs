@@ -1,5 +1,5 @@
-//! Recipes: the system calls an injection runs, one after the other, each chosen by the
-//! outcome of the one before.
+//! Recipes: the system calls (and user functions) an injection runs, one after the
+//! other, each chosen by the outcome of the one before.
 
 use std::fmt;
 
@@ -81,10 +81,11 @@ impl Arg {
     }
 }
 
-/// One system call of a recipe.
+/// One step of a recipe: a system call, or a call of a user function of the process
+/// ([`Syscall::function`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Syscall {
-    /// Its number (`rax`).
+    /// Its number (`rax`); 0 for a function call.
     pub nr: u64,
     /// Its name, for reports.
     pub name: &'static str,
@@ -94,6 +95,12 @@ pub struct Syscall {
     /// data is placed before the `clone`, so the child has its own copy). If the
     /// `execve` fails the child exits with code 127.
     pub child: Option<Box<Syscall>>,
+    /// A user function to call instead of a system call: its address in the process
+    /// (e.g. from [`Injector::find_function`](super::Injector::find_function)). The
+    /// System V ABI: arguments in `rdi, rsi, rdx, rcx, r8, r9`, `al` 0 (no vector
+    /// arguments of a variadic call), the direction flag clear, a 16-byte aligned stack
+    /// with a return address that leads back to the injector; the result in `rax`.
+    pub function: Option<u64>,
 }
 
 impl Syscall {
@@ -104,6 +111,25 @@ impl Syscall {
             name,
             args,
             child: None,
+            function: None,
+        }
+    }
+
+    /// A call of the user function at `address` (named `name`) with `args`.
+    ///
+    /// The thread is borrowed wherever it was in user mode, as if a signal had come: call
+    /// only functions a signal handler may call (async-signal-safe), or the call may
+    /// deadlock on a lock the thread holds (then [`InjectError::StuckInSyscall`] after
+    /// the step timeout, with the thread not restored).
+    ///
+    /// [`InjectError::StuckInSyscall`]: super::InjectError::StuckInSyscall
+    pub fn function(name: &'static str, address: u64, args: Vec<Arg>) -> Self {
+        Self {
+            nr: 0,
+            name,
+            args,
+            child: None,
+            function: Some(address),
         }
     }
 }
@@ -407,7 +433,11 @@ pub fn refusal(call: &Syscall) -> Option<String> {
             call.args.len()
         ));
     }
-    if let Some(child) = &call.child {
+    if call.function.is_some() {
+        if call.child.is_some() {
+            return Some("a function call cannot carry a child's call".into());
+        }
+    } else if let Some(child) = &call.child {
         let flags = match call.args.first() {
             Some(Arg::Value(f)) => *f,
             _ => return Some("clone with a child needs its flags as a value".into()),
@@ -423,7 +453,9 @@ pub fn refusal(call: &Syscall) -> Option<String> {
         }
         return None;
     }
-    if let Some((_, name)) = REFUSED_SYSCALLS.iter().find(|(n, _)| *n == call.nr) {
+    if call.function.is_none()
+        && let Some((_, name)) = REFUSED_SYSCALLS.iter().find(|(n, _)| *n == call.nr)
+    {
         return Some(format!(
             "{name} is not supported: the thread (or a child sharing its state) would run on with the injector's registers"
         ));
