@@ -185,6 +185,12 @@ pub struct InjectArgs {
     /// Seconds to wait for the thread to return to user mode.
     #[arg(long, default_value = "10")]
     timeout: u64,
+    /// Never map a buffer in the process: reads and writes larger than the few KiB of
+    /// stack below the red zone then take one system call per few KiB instead of one per
+    /// MiB (the buffer is a private anonymous mapping, unmapped before the thread is
+    /// given back).
+    #[arg(long)]
+    no_buffer: bool,
     /// Allow commands that change the guest (`put`: the process creates or overwrites
     /// the file with its own rights; `exec`: it starts a program): the change stays.
     #[arg(long)]

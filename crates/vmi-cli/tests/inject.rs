@@ -109,7 +109,33 @@ fn inject_cat_restores_the_thread_and_refuses_clearly() {
     let s = cat_ok(&live, loop_pid, "/tmp/vmi-small", small);
     // openat, read (data), read (0), close.
     assert_eq!(s["steps"], 4, "{s}");
-    cat_ok(&live, loop_pid, "/tmp/vmi-seq", &seq);
+    // 106 KiB: one stack-sized read, then the buffer the injector maps for the rest
+    // (and unmaps: the process's maps are the same afterwards).
+    let maps = |g: &TestGuest| {
+        g.run(&format!("cat /proc/{loop_pid}/maps"), t)
+            .unwrap()
+            .output
+    };
+    let before = maps(&guest);
+    let s = cat_ok(&live, loop_pid, "/tmp/vmi-seq", &seq);
+    let steps = s["steps"].as_u64().unwrap();
+    assert!(steps <= 8, "{s}");
+    assert_eq!(maps(&guest), before, "the buffer is unmapped");
+    let out = vmi(
+        &live,
+        &[
+            "--json",
+            "inject",
+            "--pid",
+            &loop_pid.to_string(),
+            "--no-buffer",
+            "cat",
+            "/tmp/vmi-seq",
+        ],
+    );
+    assert!(out.stdout == seq, "--no-buffer: bytes differ");
+    let s = summary(&out);
+    assert!(s["steps"].as_u64().unwrap() > 10, "--no-buffer: {s}");
     alive(&guest, loop_pid);
     // `get`: the same bytes into a local file.
     let local = guest.dir().join("vmi-seq.copy");
@@ -429,7 +455,11 @@ fn a_vmi_killed_mid_recipe_leaves_the_thread_given_back_by_its_guard() {
     // 2. Killed at whatever point a 1 MiB `cat` (about 200 system calls) has reached:
     // stopped at a step's return, in a step, taking the thread, or not yet started.
     for delay_ms in [700u64, 1100, 1500, 1900] {
-        let child = spawn_inject(&live, &["--pid", &pids, "cat", "/tmp/vmi-big"]);
+        // Without the buffer: about 200 steps, so the kill lands mid-recipe.
+        let child = spawn_inject(
+            &live,
+            &["--pid", &pids, "--no-buffer", "cat", "/tmp/vmi-big"],
+        );
         std::thread::sleep(Duration::from_millis(delay_ms));
         let err = kill_and_wait_for_guard(child);
         eprintln!("killed after {delay_ms} ms: {err}");

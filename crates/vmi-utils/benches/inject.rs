@@ -1,8 +1,9 @@
 //! `cat` of a 4 KiB and a 1 MiB guest file injected into a live process of the test
 //! guest (QEMU TCG): time from `Injector::run` to the restore, the part spent waiting for
 //! the thread's safe point, steps and breakpoint hits. The target is a shell loop
-//! started for the bench (always in user mode: the safe point comes at once). Needs QEMU
-//! (skipped visibly without).
+//! started for the bench (always in user mode: the safe point comes at once). Each file
+//! is read with the stack's scratch area only and with a 1 MiB buffer mapped by the
+//! injector (`InjectOptions::buffer`). Needs QEMU (skipped visibly without).
 //!
 //! `cargo bench -p vmi-utils --bench inject` (`VMI_BENCH_ROUNDS`, default 5).
 
@@ -12,7 +13,7 @@ use vmi_core::VmiCore;
 use vmi_driver_qemu::{AttachOptions, QemuDriver};
 use vmi_os_linux::LinuxOs;
 use vmi_test_guest::{GuestConfig, TestGuest};
-use vmi_utils::inject::{Injector, Recipe};
+use vmi_utils::inject::{InjectOptions, Injector, Recipe};
 
 fn main() {
     let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default().control(true)) else {
@@ -42,27 +43,32 @@ fn main() {
         let _pause = core.pause_guard().unwrap();
         LinuxOs::new(&core).unwrap()
     };
-    let injector = Injector::new(&core, &os);
-    println!("file   bytes    steps  hits  safe point ms  total ms  (per round)");
+    println!("file     buffer   bytes    steps  hits  safe point ms  total ms  (per round)");
     for (path, size) in [("/tmp/b4k", 4096usize), ("/tmp/b1m", 1 << 20)] {
-        for _ in 0..rounds {
-            let mut got = 0usize;
-            let mut recipe = Recipe::cat(path, 64 << 10, 16 << 20, |b| {
-                got += b.len();
-                true
+        for buffer in [0usize, 1 << 20] {
+            let injector = Injector::new(&core, &os).with_options(InjectOptions {
+                buffer,
+                ..InjectOptions::default()
             });
-            let r = injector.run(pid, &mut recipe).unwrap();
-            drop(recipe);
-            assert_eq!(got, size);
-            assert_eq!(r.restored.as_ref(), Some(&r.saved));
-            assert_eq!(r.memory_restored, Some(true));
-            println!(
-                "{path:<8} {got:<8} {:<6} {:<5} {:<14.1} {:.1}",
-                r.steps.len(),
-                r.hits,
-                r.taken_after.as_secs_f64() * 1000.0,
-                r.elapsed.as_secs_f64() * 1000.0
-            );
+            for _ in 0..rounds {
+                let mut got = 0usize;
+                let mut recipe = Recipe::cat(path, 1 << 20, 16 << 20, |b| {
+                    got += b.len();
+                    true
+                });
+                let r = injector.run(pid, &mut recipe).unwrap();
+                drop(recipe);
+                assert_eq!(got, size);
+                assert_eq!(r.restored.as_ref(), Some(&r.saved));
+                assert_eq!(r.memory_restored, Some(true));
+                println!(
+                    "{path:<8} {buffer:<8} {got:<8} {:<6} {:<5} {:<14.1} {:.1}",
+                    r.steps.len(),
+                    r.hits,
+                    r.taken_after.as_secs_f64() * 1000.0,
+                    r.elapsed.as_secs_f64() * 1000.0
+                );
+            }
         }
     }
     let _ = guest.run(&format!("kill {pid}"), t);

@@ -19,8 +19,9 @@ use vmi_utils::inject::{
 
 use crate::{Cli, Failure, InjectArgs, InjectCommand, target};
 
-/// Bytes read per `read` step (the scratch area may make it less).
-const CHUNK: usize = 64 << 10;
+/// Bytes read per `read` step, and of the buffer the injector may map in the process
+/// for reads and writes larger than the stack's scratch area (`--no-buffer`: none).
+const CHUNK: usize = 1 << 20;
 
 /// Runs `vmi inject`.
 pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
@@ -79,6 +80,7 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
     let stop = super::watch::stop_on_ctrl_c()?;
     let options = InjectOptions {
         safe_point_timeout: Duration::from_secs(args.timeout),
+        buffer: if args.no_buffer { 0 } else { CHUNK },
         ..InjectOptions::default()
     };
     let injector = Injector::new(&core, &os)

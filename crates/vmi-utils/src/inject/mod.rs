@@ -66,16 +66,24 @@
 //! A driver that fails in the middle of a step while this process lives leaves the thread
 //! with the injector's registers ([`InjectError::Lost`]).
 //!
+//! **A buffer** ([`InjectOptions::buffer`], off by default): a step whose data or output
+//! does not fit the stack's scratch area makes the injector run `mmap` (private,
+//! anonymous, populated) in the process first and place the step's data or output in it;
+//! the buffer is unmapped (`munmap`) before the thread is restored, also after a failure
+//! or Ctrl-C. [`Recipe::cat`] reads what fits the stack first and asks for whole chunks
+//! only once a read filled it (a small file maps nothing).
+//!
 //! # Measured
 //!
 //! `benches/inject.rs`, `Recipe::cat` into a busy shell loop of the live test guest
-//! under QEMU TCG (2-core host at load 3.5-5), two runs of 5 rounds each: a 4 KiB file
-//! in 25-130 ms (4 system calls, 6 breakpoint hits: safe point, one per call, the
-//! verification stop); a 1 MiB file in 1.3-3.5 s (176-226 calls, as many hits plus 2:
-//! each `read` gets the 4-6 KiB of present stack below the red zone, about 8-15 ms per
-//! call). The
-//! whole `vmi inject cat` command (attach, kernel discovery with a cached profile,
-//! debug build) takes 0.45-0.9 s for a small file.
+//! under QEMU TCG (2-core host, beside a full test run), 5 rounds each: a 4 KiB file in
+//! 100-310 ms (4 system calls with or without a buffer, 6 breakpoint hits: safe point, one per call, the
+//! verification stop); a 1 MiB file in 2.6-6.6 s without a buffer (176-199 calls, as
+//! many hits plus 2: each `read` gets the 4-6 KiB of present stack below the red zone)
+//! and in 0.20-0.38 s with a 1 MiB buffer (7 calls: `openat`, a stack-sized `read`,
+//! `mmap`, `read` of the rest, `read` of 0, `close`, `munmap`; 9 hits). The whole
+//! `vmi inject cat` command (attach, kernel discovery with a cached profile, debug build)
+//! takes 0.45-0.9 s for a small file.
 
 mod elf;
 mod recipe;
@@ -125,6 +133,13 @@ pub struct InjectOptions {
     /// Stop the restored thread once more to read its registers and the scratch bytes
     /// back (default on).
     pub verify: bool,
+    /// Most bytes of a buffer the injector may map in the process (`mmap` of private
+    /// anonymous memory, `munmap` before the restore) for a step whose data or output
+    /// does not fit the stack's scratch area: large reads and writes then take one step
+    /// per buffer instead of one per few KiB. 0 (the default) never maps: the process's
+    /// address space is not touched. A `vmi` killed while the buffer is mapped leaves it
+    /// mapped (the crash guard restores the thread, not the mapping).
+    pub buffer: usize,
 }
 
 impl Default for InjectOptions {
@@ -135,6 +150,7 @@ impl Default for InjectOptions {
             max_steps: 100_000,
             max_scratch: 64 << 10,
             verify: true,
+            buffer: 0,
         }
     }
 }
@@ -516,6 +532,8 @@ enum Child {
 /// The call in flight.
 struct InCall {
     index: u64,
+    /// A step of the injector's own (the buffer's `mmap`/`munmap`), not the recipe's.
+    internal: bool,
     name: &'static str,
     nr: u64,
     args: [u64; MAX_ARGS],
@@ -575,6 +593,12 @@ struct Run<'r, 'a> {
     guard_holds: &'r Cell<bool>,
     /// What the driver said when asked to guard the thread.
     crash_guard: Result<(), String>,
+    /// The buffer mapped in the process (address, length).
+    buffer: Option<(u64, usize)>,
+    /// Mapping it failed: the steps make do with the stack.
+    buffer_failed: bool,
+    /// The recipe's step waiting for the buffer's `mmap`.
+    pending: Option<(u64, Syscall)>,
 }
 
 /// Tells the driver's crash guard to forget the thread when an injection ends, however
@@ -598,6 +622,12 @@ impl<D: VmiEventControl> Drop for GuardRelease<'_, D> {
         self.release();
     }
 }
+
+/// `PROT_READ | PROT_WRITE`.
+const PROT_READ_WRITE: u64 = 0x3;
+/// `MAP_PRIVATE | MAP_ANONYMOUS | MAP_POPULATE`: the pages exist at once, so that the
+/// injector can write a step's data into them from outside.
+const MAP_PRIVATE_ANONYMOUS: u64 = 0x02 | 0x20 | 0x8000;
 
 /// Bytes at the bottom of the scratch area kept for a function call's return address
 /// (at `lo + 8`); the steps' data starts above them.
@@ -910,6 +940,9 @@ where
             scratch_refusal: None,
             guard_holds: &guard.holds,
             crash_guard: Ok(()),
+            buffer: None,
+            buffer_failed: false,
+            pending: None,
         };
         let mut last_look = Instant::now();
         loop {
@@ -1206,6 +1239,69 @@ where
         index: u64,
         call: &Syscall,
     ) -> VmiEventResponse<Amd64> {
+        if self.wants_buffer(run, call) {
+            run.pending = Some((index, call.clone()));
+            let len = self.options.buffer as u64;
+            let map = Syscall::new(
+                nr::MMAP,
+                "mmap (injector buffer)",
+                vec![
+                    Arg::Value(0),
+                    Arg::Value(len),
+                    Arg::Value(PROT_READ_WRITE),
+                    Arg::Value(MAP_PRIVATE_ANONYMOUS),
+                    Arg::int(-1),
+                    Arg::Value(0),
+                ],
+            );
+            return self.start_internal(bpm, run, regs, index, &map);
+        }
+        self.start_call(bpm, run, regs, index, call, false)
+    }
+
+    /// Whether `call` needs the buffer mapped first: its data and output do not fit the
+    /// stack's scratch area, a buffer is allowed and not yet tried.
+    fn wants_buffer(&self, run: &Run<'_, '_>, call: &Syscall) -> bool {
+        if self.options.buffer == 0 || run.buffer.is_some() || run.buffer_failed {
+            return false;
+        }
+        let Some(t) = &run.taken else {
+            return false;
+        };
+        let room = (t.lo + t.original.len() as u64).saturating_sub(step_rsp(t.lo));
+        let need: u64 = call
+            .args
+            .iter()
+            .map(|a| match a {
+                Arg::Bytes(b) => (b.len() as u64 + 15) & !15,
+                Arg::Out(n) => *n as u64,
+                _ => 0,
+            })
+            .sum();
+        need > room
+    }
+
+    /// Runs one of the injector's own steps (the buffer's `mmap`/`munmap`).
+    fn start_internal(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        run: &mut Run<'_, '_>,
+        regs: &Registers,
+        index: u64,
+        call: &Syscall,
+    ) -> VmiEventResponse<Amd64> {
+        self.start_call(bpm, run, regs, index, call, true)
+    }
+
+    fn start_call(
+        &self,
+        bpm: &BreakpointManager<'_, D, Tag>,
+        run: &mut Run<'_, '_>,
+        regs: &Registers,
+        index: u64,
+        call: &Syscall,
+        internal: bool,
+    ) -> VmiEventResponse<Amd64> {
         let placed = self
             .place(run, index, call)
             .and_then(|(args, out, rsp, end)| {
@@ -1258,6 +1354,7 @@ where
                 }
                 run.phase = Phase::InCall(InCall {
                     index,
+                    internal,
                     name: call.name,
                     nr: call.nr,
                     args,
@@ -1315,6 +1412,9 @@ where
         };
         let hi = t.lo + t.original.len() as u64;
         let mut cursor = cursor;
+        // The mapped buffer, for what does not fit the stack.
+        let buffer = run.buffer.map(|(at, len)| (at, at + len as u64));
+        let mut bcursor = buffer.map_or(0, |(at, _)| at);
         let mut args = [0u64; MAX_ARGS];
         for (i, a) in call.args.iter().enumerate() {
             let array;
@@ -1331,21 +1431,33 @@ where
                 }
                 _ => continue,
             };
-            {
-                let end = cursor
-                    .checked_add(b.len() as u64)
-                    .filter(|&e| e <= hi)
-                    .ok_or_else(|| {
-                        invalid(format!(
-                            "{} bytes of data do not fit the {} bytes of scratch",
-                            b.len(),
-                            t.original.len()
+            let on_stack = cursor.checked_add(b.len() as u64).filter(|&e| e <= hi);
+            let in_buffer = buffer
+                .and_then(|(_, bhi)| bcursor.checked_add(b.len() as u64).filter(|&e| e <= bhi));
+            match (on_stack, in_buffer) {
+                (Some(end), _) => {
+                    self.core
+                        .write(AccessContext::paging(Va(cursor), run.root), b)?;
+                    args[i] = cursor;
+                    cursor = (end + 15) & !15;
+                }
+                (None, Some(end)) => {
+                    self.core
+                        .write(AccessContext::paging(Va(bcursor), run.root), b)?;
+                    args[i] = bcursor;
+                    bcursor = (end + 15) & !15;
+                }
+                (None, None) => {
+                    return Err(invalid(format!(
+                        "{} bytes of data do not fit the {} bytes of scratch{}",
+                        b.len(),
+                        t.original.len(),
+                        buffer.map_or(String::new(), |(lo, hi)| format!(
+                            " or the {} bytes of the buffer",
+                            hi - lo
                         ))
-                    })?;
-                self.core
-                    .write(AccessContext::paging(Va(cursor), run.root), b)?;
-                args[i] = cursor;
-                cursor = (end + 15) & !15;
+                    )));
+                }
             }
         }
         let mut out = None;
@@ -1355,12 +1467,17 @@ where
                     return Err(invalid("two output buffers".into()));
                 }
                 let room = hi.saturating_sub(cursor) as usize;
-                let give = (*len).min(room);
+                let broom = buffer.map_or(0, |(_, bhi)| bhi.saturating_sub(bcursor) as usize);
+                let (at, give) = if *len > room && broom > room {
+                    (bcursor, (*len).min(broom))
+                } else {
+                    (cursor, (*len).min(room))
+                };
                 if give == 0 {
                     return Err(invalid("no room left for the output buffer".into()));
                 }
-                args[i] = cursor;
-                out = Some((cursor, give));
+                args[i] = at;
+                out = Some((at, give));
             }
         }
         for (i, a) in call.args.iter().enumerate() {
@@ -1371,7 +1488,11 @@ where
             }
         }
         let rsp = step_rsp(t.lo);
-        let end = out.map_or(cursor, |(at, n)| at + n as u64);
+        // Where the stack's data ends (a child's data goes on from there).
+        let end = match out {
+            Some((at, n)) if at >= cursor && at < hi => at + n as u64,
+            _ => cursor,
+        };
         Ok((args, out, rsp, end))
     }
 
@@ -1496,6 +1617,34 @@ where
             return VmiEventResponse::default();
         };
         let mut ret = regs.rax as i64;
+        if c.internal {
+            run.steps.push(StepRecord {
+                name: c.name,
+                nr: c.nr,
+                args: c.args[..c.argc.min(MAX_ARGS)].to_vec(),
+                ret,
+            });
+            if c.nr == nr::MMAP {
+                // An address, or -errno (the last page's values).
+                if (-4095..0).contains(&ret) || ret == 0 {
+                    run.buffer_failed = true;
+                } else {
+                    run.buffer = Some((ret as u64, self.options.buffer));
+                }
+                return match run.pending.take() {
+                    Some((index, call)) => self.start_call(bpm, run, regs, index, &call, false),
+                    None => self.restore(bpm, run, regs),
+                };
+            }
+            // The munmap before the restore.
+            if ret < 0 {
+                run.error.get_or_insert(InjectError::Recipe(format!(
+                    "munmap of the injector's buffer: {}; the process keeps it mapped",
+                    errno_text(ret)
+                )));
+            }
+            return self.restore(bpm, run, regs);
+        }
         let mut c = c;
         // A clone's parent waits (yielding) until the child is through execve.
         let parked = run.parked.take();
@@ -1512,6 +1661,7 @@ where
                 r.rsp = orig.rsp;
                 run.phase = Phase::InCall(InCall {
                     index: orig.index,
+                    internal: false,
                     name: orig.name,
                     nr: nr::SCHED_YIELD,
                     args: [0; MAX_ARGS],
@@ -1567,6 +1717,11 @@ where
             ret,
             out,
             scratch: run.taken.as_ref().map_or(0, |t| t.original.len()),
+            buffer: if run.buffer_failed {
+                0
+            } else {
+                self.options.buffer
+            },
         };
         let recipe = &mut *run.recipe;
         let next = catch_unwind(AssertUnwindSafe(|| recipe.decide(&outcome)))
@@ -1597,6 +1752,17 @@ where
         run: &mut Run<'_, '_>,
         regs: &Registers,
     ) -> VmiEventResponse<Amd64> {
+        if run.taken.is_some()
+            && let Some((addr, len)) = run.buffer.take()
+        {
+            let unmap = Syscall::new(
+                nr::MUNMAP,
+                "munmap (injector buffer)",
+                vec![Arg::Value(addr), Arg::Value(len as u64)],
+            );
+            let index = run.steps.len() as u64;
+            return self.start_internal(bpm, run, regs, index, &unmap);
+        }
         let Some(t) = run.taken.as_mut() else {
             run.phase = Phase::Finished;
             return VmiEventResponse::default();

@@ -23,6 +23,10 @@ pub mod nr {
     pub const EXIT: u64 = 60;
     /// `fsync(fd)`.
     pub const FSYNC: u64 = 74;
+    /// `mmap(addr, length, prot, flags, fd, offset)`.
+    pub const MMAP: u64 = 9;
+    /// `munmap(addr, length)`.
+    pub const MUNMAP: u64 = 11;
     /// `openat(dirfd, path, flags, mode)`.
     pub const OPENAT: u64 = 257;
 }
@@ -152,8 +156,11 @@ pub struct StepOutcome {
     /// The bytes read back from the step's [`Arg::Out`] buffer (empty without one).
     pub out: Vec<u8>,
     /// Bytes of the scratch area: the most data (all [`Arg::Bytes`] of a step, each
-    /// rounded up to 16) a next step can place.
+    /// rounded up to 16) a next step can place on the stack.
     pub scratch: usize,
+    /// Bytes of the buffer the injector maps for a step that does not fit the stack
+    /// ([`InjectOptions::buffer`](super::InjectOptions::buffer)); 0 without one.
+    pub buffer: usize,
 }
 
 /// What a recipe does after a step.
@@ -225,11 +232,18 @@ impl<'a> Recipe<'a> {
         let mut fd: Option<u64> = None;
         let mut total: u64 = 0;
         let mut failure: Option<String> = None;
-        let read = move |fd: u64| {
+        // What fits the stack first; `chunk` once a read filled that (a file larger than
+        // the stack's room: the injector may map a buffer for it).
+        let read = move |fd: u64, o: &StepOutcome, filled: bool| {
+            let len = if filled || o.buffer == 0 {
+                chunk
+            } else {
+                chunk.min(o.scratch.saturating_sub(16).max(1))
+            };
             Syscall::new(
                 nr::READ,
                 "read",
-                vec![Arg::Value(fd), Arg::Out(chunk), Arg::OutLen],
+                vec![Arg::Value(fd), Arg::Out(len), Arg::OutLen],
             )
         };
         let close = |fd: u64| Syscall::new(nr::CLOSE, "close", vec![Arg::Value(fd)]);
@@ -250,7 +264,7 @@ impl<'a> Recipe<'a> {
                         return Next::Fail(format!("openat {shown}: {}", errno_text(o.ret)));
                     }
                     fd = Some(o.ret as u64);
-                    Next::Call(read(o.ret as u64))
+                    Next::Call(read(o.ret as u64, o, false))
                 }
                 nr::READ => {
                     let Some(f) = fd else {
@@ -271,7 +285,9 @@ impl<'a> Recipe<'a> {
                         failure = Some(format!("{shown}: longer than {max_bytes} bytes"));
                         return Next::Call(close(f));
                     }
-                    Next::Call(read(f))
+                    // The length given is the step's third argument.
+                    let filled = o.ret as u64 >= o.args[2];
+                    Next::Call(read(f, o, filled))
                 }
                 _ => match failure.take() {
                     Some(f) => Next::Fail(f),
@@ -354,7 +370,7 @@ impl<'a> Recipe<'a> {
             move |o| {
                 // The next chunk: what fits the scratch area (16-byte rounding kept).
                 let next = |fd: u64, done: usize| {
-                    let room = o.scratch.saturating_sub(16).max(1);
+                    let room = o.scratch.saturating_sub(16).max(o.buffer).max(1);
                     let end = done.saturating_add(room).min(data.len());
                     write(fd, &data[done..end])
                 };
@@ -514,6 +530,7 @@ mod tests {
             ret,
             out: out.to_vec(),
             scratch: 4096,
+            buffer: 0,
         }
     }
 
@@ -541,6 +558,37 @@ mod tests {
             assert_eq!(r.decide(&outcome(nr::CLOSE, 0, b"")), Next::Done);
         }
         assert_eq!(got, b"ab");
+    }
+
+    #[test]
+    fn cat_reads_what_fits_the_stack_first_then_whole_chunks() {
+        let mut r = Recipe::cat("/f", 1 << 20, 1 << 30, |_| true);
+        let mut open = outcome(nr::OPENAT, 3, b"");
+        open.buffer = 1 << 20;
+        let len = |n: &Next| match n {
+            Next::Call(c) => match c.args[1] {
+                Arg::Out(n) => n,
+                _ => panic!("{c:?}"),
+            },
+            n => panic!("{n:?}"),
+        };
+        assert_eq!(len(&r.decide(&open)), 4096 - 16, "what fits the stack");
+        let mut full = outcome(nr::READ, 4080, &[b'x'; 4080]);
+        full.buffer = 1 << 20;
+        full.args[2] = 4080;
+        assert_eq!(
+            len(&r.decide(&full)),
+            1 << 20,
+            "the file is larger: whole chunks"
+        );
+        let mut short = outcome(nr::READ, 10, &[b'x'; 10]);
+        short.buffer = 1 << 20;
+        short.args[2] = 1 << 20;
+        assert_eq!(
+            len(&r.decide(&short)),
+            4096 - 16,
+            "a short read: back to the stack"
+        );
     }
 
     #[test]
