@@ -303,7 +303,7 @@ pub(super) fn give_back(
         let mut z = [0u8; 48];
         let n = z_body(bp, &mut z);
         if wire.request(z.get(..n).unwrap_or(&[]), step()) == GdbReply::Lost {
-            return b"; gdbstub lost: the borrowed thread was not given back";
+            return LOST;
         }
     }
     let ztype = match ztype {
@@ -320,6 +320,32 @@ pub(super) fn give_back(
     outcome
 }
 
+const LOST: &[u8] = b"; gdbstub lost: the borrowed thread was not given back";
+const NOT_BACK: &[u8] = b"; the borrowed thread did not come back in time: it is left borrowed";
+
+/// Acts on what a vCPU's thread is: `Some(note)` when the give-back is over.
+fn act(
+    wire: &mut Wire,
+    id: &[u8],
+    seen: Seen,
+    p: &Giveback,
+    memory: &[u8],
+    ztype: u8,
+) -> Option<&'static [u8]> {
+    let step = || now_ms().wrapping_add(STEP_MS);
+    match seen {
+        Seen::Ours | Seen::Untouched => Some(match restore(wire, p, memory, step()) {
+            (true, true) => b"; borrowed thread given back (registers and memory read back equal)",
+            (true, false) => b"; borrowed thread given back, but the read-back differs",
+            (false, _) => b"; the gdbstub refused the borrowed thread's registers or memory",
+        }),
+        Seen::Child => (!end_child(wire, p, step())).then_some(LOST),
+        Seen::AtBreakpoint => (!step_over(wire, id, ztype, p.stop_ip, step())).then_some(LOST),
+        Seen::Elsewhere => None,
+        Seen::Lost => Some(LOST),
+    }
+}
+
 fn wait_and_restore(
     wire: &mut Wire,
     p: &Giveback,
@@ -329,31 +355,12 @@ fn wait_and_restore(
     ztype: u8,
 ) -> &'static [u8] {
     let step = || now_ms().wrapping_add(STEP_MS);
-    let done = |(written, equal): (bool, bool)| -> &'static [u8] {
-        match (written, equal) {
-            (true, true) => b"; borrowed thread given back (registers and memory read back equal)",
-            (true, false) => b"; borrowed thread given back, but the read-back differs",
-            (false, _) => b"; the gdbstub refused the borrowed thread's registers or memory",
-        }
-    };
-    let lost: &'static [u8] = b"; gdbstub lost: the borrowed thread was not given back";
-    // Where each vCPU is now.
+    // Where each vCPU is now (the thread may be at its safe point, untouched).
     let ids = room.threads.get(..threads_len).unwrap_or(&[]);
     for id in ids.split(|&c| c == b',').filter(|t| !t.is_empty()) {
-        match look(wire, id, p, true, step()) {
-            Seen::Ours | Seen::Untouched => return done(restore(wire, p, memory, step())),
-            Seen::Child => {
-                if !end_child(wire, p, step()) {
-                    return lost;
-                }
-            }
-            Seen::AtBreakpoint => {
-                if !step_over(wire, id, ztype, p.stop_ip, step()) {
-                    return lost;
-                }
-            }
-            Seen::Elsewhere => {}
-            Seen::Lost => return lost,
+        let seen = look(wire, id, p, true, step());
+        if let Some(note) = act(wire, id, seen, p, memory, ztype) {
+            return note;
         }
     }
     let wait_ms = i64::try_from(p.wait_ms)
@@ -362,10 +369,10 @@ fn wait_and_restore(
     let deadline = now_ms().wrapping_add(wait_ms);
     loop {
         if deadline.wrapping_sub(now_ms()) <= 0 {
-            return b"; the borrowed thread did not come back in time: it is left borrowed";
+            return NOT_BACK;
         }
         if !wire.send(b"vCont;c", step()) {
-            return lost;
+            return LOST;
         }
         let mut t = [0u8; 32];
         let Some(n) = wire.wait_stop(&mut t, deadline) else {
@@ -373,26 +380,15 @@ fn wait_and_restore(
             if wire.interrupt(step()) {
                 let _ = wire.wait_stop(&mut t, step());
             }
-            return b"; the borrowed thread did not come back in time: it is left borrowed";
+            return NOT_BACK;
         };
         let id = t.get(..n).unwrap_or(&[]);
         if id.is_empty() {
             continue;
         }
-        match look(wire, id, p, false, step()) {
-            Seen::Ours => return done(restore(wire, p, memory, step())),
-            Seen::Child => {
-                if !end_child(wire, p, step()) {
-                    return lost;
-                }
-            }
-            Seen::AtBreakpoint => {
-                if !step_over(wire, id, ztype, p.stop_ip, step()) {
-                    return lost;
-                }
-            }
-            Seen::Untouched | Seen::Elsewhere => {}
-            Seen::Lost => return lost,
+        let seen = look(wire, id, p, false, step());
+        if let Some(note) = act(wire, id, seen, p, memory, ztype) {
+            return note;
         }
     }
 }

@@ -1254,7 +1254,7 @@ where
                     Arg::Value(0),
                 ],
             );
-            return self.start_internal(bpm, run, regs, index, &map);
+            return self.start_call(bpm, run, regs, index, &map, true);
         }
         self.start_call(bpm, run, regs, index, call, false)
     }
@@ -1281,18 +1281,8 @@ where
         need > room
     }
 
-    /// Runs one of the injector's own steps (the buffer's `mmap`/`munmap`).
-    fn start_internal(
-        &self,
-        bpm: &BreakpointManager<'_, D, Tag>,
-        run: &mut Run<'_, '_>,
-        regs: &Registers,
-        index: u64,
-        call: &Syscall,
-    ) -> VmiEventResponse<Amd64> {
-        self.start_call(bpm, run, regs, index, call, true)
-    }
-
+    /// Places `call`'s data and points the thread at it (`internal`: one of the
+    /// injector's own steps, the buffer's `mmap`/`munmap`); on failure restores.
     fn start_call(
         &self,
         bpm: &BreakpointManager<'_, D, Tag>,
@@ -1761,7 +1751,7 @@ where
                 vec![Arg::Value(addr), Arg::Value(len as u64)],
             );
             let index = run.steps.len() as u64;
-            return self.start_internal(bpm, run, regs, index, &unmap);
+            return self.start_call(bpm, run, regs, index, &unmap, true);
         }
         let Some(t) = run.taken.as_mut() else {
             run.phase = Phase::Finished;
