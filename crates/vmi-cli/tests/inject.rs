@@ -200,6 +200,53 @@ fn inject_cat_restores_the_thread_and_refuses_clearly() {
     let back = guest.run("cat /tmp/vmi-put", t).unwrap();
     assert_eq!(back.output.trim_end(), text.trim_end());
     alive(&guest, loop_pid);
+    // 1 MiB of random bytes (through the buffer vmi maps): the guest's own sha256sum.
+    let blob: Vec<u8> = {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        (0..1 << 20)
+            .map(|_| {
+                x ^= x << 13;
+                x ^= x >> 7;
+                x ^= x << 17;
+                x as u8
+            })
+            .collect()
+    };
+    let blob_src = guest.dir().join("put.bin");
+    std::fs::write(&blob_src, &blob).unwrap();
+    let out = vmi(
+        &live,
+        &[
+            "--json",
+            "inject",
+            "--pid",
+            &loop_pid.to_string(),
+            "--allow-write",
+            "put",
+            blob_src.to_str().unwrap(),
+            "/tmp/vmi-put.bin",
+        ],
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = summary(&out);
+    assert!(
+        s["steps"].as_u64().unwrap() <= 8,
+        "one write through the buffer: {s}"
+    );
+    let host = std::process::Command::new("sha256sum")
+        .arg(&blob_src)
+        .output()
+        .unwrap();
+    let host = String::from_utf8_lossy(&host.stdout);
+    let want = host.split_whitespace().next().unwrap();
+    let got = guest.run("sha256sum /tmp/vmi-put.bin", t).unwrap().output;
+    assert_eq!(got.split_whitespace().next(), Some(want), "{got}");
+    assert_eq!(guest.run("rm /tmp/vmi-put.bin", t).unwrap().rc, 0);
+    alive(&guest, loop_pid);
 
     // `exec`: refused without --allow-write; then a sibling of vmi_loop runs the
     // command: the guest sees the pid vmi printed, and so does `vmi ps`.

@@ -1,4 +1,5 @@
-//! The injector's failure paths on the live test guest: a recipe that fails, panics, runs
+//! The injector on the live test guest: 100 injections in a row into a busy process,
+//! each exact and verified; its failure paths: a recipe that fails, panics, runs
 //! past the step limit or is stopped (Ctrl-C) mid-way leaves the thread restored — the
 //! process lives on and the next injection reads the file exactly; `fork` is refused
 //! before it runs.
@@ -75,6 +76,12 @@ fn failed_stopped_and_panicking_recipes_leave_the_thread_restored() {
     Injector::new(&core, &os).run(pid, &mut r).unwrap();
     drop(r);
     assert_eq!(seen, Some(i64::from(pid)));
+
+    // 100 injections in a row into the busy process, each exact and verified.
+    for _ in 0..100 {
+        cat_works();
+    }
+    alive(&guest, pid);
 
     // Step limit.
     let opts = InjectOptions {
