@@ -289,3 +289,55 @@ fn scan_processes(
         assert!(lines.iter().all(|l| l["space"] == "process"));
     }
 }
+
+/// `vmi scan --kernel-space` on a synthetic Windows image: each driver's CodeView PDB
+/// name is found once, inside that driver's module, whose name the match's region
+/// carries; ntoskrnl's range is scanned too (no PDB name planted there).
+#[test]
+fn scan_kernel_space_on_a_windows_image_finds_each_driver_in_its_module() {
+    let key = "9C00B19DBDE003DBFE4AB4216993C843-1";
+    let isf = vmi_test_windows::load_isf(key).unwrap();
+    let image =
+        vmi_test_windows::build(&isf, &vmi_test_windows::GuestSpec::default_scenario()).unwrap();
+    let dir = std::env::temp_dir().join(format!("vmi-cli-win-kscan-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let raw = dir.join("guest.raw");
+    image.write_files(&raw, None).unwrap();
+    let m = &image.manifest;
+    let drivers: Vec<&vmi_test_windows::ModuleTruth> = m
+        .kernel_modules
+        .iter()
+        .filter(|k| k.pdb.is_some())
+        .collect();
+    assert!(drivers.len() >= 2, "the scenario has drivers");
+    let mut rules = String::from("rule pdbs {\n  strings:\n");
+    for (i, d) in drivers.iter().enumerate() {
+        rules.push_str(&format!("    $p{i} = \"{}\"\n", d.pdb.as_deref().unwrap()));
+    }
+    rules.push_str("  condition:\n    any of them\n}\n");
+    let rules_path = dir.join("pdbs.yar");
+    std::fs::write(&rules_path, rules).unwrap();
+
+    let (lines, stderr) = scan(
+        &raw,
+        &["--rules", rules_path.to_str().unwrap(), "--kernel-space"],
+    );
+    for d in &drivers {
+        let pdb = d.pdb.as_deref().unwrap();
+        let hex: String = pdb.bytes().map(|b| format!("{b:02x}")).collect();
+        let hits: Vec<&Value> = lines.iter().filter(|l| l["bytes"] == hex).collect();
+        assert_eq!(hits.len(), 1, "{pdb}: {hits:?} ({stderr})");
+        let h = hits[0];
+        assert_eq!(h["space"], "kernel", "{h}");
+        assert!(h["pid"].is_null() && !h["pa"].is_null(), "{h}");
+        assert_eq!(h["region"]["name"], d.name.as_str(), "{h}");
+        let va =
+            u64::from_str_radix(h["va"].as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
+        assert!(
+            d.base <= va && va + pdb.len() as u64 <= d.base + d.size,
+            "{h}"
+        );
+    }
+    assert_eq!(lines.len(), drivers.len(), "{lines:?}");
+    std::fs::remove_dir_all(&dir).ok();
+}
