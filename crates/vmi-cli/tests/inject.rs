@@ -421,8 +421,8 @@ fn kill_and_wait_for_guard(mut child: std::process::Child) -> String {
         .expect("the guard did not finish within 90 s")
 }
 
-/// The value the counting loop last wrote (the file is empty between its truncation
-/// and the write: read again then).
+/// The value the counting loop last wrote (it renames each value into place: a read
+/// never sees a half-written file; before the first one, read again).
 fn count(g: &TestGuest) -> u64 {
     for _ in 0..50 {
         let out = g
@@ -431,6 +431,7 @@ fn count(g: &TestGuest) -> u64 {
         if let Ok(n) = out.output.trim().parse() {
             return n;
         }
+        std::thread::sleep(Duration::from_millis(100));
     }
     panic!("/tmp/vmi-count never held a number");
 }
@@ -458,7 +459,8 @@ fn a_vmi_killed_mid_recipe_leaves_the_thread_given_back_by_its_guard() {
     // it or stop the count.
     let target = guest
         .run(
-            "sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/vmi-count; done' \
+            "sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/vmi-count.t; \
+             mv /tmp/vmi-count.t /tmp/vmi-count; done' \
              >/dev/null 2>&1 & echo $!",
             t,
         )

@@ -261,7 +261,9 @@ pub trait VmiEventControl: VmiDriver {
         ))
     }
 
-    /// The borrowed thread is given back: the guard forgets it.
+    /// The borrowed thread is given back: the guard forgets it. Not released when the
+    /// driver is dropped, it is left to the guard (a thread stuck in a system call is
+    /// given back once it returns).
     fn release_borrowed_thread(&self) {}
 }
 

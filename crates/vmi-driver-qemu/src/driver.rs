@@ -258,6 +258,8 @@ struct BorrowLink {
     threads: Vec<String>,
     /// [`USER_REGISTERS`] with their slots, or the first one the description lacks.
     slots: Result<Vec<(&'static str, RegSlot)>, &'static str>,
+    /// The guard holds a borrowed thread (journaled, not yet released).
+    held: bool,
 }
 
 impl BorrowLink {
@@ -282,6 +284,7 @@ impl BorrowLink {
             guard,
             threads: s.threads.clone(),
             slots,
+            held: false,
         }
     }
 
@@ -1413,7 +1416,14 @@ impl QemuDriver {
 
     /// The clean-up of `Drop`, reporting errors.
     fn cleanup(&mut self) -> Result<(), QemuError> {
-        *self.borrow.get_mut().unwrap_or_else(|p| p.into_inner()) = None;
+        // A borrowed thread still out (a step stuck in the kernel) goes to the guard,
+        // which needs the gdbstub: a gdbstub we started is left to it.
+        let handover = self
+            .borrow
+            .get_mut()
+            .unwrap_or_else(|p| p.into_inner())
+            .take()
+            .is_some_and(|l| l.held);
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         let gdb = std::mem::replace(&mut inner.gdb, GdbState::NotConnected);
         let mut first_err = None;
@@ -1436,8 +1446,13 @@ impl QemuDriver {
             }
             drop(s.conn);
             if let Some(dir) = s.started.take() {
-                note(lock(&self.qmp).hmp("gdbserver none", None).map(drop));
-                drop(dir);
+                if handover {
+                    // The guard stops it and removes the directory.
+                    std::mem::forget(dir);
+                } else {
+                    note(lock(&self.qmp).hmp("gdbserver none", None).map(drop));
+                    drop(dir);
+                }
             }
         }
         // Whatever happened, leave the run state as found.
@@ -1456,10 +1471,12 @@ impl QemuDriver {
         // All undone: the guard may go. Otherwise it tries again once we are gone.
         let inner = self.inner.get_mut().unwrap_or_else(|p| p.into_inner());
         if let GuardState::Armed(w) = &inner.guard {
-            if result.is_ok() {
-                w.disarm();
-            } else {
+            if result.is_err() {
                 w.note_cleanup_failed();
+            } else if handover {
+                w.hand_over();
+            } else {
+                w.disarm();
             }
         }
         result
@@ -1824,22 +1841,26 @@ impl VmiEventControl for QemuDriver {
         &self,
         thread: &BorrowedThread<'_, Registers>,
     ) -> Result<(), VmiError> {
-        let link = lock(&self.borrow);
-        let Some(link) = link.as_ref() else {
+        let mut link = lock(&self.borrow);
+        let Some(link) = link.as_mut() else {
             return Err(VmiError::not_supported(
                 "giving a borrowed thread back after a crash",
                 "the QEMU driver without its guard process or gdbstub connection",
             ));
         };
         let plan = link.plan(thread)?;
+        link.held = false;
         link.guard
             .note_borrowed(&plan, thread.original, &link.threads)
-            .map_err(|m| QemuError::protocol("guard journal", m).into())
+            .map_err(|m| VmiError::from(QemuError::protocol("guard journal", m)))?;
+        link.held = true;
+        Ok(())
     }
 
     fn release_borrowed_thread(&self) {
-        if let Some(link) = lock(&self.borrow).as_ref() {
+        if let Some(link) = lock(&self.borrow).as_mut() {
             link.guard.note_released();
+            link.held = false;
         }
     }
 }

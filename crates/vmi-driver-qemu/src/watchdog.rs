@@ -33,7 +33,9 @@
 //! give back, in records of at most 4 KiB, armed by a last record once complete) and its
 //! release, and a clean-detach record when dropped
 //! (the guard exits). `recv` returning end-of-file without that record means the process
-//! is gone, however it died (the kernel closes the descriptors of a dead process). The
+//! is gone, however it died (the kernel closes the descriptors of a dead process); a
+//! hand-over record (the driver is done but a borrowed thread is still out) starts the
+//! same clean-up at once. The
 //! guard then, within a deadline of 2 s per step:
 //! 1. connects to the gdbstub (free now: it serves one client). A thread borrowed by an
 //!    injection and not yet given back is given back first (module `giveback`: it may
@@ -82,6 +84,7 @@ const REC_THREADS: u8 = b'T';
 const REC_MEMORY: u8 = b'S';
 const REC_ARM: u8 = b'A';
 const REC_RELEASE: u8 = b'h';
+const REC_HANDOVER: u8 = b'O';
 
 /// Most bytes of a borrowed thread's memory the guard can put back.
 pub(crate) const MAX_GIVEBACK_MEMORY: usize = 64 << 10;
@@ -665,6 +668,13 @@ impl Watchdog {
     /// The driver's own clean-up failed: the guard tries again once the driver is gone.
     pub(crate) fn note_cleanup_failed(&self) {
         self.send(&[REC_RETRY]);
+    }
+
+    /// The driver undid everything itself but a borrowed thread that did not come back
+    /// (a step stuck in the kernel): the guard gives it back (connecting to the gdbstub,
+    /// which the driver left running), then cleans up as after a crash.
+    pub(crate) fn hand_over(&self) {
+        self.send(&[REC_HANDOVER]);
     }
 
     /// Clean detach: the driver undid everything itself; the guard exits.

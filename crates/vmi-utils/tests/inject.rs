@@ -276,3 +276,115 @@ fn functions_of_the_process_found_by_their_elf_symbols_and_called() {
     alive(&guest, pid);
     let _ = guest.run(&format!("kill {pid}"), t);
 }
+
+/// The value the counting loop last wrote (it renames each value into place: a read
+/// never sees a half-written file; before the first one, read again).
+fn count(g: &TestGuest) -> u64 {
+    for _ in 0..50 {
+        let out = g
+            .run("cat /tmp/vmi-count", Duration::from_secs(60))
+            .unwrap();
+        if let Ok(n) = out.output.trim().parse() {
+            return n;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("/tmp/vmi-count never held a number");
+}
+
+#[test]
+fn a_step_stuck_in_the_kernel_is_given_back_by_the_guard_once_the_session_ends() {
+    let Some(guest) = TestGuest::boot_or_skip(GuestConfig::default().control(true)) else {
+        return;
+    };
+    let t = Duration::from_secs(60);
+    assert_eq!(guest.run("mkfifo /tmp/vmi-fifo", t).unwrap().rc, 0);
+    let out = guest
+        .run(
+            "sh -c 'i=0; while :; do i=$((i+1)); echo $i > /tmp/vmi-count.t; \
+             mv /tmp/vmi-count.t /tmp/vmi-count; done' \
+             >/dev/null 2>&1 & echo $!",
+            t,
+        )
+        .unwrap();
+    let pid: u32 = out.output.trim().parse().expect("pid");
+    let _ = count(&guest);
+
+    // The injected openat of a FIFO blocks until a writer comes: the step times out and
+    // the thread is left to the guard when the session (the driver) ends.
+    let err = {
+        let core = VmiCore::new(
+            QemuDriver::attach_with(guest.qmp_socket(), AttachOptions::default().writable(true))
+                .unwrap(),
+        )
+        .unwrap();
+        let os = {
+            let _pause = core.pause_guard().unwrap();
+            LinuxOs::new(&core).unwrap()
+        };
+        let opts = InjectOptions {
+            step_timeout: Duration::from_secs(3),
+            ..InjectOptions::default()
+        };
+        let mut r = Recipe::cat("/tmp/vmi-fifo", 4096, 1 << 20, |_| true);
+        Injector::new(&core, &os)
+            .with_options(opts)
+            .run(pid, &mut r)
+            .unwrap_err()
+    };
+    assert!(
+        matches!(err, InjectError::StuckInSyscall { guarded: true, .. }),
+        "{err}"
+    );
+    let stuck = count(&guest);
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        count(&guest),
+        stuck,
+        "the thread is still in the injected openat"
+    );
+
+    // A writer: the open returns, the guard gives the thread back, the loop counts on.
+    assert_eq!(guest.run("echo x > /tmp/vmi-fifo", t).unwrap().rc, 0);
+    let back = (0..120).any(|_| {
+        std::thread::sleep(Duration::from_millis(250));
+        count(&guest) > stuck
+    });
+    assert!(
+        back,
+        "the loop did not count on: the thread was not given back"
+    );
+    alive(&guest, pid);
+
+    // The guard is done with the gdbstub: a new session injects and verifies.
+    assert_eq!(guest.run("printf 'abc\\n' > /tmp/vmi-f", t).unwrap().rc, 0);
+    let core = (0..60)
+        .find_map(|_| {
+            let c = QemuDriver::attach_with(
+                guest.qmp_socket(),
+                AttachOptions::default().writable(true),
+            )
+            .ok()
+            .and_then(|d| VmiCore::new(d).ok());
+            if c.is_none() {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            c
+        })
+        .expect("attach after the guard");
+    let os = {
+        let _pause = core.pause_guard().unwrap();
+        LinuxOs::new(&core).unwrap()
+    };
+    let mut got = Vec::new();
+    let mut r = Recipe::cat("/tmp/vmi-f", 4096, 1 << 20, |b| {
+        got.extend_from_slice(b);
+        true
+    });
+    let report = Injector::new(&core, &os).run(pid, &mut r).unwrap();
+    drop(r);
+    assert_eq!(got, b"abc\n");
+    assert_eq!(report.restored.as_ref(), Some(&report.saved));
+    assert_eq!(report.memory_restored, Some(true));
+    let _ = guest.run(&format!("kill {pid}"), t);
+}

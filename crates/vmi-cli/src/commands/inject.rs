@@ -227,6 +227,9 @@ pub fn run(cli: &Cli, spec: &str, args: &InjectArgs) -> Result<(), Failure> {
     let report = result.map_err(|e| Failure {
         code: 1,
         error: match &e {
+            InjectError::StuckInSyscall { guarded: true, .. } => anyhow!(e).context(
+                "the guest thread is not restored yet: vmi's guard process stays behind to do it",
+            ),
             InjectError::StuckInSyscall { .. } | InjectError::Lost(_) => {
                 anyhow!(e).context("the guest thread was NOT restored")
             }

@@ -8,8 +8,7 @@
 //! ready-made gdb register numbers and values, the original bytes of the scratch area,
 //! and the gdbstub's vCPU thread ids. Once the process is gone the guard, on its own
 //! gdbstub connection (the VM is stopped while a new client connects):
-//! 1. removes every journaled breakpoint but the one where the thread stops (or inserts
-//!    it);
+//! 1. removes every journaled breakpoint and sets its own where the thread stops;
 //! 2. looks at each vCPU: the thread may be stopped there already (the dead process
 //!    held the event), or still at its safe point, untouched;
 //! 3. otherwise lets the VM run and looks at each stop, until the journaled wait ends:
@@ -294,11 +293,12 @@ pub(super) fn give_back(
     // QEMU answers `p`/`P` only to a client that read the target description.
     let mut scratch = [0u8; 8];
     let _ = wire.exchange(b"qXfer:features:read:target.xml:0,1", &mut scratch, step());
-    let mut ztype = None;
+    // Every journaled breakpoint goes (the driver may have removed some already: QEMU
+    // refuses those), then ours is set afresh, of the kind the driver used.
+    let mut ztype = 0;
     for bp in bps {
-        if bp.ztype <= 1 && bp.addr == p.stop_ip && ztype.is_none() {
-            ztype = Some(bp.ztype);
-            continue;
+        if bp.ztype <= 1 && bp.addr == p.stop_ip {
+            ztype = bp.ztype;
         }
         let mut z = [0u8; 48];
         let n = z_body(bp, &mut z);
@@ -306,15 +306,9 @@ pub(super) fn give_back(
             return LOST;
         }
     }
-    let ztype = match ztype {
-        Some(t) => t,
-        None => {
-            if breakpoint(wire, true, 0, p.stop_ip, step()) != GdbReply::Ok {
-                return b"; no breakpoint for the borrowed thread: it was not given back";
-            }
-            0
-        }
-    };
+    if breakpoint(wire, true, ztype, p.stop_ip, step()) != GdbReply::Ok {
+        return b"; no breakpoint for the borrowed thread: it was not given back";
+    }
     let outcome = wait_and_restore(wire, p, memory, room, b.threads_len, ztype);
     let _ = breakpoint(wire, false, ztype, p.stop_ip, step());
     outcome

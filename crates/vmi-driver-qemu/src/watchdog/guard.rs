@@ -11,8 +11,8 @@ use super::giveback::{Borrowed, Room, give_back};
 use super::wire::{GdbReply, HEX, Wire};
 use super::{
     Giveback, MAX_ARGS, MAX_BPS, MAX_GIVEBACK_MEMORY, PATH_ROOM, Plan, REC_ARM, REC_BORROW,
-    REC_DETACH, REC_GDB, REC_INSERT, REC_MEMORY, REC_PRIVATE, REC_RELEASE, REC_REMOVE, REC_RETRY,
-    REC_THREADS, RECV_ROOM, RawAddr, RawCommand, STEP_MS, last_errno,
+    REC_DETACH, REC_GDB, REC_HANDOVER, REC_INSERT, REC_MEMORY, REC_PRIVATE, REC_RELEASE,
+    REC_REMOVE, REC_RETRY, REC_THREADS, RECV_ROOM, RawAddr, RawCommand, STEP_MS, last_errno,
 };
 
 fn sys_exit(code: i32) -> ! {
@@ -206,6 +206,8 @@ struct Journal {
     retry: bool,
     /// A thread borrowed from the guest, to give back.
     borrowed: Borrowed,
+    /// The driver handed the borrowed thread over (else: it died or its clean-up failed).
+    handover: bool,
 }
 
 fn le64(b: &[u8]) -> u64 {
@@ -231,6 +233,7 @@ impl Journal {
             overflow: false,
             retry: false,
             borrowed: Borrowed::new(),
+            handover: false,
         }
     }
 
@@ -475,6 +478,10 @@ fn guard_main(sock: RawFd, plan: &Plan, room: &mut [u8]) -> ! {
             if r.first() == Some(&REC_DETACH) {
                 sys_exit(0);
             }
+            if r.first() == Some(&REC_HANDOVER) {
+                j.handover = true;
+                break;
+            }
             j.apply(r, &mut room);
             continue;
         }
@@ -581,7 +588,9 @@ fn recover(plan: &Plan, j: &Journal, room: &Room<'_>) {
             }
         }
     }
-    let why: &[u8] = if j.retry {
+    let why: &[u8] = if j.handover {
+        b"vmi-driver-qemu guard: the driver handed over a borrowed thread still in a system call"
+    } else if j.retry {
         b"vmi-driver-qemu guard: the driver's clean-up failed, tried again"
     } else {
         b"vmi-driver-qemu guard: the process using the driver ended without detaching"

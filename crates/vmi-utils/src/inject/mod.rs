@@ -49,8 +49,9 @@
 //! On a recipe failure, a guest read or write error during a step, a panic in the
 //! recipe, too many steps or the stop flag (Ctrl-C), the thread is restored at its next
 //! stop before `run` returns. A step that stays inside the kernel longer than
-//! [`InjectOptions::step_timeout`] (a blocking read of a pipe) cannot be taken back:
-//! [`InjectError::StuckInSyscall`] says so. At most one injection runs per thread in
+//! [`InjectOptions::step_timeout`] (a blocking read of a pipe) cannot be taken back at
+//! once: [`InjectError::StuckInSyscall`] says so, and whether the driver's crash guard
+//! gives the thread back when the call returns, after the session (the driver) ends. At most one injection runs per thread in
 //! this host process.
 //!
 //! **A host process that dies mid-recipe** (SIGKILL, OOM killer, crash): before it
@@ -274,9 +275,12 @@ pub enum InjectError {
         tid: u32,
     },
     /// A step did not return within [`InjectOptions::step_timeout`]: the thread is still
-    /// inside the kernel with the injector's registers and is **not** restored.
+    /// inside the kernel with the injector's registers. With `guarded`, the driver's
+    /// guard process gives it back once the driver is dropped and the step returns (it
+    /// waits up to the step timeout again); without, it is **not** restored.
     #[error(
-        "step {step} ({name}) did not return within {waited:?}: the thread is still in the system call and could not be restored"
+        "step {step} ({name}) did not return within {waited:?}: the thread is still in the system call; {}",
+        if *guarded { "the driver's guard process gives it back when the call returns, once this session ends (it waits as long again)" } else { "it could not be restored" }
     )]
     StuckInSyscall {
         /// The step's index.
@@ -285,6 +289,8 @@ pub enum InjectError {
         name: &'static str,
         /// How long.
         waited: Duration,
+        /// Left to the driver's crash guard.
+        guarded: bool,
     },
     /// A guest read or write failed (restored if the thread was hijacked).
     #[error(transparent)]
@@ -614,6 +620,12 @@ impl<D: VmiEventControl> GuardRelease<'_, D> {
         if self.holds.replace(false) {
             self.driver.release_borrowed_thread();
         }
+    }
+
+    /// The thread is still out (a step stuck in the kernel): left to the driver's guard,
+    /// which gives it back when the driver is dropped and the step returns.
+    fn leave_to_guard(&self) -> bool {
+        self.holds.replace(false)
     }
 }
 
@@ -984,6 +996,7 @@ where
                             step: c.index,
                             name: c.name,
                             waited: c.started.elapsed(),
+                            guarded: guard.leave_to_guard(),
                         });
                     }
                 }
