@@ -753,6 +753,26 @@ impl TestGuest {
         }
     }
 
+    /// The number the guest file `path` holds (e.g. a counter a guest loop renames into
+    /// place), read again while the file is missing or holds no number yet, up to
+    /// `timeout`.
+    pub fn read_number(&self, path: &str, timeout: Duration) -> Result<u64> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let out = self.run(&format!("cat {path}"), timeout)?;
+            if let Ok(n) = out.output.trim().parse() {
+                return Ok(n);
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::Ctl(format!(
+                    "{path} holds no number: {:?}",
+                    out.output
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
     /// Stop the guest now (what `Drop` does), reporting errors.
     pub fn shutdown(mut self) -> Result<()> {
         self.stop_inner()

@@ -278,18 +278,10 @@ fn functions_of_the_process_found_by_their_elf_symbols_and_called() {
 }
 
 /// The value the counting loop last wrote (it renames each value into place: a read
-/// never sees a half-written file; before the first one, read again).
+/// never sees a half-written file).
 fn count(g: &TestGuest) -> u64 {
-    for _ in 0..50 {
-        let out = g
-            .run("cat /tmp/vmi-count", Duration::from_secs(60))
-            .unwrap();
-        if let Ok(n) = out.output.trim().parse() {
-            return n;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("/tmp/vmi-count never held a number");
+    g.read_number("/tmp/vmi-count", Duration::from_secs(10))
+        .unwrap()
 }
 
 #[test]
