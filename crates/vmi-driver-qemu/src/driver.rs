@@ -26,6 +26,7 @@ use crate::monitor::Monitor;
 use crate::qmp::QmpClient;
 use crate::regs;
 use crate::rundir::PrivateDir;
+use crate::shadow::ShadowByte;
 use crate::watchdog::{Giveback, MAX_GIVEBACK_REGS, Plan, RawAddr, RawCommand, RegSlot, Watchdog};
 
 const PAGE: u64 = 4096;
@@ -71,6 +72,11 @@ pub struct AttachOptions {
     /// Start the guard process that undoes breakpoints and pauses if this process dies
     /// without detaching (default: on; see the crate docs).
     pub guard: bool,
+    /// Whether QEMU writes software breakpoints into guest RAM, which the driver then
+    /// hides from reads (see the crate docs). `None` (the default) asks QEMU: yes under
+    /// KVM, no under TCG. `Some(true)` under TCG runs the KVM code path on a guest whose
+    /// RAM QEMU leaves alone: for tests of that path.
+    pub kvm_breakpoints: Option<bool>,
 }
 
 impl Default for AttachOptions {
@@ -84,6 +90,7 @@ impl Default for AttachOptions {
             recover_debug_state: true,
             writable: false,
             guard: true,
+            kvm_breakpoints: None,
         }
     }
 }
@@ -134,6 +141,13 @@ impl AttachOptions {
     /// Starts (or not) the guard process; see [`AttachOptions::guard`].
     pub fn guard(mut self, on: bool) -> Self {
         self.guard = on;
+        self
+    }
+
+    /// Overrides what the driver assumes of software breakpoints; see
+    /// [`AttachOptions::kvm_breakpoints`].
+    pub fn kvm_breakpoints(mut self, in_memory: bool) -> Self {
+        self.kvm_breakpoints = Some(in_memory);
         self
     }
 }
@@ -240,6 +254,10 @@ pub struct QemuDriver {
     /// QEMU's user id (peer credentials of the QMP socket).
     qemu_uid: Option<u32>,
     kvm: bool,
+    /// Software breakpoints are `int3` bytes in guest RAM (KVM, or forced by
+    /// [`AttachOptions::kvm_breakpoints`]): removed for each step over them, hidden from
+    /// reads by [`Memory::shadow`].
+    kvm_bps: bool,
     found_running: bool,
     qemu_version: String,
 }
@@ -596,8 +614,7 @@ impl GdbSession {
         }
         if let Some((vcpu, addr)) = self.step_over.take() {
             if !kvm && self.skip_nop(vcpu, addr)? {
-                self.conn.send("vCont;c")?;
-                self.running = true;
+                self.send_resume("vCont;c")?;
                 return Ok(());
             }
             let bps: Vec<Installed> = self
@@ -612,6 +629,7 @@ impl GdbSession {
                 }
             }
             let t = self.threads[vcpu].clone();
+            self.current_g = None;
             self.conn.send(&format!("vCont;s:{t}"))?;
             let deadline = Instant::now() + self.conn.timeout();
             let p = self.conn.wait_stop(deadline)?;
@@ -631,7 +649,14 @@ impl GdbSession {
                 return Ok(());
             }
         }
-        self.conn.send("vCont;c")?;
+        self.send_resume("vCont;c")
+    }
+
+    /// Sends a resume (`vCont`). QEMU makes the vCPU of the next debug stop its `Hg`
+    /// thread, so the one selected before is forgotten.
+    fn send_resume(&mut self, packet: &str) -> Result<(), QemuError> {
+        self.current_g = None;
+        self.conn.send(packet)?;
         self.running = true;
         Ok(())
     }
@@ -713,6 +738,18 @@ impl GdbSession {
         }
         Ok(())
     }
+}
+
+/// Whether `va` lies in the lower (user) half of the canonical address space.
+fn is_user_address(va: u64) -> bool {
+    va < 0x8000_0000_0000_0000
+}
+
+/// The address of HMP `gva2gpa`'s answer (`gpa: 0x1234`); `None` for `Unmapped` or
+/// anything else.
+fn parse_gva2gpa(out: &str) -> Option<u64> {
+    let hex = out.trim().strip_prefix("gpa:")?.trim();
+    u64::from_str_radix(hex.strip_prefix("0x").unwrap_or(hex), 16).ok()
 }
 
 fn copy_named(dst: &mut Registers, src: &Registers, name: &str) {
@@ -846,12 +883,14 @@ impl QemuDriver {
             options.writable,
         )?;
         let found_running = status == "running";
+        let kvm_bps = options.kvm_breakpoints.unwrap_or(kvm);
         Ok(QemuDriver {
             qmp: Mutex::new(qmp),
             memory: Memory {
                 layout,
                 access,
                 warned_xp: AtomicBool::new(false),
+                shadow: Default::default(),
             },
             inner: Mutex::new(Inner {
                 gdb: GdbState::NotConnected,
@@ -866,6 +905,7 @@ impl QemuDriver {
             pid,
             qemu_uid,
             kvm,
+            kvm_bps,
             found_running,
             qemu_version: version,
         })
@@ -1157,7 +1197,7 @@ impl QemuDriver {
             warned_unknown: false,
         };
         if !user_paused {
-            s.resume(self.kvm)?;
+            s.resume(self.kvm_bps)?;
         }
         Ok(s)
     }
@@ -1187,7 +1227,7 @@ impl QemuDriver {
     /// it answers a later QMP command, so `paused`/`debug` with no stop reply waiting
     /// means the continue is not processed yet. One `query-status` when it was.
     fn resume_confirmed(&self, s: &mut GdbSession) -> Result<(), QemuError> {
-        s.resume(self.kvm)?;
+        s.resume(self.kvm_bps)?;
         if !s.running {
             return Ok(()); // events wait: the VM stays stopped for them
         }
@@ -1274,7 +1314,7 @@ impl QemuDriver {
                     stop.raw, registers.rip
                 );
             }
-            s.resume(self.kvm)?;
+            s.resume(self.kvm_bps)?;
             return Ok(false);
         } else {
             EventReason::Other(format!("gdbstub stop {}", stop.raw))
@@ -1303,7 +1343,7 @@ impl QemuDriver {
         }
         if response.remove_monitor {
             if let Some(bp) = hit_bp {
-                s.uninstall(bp)?;
+                self.uninstall(s, bp)?;
             } else if let Some((_, addr)) = &stop.watch {
                 let w: Vec<Installed> = s
                     .installed
@@ -1312,15 +1352,15 @@ impl QemuDriver {
                     .copied()
                     .collect();
                 for i in w {
-                    s.uninstall(i)?;
+                    self.uninstall(s, i)?;
                 }
             }
         }
         // Monitors the handler started or stopped, while the VM is still stopped.
         for change in &response.monitors {
             match *change {
-                MonitorChange::Enable(m) => s.install(Self::monitor_to_bp(m)?)?,
-                MonitorChange::Disable(m) => s.uninstall(Self::monitor_to_bp(m)?)?,
+                MonitorChange::Enable(m) => self.install(s, Self::monitor_to_bp(m)?)?,
+                MonitorChange::Disable(m) => self.uninstall(s, Self::monitor_to_bp(m)?)?,
             }
         }
         let at_bp = hit_bp
@@ -1328,23 +1368,96 @@ impl QemuDriver {
             .and_then(|_| s.exec_bp_at(rip));
         match response.action {
             EventAction::SingleStep => {
-                if let (true, Some(b)) = (self.kvm, at_bp) {
+                if let (true, Some(b)) = (self.kvm_bps, at_bp) {
                     s.conn.request_ok(&b.packet(false))?;
                     s.reinsert = Some(b);
                 }
                 let t = s.threads[vcpu].clone();
-                s.conn.send(&format!("vCont;s:{t}"))?;
+                s.send_resume(&format!("vCont;s:{t}"))?;
                 s.stepping = Some(vcpu);
-                s.running = true;
             }
             _ => {
                 if let Some(b) = at_bp {
                     s.step_over = Some((vcpu, b.addr));
                 }
-                s.resume(self.kvm)?;
+                s.resume(self.kvm_bps)?;
             }
         }
         Ok(true)
+    }
+
+    /// Inserts `bp`. Under KVM a software breakpoint is an `int3` that QEMU writes into
+    /// guest RAM through the page tables of its current vCPU: the driver makes a vCPU
+    /// that maps the address current, records the frame byte it replaces (hidden from
+    /// reads from then on) and only then lets QEMU write it.
+    fn install(&self, s: &mut GdbSession, bp: Installed) -> Result<(), QemuError> {
+        if !self.kvm_bps || bp.ztype != 0 || s.installed.contains(&bp) {
+            return s.install(bp);
+        }
+        let mut found = None;
+        for vcpu in 0..s.threads.len() {
+            if let Some(pa) = self.gva2gpa(vcpu, bp.addr)? {
+                found = Some((vcpu, pa));
+                break;
+            }
+        }
+        let Some((vcpu, pa)) = found else {
+            return Err(QemuError::GdbRefused {
+                request: bp.packet(true),
+                reply: "no vCPU maps the address (a software breakpoint under KVM is \
+                        written into the frame it maps to)"
+                    .into(),
+            });
+        };
+        let mut original = [0u8];
+        if !self.memory.read_ram(pa, &mut original, &self.qmp)? {
+            return Err(QemuError::protocol(
+                "gva2gpa",
+                format!("{:#x} maps to {pa:#x}, outside guest RAM", bp.addr),
+            ));
+        }
+        // QEMU 7.2 plants through the `Hc` vCPU, later versions through the `Hg` one.
+        s.select(vcpu)?;
+        let t = s.threads[vcpu].clone();
+        s.conn.request_ok(&format!("Hc{t}"))?;
+        self.memory.shadow.add(bp.addr, pa, original[0]);
+        let r = s.install(bp);
+        if r.is_err() {
+            self.memory.shadow.remove(bp.addr);
+        }
+        r
+    }
+
+    /// Removes `bp`; under KVM, also its record in the shadow, and a byte written over
+    /// its `int3` through the driver reaches RAM now that QEMU put its own back.
+    fn uninstall(&self, s: &mut GdbSession, bp: Installed) -> Result<(), QemuError> {
+        s.uninstall(bp)?;
+        if self.kvm_bps
+            && bp.ztype == 0
+            && !s
+                .installed
+                .iter()
+                .any(|i| i.addr == bp.addr && i.ztype == 0)
+        {
+            self.forget_planted(self.memory.shadow.remove(bp.addr))?;
+        }
+        Ok(())
+    }
+
+    /// Writes the byte a user wrote over a removed breakpoint's `int3`.
+    fn forget_planted(&self, planted: Option<ShadowByte>) -> Result<(), QemuError> {
+        if let Some(b) = planted.filter(|b| b.dirty) {
+            self.memory.write_ram(b.pa, &[b.original])?;
+        }
+        Ok(())
+    }
+
+    /// The guest-physical address `va` maps to on `vcpu` (HMP `gva2gpa`), `None` if
+    /// unmapped there.
+    fn gva2gpa(&self, vcpu: usize, va: u64) -> Result<Option<u64>, QemuError> {
+        let cpu = u16::try_from(vcpu).map_err(|_| QemuError::protocol("vCPU", vcpu.to_string()))?;
+        let out = lock(&self.qmp).hmp(&format!("gva2gpa {va:#x}"), Some(cpu))?;
+        Ok(parse_gva2gpa(&out))
     }
 
     fn monitor_to_bp(monitor: EventMonitor) -> Result<Installed, VmiError> {
@@ -1354,9 +1467,13 @@ impl QemuDriver {
                 address: BreakpointAddress::Virtual(va),
                 kind,
             } => Ok(Installed {
+                // A user-space address goes to QEMU as a hardware breakpoint: under KVM
+                // a software one would be written through the page tables of whatever
+                // process the selected vCPU runs (and removed through those of the
+                // process it runs then). Under TCG the two kinds are the same thing.
                 ztype: match kind {
-                    BreakpointKind::Software => 0,
-                    BreakpointKind::Hardware => 1,
+                    BreakpointKind::Software if !is_user_address(va.0) => 0,
+                    _ => 1,
                 },
                 addr: va.0,
                 len: 1,
@@ -1439,6 +1556,10 @@ impl QemuDriver {
             }
             for b in std::mem::take(&mut s.installed) {
                 note(s.conn.request_ok(&b.packet(false)));
+            }
+            // QEMU put its saved bytes back; a byte written over an `int3` goes now.
+            for b in self.memory.shadow.take_all() {
+                note(self.forget_planted(Some(b)));
             }
             if self.found_running {
                 // Detach: QEMU removes anything left and resumes the VM.
@@ -1777,12 +1898,12 @@ impl VmiVmControl for QemuDriver {
 impl VmiEventControl for QemuDriver {
     fn monitor_enable(&self, monitor: EventMonitor) -> Result<(), VmiError> {
         let bp = Self::monitor_to_bp(monitor)?;
-        Ok(self.with_stopped(|s| s.install(bp))?)
+        Ok(self.with_stopped(|s| self.install(s, bp))?)
     }
 
     fn monitor_disable(&self, monitor: EventMonitor) -> Result<(), VmiError> {
         let bp = Self::monitor_to_bp(monitor)?;
-        Ok(self.with_stopped(|s| s.uninstall(bp))?)
+        Ok(self.with_stopped(|s| self.uninstall(s, bp))?)
     }
 
     fn wait_for_events(
@@ -1824,7 +1945,7 @@ impl VmiEventControl for QemuDriver {
                 }
             }
             if !s.running {
-                s.resume(self.kvm)?;
+                s.resume(self.kvm_bps)?;
                 continue;
             }
             match s.conn.wait_stop(deadline)? {
@@ -1862,5 +1983,35 @@ impl VmiEventControl for QemuDriver {
             link.guard.note_released();
             link.held = false;
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gva2gpa_answers() {
+        assert_eq!(parse_gva2gpa("gpa: 0x1a2b3c\r\n"), Some(0x1a2b3c));
+        assert_eq!(parse_gva2gpa("gpa: 0x0\n"), Some(0));
+        assert_eq!(parse_gva2gpa("Unmapped\r\n"), None);
+        assert_eq!(parse_gva2gpa("gpa: 0xzz\n"), None);
+        assert_eq!(parse_gva2gpa(""), None);
+    }
+
+    #[test]
+    fn user_space_software_breakpoints_go_to_qemu_as_hardware_ones() {
+        let bp = |va: u64, kind| {
+            QemuDriver::monitor_to_bp(EventMonitor::Breakpoint {
+                address: BreakpointAddress::Virtual(Va(va)),
+                kind,
+            })
+            .unwrap()
+            .ztype
+        };
+        assert_eq!(bp(0x7f00_0000_1000, BreakpointKind::Software), 1);
+        assert_eq!(bp(0x40_1000, BreakpointKind::Hardware), 1);
+        assert_eq!(bp(0xffff_ffff_8100_0000, BreakpointKind::Software), 0);
+        assert_eq!(bp(0xffff_ffff_8100_0000, BreakpointKind::Hardware), 1);
     }
 }

@@ -117,12 +117,22 @@
 //!
 //! | | TCG | KVM |
 //! |---|---|---|
-//! | software breakpoint (`Z0`) | checked at translation time: guest RAM is **not** modified, the guest cannot see it | QEMU writes `0xCC` into guest RAM: visible to the guest and to memory reads (also through this driver's mmap) while inserted |
+//! | software breakpoint (`Z0`) | checked at translation time: guest RAM is **not** modified, the guest cannot see it | QEMU writes `0xCC` into guest RAM, through the page tables of its current vCPU: visible to the guest while inserted. The driver makes a vCPU that maps the address current, records the byte it replaces, and puts that byte back into every read (see below) |
+//! | software breakpoint at a user address | sent as a hardware breakpoint (`Z1`): the same thing under TCG | sent as a hardware breakpoint: a `Z0` would be written into whichever process the vCPU runs, and removed through whichever it runs then |
 //! | hardware breakpoint (`Z1`) | emulated, no limit on their number | the 4 debug registers (DR0–3), shared with watchpoints: the fifth is refused |
 //! | watchpoints | emulated, any number, reported after the access | debug registers (max 4, lengths 1/2/4/8, aligned) |
 //! | continuing from a breakpoint | a no-op first instruction (the kernel's `__fentry__` `nop`, `endbr64`) is stepped over by moving `rip`; anything else is single-stepped (QEMU would stop again) | the driver removes the breakpoint, single-steps, inserts it again |
 //! | cost of an event | QEMU's gdbstub flushes **all** translated code at every breakpoint and single-step stop (not at watchpoint stops): the guest then re-translates what it runs, tens of ms per event on a busy guest (`cargo bench -p vmi-utils --bench tracing`) | no flush: a VM exit and the gdbstub round trip |
 //! | single-step | interrupts and timers masked during the step (QEMU's default `sstep` flags) | same |
+//!
+//! Under KVM, reads through this driver (virtual and physical, single and batched)
+//! show the byte an `int3` replaced, as long as RAM still holds the `int3` (a guest that
+//! rewrote the byte wins). A write through the driver over an `int3` keeps it in RAM
+//! (QEMU checks it when removing the breakpoint) and lands when the breakpoint goes.
+//! The guest itself sees the `int3` (as with any software breakpoint under KVM); use
+//! hardware breakpoints where it must not. This path is tested under TCG with
+//! [`AttachOptions::kvm_breakpoints`], the test writing QEMU's `int3` itself: this
+//! project's machines cannot run KVM.
 //!
 //! Under TCG a guest-virtual breakpoint is a property of the vCPU, not of guest memory,
 //! so the guest cannot detect it. Breakpoints and watchpoints at *guest-physical*
@@ -152,6 +162,7 @@ mod mtree;
 mod qmp;
 mod regs;
 mod rundir;
+mod shadow;
 mod sys;
 mod watchdog;
 

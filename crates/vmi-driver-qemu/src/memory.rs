@@ -11,6 +11,7 @@ use serde_json::{Value, json};
 use crate::error::QemuError;
 use crate::monitor::Monitor;
 use crate::mtree::{FlatRange, parse_flat_view};
+use crate::shadow::Shadow;
 use crate::sys::SharedMap;
 
 /// How the driver reaches guest RAM, fastest first.
@@ -299,11 +300,29 @@ pub(crate) struct Memory {
     pub layout: Layout,
     pub access: Access,
     pub warned_xp: AtomicBool,
+    /// Breakpoint bytes QEMU planted in guest RAM (KVM), hidden from reads.
+    pub shadow: Shadow,
 }
 
 impl Memory {
-    /// Reads `buf.len()` bytes at `gpa` (within one range). `qmp` is needed for `xp`.
+    /// Reads `buf.len()` bytes at `gpa` (within one range), as the guest sees them: a
+    /// breakpoint's `int3` planted by QEMU reads as the byte it replaced. `qmp` is
+    /// needed for `xp`.
     pub(crate) fn read(
+        &self,
+        gpa: u64,
+        buf: &mut [u8],
+        qmp: &Mutex<Monitor>,
+    ) -> Result<bool, QemuError> {
+        let read = self.read_ram(gpa, buf, qmp)?;
+        if read {
+            self.shadow.patch(gpa, buf);
+        }
+        Ok(read)
+    }
+
+    /// Reads `buf.len()` bytes of guest RAM at `gpa`, breakpoint bytes included.
+    pub(crate) fn read_ram(
         &self,
         gpa: u64,
         buf: &mut [u8],
@@ -374,7 +393,17 @@ impl Memory {
     }
 
     /// Writes `data` at `gpa` (within one range). `Ok(false)` when not RAM.
+    /// Writes `data` at `gpa` (within one range). A planted breakpoint byte keeps its
+    /// `int3`; what was written for it reaches RAM when the breakpoint goes.
     pub(crate) fn write(&self, gpa: u64, data: &[u8]) -> Result<bool, QemuError> {
+        match self.shadow.guard_write(gpa, data) {
+            Some(kept) => self.write_ram(gpa, &kept),
+            None => self.write_ram(gpa, data),
+        }
+    }
+
+    /// Writes `data` into guest RAM at `gpa`, over breakpoint bytes too.
+    pub(crate) fn write_ram(&self, gpa: u64, data: &[u8]) -> Result<bool, QemuError> {
         let Some((i, r)) = self.layout.find(gpa) else {
             return Ok(false);
         };

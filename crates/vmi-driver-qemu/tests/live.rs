@@ -540,6 +540,80 @@ fn breakpoints_single_step_watchpoints_two_vcpus() {
     drop(core);
     assert_eq!(status(&g), "running");
     assert_eq!(ram_file_bytes(&g, bp_pa_bytes.0.0, 16), bp_pa_bytes.1);
+    kvm_breakpoint_path(&g, bp, bp_pa_bytes);
+}
+
+/// The KVM code path of software breakpoints, run under TCG: QEMU leaves RAM alone here,
+/// so the test writes the `int3` that QEMU would write under KVM into the RAM file
+/// itself (with the VM paused: the vCPUs never run it), and checks that reads through
+/// the driver see the byte it replaced, that a write through the driver keeps the
+/// `int3` and lands once the breakpoint goes, and that hits are stepped over as under
+/// KVM (breakpoint removed for the step, inserted again).
+fn kvm_breakpoint_path(g: &TestGuest, bp: Va, (pa, original): (Pa, Vec<u8>)) {
+    let opts = AttachOptions::default()
+        .writable(true)
+        .kvm_breakpoints(true);
+    let core = VmiCore::new(QemuDriver::attach_with(g.qmp_socket(), opts).unwrap()).unwrap();
+    let ctx = core.registers(VcpuId(0)).unwrap().address_context(bp);
+    let sw = EventMonitor::Breakpoint {
+        address: BreakpointAddress::Virtual(bp),
+        kind: BreakpointKind::Software,
+    };
+    let read = |core: &VmiCore<QemuDriver>| core.read_vec(AccessContext::from(ctx), 16).unwrap();
+    core.pause().unwrap();
+    core.monitor_enable(sw).unwrap();
+    write_ram_file(g, pa.0, &[0xcc]);
+    assert_eq!(ram_file_bytes(g, pa.0, 1), [0xcc]);
+    assert_eq!(
+        read(&core),
+        original,
+        "the int3 is hidden from virtual reads"
+    );
+    assert_eq!(
+        core.read_vec(AccessContext::direct(pa), 16).unwrap(),
+        original,
+        "and from physical ones"
+    );
+    // A write over the int3 keeps it in RAM; reads show what was written.
+    let written = original[0] ^ 0x5a;
+    core.write(AccessContext::direct(pa), &[written]).unwrap();
+    assert_eq!(ram_file_bytes(g, pa.0, 1), [0xcc]);
+    assert_eq!(read(&core)[0], written);
+    // Removed: QEMU (under KVM) puts its saved byte back, then the driver the written one.
+    core.monitor_disable(sw).unwrap();
+    assert_eq!(ram_file_bytes(g, pa.0, 1), [written]);
+    write_ram_file(g, pa.0, &original[..1]);
+    assert_eq!(read(&core), original);
+    core.resume().unwrap();
+
+    // Hits, each stepped over with the breakpoint removed and inserted again.
+    core.monitor_enable(sw).unwrap();
+    let (mut hits, t0) = (0, Instant::now());
+    while hits < 3 && t0.elapsed() < Duration::from_secs(30) {
+        hits += core
+            .driver()
+            .wait_for_events(Duration::from_millis(200), &mut |e| {
+                assert!(matches!(e.reason, EventReason::Breakpoint { va, .. } if va == bp));
+                VmiEventResponse::default()
+            })
+            .unwrap();
+    }
+    assert!(hits >= 3, "{hits} hits");
+    core.monitor_disable(sw).unwrap();
+    drop(core);
+    assert_eq!(status(g), "running");
+    assert_eq!(ram_file_bytes(g, pa.0, 16), original);
+}
+
+/// Writes guest RAM through the RAM file, behind the driver's back (QEMU's part).
+fn write_ram_file(g: &TestGuest, gpa: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let off = gpa_to_file_offset(g.env().mem_size, gpa).expect("gpa is RAM");
+    let f = std::fs::OpenOptions::new()
+        .write(true)
+        .open(g.mem_file())
+        .unwrap();
+    f.write_all_at(data, off).unwrap();
 }
 
 /// Child half of the kill test: attach, insert breakpoints, run the event loop; killed.

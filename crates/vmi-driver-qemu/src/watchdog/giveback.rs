@@ -294,8 +294,10 @@ pub(super) fn give_back(
     let mut scratch = [0u8; 8];
     let _ = wire.exchange(b"qXfer:features:read:target.xml:0,1", &mut scratch, step());
     // Every journaled breakpoint goes (the driver may have removed some already: QEMU
-    // refuses those), then ours is set afresh, of the kind the driver used.
-    let mut ztype = 0;
+    // refuses those), then ours is set afresh, of the kind the driver used: a hardware
+    // one unless the journal says otherwise, as the return address is a user address
+    // (under KVM a software one would be written into whatever process the vCPU runs).
+    let mut ztype = 1;
     for bp in bps {
         if bp.ztype <= 1 && bp.addr == p.stop_ip {
             ztype = bp.ztype;
@@ -482,7 +484,7 @@ mod tests {
             } else if p == "vCont;c" {
                 // The borrowed thread comes back from its step, on vCPU 1.
                 assert!(
-                    self.bps.contains(&(0, plan.stop_ip)),
+                    self.bps.contains(&(1, plan.stop_ip)),
                     "continued without our bp"
                 );
                 assert_ne!(self.regs[1][&RIP], plan.stop_ip, "vCPU 2 not stepped over");
@@ -605,7 +607,8 @@ mod tests {
         let stub = Stub {
             regs: [regs0, regs1, regs2],
             memory: (0..3000u64).map(|i| (plan.mem_va + i, 0xcc)).collect(),
-            bps: [(0u8, plan.stop_ip), (0, 0x40_1000)].into_iter().collect(),
+            // The driver plants user-space breakpoints as hardware ones (`Z1`).
+            bps: [(1u8, plan.stop_ip), (1, 0x40_1000)].into_iter().collect(),
             g: 0,
             log: Vec::new(),
         };
@@ -621,12 +624,12 @@ mod tests {
         let mut wire = Wire::new(client.as_raw_fd());
         let bps = [
             Bp {
-                ztype: 0,
+                ztype: 1,
                 addr: plan.stop_ip,
                 len: 1,
             },
             Bp {
-                ztype: 0,
+                ztype: 1,
                 addr: 0x40_1000,
                 len: 1,
             },
