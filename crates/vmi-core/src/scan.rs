@@ -16,7 +16,9 @@
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::{AccessContext, Architecture, VmiCore, VmiDriver, VmiError, VmiRead};
+use crate::{
+    AccessContext, Architecture, TranslationMechanism, VmiCore, VmiDriver, VmiError, VmiRead,
+};
 
 /// How to cut and share a scan.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -162,6 +164,7 @@ impl<D: VmiRead> VmiCore<D> {
         let scanned = AtomicU64::new(0);
         let unreadable = AtomicU64::new(0);
         let failure: Mutex<Option<VmiError>> = Mutex::new(None);
+        let direct = self.driver().direct_memory();
         let worker = || {
             let mut buf = Vec::new();
             loop {
@@ -173,6 +176,21 @@ impl<D: VmiRead> VmiCore<D> {
                 // The chunk and its overlap, clipped to the range.
                 let overlap = (options.overlap as u64).min(len - w.start - w.len);
                 let total = usize::try_from(w.len + overlap).unwrap_or(usize::MAX);
+                // Physical memory the driver lends as plain bytes (a dump's RAM) is
+                // scanned where it lies: no copy, no read per page.
+                if let (TranslationMechanism::Direct, Some(bytes)) = (
+                    ctx.mechanism,
+                    lent(direct, ctx.address.wrapping_add(w.start), total),
+                ) {
+                    visit(&ScanChunk {
+                        range: w.range,
+                        ctx: ctx.offset(w.start),
+                        bytes,
+                        owned: usize::try_from(w.len).unwrap_or(usize::MAX),
+                    });
+                    scanned.fetch_add(w.len, Ordering::Relaxed);
+                    continue;
+                }
                 buf.resize(total, 0);
                 match self.scan_chunk(ctx.offset(w.start), &mut buf, w.len, |at, bytes, owned| {
                     visit(&ScanChunk {
@@ -314,6 +332,14 @@ impl<D: VmiRead> VmiCore<D> {
 }
 
 /// What [`VmiCore::scan_chunk`] did.
+/// The `len` bytes at physical `address` when `direct` (a driver's
+/// [`VmiRead::direct_memory`]) holds all of them.
+fn lent(direct: Option<(crate::Pa, &[u8])>, address: u64, len: usize) -> Option<&[u8]> {
+    let (base, memory) = direct?;
+    let at = usize::try_from(address.checked_sub(base.0)?).ok()?;
+    memory.get(at..at.checked_add(len)?)
+}
+
 struct ChunkDone {
     /// Owned bytes visited.
     visited: u64,
