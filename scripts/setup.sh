@@ -16,8 +16,6 @@ command -v makedumpfile >/dev/null || need+=(makedumpfile)
 # vmi-driver-xen's xen-sys feature (built by --all-features): bindgen needs libclang, the FFI libxen-dev.
 dpkg -s libclang-dev libxen-dev >/dev/null 2>&1 || need+=(libclang-dev libxen-dev)
 command -v bpftool >/dev/null || need+=(bpftool)
-# vmi-cli's YARA (libyara built from source by yara-sys) links OpenSSL: its headers and libraries.
-dpkg -s libssl-dev >/dev/null 2>&1 || need+=(libssl-dev)
 # gdb: the test harness's watchdog prints every thread's backtrace of a hung test.
 command -v gdb >/dev/null || need+=(gdb)
 python3 -c 'import venv, ensurepip' 2>/dev/null || need+=(python3-venv)

@@ -3,7 +3,7 @@
 //! guest planted (the environment marker of `vmi_sleeper`, the kernel's `linux_banner`)
 //! at the exact pid, address and region the guest's own truth gives; the same matches
 //! live and on the dump; the same matches as Volatility 3's `vmayarascan` and
-//! `yarascan` on the dump; a malformed rules file gives libyara's message and exit code 1.
+//! `yarascan` on the dump; a malformed rules file gives YARA-X's message and exit code 1.
 
 mod common;
 
@@ -189,7 +189,7 @@ fn scan_finds_planted_matches_live_and_in_a_dump() {
 
     volatility_agrees(&elf, &rules);
 
-    // A malformed rules file: libyara's message, exit code 1, one line, no panic.
+    // A malformed rules file: YARA-X's message, exit code 1, one line, no panic.
     let bad = guest.dir().join("bad.yar");
     std::fs::write(&bad, "rule broken { strings: $a = \"x\" condition: $b }\n").unwrap();
     let out = vmi(
@@ -200,7 +200,7 @@ fn scan_finds_planted_matches_live_and_in_a_dump() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.starts_with("error: cannot compile the YARA rules in")
-            && err.contains("line 1: undefined string \"$b\""),
+            && err.contains("line 1: unknown pattern `$b`"),
         "{err}"
     );
     assert_eq!(err.lines().count(), 1, "{err}");

@@ -4,8 +4,8 @@
 //! [`VmiCore::scan_physical`]).
 //!
 //! The rules are compiled once. Memory is cut into chunks of [`CHUNK`] bytes, each read
-//! with [`OVERLAP`] bytes of the next, and each run of readable bytes is one YARA scan (a
-//! libyara scanner per worker, taken from a pool). What this means for rules:
+//! with [`OVERLAP`] bytes of the next, and each run of readable bytes is one YARA scan
+//! (YARA-X, one scanner per worker thread). What this means for rules:
 //! - a string match is reported by the chunk it starts in, so once; a match that
 //!   straddles a chunk edge is seen whole when it is at most [`OVERLAP`] bytes long
 //!   (a longer one may be cut short or missed);
@@ -18,9 +18,10 @@
 //! `--max-matches` per rule are printed (default [`DEFAULT_MAX_MATCHES`]; 0: all): the
 //! others are counted, and reported on stderr and, with `--json`, in one closing
 //! `{"truncated": true, "rule": ...}` object per rule. Memory stays bounded whatever the
-//! guest holds: libyara keeps at most [`SHOWN`] bytes of each match (and its own limit of
-//! matches per string and scan), a scan of one run keeps at most `--max-matches` of them
-//! per rule, and nothing else is collected but a count per rule.
+//! guest holds: YARA-X keeps at most [`MAX_MATCHES_PER_PATTERN`] matches per string and
+//! scan (as offsets into the run; a string that reaches it is reported as possibly
+//! incomplete), a scan of one run keeps at most `--max-matches` of them per rule, each
+//! with at most [`SHOWN`] bytes, and nothing else is collected but a count per rule.
 //!
 //! Live targets are paused for the whole scan by the caller's pause guard; Ctrl-C stops
 //! the scan early (the remaining chunks are skipped) so the guard still resumes the VM.
@@ -60,19 +61,14 @@ const MAX_PROBLEMS: usize = 100;
 /// Exit code after Ctrl-C (128 + SIGINT, as shells report it).
 const EXIT_INTERRUPTED: u8 = 130;
 
-/// Compiled rules, with the libyara configuration they are scanned under.
+/// Compiled rules. Leaked: they live as long as the command (one scan a process), and
+/// each worker thread keeps a scanner of them for the whole scan.
 struct CompiledRules {
-    rules: yara::Rules,
-    // Keeps libyara initialised with our configuration while the rules live.
-    _yara: yara::Yara,
+    rules: &'static yara_x::Rules,
 }
 
-/// Compiles the rules file at `path`; a failure carries libyara's own messages.
+/// Compiles the rules file at `path`; a failure carries YARA-X's own message.
 fn compile(path: &Path) -> anyhow::Result<CompiledRules> {
-    let init = |e: yara::YaraError| anyhow!("cannot initialise libyara: {e}");
-    let yara = yara::Yara::new().map_err(init)?;
-    yara.set_configuration_max_match_data(SHOWN as u32)
-        .map_err(init)?;
     let shown = path.display();
     let file = std::fs::File::open(path)
         .map_err(|e| anyhow!(e).context(format!("cannot open the rules file {shown}")))?;
@@ -88,40 +84,36 @@ fn compile(path: &Path) -> anyhow::Result<CompiledRules> {
             MAX_RULES_FILE >> 20
         ));
     }
-    // libyara reads C strings: a NUL byte would end the text early.
     let text = String::from_utf8(text)
-        .ok()
-        .filter(|t| !t.contains('\0'))
-        .ok_or_else(|| anyhow!("the rules file {shown} is not YARA source text (UTF-8, no NUL)"))?;
-    let failed = |e: String| anyhow!("cannot compile the YARA rules in {shown}: {e}");
-    let compiler = yara::Compiler::new().map_err(init)?;
-    let compiler = compiler
-        .add_rules_str(&text)
-        .map_err(|e| failed(compile_message(&e)))?;
-    let rules = compiler
-        .compile_rules()
-        .map_err(|e| failed(e.to_string()))?;
-    Ok(CompiledRules { rules, _yara: yara })
+        .map_err(|_| anyhow!("the rules file {shown} is not YARA source text (UTF-8)"))?;
+    let mut compiler = yara_x::Compiler::new();
+    compiler.add_source(text.as_str()).map_err(|e| {
+        anyhow!(
+            "cannot compile the YARA rules in {shown}: {}",
+            compile_message(&e, &text)
+        )
+    })?;
+    Ok(CompiledRules {
+        rules: Box::leak(Box::new(compiler.build())),
+    })
 }
 
-/// libyara's errors (warnings left out), one line.
-fn compile_message(e: &yara::Error) -> String {
-    match e {
-        yara::Error::Compile(errors) => {
-            let lines: Vec<String> = errors
-                .iter()
-                .filter(|c| c.level == yara::CompileErrorLevel::Error)
-                .map(|c| format!("line {}: {}", c.line, c.message))
-                .collect();
-            if lines.is_empty() {
-                "unknown error".into()
-            } else {
-                lines.join("; ")
-            }
+/// A compile error as one line: `line N: title` (the line of its first label).
+fn compile_message(e: &yara_x::errors::CompileError, text: &str) -> String {
+    let title = e.title().replace('\n', " ");
+    match e.labels().next() {
+        Some(label) => {
+            let at = label.span().range().start.min(text.len());
+            let line = 1 + text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+            format!("line {line}: {title}")
         }
-        other => other.to_string(),
+        None => title,
     }
 }
+
+/// Matches YARA-X keeps per pattern and scan; a pattern with that many is reported as
+/// possibly incomplete.
+const MAX_MATCHES_PER_PATTERN: usize = 1_000_000;
 
 /// A string match of a rule in one run of bytes.
 struct Hit {
@@ -141,86 +133,85 @@ struct Found {
     hits: Vec<Hit>,
     /// Matches beyond the limit, per rule: counted, not kept.
     beyond: BTreeMap<String, u64>,
-    /// Strings with more matches than libyara keeps.
+    /// Strings with as many matches as YARA-X keeps (there may be more).
     overflow: Vec<String>,
 }
 
-/// The rules and a pool of libyara scanners (a scanner is used by one thread at a time).
-struct Matcher<'r> {
-    rules: &'r yara::Rules,
-    idle: Mutex<Vec<yara::Scanner<'r>>>,
+/// The rules, scanned with one YARA-X scanner per worker thread.
+struct Matcher {
+    rules: &'static yara_x::Rules,
     /// Matches kept per rule and run (0: all): no more can be shown in total.
     limit: u64,
 }
 
-impl<'r> Matcher<'r> {
-    fn new(rules: &'r yara::Rules, limit: u64) -> Self {
-        Self {
-            rules,
-            idle: Mutex::new(Vec::new()),
-            limit,
-        }
+impl Matcher {
+    fn new(rules: &'static yara_x::Rules, limit: u64) -> Self {
+        Self { rules, limit }
     }
 
     /// The matches in `bytes` that start in its first `owned` bytes (at most the limit
-    /// per rule, the others counted), and the strings that had too many matches for
-    /// libyara to keep them all.
-    fn scan(&self, bytes: &[u8], owned: usize) -> Result<Found, yara::YaraError> {
-        let pooled = self.idle.lock().unwrap_or_else(|e| e.into_inner()).pop();
-        let mut scanner = match pooled {
-            Some(s) => s,
-            None => self.rules.scanner()?,
-        };
+    /// per rule, the others counted), and the strings that had as many matches as
+    /// YARA-X keeps.
+    fn scan(&self, bytes: &[u8], owned: usize) -> Result<Found, yara_x::ScanError> {
+        // A scanner holds a WebAssembly instance of the rules: made once per thread and
+        // rules (rayon's workers live for the whole scan), never shared.
+        thread_local! {
+            static SCANNER: std::cell::RefCell<Option<(usize, yara_x::Scanner<'static>)>> =
+                const { std::cell::RefCell::new(None) };
+        }
         let mut hits = Vec::new();
         let mut beyond = BTreeMap::new();
         let mut overflow = Vec::new();
-        let result = scanner.scan_mem_callback(bytes, |message| {
-            match message {
-                yara::CallbackMsg::RuleMatching(rule) => {
-                    let name = match rule.namespace {
-                        "default" | "" => rule.identifier.to_owned(),
-                        ns => format!("{ns}:{}", rule.identifier),
-                    };
-                    let mut kept = 0u64;
-                    let mut more = 0u64;
-                    for s in &rule.strings {
-                        for m in &s.matches {
-                            let Some(offset) = m.base.checked_add(m.offset) else {
-                                continue;
-                            };
-                            if offset >= owned {
-                                continue;
-                            }
-                            if self.limit != 0 && kept >= self.limit {
-                                more += 1;
-                                continue;
-                            }
-                            kept += 1;
-                            {
-                                hits.push(Hit {
-                                    rule: name.clone(),
-                                    string: s.identifier.to_owned(),
-                                    offset,
-                                    length: m.length,
-                                    data: m.data.iter().take(SHOWN).copied().collect(),
-                                });
-                            }
+        let mut record = |results: yara_x::ScanResults<'_, '_>| {
+            for rule in results.matching_rules() {
+                let name = match rule.namespace() {
+                    "default" | "" => rule.identifier().to_owned(),
+                    ns => format!("{ns}:{}", rule.identifier()),
+                };
+                let mut kept = 0u64;
+                let mut more = 0u64;
+                for pattern in rule.patterns() {
+                    let mut seen = 0usize;
+                    for m in pattern.matches() {
+                        seen += 1;
+                        let range = m.range();
+                        if range.start >= owned {
+                            continue;
                         }
+                        if self.limit != 0 && kept >= self.limit {
+                            more += 1;
+                            continue;
+                        }
+                        kept += 1;
+                        hits.push(Hit {
+                            rule: name.clone(),
+                            string: pattern.identifier().to_owned(),
+                            offset: range.start,
+                            length: range.len(),
+                            data: m.data().iter().take(SHOWN).copied().collect(),
+                        });
                     }
-                    if more > 0 {
-                        *beyond.entry(name).or_insert(0) += more;
+                    if seen >= MAX_MATCHES_PER_PATTERN {
+                        overflow.push(format!("{name}:{}", pattern.identifier()));
                     }
                 }
-                yara::CallbackMsg::TooManyMatches(s) => overflow.push(s.identifier.to_owned()),
-                _ => {}
+                if more > 0 {
+                    *beyond.entry(name).or_insert(0) += more;
+                }
             }
-            yara::CallbackReturn::Continue
-        });
-        self.idle
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .push(scanner);
-        result.map(|()| Found {
+        };
+        let key = std::ptr::from_ref(self.rules) as usize;
+        SCANNER.with(|cell| {
+            let mut cell = cell.borrow_mut();
+            if cell.as_ref().is_none_or(|(k, _)| *k != key) {
+                let mut scanner = yara_x::Scanner::new(self.rules);
+                scanner.max_matches_per_pattern(MAX_MATCHES_PER_PATTERN);
+                *cell = Some((key, scanner));
+            }
+            let (_, scanner) = cell.as_mut().expect("set above");
+            scanner.scan(bytes).map(&mut record)
+        })?;
+        Ok(Found {
             hits,
             beyond,
             overflow,
@@ -260,16 +251,16 @@ struct Place<'a> {
 /// What the workers share while a scan runs.
 struct Scan<'a, D: VmiRead> {
     core: &'a VmiCore<D>,
-    matcher: Matcher<'a>,
+    matcher: Matcher,
     format: Format,
     bar: indicatif::ProgressBar,
     stop: Arc<AtomicBool>,
     matches: AtomicU64,
-    /// Bytes given to libyara (less than the core's count when Ctrl-C stopped the scan).
+    /// Bytes given to YARA (less than the core's count when Ctrl-C stopped the scan).
     scanned: AtomicU64,
     /// The first failure to write the output (the scan stops on it).
     output_error: Mutex<Option<std::io::Error>>,
-    /// Runs libyara could not scan, and strings with more matches than it keeps.
+    /// Runs YARA could not scan, and strings with as many matches as it keeps.
     problems: Mutex<Vec<String>>,
     /// Problems beyond the first [`MAX_PROBLEMS`].
     more_problems: AtomicU64,
@@ -305,7 +296,7 @@ impl<D: VmiRead<Architecture = Amd64>> Scan<'_, D> {
         };
         for s in overflow {
             self.problem(format!(
-                "string {s} has more matches at {:#x} than YARA keeps (some are not reported)",
+                "string {s} has as many matches at {:#x} as YARA keeps (more may not be reported)",
                 chunk.ctx.address
             ));
         }
@@ -315,7 +306,7 @@ impl<D: VmiRead<Architecture = Amd64>> Scan<'_, D> {
         }
         let mut lines = String::new();
         for (i, h) in hits.iter().enumerate() {
-            // Ctrl-C also stops a run with many matches (libyara keeps up to a million).
+            // Ctrl-C also stops a run with many matches (YARA-X keeps up to a million a string).
             if i % 4096 == 4095 && self.stop.load(Ordering::Relaxed) {
                 return;
             }
@@ -468,7 +459,7 @@ impl<D: VmiRead<Architecture = Amd64> + VmiQueryRegisters + 'static> Ctx<'_, D> 
         );
         let scan = Scan {
             core: self.core,
-            matcher: Matcher::new(&compiled.rules, args.max_matches),
+            matcher: Matcher::new(compiled.rules, args.max_matches),
             format: self.format(),
             bar,
             stop,
