@@ -260,13 +260,17 @@ impl FakeXen {
     /// Writes guest memory at a frame address (`frame * 4096 + offset`), page by page.
     pub fn write_memory(&self, d: DomId, addr: u64, data: &[u8]) {
         self.with_dom(d, |dom| {
-            for (i, b) in data.iter().enumerate() {
-                let a = addr + i as u64;
+            let mut done = 0;
+            while done < data.len() {
+                let a = addr + done as u64;
+                let off = (a % XEN_PAGE_SIZE as u64) as usize;
+                let n = (XEN_PAGE_SIZE - off).min(data.len() - done);
                 let page = dom
                     .memory
                     .entry(a / XEN_PAGE_SIZE as u64)
                     .or_insert_with(|| Box::new([0u8; XEN_PAGE_SIZE]));
-                page[(a % XEN_PAGE_SIZE as u64) as usize] = *b;
+                page[off..off + n].copy_from_slice(&data[done..done + n]);
+                done += n;
             }
         });
     }
@@ -274,14 +278,18 @@ impl FakeXen {
     /// Reads guest memory (zeros where nothing was written).
     pub fn read_memory(&self, d: DomId, addr: u64, len: usize) -> Vec<u8> {
         self.with_dom(d, |dom| {
-            (0..len as u64)
-                .map(|i| {
-                    let a = addr + i;
-                    dom.memory
-                        .get(&(a / XEN_PAGE_SIZE as u64))
-                        .map_or(0, |p| p[(a % XEN_PAGE_SIZE as u64) as usize])
-                })
-                .collect()
+            let mut out = vec![0u8; len];
+            let mut done = 0;
+            while done < len {
+                let a = addr + done as u64;
+                let off = (a % XEN_PAGE_SIZE as u64) as usize;
+                let n = (XEN_PAGE_SIZE - off).min(len - done);
+                if let Some(p) = dom.memory.get(&(a / XEN_PAGE_SIZE as u64)) {
+                    out[done..done + n].copy_from_slice(&p[off..off + n]);
+                }
+                done += n;
+            }
+            out
         })
         .unwrap_or_default()
     }

@@ -77,6 +77,9 @@ fn failed_stopped_and_panicking_recipes_leave_the_thread_restored() {
     drop(r);
     assert_eq!(seen, Some(i64::from(pid)));
 
+    // The same, on Xen (the in-memory fake) with this moment's memory.
+    injection_on_the_xen_fake(&guest, &core, &os, pid);
+
     // 100 injections in a row into the busy process, each exact and verified.
     for _ in 0..100 {
         cat_works();
@@ -379,4 +382,271 @@ fn a_step_stuck_in_the_kernel_is_given_back_by_the_guard_once_the_session_ends()
     assert_eq!(report.restored.as_ref(), Some(&report.saved));
     assert_eq!(report.memory_restored, Some(true));
     let _ = guest.run(&format!("kill {pid}"), t);
+}
+
+/// The injector on Xen, through the same traits, on the in-memory fake: the memory and
+/// vCPU state of the live guest at a moment its busy process `pid` runs are copied into
+/// a fake Xen domain, and a thread of this test plays the vCPU: it raises the
+/// breakpoint events Xen would raise (int3s the driver planted in the domain's frames)
+/// and carries out the system calls the injector points it at (`getpid`, a `write`
+/// whose bytes it reads, a `read` whose buffer it fills). Afterwards the domain's
+/// memory is byte-identical to the copy and the thread's registers are the saved ones.
+fn injection_on_the_xen_fake(
+    guest: &TestGuest,
+    core: &VmiCore<QemuDriver>,
+    os: &LinuxOs,
+    pid: u32,
+) {
+    use std::sync::atomic::AtomicBool;
+    use vmi_arch_amd64::Registers;
+    use vmi_core::{Va, VcpuId, VmiSetRegisters};
+    use vmi_driver_xen::XenDriver;
+    use vmi_driver_xen::abi::{VmEvent, VmEventRegsX86, flags, reason};
+    use vmi_driver_xen::fake::FakeXen;
+    use vmi_utils::inject::{Arg, RED_ZONE};
+
+    // A moment where vCPU 0 runs the busy process, whose user registers saved at its
+    // last kernel entry (the injector's first safe point) leave 1 KiB of writable stack
+    // below the red zone (the shell's stack goes deeper only now and then: the page
+    // below is often not there yet).
+    let mut regs0 = None;
+    for _ in 0..500 {
+        core.pause().unwrap();
+        let r = core.registers(VcpuId(0)).unwrap();
+        let room = |t: &vmi_os_linux::LinuxTask| {
+            let f = os.syscall_frame(core, t).ok()?;
+            core.translate(vmi_core::AddressContext::new(
+                Va(f.sp.checked_sub(RED_ZONE + 1024)?),
+                r.cr3.root(),
+            ))
+            .ok()
+            .filter(|t| t.flags.user && t.flags.writable)
+        };
+        if let Ok(t) = os.current_task_from_registers(core, &r)
+            && t.tgid == pid
+            && r.cpl() == 3
+            && room(&t).is_some()
+        {
+            regs0 = Some(r);
+            break;
+        }
+        core.resume().unwrap();
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let regs0: Registers = regs0.expect("vCPU 0 never ran the busy process with stack room");
+    let ram = std::fs::read(guest.mem_file()).unwrap();
+    core.resume().unwrap();
+
+    let xen = FakeXen::new();
+    let d = xen.add_hvm_domain(ram.len() as u64 / 4096);
+    for (i, page) in ram.chunks(4096).enumerate() {
+        if page.iter().any(|&b| b != 0) {
+            xen.write_memory(d, i as u64 * 4096, page);
+        }
+    }
+    let drv = XenDriver::new(xen.clone(), d).unwrap();
+    drv.set_registers(VcpuId(0), &regs0).unwrap();
+    let xcore = VmiCore::new(drv).unwrap();
+    let xos = {
+        let _pause = xcore.pause_guard().unwrap();
+        LinuxOs::new(&xcore).unwrap()
+    };
+    let injector = Injector::new(&xcore, &xos);
+    let (task, root) = injector.target_thread(pid, None).unwrap();
+    let frame = xos.syscall_frame(&xcore, &task).unwrap();
+    let syscall_at = injector.find_syscall(&task, root).unwrap();
+    let pa_of = |va: u64| {
+        xcore
+            .translate(vmi_core::AddressContext::new(Va(va), root))
+            .ok()
+            .map(|t| t.pa.0)
+    };
+    let safe_pa = pa_of(frame.ip).expect("the safe point is mapped");
+
+    // The thread at its safe point, as Xen reports a vCPU in user mode.
+    let mut start = VmEventRegsX86 {
+        rip: frame.ip,
+        rsp: frame.sp,
+        rdi: frame.args[0],
+        rsi: frame.args[1],
+        rdx: frame.args[2],
+        r10: frame.args[3],
+        r8: frame.args[4],
+        r9: frame.args[5],
+        rflags: 0x246,
+        cr0: regs0.cr0,
+        cr3: root.0,
+        cr4: regs0.cr4,
+        msr_efer: regs0.efer,
+        fs_base: if regs0.cpl() == 3 { regs0.fs_base } else { 0 },
+        gs_base: 0,
+        shadow_gs: regs0.kernel_gs(),
+        ..VmEventRegsX86::default()
+    };
+    start.cs_sel = 0x33;
+    start.ss_sel = 0x2b;
+    let event = |regs: &VmEventRegsX86, why: u32, pa: u64| {
+        VmEvent {
+            version: 7,
+            flags: flags::VCPU_PAUSED,
+            reason: why,
+            u: if why == reason::SOFTWARE_BREAKPOINT {
+                [pa >> 12, 0, 1, 0]
+            } else {
+                [0; 4]
+            },
+            regs: *regs,
+            ..VmEvent::default()
+        }
+    };
+    let int3_at = |pa: u64| xen.read_memory(d, pa, 1) == [0xcc];
+    let write_virt = |va: u64, data: &[u8]| {
+        for (i, b) in data.iter().enumerate() {
+            xen.write_memory(d, pa_of(va + i as u64).unwrap(), &[*b]);
+        }
+    };
+    let read_virt = |va: u64, len: usize| -> Vec<u8> {
+        (0..len as u64)
+            .map(|i| xen.read_memory(d, pa_of(va + i).unwrap(), 1)[0])
+            .collect()
+    };
+
+    let done = AtomicBool::new(false);
+    let (written, report, seen) = std::thread::scope(|s| {
+        // The vCPU.
+        let cpu = s.spawn(|| {
+            let mut written = Vec::new();
+            let deadline = std::time::Instant::now() + Duration::from_secs(60);
+            let wait = |what: &str, mut ok: Box<dyn FnMut() -> bool + '_>| loop {
+                if ok() {
+                    return true;
+                }
+                if done.load(Ordering::SeqCst) {
+                    return false;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "the vCPU waited for {what}"
+                );
+                std::thread::sleep(Duration::from_millis(1));
+            };
+            if !wait("the safe point's int3", Box::new(|| int3_at(safe_pa))) {
+                return written;
+            }
+            let mut regs = start;
+            xen.push_request(d, &event(&regs, reason::SOFTWARE_BREAKPOINT, safe_pa))
+                .unwrap();
+            loop {
+                let mut rsp = Vec::new();
+                if !wait(
+                    "a response",
+                    Box::new(|| {
+                        rsp = xen.take_responses(d);
+                        !rsp.is_empty()
+                    }),
+                ) {
+                    return written;
+                }
+                let r = rsp.remove(0);
+                if r.flags & flags::SET_REGISTERS != 0 {
+                    regs = r.regs;
+                }
+                if r.flags & flags::TOGGLE_SINGLESTEP != 0 {
+                    // Stepping over an int3 of the driver's: one step, then it plants
+                    // it again (and turns single-step off, another toggle).
+                    xen.push_request(d, &event(&regs, reason::SINGLESTEP, 0))
+                        .unwrap();
+                    continue;
+                }
+                // Run: the `syscall` the injector pointed the thread at, carried out.
+                if regs.rip == syscall_at.0 {
+                    let ret: i64 = match regs.rax {
+                        nr::GETPID => i64::from(pid),
+                        nr::WRITE => {
+                            written = read_virt(regs.rsi, regs.rdx as usize);
+                            regs.rdx as i64
+                        }
+                        nr::READ => {
+                            let typed = b"typed on xen";
+                            let n = typed.len().min(regs.rdx as usize);
+                            write_virt(regs.rsi, &typed[..n]);
+                            n as i64
+                        }
+                        _ => -38, // ENOSYS
+                    };
+                    regs.rax = ret as u64;
+                    regs.rip += 2;
+                    regs.rcx = regs.rip;
+                    regs.r11 = regs.rflags;
+                }
+                // The next int3 the thread meets, or it runs on for good.
+                match pa_of(regs.rip).filter(|&pa| int3_at(pa)) {
+                    Some(pa) => xen
+                        .push_request(d, &event(&regs, reason::SOFTWARE_BREAKPOINT, pa))
+                        .unwrap(),
+                    None => return written,
+                }
+            }
+        });
+        let mut seen = Vec::new();
+        let mut steps = vec![
+            Syscall::new(
+                nr::WRITE,
+                "write",
+                vec![
+                    Arg::Value(1),
+                    Arg::Bytes(b"hello from the injector".to_vec()),
+                    Arg::Value(23),
+                ],
+            ),
+            Syscall::new(
+                nr::READ,
+                "read",
+                vec![Arg::Value(0), Arg::Out(64), Arg::OutLen],
+            ),
+        ]
+        .into_iter();
+        let mut recipe = Recipe::new(Syscall::new(nr::GETPID, "getpid", vec![]), |o| {
+            seen.push((o.name, o.ret, o.out.clone()));
+            steps.next().map_or(Next::Done, Next::Call)
+        });
+        let report = injector.run(pid, &mut recipe);
+        drop(recipe);
+        done.store(true, Ordering::SeqCst);
+        (cpu.join().unwrap(), report, seen)
+    });
+    let report = report.unwrap();
+    eprintln!(
+        "xen fake: {} steps, {} breakpoint hits, safe point {:#x}, syscall at {:#x}, scratch {:#x}..{:#x}",
+        report.steps.len(),
+        report.hits,
+        report.safe_point.0,
+        report.syscall_at.0,
+        report.scratch.0.0,
+        report.scratch.1.0
+    );
+    assert_eq!(
+        seen,
+        vec![
+            ("getpid", i64::from(pid), vec![]),
+            ("write", 23, vec![]),
+            ("read", 12, b"typed on xen".to_vec()),
+        ]
+    );
+    assert_eq!(written, b"hello from the injector");
+    assert_eq!(report.restored.as_ref(), Some(&report.saved));
+    assert_eq!(report.memory_restored, Some(true));
+    assert_eq!(report.saved.rip, frame.ip);
+    assert!(
+        report.crash_guard.is_err(),
+        "the Xen driver has no crash guard"
+    );
+    // Every int3 gone, every scratch byte back: the domain is the copy again.
+    drop(xcore);
+    for (i, page) in ram.chunks(4096).enumerate() {
+        assert!(
+            xen.read_memory(d, i as u64 * 4096, 4096) == page,
+            "frame {i:#x} differs from the copy"
+        );
+    }
 }

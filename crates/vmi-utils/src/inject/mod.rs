@@ -67,6 +67,17 @@
 //! A driver that fails in the middle of a step while this process lives leaves the thread
 //! with the injector's registers ([`InjectError::Lost`]).
 //!
+//! **Xen.** The injector needs only the core's traits: over `vmi-driver-xen` its
+//! breakpoints are `int3`s the driver plants in the process's frames (the manager
+//! follows them by physical address) and the registers travel in vm_event responses.
+//! That is tested on the driver's in-memory fake, holding the memory of the live test
+//! guest at a moment its busy process runs, with the test playing the vCPU (it raises
+//! the breakpoint events and carries out the system calls): `getpid`, a `write` whose
+//! bytes it reads, a `read` whose buffer it fills, then the thread restored and
+//! verified and the domain's memory byte-identical to the copy. The nested Xen of this
+//! project's machines cannot deliver breakpoint events, so there is no live Xen test.
+//! The Xen driver has no crash guard ([`InjectReport::crash_guard`] says so).
+//!
 //! **A buffer** ([`InjectOptions::buffer`], off by default): a step whose data or output
 //! does not fit the stack's scratch area makes the injector run `mmap` (private,
 //! anonymous, populated) in the process first and place the step's data or output in it;
