@@ -485,19 +485,17 @@ fn injection_on_the_xen_fake(
     };
     start.cs_sel = 0x33;
     start.ss_sel = 0x2b;
-    let event = |regs: &VmEventRegsX86, why: u32, pa: u64| {
-        VmEvent {
-            version: 7,
-            flags: flags::VCPU_PAUSED,
-            reason: why,
-            u: if why == reason::SOFTWARE_BREAKPOINT {
-                [pa >> 12, 0, 1, 0]
-            } else {
-                [0; 4]
-            },
-            regs: *regs,
-            ..VmEvent::default()
-        }
+    let event = |regs: &VmEventRegsX86, why: u32, pa: u64| VmEvent {
+        version: 7,
+        flags: flags::VCPU_PAUSED,
+        reason: why,
+        u: if why == reason::SOFTWARE_BREAKPOINT {
+            [pa >> 12, 0, 1, 0]
+        } else {
+            [0; 4]
+        },
+        regs: *regs,
+        ..VmEvent::default()
     };
     let int3_at = |pa: u64| xen.read_memory(d, pa, 1) == [0xcc];
     let write_virt = |va: u64, data: &[u8]| {

@@ -104,7 +104,10 @@ fn compile_message(e: &yara_x::errors::CompileError, text: &str) -> String {
     match e.labels().next() {
         Some(label) => {
             let at = label.span().range().start.min(text.len());
-            let line = 1 + text.as_bytes()[..at].iter().filter(|&&b| b == b'\n').count();
+            let line = 1 + text.as_bytes()[..at]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count();
             format!("line {line}: {title}")
         }
         None => title,
