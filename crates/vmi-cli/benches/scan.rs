@@ -97,7 +97,11 @@ fn bench(c: &mut Criterion) {
     std::fs::create_dir_all(&isf).unwrap();
     run(&mut vmi(
         &elf,
-        &["profile", "export", isf.join("linux.json").to_str().unwrap()],
+        &[
+            "profile",
+            "export",
+            isf.join("linux.json").to_str().unwrap(),
+        ],
     ));
     let mut g = c.benchmark_group("scan_every_process_elf");
     g.sample_size(10).measurement_time(Duration::from_secs(20));
@@ -108,12 +112,14 @@ fn bench(c: &mut Criterion) {
         Some(v) => {
             g.bench_function("volatility3_vmayarascan", |b| {
                 b.iter(|| {
-                    run(vmi_test_guest::volatility_command(v, &isf.join("vol-cache"))
-                        .args(["-q", "-r", "json", "-s"])
-                        .arg(&isf)
-                        .arg("-f")
-                        .arg(&elf)
-                        .args(["linux.vmayarascan", "--yara-file", rules_s]))
+                    run(
+                        vmi_test_guest::volatility_command(v, &isf.join("vol-cache"))
+                            .args(["-q", "-r", "json", "-s"])
+                            .arg(&isf)
+                            .arg("-f")
+                            .arg(&elf)
+                            .args(["linux.vmayarascan", "--yara-file", rules_s]),
+                    )
                 })
             });
         }
