@@ -15,10 +15,13 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::run;
 use criterion::{Criterion, criterion_group, criterion_main};
 use vmi_core::VmiCore;
 use vmi_driver_dump::DumpDriver;
@@ -51,16 +54,6 @@ for v in for_each_vma(t.mm):
     n += 1
 assert n > 1000, n
 "#;
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
 
 fn vmi(dump: &Path, cache: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vmi"));

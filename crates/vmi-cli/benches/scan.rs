@@ -13,10 +13,13 @@
 
 #![allow(missing_docs)] // criterion's macros generate undocumented items
 
+mod common;
+
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
 
+use common::run;
 use criterion::{Criterion, criterion_group, criterion_main};
 use vmi_test_guest::{DumpFormat, GuestConfig, TestGuest, Userland};
 
@@ -26,16 +29,6 @@ rules = yara_x.compile(open(sys.argv[1]).read())
 scanner = yara_x.Scanner(rules)
 print(sum(len(p.matches) for r in scanner.scan_file(sys.argv[2]).matching_rules for p in r.patterns))
 "#;
-
-fn run(cmd: &mut Command) -> String {
-    let out = cmd.output().expect("spawn");
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8(out.stdout).expect("utf-8")
-}
 
 fn vmi(target: &Path, args: &[&str]) -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_vmi"));
