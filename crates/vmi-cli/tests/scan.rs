@@ -282,6 +282,12 @@ fn volatility_agrees(dump: &Path, rules: &Path) {
             a
         }
     };
+    // With the yara-x Python package installed (the scan bench's peer), Volatility scans
+    // with YARA-X, which names rules by namespace: `default.env_marker`.
+    let rule_name = |v: &Value| {
+        let name = v.as_str().unwrap();
+        name.strip_prefix("default.").unwrap_or(name).to_owned()
+    };
     let num =
         |v: &Value| u64::from_str_radix(v.as_str().unwrap().trim_start_matches("0x"), 16).unwrap();
     let set = |rows: Vec<(String, u64, u64)>| -> std::collections::BTreeSet<(String, u64, u64)> {
@@ -292,7 +298,7 @@ fn volatility_agrees(dump: &Path, rules: &Path) {
         .iter()
         .map(|r| {
             (
-                r["Rule"].as_str().unwrap().to_owned(),
+                rule_name(&r["Rule"]),
                 r["PID"].as_u64().unwrap(),
                 canonical(r["Offset"].as_u64().unwrap()),
             )
@@ -322,7 +328,7 @@ fn volatility_agrees(dump: &Path, rules: &Path) {
         .iter()
         .map(|r| {
             (
-                r["Rule"].as_str().unwrap().to_owned(),
+                rule_name(&r["Rule"]),
                 canonical(r["Offset"].as_u64().unwrap()),
             )
         })
