@@ -5,7 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # Each step says how long the run has taken so far, so a slow CI run shows where.
-step() { printf '\n== %s (at %d s)\n' "$*" "$SECONDS" >&2; }
+# With the CPU time left idle so far (both cores together), which shows where work could
+# still run in parallel.
+idle() { awk '/^cpu /{printf "%d", $5 / 100}' /proc/stat 2>/dev/null || echo 0; }
+idle0=$(idle)
+step() { printf '\n== %s (at %d s, %d s idle)\n' "$*" "$SECONDS" $(( $(idle) - idle0 )) >&2; }
 step "set-up (scripts/setup.sh)"
 bash scripts/setup.sh
 
@@ -59,4 +63,4 @@ left=$(comm -13 <(echo "$shm_before") <(ls /dev/shm 2>/dev/null | grep '^vmi-gue
 if [ -n "$left" ]; then
   echo "error: tests left guest RAM files in /dev/shm:" >&2; echo "$left" >&2; exit 1
 fi
-echo "all tests passed in $SECONDS s" >&2
+echo "all tests passed in $SECONDS s ($(( $(idle) - idle0 )) s of CPU idle)" >&2

@@ -5,9 +5,10 @@
 # bindings are generated from the unpacked headers and the crate's test binary is linked
 # (4.17 against the unpacked .so files, 4.20 statically against its .a files, whose .so
 # files would need trixie's glibc) and run (off Xen, LibXen::open must fail cleanly).
-# Both builds share one target directory: the build script reruns on the XEN_* variables
-# it declares, so only vmi-driver-xen is built again for the second set (the dependencies
-# once, not twice: about 90 s of a cold CI run).
+# Both builds use the workspace's target directory: the build script reruns on the XEN_*
+# variables it declares, so only vmi-driver-xen is built again for each set (and once more
+# by the next build without them), while its dependencies and bindgen are the ones clippy
+# and the tests build anyway (a target directory of its own cost ~100 s of a cold CI run).
 # Needs libclang (scripts/setup.sh installs libclang-dev).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -18,7 +19,7 @@ for v in 4.17 4.20; do
   static=0; [ "$v" = 4.20 ] && static=1
   echo "[xen-build-gate] Xen $v headers: $root (static=$static)" >&2
   XEN_HEADERS_DIR=$root/usr/include XEN_LIB_DIR=$lib XEN_STATIC=$static \
-    CARGO_TARGET_DIR=$BASE/xen-gate LD_LIBRARY_PATH=$lib \
+    CARGO_TARGET_DIR=$BASE LD_LIBRARY_PATH=$lib \
     cargo test -q -p vmi-driver-xen --features xen-sys --lib -- ffi abi
 done
 echo "[xen-build-gate] vmi-driver-xen builds, links and runs against Xen 4.17 and 4.20 headers" >&2
