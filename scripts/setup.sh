@@ -61,11 +61,13 @@ fi
 # The Python package `vmi`, built from crates/vmi-python in the dev profile (it shares
 # the dependencies the tests already built; a release build compiles them all again) and
 # installed editable into the venv, so `target/venv/bin/python -c 'import vmi'` works.
+# With the `xen` feature (libxen-dev and libclang are installed above): `xen:` targets,
+# which the nested Xen smoke test runs in its dom0 with this very module.
 if [ ! -x "$VENV/bin/maturin" ] || [ ! -x "$VENV/bin/pytest" ]; then
   "$VENV/bin/python" -m pip install -q --disable-pip-version-check 'maturin>=1.5,<2' 'pytest>=8,<10'
 fi
 log "building the Python package vmi (maturin develop)"
-(cd crates/vmi-python && VIRTUAL_ENV="$PWD/../../$VENV" "../../$VENV/bin/maturin" develop -q)
+(cd crates/vmi-python && VIRTUAL_ENV="$PWD/../../$VENV" "../../$VENV/bin/maturin" develop -q --features xen)
 
 command -v cargo-nextest >/dev/null || cargo install --locked cargo-nextest >/dev/null 2>&1 || log "cargo-nextest unavailable: tests will run with cargo test"
 log "ready"

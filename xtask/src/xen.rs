@@ -29,6 +29,9 @@ struct XenSet {
     version: &'static str,
     suite: &'static str,
     packages: &'static [&'static str],
+    /// The suite's Python (`3.11`), whose interpreter and standard library dom0 gets for
+    /// the Python package's checks.
+    python: &'static str,
 }
 
 const COMMON_LIBS: &[&str] = &[
@@ -54,7 +57,11 @@ fn xen_set(version: &str) -> Result<XenSet> {
                 "xen-hypervisor-4.17-amd64",
                 "xen-utils-4.17",
                 "libxenmisc4.17",
+                "python3.11-minimal",
+                "libpython3.11-minimal",
+                "libpython3.11-stdlib",
             ],
+            python: "3.11",
         },
         "4.20" => XenSet {
             version: "4.20",
@@ -72,7 +79,12 @@ fn xen_set(version: &str) -> Result<XenSet> {
                 "libuuid1",
                 "libtinfo6",
                 "libncursesw6",
+                "libexpat1",
+                "python3.13-minimal",
+                "libpython3.13-minimal",
+                "libpython3.13-stdlib",
             ],
+            python: "3.13",
         },
         other => bail!("--xen must be 4.17 or 4.20, not `{other}`"),
     })
@@ -93,7 +105,9 @@ fn run(cmd: &mut Command) -> Result<std::process::Output> {
 /// `root`; returns the kernel's release.
 fn prepare_root(set: &XenSet, work: &Path) -> Result<PathBuf> {
     let root = work.join("root");
-    if root.join(".ready").is_file() {
+    // The marker names the packages: a root unpacked for another list is unpacked again.
+    let ready = set.packages.join(" ");
+    if std::fs::read_to_string(root.join(".ready")).is_ok_and(|r| r == ready) {
         return Ok(root);
     }
     let _ = std::fs::remove_dir_all(&root);
@@ -122,7 +136,7 @@ fn prepare_root(set: &XenSet, work: &Path) -> Result<PathBuf> {
             .with_context(|| format!("downloading {pkg}"))?;
         run(Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root))?;
     }
-    std::fs::write(root.join(".ready"), b"")?;
+    std::fs::write(root.join(".ready"), ready)?;
     Ok(root)
 }
 
@@ -201,6 +215,8 @@ for t in pv pvh; do
     tr -d '\r' < /var/log/xen/console/guest-guest$t.log | grep '^DOMU_PS ' | sed "s/^DOMU_PS /XEN_DOMU $t /"
   fi
   id=$(xl domid guest$t)
+  # The Python package first: xen-smoke's last probe plants an int3 that may kill the guest.
+  [ $t = pvh ] && PYTHONPATH=/root/py python3 -S -B /root/xen_dom0.py $t $id
   /root/xen-smoke $id $t @BANNER@ @EVENTS@
   xl destroy $id
 done
@@ -262,6 +278,99 @@ fn mkdirs(c: &mut CpioBuilder, seen: &mut BTreeSet<String>, path: &str) {
             c.dir(&cur, 0o755);
         }
     }
+}
+
+/// Parts of a Python standard library dom0 does not need (tests, GUI, build files).
+const PYTHON_SKIP: &[&str] = &[
+    "test",
+    "tests",
+    "idlelib",
+    "tkinter",
+    "turtledemo",
+    "ensurepip",
+    "lib2to3",
+    "pydoc_data",
+    "__pycache__",
+    "dist-packages",
+    "site-packages",
+];
+
+/// Adds the tree `rel` under `root` (files, directories, symbolic links) at `/rel`, but
+/// for the parts in [`PYTHON_SKIP`] and `config-*` directories.
+fn add_tree(
+    c: &mut CpioBuilder,
+    seen: &mut BTreeSet<String>,
+    root: &Path,
+    rel: &str,
+) -> Result<()> {
+    let dir = root.join(rel);
+    mkdirs(c, seen, &format!("/{rel}/x"));
+    let mut entries: Vec<_> = std::fs::read_dir(&dir)
+        .with_context(|| format!("{}", dir.display()))?
+        .collect::<std::io::Result<_>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name().to_string_lossy().into_owned();
+        if PYTHON_SKIP.contains(&name.as_str()) || name.starts_with("config-") {
+            continue;
+        }
+        let (path, dest) = (e.path(), format!("/{rel}/{name}"));
+        let ft = e.file_type()?;
+        if ft.is_symlink() {
+            let to = std::fs::read_link(&path)?;
+            c.symlink(&dest, &to.to_string_lossy());
+        } else if ft.is_dir() {
+            add_tree(c, seen, root, &format!("{rel}/{name}"))?;
+        } else {
+            c.file(&dest, 0o644, std::fs::read(&path)?);
+        }
+    }
+    Ok(())
+}
+
+/// The extension module of the Python package built with the `xen` feature against this
+/// Xen release's libraries: the one `scripts/setup.sh` installed into the package
+/// (`maturin develop --features xen`) when it links this release's libxenctrl, else one
+/// built here against the unpacked headers (the host's libxen-dev is another release).
+fn python_module(set: &XenSet, root: &Path, ws: &Path) -> Result<PathBuf> {
+    let soname = format!("libxenctrl.so.{}", set.version);
+    let links = |p: &Path| {
+        std::fs::read(p).is_ok_and(|b| b.windows(soname.len()).any(|w| w == soname.as_bytes()))
+    };
+    let installed = ws.join("crates/vmi-python/python/vmi/_vmi.abi3.so");
+    if links(&installed) {
+        eprintln!("[xen] the Python package's module: {}", installed.display());
+        return Ok(installed);
+    }
+    eprintln!(
+        "[xen] building the Python package's module against Xen {} headers",
+        set.version
+    );
+    let target = ws
+        .join("target")
+        .join(format!("xen-python-{}", set.version));
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(ws)
+            .args([
+                "build",
+                "-q",
+                "-p",
+                "vmi-python",
+                "--features",
+                "xen",
+                "--lib",
+            ])
+            .env("CARGO_TARGET_DIR", &target)
+            .env("XEN_HEADERS_DIR", root.join("usr/include"))
+            .env("XEN_LIB_DIR", root.join("usr/lib/x86_64-linux-gnu"))
+            .env("XEN_STATIC", "0"),
+    )?;
+    let built = target.join("debug/lib_vmi.so");
+    if !links(&built) {
+        bail!("{} does not link {soname}", built.display());
+    }
+    Ok(built)
 }
 
 /// The virtual address of `linux_banner` (`"Linux version <digit>..."`) in the vmlinux
@@ -425,6 +534,7 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
             .env("XEN_STATIC", "1"),
     )?;
     let smoke_bin = target.join("release/xen-smoke");
+    let py_module = python_module(&set, &root, &ws)?;
 
     // domU initramfs
     let busybox = std::fs::read("/bin/busybox").context("/bin/busybox (busybox-static) needed")?;
@@ -473,6 +583,40 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
         c.file(&dest, 0o755, std::fs::read(&p)?);
         binaries.push(p);
     }
+    // The suite's Python (its standard library below) and the package `vmi` with the Xen
+    // driver, for xen_dom0.py.
+    let python = root.join(format!("usr/bin/python{}", set.python));
+    mkdirs(&mut c, &mut seen, "/usr/bin/x");
+    c.file(
+        "/usr/bin/python3",
+        0o755,
+        std::fs::read(&python).with_context(|| format!("{}", python.display()))?,
+    );
+    add_tree(
+        &mut c,
+        &mut seen,
+        &root,
+        &format!("usr/lib/python{}", set.python),
+    )?;
+    let package = ws.join("crates/vmi-python/python/vmi");
+    mkdirs(&mut c, &mut seen, "/root/py/vmi/x");
+    c.file(
+        "/root/py/vmi/__init__.py",
+        0o644,
+        std::fs::read(package.join("__init__.py"))?,
+    );
+    c.file(
+        "/root/py/vmi/_vmi.abi3.so",
+        0o755,
+        std::fs::read(&py_module)?,
+    );
+    c.file(
+        "/root/xen_dom0.py",
+        0o644,
+        include_bytes!("xen_dom0.py").to_vec(),
+    );
+    binaries.push(python);
+    binaries.push(py_module);
     let lib_dirs = format!(
         "{}:{}",
         lib.display(),
@@ -604,18 +748,26 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
             _ => {}
         }
     }
-    let (matched, detail) = compare_processes(&text);
-    println!(
-        "{:>4} {:<22} {:<4} {detail}",
-        "pvh",
-        "PROCESS_MATCH",
-        if matched { "OK" } else { "FAIL" }
-    );
-    seen_checks.insert("pvh PROCESS_MATCH".to_owned());
-    if matched {
-        ok += 1;
-    } else {
-        failed.push("pvh PROCESS_MATCH".to_owned());
+    // The checks made here, against what the guest printed about itself.
+    for (check, (matched, detail)) in [
+        ("PROCESS_MATCH", compare_processes(&text, "XEN_TASK pvh ")),
+        (
+            "PY_PROCESS_MATCH",
+            compare_processes(&text, "XEN_PYTASK pvh "),
+        ),
+        ("PY_RELEASE", compare_release(&text)),
+    ] {
+        println!(
+            "{:>4} {check:<22} {:<4} {detail}",
+            "pvh",
+            if matched { "OK" } else { "FAIL" }
+        );
+        seen_checks.insert(format!("pvh {check}"));
+        if matched {
+            ok += 1;
+        } else {
+            failed.push(format!("pvh {check}"));
+        }
     }
     // Checks both guests must pass; the PVH guest adds the event, probe and OS-layer ones.
     const BOTH: [&str; 11] = [
@@ -644,11 +796,25 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
         "PROCESS_MATCH",
         "PROCESS_EVENTS",
     ];
+    // The Python package on the PVH guest (xen_dom0.py).
+    const PYTHON: [&str; 10] = [
+        "PY_OPEN",
+        "PY_INFO",
+        "PY_READ",
+        "PY_OBJECT",
+        "PY_PROCESSES",
+        "PY_PROCESS_MATCH",
+        "PY_RELEASE",
+        "PY_PAUSED",
+        "PY_ERRORS",
+        "PY_CLOSE",
+    ];
     const LAST: [&str; 2] = ["CLEANUP", "END"];
     let pv = BOTH.iter().chain(&LAST).map(|c| format!("pv {c}"));
     let pvh = BOTH
         .iter()
         .chain(&PVH_ONLY)
+        .chain(&PYTHON)
         .chain(&LAST)
         .map(|c| format!("pvh {c}"));
     let required: Vec<String> = pv.chain(pvh).chain(["dom0 DONE".to_string()]).collect();
@@ -702,8 +868,14 @@ const TRANSIENT: &[&str] = &["ls", "cat", "sleep"];
 
 /// Whether the driver's `comm` (`task->comm`, at most 15 bytes) is what the guest's
 /// `/proc/<pid>/stat` showed: equal, truncated, or a workqueue worker's name plus its
-/// `-queue` / `+queue` suffix.
+/// `-queue` / `+queue` suffix. A name that carries a suffix itself (the Python package's
+/// `Process.name`, as `ps` shows it) is compared without it: a worker moves from one
+/// queue to another between the guest's listing and ours.
 fn same_comm(driver: &str, guest: &str) -> bool {
+    let driver = match driver.strip_prefix("kworker/") {
+        Some(rest) => &driver[..8 + rest.find(['-', '+']).unwrap_or(rest.len())],
+        None => driver,
+    };
     driver == guest
         || (driver.len() >= 15 && guest.starts_with(driver))
         || guest
@@ -711,10 +883,36 @@ fn same_comm(driver: &str, guest: &str) -> bool {
             .is_some_and(|rest| rest.starts_with('-') || rest.starts_with('+'))
 }
 
+/// Whether the kernel release the Python package's `Target.info` gave (`XEN_PYINFO pvh
+/// <release>`) is the one the PVH guest's `/proc/version` names (its `DOMU_ALIVE` line).
+fn compare_release(text: &str) -> (bool, String) {
+    let after = |tag: &str| {
+        text.lines()
+            .find_map(|l| l.find(tag).map(|i| l[i + tag.len()..].trim().to_owned()))
+    };
+    let ours = after("XEN_PYINFO pvh ");
+    let guest = text
+        .lines()
+        .filter(|l| l.contains("pvh ALIVE"))
+        .find_map(|l| l.split_once("DOMU_ALIVE Linux version "))
+        .and_then(|(_, v)| v.split_whitespace().next().map(str::to_owned));
+    match (ours, guest) {
+        (Some(o), Some(g)) if !o.is_empty() && o == g => (
+            true,
+            format!("kernel_release {o}, as the guest's /proc/version"),
+        ),
+        (o, g) => (
+            false,
+            format!("kernel_release {o:?}, guest's /proc/version {g:?}"),
+        ),
+    }
+}
+
 /// Compares the PVH guest's own process list (`XEN_DOMU pvh <pid> (<comm>)`, from its
-/// console) with what the driver and the Linux OS layer listed (`XEN_TASK pvh <pid>
-/// <ppid> <comm>`): every long-lived guest process must be there with the same comm.
-fn compare_processes(text: &str) -> (bool, String) {
+/// console) with what the driver and the Linux OS layer listed (lines `<tag><pid>
+/// <ppid> <comm>`: `XEN_TASK pvh ` from xen-smoke, `XEN_PYTASK pvh ` from the Python
+/// package): every long-lived guest process must be there with the same comm.
+fn compare_processes(text: &str, tag: &str) -> (bool, String) {
     let mut guest = Vec::new();
     let mut ours = std::collections::BTreeMap::new();
     for l in text.lines() {
@@ -724,8 +922,8 @@ fn compare_processes(text: &str) -> (bool, String) {
                 let comm = comm.trim_start_matches('(').trim_end_matches(')');
                 guest.push((pid, comm.to_owned()));
             }
-        } else if let Some(i) = l.find("XEN_TASK pvh ") {
-            let mut it = l[i + 13..].trim_end().splitn(3, ' ');
+        } else if let Some(i) = l.find(tag) {
+            let mut it = l[i + tag.len()..].trim_end().splitn(3, ' ');
             if let (Some(Ok(pid)), Some(_ppid), Some(comm)) =
                 (it.next().map(str::parse::<u32>), it.next(), it.next())
             {
@@ -773,7 +971,20 @@ fn compare_processes(text: &str) -> (bool, String) {
 
 #[cfg(test)]
 mod tests {
-    use super::{compare_processes, same_comm};
+    use super::{compare_processes, compare_release, same_comm};
+
+    #[test]
+    fn the_release_is_compared_with_the_guests_proc_version() {
+        let alive =
+            "  pvh ALIVE INFO after 13s: DOMU_ALIVE Linux version 6.1.0-57-amd64 (debian) #1 SMP\n";
+        let (ok, d) = compare_release(&format!("{alive}XEN_PYINFO pvh 6.1.0-57-amd64\n"));
+        assert!(ok, "{d}");
+        let (ok, _) = compare_release(&format!("{alive}XEN_PYINFO pvh 6.1.0-58-amd64\n"));
+        assert!(!ok);
+        let (ok, _) = compare_release(&format!("{alive}XEN_PYINFO pvh \n"));
+        assert!(!ok);
+        assert!(!compare_release(alive).0);
+    }
 
     #[test]
     fn comms_match_exactly_truncated_or_with_a_workqueue_suffix() {
@@ -782,6 +993,11 @@ mod tests {
         assert!(same_comm("kworker/0:1", "kworker/0:1-events"));
         assert!(same_comm("kworker/u2:1", "kworker/u2:1+events_unbound"));
         assert!(!same_comm("kworker/0:1", "kworker/0:10"));
+        assert!(same_comm(
+            "kworker/0:0-events_power_efficient",
+            "kworker/0:0-events"
+        ));
+        assert!(!same_comm("kworker/0:0-events", "kworker/0:1-events"));
         assert!(!same_comm("sh", "init"));
     }
 
@@ -791,15 +1007,20 @@ mod tests {
                      XEN_DOMU pvh 70 (vmi-idle)\nXEN_DOMU pvh 71 (vmi-idle)\nXEN_DOMU pvh 90 (ls)\n";
         let ours = "XEN_TASK pvh 1 0 init\nXEN_TASK pvh 2 0 kthreadd\n\
                     XEN_TASK pvh 70 1 vmi-idle\nXEN_TASK pvh 71 1 vmi-idle\nXEN_TASK pvh 99 1 exe\n";
-        let (ok, detail) = compare_processes(&format!("{guest}{ours}"));
+        let (ok, detail) = compare_processes(&format!("{guest}{ours}"), "XEN_TASK pvh ");
         assert!(ok, "{detail}");
+        let (ok, _) = compare_processes(&format!("{guest}{ours}"), "XEN_PYTASK pvh ");
+        assert!(!ok, "another tag's listing is not this one's");
         // a long-lived guest process the driver missed, or saw under another name
-        let (ok, detail) = compare_processes(&format!(
-            "{guest}{}",
-            ours.replace("XEN_TASK pvh 2 0 kthreadd\n", "XEN_TASK pvh 2 0 other\n")
-        ));
+        let (ok, detail) = compare_processes(
+            &format!(
+                "{guest}{}",
+                ours.replace("XEN_TASK pvh 2 0 kthreadd\n", "XEN_TASK pvh 2 0 other\n")
+            ),
+            "XEN_TASK pvh ",
+        );
         assert!(!ok && detail.contains("2:kthreadd!=other"), "{detail}");
-        let (ok, _) = compare_processes(ours);
+        let (ok, _) = compare_processes(ours, "XEN_TASK pvh ");
         assert!(!ok, "nothing from the guest is not a match");
     }
 }

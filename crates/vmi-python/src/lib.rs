@@ -1,4 +1,4 @@
-//! The Python package `vmi`: a running QEMU or a memory dump from Python.
+//! The Python package `vmi`: a running QEMU, a Xen domain or a memory dump from Python.
 //!
 //! ```python
 //! import vmi

@@ -5,7 +5,7 @@ use std::sync::{Arc, PoisonError, RwLock};
 
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList};
-use vmi_core::{AccessContext, AddressContext, OsValue, Pa, Va, VmState};
+use vmi_core::{AccessContext, AddressContext, OsValue, Pa, Va, VmState, VmiCore, VmiVmControl};
 use vmi_target::{Os, OsOptions, Target};
 
 use crate::error::{Failure, Kind, quote};
@@ -44,6 +44,12 @@ macro_rules! with_core {
                 $body
             }
             Some(vmi_target::Target::Dump($core)) => $body,
+            #[cfg(feature = "xen")]
+            Some(vmi_target::Target::Xen($core)) => {
+                let _pause = $core.pause_guard().map_err(crate::error::Failure::from)?;
+                $body
+            }
+            #[allow(unreachable_patterns)]
             Some(_) => Err(crate::error::Failure::new(
                 crate::error::Kind::NotSupported,
                 "this kind of target is not supported by the Python package",
@@ -119,7 +125,7 @@ impl Inner {
     }
 }
 
-/// A target opened by [`open`]: a running QEMU or a memory dump.
+/// A target opened by [`open`]: a running QEMU, a Xen domain or a memory dump.
 #[pyclass(frozen, module = "vmi", name = "Target")]
 pub struct PyTarget {
     pub(crate) inner: Arc<Inner>,
@@ -129,8 +135,9 @@ pub struct PyTarget {
 ///
 /// `target` is `qemu:/path/qmp.sock` (a running QEMU, by its QMP socket),
 /// `libvirt:NAME` or `libvirt+URI:NAME` (a domain run by libvirt, through libvirt), a dump
-/// file (raw, ELF, kdump, LiME, Windows crash dump), or `xen:DOMID` (not available in the
-/// Python package yet: `vmi.NotSupportedError`). The keyword arguments
+/// file (raw, ELF, kdump, LiME, Windows crash dump), or `xen:DOMID` (a Xen domain, from
+/// dom0 as root, in a package built with the `xen` feature; otherwise
+/// `vmi.NotSupportedError`). The keyword arguments
 /// are the `vmi` command's global options. Raises `vmi.TargetError` when the target cannot
 /// be opened; an OS that is not recognised is raised by the first call that needs it
 /// (`Target.info` still works).
@@ -145,10 +152,14 @@ pub fn open(
     symbol_path: Option<String>,
     no_cache: bool,
 ) -> PyResult<PyTarget> {
+    #[cfg(not(feature = "xen"))]
     if target.starts_with("xen:") {
         return Err(Failure::new(
             Kind::NotSupported,
-            format!("{target}: xen targets are not available in the Python package yet (use the vmi command built with --features xen)"),
+            format!(
+                "{target}: this vmi package was built without the Xen driver \
+                 (build it in dom0 with `maturin build --features xen`: needs libxen-dev and libclang)"
+            ),
         )
         .into());
     }
@@ -168,6 +179,12 @@ pub fn open(
                 vmi_target::detect_os(core, &options, None)
             }
             Target::Dump(core) => vmi_target::detect_os(core, &options, vmcoreinfo.as_deref()),
+            #[cfg(feature = "xen")]
+            Target::Xen(core) => {
+                let _pause = core.pause_guard()?;
+                vmi_target::detect_os(core, &options, None)
+            }
+            #[allow(unreachable_patterns)]
             _ => {
                 return Err(Failure::new(
                     Kind::NotSupported,
@@ -449,12 +466,26 @@ pub struct Paused {
 
 /// Resumes the target if a `paused()` block paused it.
 fn resume_if_paused_by_us(target: Option<&Target>, inner: &Inner) -> Result<(), Failure> {
-    if inner.paused_by_us.swap(false, Ordering::SeqCst)
-        && let Some(Target::Qemu(core)) = target
-    {
-        core.resume()?;
+    if inner.paused_by_us.swap(false, Ordering::SeqCst) {
+        match target {
+            Some(Target::Qemu(core)) => core.resume()?,
+            #[cfg(feature = "xen")]
+            Some(Target::Xen(core)) => core.resume()?,
+            _ => {}
+        }
     }
     Ok(())
+}
+
+/// Pauses a running VM for a `paused()` block; whether it was running (and so paused).
+fn pause_if_running<D: VmiVmControl>(core: &VmiCore<D>) -> Result<bool, Failure> {
+    if core.vm_state()? != VmState::Running {
+        return Ok(false);
+    }
+    core.pause()?;
+    // What was cached while it ran may be stale.
+    core.invalidate_caches();
+    Ok(true)
 }
 
 #[pymethods]
@@ -467,23 +498,23 @@ impl Paused {
                 .target
                 .read()
                 .unwrap_or_else(PoisonError::into_inner);
-            match target.as_ref() {
-                Some(Target::Qemu(core)) => {
-                    if core.vm_state()? == VmState::Running {
-                        core.pause()?;
-                        // What was cached while it ran may be stale.
-                        core.invalidate_caches();
-                        this.inner.paused_by_us.store(true, Ordering::SeqCst);
-                        this.resume.store(true, Ordering::SeqCst);
-                    }
-                    Ok(())
+            let paused = match target.as_ref() {
+                Some(Target::Qemu(core)) => pause_if_running(core)?,
+                #[cfg(feature = "xen")]
+                Some(Target::Xen(core)) => pause_if_running(core)?,
+                Some(_) => false,
+                None => {
+                    return Err(Failure::new(
+                        Kind::Other,
+                        format!("the target {} is closed", this.inner.spec),
+                    ));
                 }
-                Some(_) => Ok(()),
-                None => Err(Failure::new(
-                    Kind::Other,
-                    format!("the target {} is closed", this.inner.spec),
-                )),
+            };
+            if paused {
+                this.inner.paused_by_us.store(true, Ordering::SeqCst);
+                this.resume.store(true, Ordering::SeqCst);
             }
+            Ok(())
         })?;
         Ok(slf)
     }

@@ -1,4 +1,4 @@
-"""Virtual machine introspection from Python: a running QEMU or a memory dump.
+"""Virtual machine introspection from Python: a running QEMU, a Xen domain or a memory dump.
 
 >>> import vmi
 >>> t = vmi.open("qemu:/path/qmp.sock")          # or vmi.open("guest.elf")

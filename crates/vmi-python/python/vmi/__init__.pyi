@@ -34,10 +34,12 @@ def open(
     symbol_path: Optional[str] = None,
     no_cache: bool = False,
 ) -> Target:
-    """Opens ``qemu:/path/qmp.sock``, ``libvirt:NAME`` (``libvirt+URI:NAME``) or a dump
-    file and recognises its OS.
+    """Opens ``qemu:/path/qmp.sock``, ``libvirt:NAME`` (``libvirt+URI:NAME``), a dump
+    file or ``xen:DOMID`` and recognises its OS.
 
-    ``xen:DOMID`` raises ``NotSupportedError`` for now.
+    ``xen:DOMID`` (a Xen domain, from dom0 as root) needs a package built with the
+    ``xen`` feature (``maturin build --features xen``, with libxen-dev and libclang);
+    other builds raise ``NotSupportedError``.
     """
 
 class Target:

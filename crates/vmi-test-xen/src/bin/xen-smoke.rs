@@ -627,6 +627,15 @@ fn process_events(rep: &mut Report, core: &VmiCore<XenDriver<LibXen>>, os: &Linu
                     });
                     VmiEventResponse::default()
                 })?;
+            // A domain the int3 reached (and killed) sends no event: stop waiting.
+            if first.is_none()
+                && !matches!(
+                    core.driver().state(),
+                    Ok(VmState::Running | VmState::Paused)
+                )
+            {
+                break;
+            }
         }
         core.monitor_disable(bp)?;
         if first.is_none() {
