@@ -10,6 +10,7 @@
 //! cargo xtask guest down  --dir DIR
 //! cargo xtask guest reap
 //! cargo xtask xen smoke  [--xen 4.17|4.20] [--events N] [--timeout SECS]
+//!                        [--profile release|dev] [--build-only | --prebuilt | --fetch-only]
 //! cargo xtask xen headers [--xen 4.17|4.20]
 //! cargo xtask hostile campaign --dump DUMP.elf [--mutations N] [--variants N] [--out DIR]
 //! ```
@@ -93,6 +94,19 @@ enum XenCmd {
         /// Seconds before QEMU is killed.
         #[arg(long, default_value_t = 420)]
         timeout: u64,
+        /// Cargo profile of the xen-smoke binary: `release` (in a target directory of
+        /// its own) or `dev` (in the workspace's, sharing the dependencies the tests build).
+        #[arg(long, default_value = "release")]
+        profile: String,
+        /// Only build the xen-smoke binary (as target/xen-smoke-VERSION/xen-smoke).
+        #[arg(long, conflicts_with = "prebuilt")]
+        build_only: bool,
+        /// Use the binary an earlier `--build-only` left, without building.
+        #[arg(long)]
+        prebuilt: bool,
+        /// Only download and unpack Xen, its tools, the kernel and Python (cached).
+        #[arg(long, conflicts_with_all = ["prebuilt", "build_only"])]
+        fetch_only: bool,
     },
     /// Download and unpack libxen-dev and its libraries (no install); print the root.
     Headers {
@@ -203,8 +217,18 @@ fn main() -> Result<()> {
             xen,
             events,
             timeout,
+            profile,
+            build_only,
+            prebuilt,
+            fetch_only,
         }) => {
-            if !xen::smoke(&xen, events, Duration::from_secs(timeout))? {
+            let build = match (build_only, prebuilt) {
+                _ if fetch_only => xen::Build::FetchOnly,
+                (_, true) => xen::Build::Prebuilt,
+                (true, _) => xen::Build::Only(profile),
+                _ => xen::Build::Then(profile),
+            };
+            if !xen::smoke(&xen, events, Duration::from_secs(timeout), build)? {
                 std::process::exit(1);
             }
             Ok(())

@@ -104,6 +104,8 @@ fn run(cmd: &mut Command) -> Result<std::process::Output> {
 /// Downloads (cached) and unpacks every package of `set` plus the dom0/domU kernel into
 /// `root`; returns the kernel's release.
 fn prepare_root(set: &XenSet, work: &Path) -> Result<PathBuf> {
+    // One process unpacks at a time (scripts/test.sh fetches in the background).
+    let _lock = vmi_test_guest::cache::CacheLock::acquire(&format!("xen-{}", set.version))?;
     let root = work.join("root");
     // The marker names the packages: a root unpacked for another list is unpacked again.
     let ready = set.packages.join(" ");
@@ -428,6 +430,7 @@ pub fn headers(version: &str) -> Result<PathBuf> {
     let work = vmi_test_guest::cache::cache_dir()
         .join("xen")
         .join(set.version);
+    let _lock = vmi_test_guest::cache::CacheLock::acquire(&format!("xen-{}", set.version))?;
     let root = work.join("headers");
     if root.join(".ready").is_file() {
         return Ok(root);
@@ -454,8 +457,55 @@ pub fn headers(version: &str) -> Result<PathBuf> {
     Ok(root)
 }
 
+/// Whether `cargo xtask xen smoke` builds the xen-smoke binary, and in which profile.
+pub enum Build {
+    /// Build it in this profile, then run the test.
+    Then(String),
+    /// Only build it.
+    Only(String),
+    /// Run the test with the binary an earlier build left.
+    Prebuilt,
+    /// Only download and unpack the packages.
+    FetchOnly,
+}
+
+/// Builds xen-smoke against this Xen's headers and static libraries, in the `release`
+/// profile (a target directory of its own) or `dev` (the workspace's: the dependencies are
+/// the ones the tests build; vmi-driver-xen is built again for these headers, and again by
+/// the next build without them), and copies it to `dest`.
+fn build_smoke(set: &XenSet, root: &Path, ws: &Path, profile: &str, dest: &Path) -> Result<()> {
+    let (target, dir) = match profile {
+        "release" => (dest.parent().context("dest")?.to_path_buf(), "release"),
+        "dev" => (
+            std::env::var_os("CARGO_TARGET_DIR")
+                .map(PathBuf::from)
+                .unwrap_or_else(|| ws.join("target")),
+            "debug",
+        ),
+        other => bail!("--profile must be release or dev, not `{other}`"),
+    };
+    eprintln!(
+        "[xen] building xen-smoke ({profile}) against Xen {} headers",
+        set.version
+    );
+    run(
+        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+            .current_dir(ws)
+            .args(["build", "-q", "--profile", profile, "-p", "vmi-test-xen"])
+            .args(["--features", "smoke", "--bin", "xen-smoke"])
+            .env("CARGO_TARGET_DIR", &target)
+            .env("XEN_HEADERS_DIR", root.join("usr/include"))
+            .env("XEN_LIB_DIR", root.join("usr/lib/x86_64-linux-gnu"))
+            .env("XEN_STATIC", "1"),
+    )?;
+    std::fs::create_dir_all(dest.parent().context("dest")?)?;
+    std::fs::copy(target.join(dir).join("xen-smoke"), dest)
+        .with_context(|| format!("copying xen-smoke to {}", dest.display()))?;
+    Ok(())
+}
+
 /// Entry point of `cargo xtask xen smoke`.
-pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
+pub fn smoke(version: &str, events: usize, timeout: Duration, build: Build) -> Result<bool> {
     let set = xen_set(version)?;
     let ws = vmi_test_guest::cache::workspace_root();
     let work = vmi_test_guest::cache::cache_dir()
@@ -469,6 +519,9 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
         work.display()
     );
     let root = prepare_root(&set, &work)?;
+    if matches!(build, Build::FetchOnly) {
+        return Ok(true);
+    }
     let lib = root.join("usr/lib/x86_64-linux-gnu");
 
     // The kernel and its Xen modules.
@@ -508,32 +561,29 @@ pub fn smoke(version: &str, events: usize, timeout: Duration) -> Result<bool> {
         std::fs::write(&xen_elf, data)?;
     }
 
-    // The smoke binary against this Xen's headers and static libraries.
-    eprintln!(
-        "[xen] building xen-smoke against Xen {} headers",
-        set.version
-    );
-    let target = ws.join("target").join(format!("xen-smoke-{}", set.version));
-    run(
-        Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-            .current_dir(&ws)
-            .args([
-                "build",
-                "--release",
-                "-q",
-                "-p",
-                "vmi-test-xen",
-                "--features",
-                "smoke",
-                "--bin",
-                "xen-smoke",
-            ])
-            .env("CARGO_TARGET_DIR", &target)
-            .env("XEN_HEADERS_DIR", root.join("usr/include"))
-            .env("XEN_LIB_DIR", &lib)
-            .env("XEN_STATIC", "1"),
-    )?;
-    let smoke_bin = target.join("release/xen-smoke");
+    let smoke_bin = ws
+        .join("target")
+        .join(format!("xen-smoke-{}", set.version))
+        .join("xen-smoke");
+    match &build {
+        Build::FetchOnly => {}
+        Build::Prebuilt => {
+            if !smoke_bin.is_file() {
+                bail!(
+                    "{}: no xen-smoke binary (run `cargo xtask xen smoke --xen {} --build-only` first)",
+                    smoke_bin.display(),
+                    set.version
+                );
+            }
+        }
+        Build::Only(profile) | Build::Then(profile) => {
+            build_smoke(&set, &root, &ws, profile, &smoke_bin)?;
+            if matches!(build, Build::Only(_)) {
+                println!("{}", smoke_bin.display());
+                return Ok(true);
+            }
+        }
+    }
     let py_module = python_module(&set, &root, &ws)?;
 
     // domU initramfs
