@@ -282,23 +282,9 @@ fn mkdirs(c: &mut CpioBuilder, seen: &mut BTreeSet<String>, path: &str) {
     }
 }
 
-/// Parts of a Python standard library dom0 does not need (tests, GUI, build files).
-const PYTHON_SKIP: &[&str] = &[
-    "test",
-    "tests",
-    "idlelib",
-    "tkinter",
-    "turtledemo",
-    "ensurepip",
-    "lib2to3",
-    "pydoc_data",
-    "__pycache__",
-    "dist-packages",
-    "site-packages",
-];
-
 /// Adds the tree `rel` under `root` (files, directories, symbolic links) at `/rel`, but
-/// for the parts in [`PYTHON_SKIP`] and `config-*` directories.
+/// for what the test guest leaves out of a Python standard library, `config-*`
+/// directories and byte code.
 fn add_tree(
     c: &mut CpioBuilder,
     seen: &mut BTreeSet<String>,
@@ -313,7 +299,10 @@ fn add_tree(
     entries.sort_by_key(|e| e.file_name());
     for e in entries {
         let name = e.file_name().to_string_lossy().into_owned();
-        if PYTHON_SKIP.contains(&name.as_str()) || name.starts_with("config-") {
+        if vmi_test_guest::userland::PYTHON_SKIP.contains(&name.as_str())
+            || name.starts_with("config-")
+            || name == "__pycache__"
+        {
             continue;
         }
         let (path, dest) = (e.path(), format!("/{rel}/{name}"));
