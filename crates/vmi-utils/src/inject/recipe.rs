@@ -221,7 +221,10 @@ impl<'a> Recipe<'a> {
     /// `cat PATH`: `openat(AT_FDCWD, path, O_RDONLY|O_CLOEXEC)`, then `read` in chunks of
     /// up to `chunk` bytes until it returns 0, each chunk handed to `sink` (which returns
     /// `false` to stop early), then `close`. Stops (and closes) after `max_bytes`. A failed
-    /// `openat` or `read` fails the recipe with the error's name, after the `close`.
+    /// `openat` or `read` fails the recipe with the error's name, after the `close`. One
+    /// a signal interrupted (`EINTR`: a blocking open or read of a FIFO while a child of
+    /// the borrowed thread's process exits, say) is issued again, at most
+    /// [`MAX_INTERRUPTED`] times, as a program's own retry loop would.
     pub fn cat(
         path: &str,
         chunk: usize,
@@ -247,54 +250,69 @@ impl<'a> Recipe<'a> {
             )
         };
         let close = |fd: u64| Syscall::new(nr::CLOSE, "close", vec![Arg::Value(fd)]);
-        Self::new(
-            Syscall::new(
-                nr::OPENAT,
-                "openat",
-                vec![
-                    Arg::int(AT_FDCWD),
-                    Arg::c_string(path),
-                    Arg::Value(O_RDONLY_CLOEXEC),
-                    Arg::Value(0),
-                ],
-            ),
-            move |o| match o.nr {
-                nr::OPENAT => {
-                    if o.ret < 0 {
-                        return Next::Fail(format!("openat {shown}: {}", errno_text(o.ret)));
-                    }
-                    fd = Some(o.ret as u64);
-                    Next::Call(read(o.ret as u64, o, false))
+        let open = {
+            let path = path.to_string();
+            move || {
+                Syscall::new(
+                    nr::OPENAT,
+                    "openat",
+                    vec![
+                        Arg::int(AT_FDCWD),
+                        Arg::c_string(&path),
+                        Arg::Value(O_RDONLY_CLOEXEC),
+                        Arg::Value(0),
+                    ],
+                )
+            }
+        };
+        let mut interrupted = 0u32;
+        let mut again = move |o: &StepOutcome| {
+            let retry = o.ret == -EINTR && interrupted < MAX_INTERRUPTED;
+            interrupted += u32::from(retry);
+            retry
+        };
+        Self::new(open(), move |o| match o.nr {
+            nr::OPENAT => {
+                if again(o) {
+                    return Next::Call(open());
                 }
-                nr::READ => {
-                    let Some(f) = fd else {
-                        return Next::Fail("read without an open file".into());
-                    };
-                    if o.ret < 0 {
-                        failure = Some(format!("read {shown}: {}", errno_text(o.ret)));
-                        return Next::Call(close(f));
-                    }
-                    if o.ret == 0 {
-                        return Next::Call(close(f));
-                    }
-                    total = total.saturating_add(o.out.len() as u64);
-                    if !sink(&o.out) {
-                        return Next::Call(close(f));
-                    }
-                    if total >= max_bytes {
-                        failure = Some(format!("{shown}: longer than {max_bytes} bytes"));
-                        return Next::Call(close(f));
-                    }
-                    // The length given is the step's third argument.
-                    let filled = o.ret as u64 >= o.args[2];
-                    Next::Call(read(f, o, filled))
+                if o.ret < 0 {
+                    return Next::Fail(format!("openat {shown}: {}", errno_text(o.ret)));
                 }
-                _ => match failure.take() {
-                    Some(f) => Next::Fail(f),
-                    None => Next::Done,
-                },
+                fd = Some(o.ret as u64);
+                Next::Call(read(o.ret as u64, o, false))
+            }
+            nr::READ => {
+                let Some(f) = fd else {
+                    return Next::Fail("read without an open file".into());
+                };
+                if again(o) {
+                    return Next::Call(read(f, o, o.args[2] as usize >= chunk));
+                }
+                if o.ret < 0 {
+                    failure = Some(format!("read {shown}: {}", errno_text(o.ret)));
+                    return Next::Call(close(f));
+                }
+                if o.ret == 0 {
+                    return Next::Call(close(f));
+                }
+                total = total.saturating_add(o.out.len() as u64);
+                if !sink(&o.out) {
+                    return Next::Call(close(f));
+                }
+                if total >= max_bytes {
+                    failure = Some(format!("{shown}: longer than {max_bytes} bytes"));
+                    return Next::Call(close(f));
+                }
+                // The length given is the step's third argument.
+                let filled = o.ret as u64 >= o.args[2];
+                Next::Call(read(f, o, filled))
+            }
+            _ => match failure.take() {
+                Some(f) => Next::Fail(f),
+                None => Next::Done,
             },
-        )
+        })
     }
 
     /// `exec`: `clone(CLONE_PARENT|SIGCHLD)` in the target, and in the new process
@@ -516,9 +534,40 @@ pub fn errno_text(ret: i64) -> String {
     name.to_string()
 }
 
+/// `-EINTR`, as a system call returns it.
+const EINTR: i64 = 4;
+
+/// How many times in a row [`Recipe::cat`] issues a call a signal interrupted again.
+pub const MAX_INTERRUPTED: u32 = 16;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cat_issues_an_interrupted_call_again_a_bounded_number_of_times() {
+        let mut r = Recipe::cat("/tmp/fifo", 4096, 1 << 20, |_| true);
+        for _ in 0..MAX_INTERRUPTED {
+            assert!(
+                matches!(r.decide(&outcome(nr::OPENAT, -EINTR, b"")), Next::Call(c) if c.nr == nr::OPENAT && c.args[1] == Arg::Bytes(b"/tmp/fifo\0".to_vec()))
+            );
+        }
+        assert!(
+            matches!(r.decide(&outcome(nr::OPENAT, -EINTR, b"")), Next::Fail(m) if m.contains("EINTR"))
+        );
+        let mut r = Recipe::cat("/tmp/fifo", 4096, 1 << 20, |_| true);
+        let Next::Call(read) = r.decide(&outcome(nr::OPENAT, 3, b"")) else {
+            panic!()
+        };
+        let mut interrupted = outcome(nr::READ, -EINTR, b"");
+        interrupted.args[2] = match read.args[1] {
+            Arg::Out(n) => n as u64,
+            ref a => panic!("{a:?}"),
+        };
+        assert!(
+            matches!(r.decide(&interrupted), Next::Call(c) if c.nr == nr::READ && c.args[0] == Arg::Value(3))
+        );
+    }
 
     fn outcome(nr: u64, ret: i64, out: &[u8]) -> StepOutcome {
         StepOutcome {
