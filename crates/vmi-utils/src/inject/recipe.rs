@@ -223,8 +223,8 @@ impl<'a> Recipe<'a> {
     /// `false` to stop early), then `close`. Stops (and closes) after `max_bytes`. A failed
     /// `openat` or `read` fails the recipe with the error's name, after the `close`. One
     /// a signal interrupted (`EINTR`: a blocking open or read of a FIFO while a child of
-    /// the borrowed thread's process exits, say) is issued again, at most
-    /// [`MAX_INTERRUPTED`] times, as a program's own retry loop would.
+    /// the borrowed thread's process exits, say) is issued again, up to 16 times in all,
+    /// as a program's own retry loop would.
     pub fn cat(
         path: &str,
         chunk: usize,
@@ -537,8 +537,8 @@ pub fn errno_text(ret: i64) -> String {
 /// `-EINTR`, as a system call returns it.
 const EINTR: i64 = 4;
 
-/// How many times in a row [`Recipe::cat`] issues a call a signal interrupted again.
-pub const MAX_INTERRUPTED: u32 = 16;
+/// How many times [`Recipe::cat`] issues a call a signal interrupted again.
+const MAX_INTERRUPTED: u32 = 16;
 
 #[cfg(test)]
 mod tests {
